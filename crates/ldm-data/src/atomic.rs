@@ -1,0 +1,59 @@
+//! A folder that appears whole or not at all: everything is written into a hidden sibling
+//! staging folder, renamed onto the destination only when complete, and removed on failure.
+
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+
+pub struct StagingDir {
+    staging: Option<tempfile::TempDir>,
+    destination: PathBuf,
+}
+
+impl StagingDir {
+    /// Refuses a destination that already exists, so a finished data set is never mixed
+    /// with a new one.
+    pub fn new(destination: &Path) -> Result<Self, DataError> {
+        if destination.exists() {
+            return Err(DataError::OutputExists {
+                path: destination.to_path_buf(),
+            });
+        }
+        let parent = match destination.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(DataError::io(&parent))?;
+        let name = destination
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        // Same parent, so the final rename stays on one file system.
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempdir_in(&parent)
+            .map_err(DataError::io(&parent))?;
+        Ok(Self {
+            staging: Some(staging),
+            destination: destination.to_path_buf(),
+        })
+    }
+
+    /// Where to write while preparing.
+    pub fn path(&self) -> &Path {
+        self.staging.as_ref().expect("staging dir lives until commit").path()
+    }
+
+    /// Moves the finished folder into place.
+    pub fn commit(mut self) -> Result<PathBuf, DataError> {
+        let staging = self.staging.take().expect("commit runs once").keep();
+        std::fs::rename(&staging, &self.destination).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&staging);
+            DataError::Io {
+                path: self.destination.clone(),
+                source,
+            }
+        })?;
+        Ok(self.destination.clone())
+    }
+}

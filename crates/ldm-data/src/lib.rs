@@ -1,0 +1,21 @@
+//! Training data for ldm.
+//!
+//! Every data set is an *image folder*: images next to a `metadata.jsonl` whose rows name
+//! the image (`file_name`) and carry a caption (`text`), an optional class (`label`) and
+//! any other attributes. The emoji and shapes preparers write that layout, split into
+//! `train/` and `validation/`; [`ImageFolder`] and [`Loader`] read any folder that follows it.
+
+mod atomic;
+pub mod emoji;
+mod error;
+mod loader;
+mod metadata;
+mod pixels;
+pub mod shapes;
+mod split;
+
+pub use atomic::StagingDir;
+pub use error::DataError;
+pub use loader::{Batch, ImageFolder, Loader, LoaderConfig};
+pub use metadata::{Record, METADATA_FILE};
+pub use split::{Split, SplitWriter};

@@ -1,0 +1,134 @@
+//! The pure-Rust engine: tract, with one optimised plan per set of input shapes.
+//!
+//! Graphs keep batch, height and width symbolic; tract optimises best with every dimension
+//! known, so each new combination of input shapes gets its own plan, kept for reuse.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+
+use crate::session::in_graph_order;
+use crate::{RuntimeError, Session, Tensor, TensorData};
+
+pub struct TractSession {
+    model: InferenceModel,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
+}
+
+fn run_error(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Run {
+        engine: "tract",
+        message: format!("{e:#}"),
+    }
+}
+
+impl TractSession {
+    pub fn load(path: &Path) -> Result<Self, RuntimeError> {
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| RuntimeError::Load {
+                engine: "tract",
+                path: path.to_path_buf(),
+                message: format!("{e:#}"),
+            })?;
+        let inputs = model
+            .input_outlets()
+            .expect("an inference model lists its inputs")
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let outputs = model
+            .output_outlets()
+            .expect("an inference model lists its outputs")
+            .iter()
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
+            .collect();
+        Ok(Self {
+            model,
+            inputs,
+            outputs,
+            plans: HashMap::new(),
+        })
+    }
+
+    fn plan(&mut self, inputs: &[&Tensor]) -> Result<Arc<TypedRunnableModel>, RuntimeError> {
+        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        if let Some(plan) = self.plans.get(&key) {
+            return Ok(plan.clone());
+        }
+        let mut model = self.model.clone();
+        for (index, tensor) in inputs.iter().enumerate() {
+            let datum = match tensor.data() {
+                TensorData::F32(_) => f32::datum_type(),
+                TensorData::I64(_) => i64::datum_type(),
+            };
+            model
+                .set_input_fact(index, InferenceFact::dt_shape(datum, tensor.shape()))
+                .map_err(run_error)?;
+        }
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(run_error)?;
+        self.plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+}
+
+impl Session for TractSession {
+    fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+
+    fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>, RuntimeError> {
+        let ordered = in_graph_order(&self.inputs, inputs)?;
+        let plan = self.plan(&ordered)?;
+        let values = ordered
+            .iter()
+            .map(|t| {
+                let tensor = match t.data() {
+                    TensorData::F32(v) => tract_onnx::prelude::Tensor::from_shape(t.shape(), v),
+                    TensorData::I64(v) => tract_onnx::prelude::Tensor::from_shape(t.shape(), v),
+                };
+                tensor.map(TValue::from).map_err(run_error)
+            })
+            .collect::<Result<TVec<_>, _>>()?;
+        let outputs = plan.run(values).map_err(run_error)?;
+        outputs
+            .iter()
+            .zip(&self.outputs)
+            .map(|(value, name)| {
+                let shape = value.shape();
+                match value.datum_type() {
+                    DatumType::F32 => Tensor::f32(shape, flat::<f32>(value)?),
+                    DatumType::I64 => Tensor::i64(shape, flat::<i64>(value)?),
+                    other => Err(RuntimeError::UnsupportedType {
+                        name: name.clone(),
+                        dtype: format!("{other:?}"),
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+fn flat<D: Datum + Copy>(value: &TValue) -> Result<Vec<D>, RuntimeError> {
+    Ok(value
+        .to_plain_array_view::<D>()
+        .map_err(run_error)?
+        .iter()
+        .copied()
+        .collect())
+}

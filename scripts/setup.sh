@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs the engines the project builds against, into a project virtualenv:
+#   torch==2.13.0        the libtorch that tch 0.26 links (training, export, reference outputs)
+#   onnxruntime==1.31.1  the shared library that `ort` loads at run time (load-dynamic)
+#   onnx                 the reference checker used by the export tests
+# and links them under .ldm/ where .cargo/config.toml points cargo, so plain
+# `cargo build` / `cargo test` work afterwards. Idempotent: a second run takes a second.
+#
+#   scripts/setup.sh [--gpu|--cpu]     --gpu installs onnxruntime-gpu (CUDA, TensorRT)
+#   LDM_VENV=DIR scripts/setup.sh      put the virtualenv elsewhere (CI caches it)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${LDM_VENV:-$root/.venv}
+torch_version=2.13.0
+ort_version=1.31.1
+onnx_version=1.23.2
+
+flavour=cpu
+case "${1:-auto}" in
+  --gpu) flavour=gpu ;;
+  --cpu) flavour=cpu ;;
+  auto) command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && flavour=gpu ;;
+  *) echo "setup.sh: unknown option '$1' (expected --gpu or --cpu)" >&2; exit 2 ;;
+esac
+ort_package=onnxruntime
+[ "$flavour" = gpu ] && ort_package=onnxruntime-gpu
+
+stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version"
+if [ ! -f "$stamp" ]; then
+  command -v python3 >/dev/null || { echo "setup.sh: python3 is missing; install it (apt-get install python3 python3-venv)" >&2; exit 1; }
+  echo "setup.sh: creating $venv (torch $torch_version, $ort_package $ort_version, onnx $onnx_version; about 5 GB, a few minutes)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  # onnxruntime and onnxruntime-gpu install the same module: keep exactly one.
+  other=onnxruntime-gpu; [ "$ort_package" = onnxruntime-gpu ] && other=onnxruntime
+  "$venv/bin/pip" uninstall --quiet --yes "$other" >/dev/null 2>&1 || true
+  "$venv/bin/pip" install --quiet "torch==$torch_version" "$ort_package==$ort_version" "onnx==$onnx_version" numpy
+  rm -f "$venv"/.ldm-setup-*
+  touch "$stamp"
+fi
+
+py="$venv/bin/python"
+torch_dir=$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+ort_lib=$("$py" -c 'import glob, os, onnxruntime as o; c = sorted(glob.glob(os.path.join(os.path.dirname(o.__file__), "capi", "libonnxruntime.so.*"))); print(c[-1] if c else "")')
+[ -n "$ort_lib" ] || { echo "setup.sh: the $ort_package wheel has no capi/libonnxruntime.so.*; reinstall it: rm -rf $venv && scripts/setup.sh" >&2; exit 1; }
+
+# .cargo/config.toml reads these fixed, relative paths; only the links move.
+mkdir -p "$root/.ldm"
+ln -sfn "$torch_dir" "$root/.ldm/libtorch"
+ln -sfn "$ort_lib" "$root/.ldm/libonnxruntime.so"
+ln -sfn "$venv" "$root/.ldm/venv"
+echo "setup.sh: ready (libtorch: $torch_dir; onnxruntime: $ort_lib)"
