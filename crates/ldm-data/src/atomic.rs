@@ -41,7 +41,10 @@ impl StagingDir {
 
     /// Where to write while preparing.
     pub fn path(&self) -> &Path {
-        self.staging.as_ref().expect("staging dir lives until commit").path()
+        self.staging
+            .as_ref()
+            .expect("staging dir lives until commit")
+            .path()
     }
 
     /// Moves the finished folder into place.

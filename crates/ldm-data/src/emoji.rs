@@ -150,7 +150,11 @@ pub fn prepare_from_archives(
             let Some(name) = names.get(&key) else {
                 return Err(DataError::Package {
                     archive: emojibase.to_path_buf(),
-                    message: format!("no name for emoji {} listed in {}", emoji.unified, archive.display()),
+                    message: format!(
+                        "no name for emoji {} listed in {}",
+                        emoji.unified,
+                        archive.display()
+                    ),
                 });
             };
             let image = on_white(png).map_err(|e| DataError::Package {
@@ -159,7 +163,11 @@ pub fn prepare_from_archives(
             })?;
             let record = Record {
                 file_name: format!("{}_{}", style.name, emoji.image),
-                text: Some(format!("{}, {} style", name.label.replace(": ", ", "), style.name)),
+                text: Some(format!(
+                    "{}, {} style",
+                    name.label.replace(": ", ", "),
+                    style.name
+                )),
                 label: Some(emoji.category.clone()),
                 attributes: BTreeMap::from([
                     ("style".to_string(), json!(style.name)),
@@ -321,7 +329,11 @@ fn for_each_entry(
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
-        let path = entry.path().map_err(corrupt)?.to_string_lossy().into_owned();
+        let path = entry
+            .path()
+            .map_err(corrupt)?
+            .to_string_lossy()
+            .into_owned();
         let mut error = None;
         visit(&path, &mut || {
             let mut bytes = Vec::new();

@@ -16,7 +16,9 @@ pub enum DataError {
         line: usize,
         source: serde_json::Error,
     },
-    #[error("{path} line {line}: the row has no '{column}' (every row needs a non-empty '{column}')")]
+    #[error(
+        "{path} line {line}: the row has no '{column}' (every row needs a non-empty '{column}')"
+    )]
     MissingColumn {
         path: PathBuf,
         line: usize,
@@ -38,7 +40,9 @@ pub enum DataError {
     MissingMetadata { dir: PathBuf, hint: String },
     #[error("{path} lists no images")]
     EmptyFolder { path: PathBuf },
-    #[error("{path}: cannot decode the image ({source}); remove it or replace it with a valid PNG/JPEG")]
+    #[error(
+        "{path}: cannot decode the image ({source}); remove it or replace it with a valid PNG/JPEG"
+    )]
     Image {
         path: PathBuf,
         source: image::ImageError,

@@ -207,7 +207,11 @@ impl Loader {
         let labels = folder.labels();
         let label_ids = folder
             .records()
-            .map(|r| r.label.as_ref().map(|l| labels.binary_search(l).expect("label listed")))
+            .map(|r| {
+                r.label
+                    .as_ref()
+                    .map(|l| labels.binary_search(l).expect("label listed"))
+            })
             .collect();
         let cache = (0..folder.len()).map(|_| OnceLock::new()).collect();
         Ok(Self {

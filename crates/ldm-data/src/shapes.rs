@@ -130,6 +130,7 @@ impl Scene {
         let bg = rgb_of(&BACKGROUNDS, self.background);
         let side = size as f32;
         let samples = SUPERSAMPLE * SUPERSAMPLE;
+        let outline = Outline::of(self.shape);
         RgbImage::from_fn(size, size, |px, py| {
             let mut inside = 0;
             for sy in 0..SUPERSAMPLE {
@@ -139,7 +140,7 @@ impl Scene {
                     // Shape-local coordinates in radii, y pointing up.
                     let u = (x - self.centre.0) / self.radius;
                     let v = (self.centre.1 - y) / self.radius;
-                    inside += contains(self.shape, u, v) as u32;
+                    inside += outline.contains(u, v) as u32;
                 }
             }
             let c = inside as f32 / samples as f32;
@@ -180,15 +181,32 @@ fn rgb_of(table: &[(&str, [u8; 3])], name: &str) -> [u8; 3] {
         .expect("scene names come from the tables")
 }
 
-/// Whether shape-local point (u, v) (unit = the radius) lies inside `shape`.
-fn contains(shape: &str, u: f32, v: f32) -> bool {
-    match shape {
-        "circle" => u * u + v * v <= 1.0,
-        // Side 1.7 radii: about the circle's area, so size reads the same across shapes.
-        "square" => u.abs() <= 0.85 && v.abs() <= 0.85,
-        "triangle" => inside_polygon(&regular_star(3, 1.0, None), u, v),
-        "star" => inside_polygon(&regular_star(5, 1.0, Some(0.45)), u, v),
-        _ => unreachable!("shape names come from SHAPES"),
+/// A shape in local coordinates where the unit is the radius.
+enum Outline {
+    Circle,
+    /// Half side.
+    Square(f32),
+    Polygon(Vec<(f32, f32)>),
+}
+
+impl Outline {
+    fn of(shape: &str) -> Outline {
+        match shape {
+            "circle" => Outline::Circle,
+            // Side 1.7 radii: about the circle's area, so size reads the same across shapes.
+            "square" => Outline::Square(0.85),
+            "triangle" => Outline::Polygon(regular_star(3, 1.0, None)),
+            "star" => Outline::Polygon(regular_star(5, 1.0, Some(0.45))),
+            _ => unreachable!("shape names come from SHAPES"),
+        }
+    }
+
+    fn contains(&self, u: f32, v: f32) -> bool {
+        match self {
+            Outline::Circle => u * u + v * v <= 1.0,
+            Outline::Square(half) => u.abs() <= *half && v.abs() <= *half,
+            Outline::Polygon(vertices) => inside_polygon(vertices, u, v),
+        }
     }
 }
 
@@ -240,7 +258,11 @@ pub fn prepare(
     let mut writer = SplitWriter::new(staging.path(), VALIDATION_PERCENT)?;
     for (index, scene) in scenes(config).enumerate() {
         let file_name = format!("shape_{index:07}.png");
-        writer.add(scene.record(file_name.clone()), &scene.render(config.size), &file_name)?;
+        writer.add(
+            scene.record(file_name.clone()),
+            &scene.render(config.size),
+            &file_name,
+        )?;
         progress(index + 1, config.count);
     }
     let (train, validation) = writer.finish()?;

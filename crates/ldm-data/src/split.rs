@@ -56,7 +56,12 @@ impl SplitWriter {
 
     /// Saves `image` as `record.file_name` (a PNG) in the split that `split_key` falls in
     /// (items sharing a key, such as two styles of one emoji, share a split).
-    pub fn add(&mut self, record: Record, image: &RgbImage, split_key: &str) -> Result<(), DataError> {
+    pub fn add(
+        &mut self,
+        record: Record,
+        image: &RgbImage,
+        split_key: &str,
+    ) -> Result<(), DataError> {
         let split = Split::of(split_key, self.validation_percent);
         let path = self.root.join(split.dir_name()).join(&record.file_name);
         image

@@ -11,20 +11,27 @@ fn png(colour: [u8; 4]) -> Vec<u8> {
     let image = RgbaImage::from_pixel(64, 64, Rgba(colour));
     let mut bytes = Vec::new();
     image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
         .unwrap();
     bytes
 }
 
 fn tgz(path: &Path, files: &[(&str, Vec<u8>)]) -> PathBuf {
-    let gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::fast(),
+    );
     let mut tar = tar::Builder::new(gz);
     for (name, bytes) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, name, bytes.as_slice()).unwrap();
+        tar.append_data(&mut header, name, bytes.as_slice())
+            .unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
     path.to_path_buf()
@@ -59,7 +66,10 @@ fn packages(dir: &Path, broken: Option<Vec<u8>>) -> (Vec<(Style, PathBuf)>, Path
                 // Half-transparent black: must come out mid grey on white.
                 (image("1f90d.png").leak(), png([0, 0, 0, 128])),
             ];
-            (*style, tgz(&dir.join(format!("{}.tgz", style.name)), &files))
+            (
+                *style,
+                tgz(&dir.join(format!("{}.tgz", style.name)), &files),
+            )
         })
         .collect();
     let emojibase = tgz(
@@ -72,7 +82,11 @@ fn packages(dir: &Path, broken: Option<Vec<u8>>) -> (Vec<(Style, PathBuf)>, Path
 fn all_records(dir: &Path) -> Vec<Record> {
     ["train", "validation"]
         .iter()
-        .flat_map(|s| ImageFolder::open(&dir.join(s)).map(|f| f.records().cloned().collect::<Vec<_>>()).unwrap_or_default())
+        .flat_map(|s| {
+            ImageFolder::open(&dir.join(s))
+                .map(|f| f.records().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -81,7 +95,8 @@ fn both_styles_are_captioned_labelled_and_composited_on_white() {
     let tmp = tempfile::tempdir().unwrap();
     let (styles, emojibase) = packages(tmp.path(), None);
     let out = tmp.path().join("emoji");
-    let (dir, train, validation) = emoji::prepare_from_archives(&out, &styles, &emojibase, |_, _| {}).unwrap();
+    let (dir, train, validation) =
+        emoji::prepare_from_archives(&out, &styles, &emojibase, |_, _| {}).unwrap();
     assert_eq!(train + validation, 8, "4 emoji (one skin tone) x 2 styles");
     let records = all_records(&dir);
     let texts: Vec<_> = records.iter().map(|r| r.text.clone().unwrap()).collect();
@@ -91,17 +106,35 @@ fn both_styles_are_captioned_labelled_and_composited_on_white() {
         "waving hand, light skin tone, noto style",
         "white heart, twemoji style",
     ] {
-        assert!(texts.iter().any(|t| t == caption), "{caption} missing from {texts:?}");
+        assert!(
+            texts.iter().any(|t| t == caption),
+            "{caption} missing from {texts:?}"
+        );
     }
-    let apple = records.iter().find(|r| r.file_name == "twemoji_1f34e.png").unwrap();
+    let apple = records
+        .iter()
+        .find(|r| r.file_name == "twemoji_1f34e.png")
+        .unwrap();
     assert_eq!(apple.label.as_deref(), Some("Food & Drink"));
-    assert_eq!(apple.attributes["tags"], serde_json::json!(["apple", "fruit"]));
+    assert_eq!(
+        apple.attributes["tags"],
+        serde_json::json!(["apple", "fruit"])
+    );
     // Skin tones inherit the base emoji's tags.
-    let hand = records.iter().find(|r| r.file_name == "noto_1f44b-1f3fb.png").unwrap();
+    let hand = records
+        .iter()
+        .find(|r| r.file_name == "noto_1f44b-1f3fb.png")
+        .unwrap();
     assert_eq!(hand.attributes["tags"], serde_json::json!(["hand", "wave"]));
 
-    let heart_dir = if dir.join("train/noto_1f90d.png").exists() { "train" } else { "validation" };
-    let heart = image::open(dir.join(heart_dir).join("noto_1f90d.png")).unwrap().to_rgb8();
+    let heart_dir = if dir.join("train/noto_1f90d.png").exists() {
+        "train"
+    } else {
+        "validation"
+    };
+    let heart = image::open(dir.join(heart_dir).join("noto_1f90d.png"))
+        .unwrap()
+        .to_rgb8();
     assert_eq!(heart.get_pixel(10, 10).0, [127, 127, 127]);
     // Both styles of one emoji share a split.
     assert!(dir.join(heart_dir).join("twemoji_1f90d.png").exists());
@@ -114,10 +147,24 @@ fn a_corrupt_image_names_the_archive_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let (styles, emojibase) = packages(tmp.path(), Some(b"\x89PNG garbage".to_vec()));
     let out = tmp.path().join("emoji");
-    let err = emoji::prepare_from_archives(&out, &styles, &emojibase, |_, _| {}).unwrap_err().to_string();
-    assert!(err.contains("noto.tgz") && err.contains("1f34e.png: cannot decode"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!out.exists() && left.iter().all(|n| !n.to_string_lossy().contains("partial")), "{left:?}");
+    let err = emoji::prepare_from_archives(&out, &styles, &emojibase, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("noto.tgz") && err.contains("1f34e.png: cannot decode"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !out.exists()
+            && left
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("partial")),
+        "{left:?}"
+    );
 }
 
 #[test]
@@ -128,7 +175,10 @@ fn a_wrong_archive_is_named() {
     let err = emoji::prepare_from_archives(&tmp.path().join("o"), &styles, &emojibase, |_, _| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("emojibase.tgz: no package/emoji.json: is this emoji-datasource-google?"), "{err}");
+    assert!(
+        err.contains("emojibase.tgz: no package/emoji.json: is this emoji-datasource-google?"),
+        "{err}"
+    );
     let not_gzip = tmp.path().join("junk.tgz");
     std::fs::write(&not_gzip, b"junk").unwrap();
     let err = emoji::prepare_from_archives(&tmp.path().join("o"), &styles, &not_gzip, |_, _| {})
@@ -144,9 +194,12 @@ fn an_unknown_package_is_reported_with_what_npm_said() {
         name: "ldm-no-such-package-2ff1e0",
         version: "0.0.0",
     };
-    let err = emoji::npm_pack(package, tmp.path()).unwrap_err().to_string();
+    let err = emoji::npm_pack(package, tmp.path())
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("`npm pack ldm-no-such-package-2ff1e0@0.0.0` failed") || err.contains("npm is needed"),
+        err.contains("`npm pack ldm-no-such-package-2ff1e0@0.0.0` failed")
+            || err.contains("npm is needed"),
         "{err}"
     );
 }

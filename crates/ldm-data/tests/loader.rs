@@ -16,45 +16,89 @@ fn folder(dir: &Path, rows: &[&str], n: usize) {
 
 fn rows(n: usize) -> Vec<String> {
     (0..n)
-        .map(|i| format!(r#"{{"file_name": "{i}.png", "text": "image {i}", "label": "{}"}}"#, ["b", "a"][i % 2]))
+        .map(|i| {
+            format!(
+                r#"{{"file_name": "{i}.png", "text": "image {i}", "label": "{}"}}"#,
+                ["b", "a"][i % 2]
+            )
+        })
         .collect()
 }
 
 fn config(batch_size: usize) -> LoaderConfig {
-    LoaderConfig { size: 6, batch_size, flip: false, shuffle: true, seed: 42 }
+    LoaderConfig {
+        size: 6,
+        batch_size,
+        flip: false,
+        shuffle: true,
+        seed: 42,
+    }
 }
 
 #[test]
 fn every_epoch_visits_each_row_once_and_batches_are_a_function_of_the_step() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = rows(10);
-    folder(tmp.path(), &rows.iter().map(String::as_str).collect::<Vec<_>>(), 10);
+    folder(
+        tmp.path(),
+        &rows.iter().map(String::as_str).collect::<Vec<_>>(),
+        10,
+    );
     let loader = Loader::new(ImageFolder::open(tmp.path()).unwrap(), config(3)).unwrap();
     assert_eq!(loader.batches_per_epoch(), 3);
-    let epoch = |e: u64| -> Vec<usize> { (e * 3..e * 3 + 3).flat_map(|s| loader.batch(s).unwrap().rows).collect() };
+    let epoch = |e: u64| -> Vec<usize> {
+        (e * 3..e * 3 + 3)
+            .flat_map(|s| loader.batch(s).unwrap().rows)
+            .collect()
+    };
     let (first, second) = (epoch(0), epoch(1));
     for order in [&first, &second] {
         let mut sorted = order.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(sorted.len(), 9, "9 distinct rows per epoch (the last incomplete batch is dropped)");
+        assert_eq!(
+            sorted.len(),
+            9,
+            "9 distinct rows per epoch (the last incomplete batch is dropped)"
+        );
     }
     assert_ne!(first, second, "epochs are reshuffled");
     // A fresh loader (a resumed run) sees the same batch at the same step.
     let again = Loader::new(ImageFolder::open(tmp.path()).unwrap(), config(3)).unwrap();
     assert_eq!(again.batch(4).unwrap(), loader.batch(4).unwrap());
-    let other_seed = Loader::new(ImageFolder::open(tmp.path()).unwrap(), LoaderConfig { seed: 43, ..config(3) }).unwrap();
-    assert_ne!(other_seed.batch(0).unwrap().rows, loader.batch(0).unwrap().rows);
+    let other_seed = Loader::new(
+        ImageFolder::open(tmp.path()).unwrap(),
+        LoaderConfig {
+            seed: 43,
+            ..config(3)
+        },
+    )
+    .unwrap();
+    assert_ne!(
+        other_seed.batch(0).unwrap().rows,
+        loader.batch(0).unwrap().rows
+    );
 }
 
 #[test]
 fn batches_are_nchw_in_minus_one_to_one_centre_cropped_with_labels() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = rows(2);
-    folder(tmp.path(), &rows.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    folder(
+        tmp.path(),
+        &rows.iter().map(String::as_str).collect::<Vec<_>>(),
+        2,
+    );
     let folder = ImageFolder::open(tmp.path()).unwrap();
     assert_eq!(folder.labels(), ["a", "b"]);
-    let loader = Loader::new(folder, LoaderConfig { shuffle: false, ..config(2) }).unwrap();
+    let loader = Loader::new(
+        folder,
+        LoaderConfig {
+            shuffle: false,
+            ..config(2)
+        },
+    )
+    .unwrap();
     let batch = loader.batch(0).unwrap();
     assert_eq!(batch.shape, [2, 3, 6, 6]);
     assert_eq!(batch.images.len(), 2 * 3 * 36);
@@ -71,11 +115,25 @@ fn batches_are_nchw_in_minus_one_to_one_centre_cropped_with_labels() {
 fn flipping_mirrors_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = rows(1);
-    folder(tmp.path(), &rows.iter().map(String::as_str).collect::<Vec<_>>(), 1);
+    folder(
+        tmp.path(),
+        &rows.iter().map(String::as_str).collect::<Vec<_>>(),
+        1,
+    );
     let plain = Loader::new(ImageFolder::open(tmp.path()).unwrap(), config(1)).unwrap();
-    let flipping = Loader::new(ImageFolder::open(tmp.path()).unwrap(), LoaderConfig { flip: true, ..config(1) }).unwrap();
+    let flipping = Loader::new(
+        ImageFolder::open(tmp.path()).unwrap(),
+        LoaderConfig {
+            flip: true,
+            ..config(1)
+        },
+    )
+    .unwrap();
     let reference = plain.batch(0).unwrap().images;
-    let mirrored: Vec<f32> = reference.chunks(6).flat_map(|row| row.iter().rev().copied()).collect();
+    let mirrored: Vec<f32> = reference
+        .chunks(6)
+        .flat_map(|row| row.iter().rev().copied())
+        .collect();
     let seen: Vec<Vec<f32>> = (0..16).map(|s| flipping.batch(s).unwrap().images).collect();
     assert!(seen.contains(&reference) && seen.contains(&mirrored));
     assert!(seen.iter().all(|b| *b == reference || *b == mirrored));
@@ -84,9 +142,22 @@ fn flipping_mirrors_rows() {
 #[test]
 fn transparency_is_composited_on_white() {
     let tmp = tempfile::tempdir().unwrap();
-    RgbaImage::from_pixel(4, 4, Rgba([0, 0, 0, 0])).save(tmp.path().join("clear.png")).unwrap();
-    std::fs::write(tmp.path().join("metadata.jsonl"), r#"{"file_name": "clear.png", "text": "nothing"}"#).unwrap();
-    let loader = Loader::new(ImageFolder::open(tmp.path()).unwrap(), LoaderConfig { size: 4, ..config(1) }).unwrap();
+    RgbaImage::from_pixel(4, 4, Rgba([0, 0, 0, 0]))
+        .save(tmp.path().join("clear.png"))
+        .unwrap();
+    std::fs::write(
+        tmp.path().join("metadata.jsonl"),
+        r#"{"file_name": "clear.png", "text": "nothing"}"#,
+    )
+    .unwrap();
+    let loader = Loader::new(
+        ImageFolder::open(tmp.path()).unwrap(),
+        LoaderConfig {
+            size: 4,
+            ..config(1)
+        },
+    )
+    .unwrap();
     assert!(loader.batch(0).unwrap().images.iter().all(|&v| v == 1.0));
 }
 
@@ -99,46 +170,100 @@ fn bad_folders_are_named_with_the_fix() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let msg = error_of(root);
-    assert!(msg.contains("has no metadata.jsonl; an image folder holds images"), "{msg}");
+    assert!(
+        msg.contains("has no metadata.jsonl; an image folder holds images"),
+        "{msg}"
+    );
 
     std::fs::create_dir(root.join("train")).unwrap();
-    folder(&root.join("train"), &[r#"{"file_name": "0.png", "text": "x"}"#], 1);
+    folder(
+        &root.join("train"),
+        &[r#"{"file_name": "0.png", "text": "x"}"#],
+        1,
+    );
     let msg = error_of(root);
-    assert!(msg.contains("(it holds train: pass ") && msg.contains("train)"), "{msg}");
+    assert!(
+        msg.contains("(it holds train: pass ") && msg.contains("train)"),
+        "{msg}"
+    );
 
     let dir = root.join("train");
-    std::fs::write(dir.join("metadata.jsonl"), "{\"file_name\": \"0.png\", \"text\": \"x\"}\n{\"text\": \"y\"}").unwrap();
+    std::fs::write(
+        dir.join("metadata.jsonl"),
+        "{\"file_name\": \"0.png\", \"text\": \"x\"}\n{\"text\": \"y\"}",
+    )
+    .unwrap();
     assert!(error_of(&dir).ends_with("metadata.jsonl line 2: the row has no 'file_name' (every row needs a non-empty 'file_name')"));
 
     std::fs::write(dir.join("metadata.jsonl"), "{\"file_name\": \"0.png\"\n").unwrap();
     assert!(error_of(&dir).contains("metadata.jsonl line 1: not a JSON object"));
 
-    std::fs::write(dir.join("metadata.jsonl"), r#"{"file_name": "gone.png", "text": "x"}"#).unwrap();
-    assert!(error_of(&dir).ends_with("metadata.jsonl line 1: 'gone.png' is listed but missing from the folder"));
+    std::fs::write(
+        dir.join("metadata.jsonl"),
+        r#"{"file_name": "gone.png", "text": "x"}"#,
+    )
+    .unwrap();
+    assert!(error_of(&dir)
+        .ends_with("metadata.jsonl line 1: 'gone.png' is listed but missing from the folder"));
 
-    std::fs::write(dir.join("metadata.jsonl"), r#"{"file_name": "../0.png", "text": "x"}"#).unwrap();
-    assert!(error_of(&dir).contains("'file_name' must be a relative path inside the folder, not '../0.png'"));
+    std::fs::write(
+        dir.join("metadata.jsonl"),
+        r#"{"file_name": "../0.png", "text": "x"}"#,
+    )
+    .unwrap();
+    assert!(error_of(&dir)
+        .contains("'file_name' must be a relative path inside the folder, not '../0.png'"));
 
     std::fs::write(dir.join("metadata.jsonl"), "\n\n").unwrap();
     assert!(error_of(&dir).ends_with("metadata.jsonl lists no images"));
 
-    std::fs::write(dir.join("metadata.jsonl"), "{\"file_name\": \"0.png\", \"text\": \"x\"}\n{\"file_name\": \"0.png\", \"text\": \" \"}").unwrap();
-    let msg = ImageFolder::open(&dir).unwrap().require_text().unwrap_err().to_string();
-    assert!(msg.ends_with("metadata.jsonl line 2: the row has no 'text' (every row needs a non-empty 'text')"), "{msg}");
-    let msg = ImageFolder::open(&dir).unwrap().require_label().unwrap_err().to_string();
-    assert!(msg.ends_with("line 1: the row has no 'label' (every row needs a non-empty 'label')"), "{msg}");
+    std::fs::write(
+        dir.join("metadata.jsonl"),
+        "{\"file_name\": \"0.png\", \"text\": \"x\"}\n{\"file_name\": \"0.png\", \"text\": \" \"}",
+    )
+    .unwrap();
+    let msg = ImageFolder::open(&dir)
+        .unwrap()
+        .require_text()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.ends_with(
+            "metadata.jsonl line 2: the row has no 'text' (every row needs a non-empty 'text')"
+        ),
+        "{msg}"
+    );
+    let msg = ImageFolder::open(&dir)
+        .unwrap()
+        .require_label()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.ends_with("line 1: the row has no 'label' (every row needs a non-empty 'label')"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_corrupt_image_is_named_when_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("bad.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
-    std::fs::write(tmp.path().join("metadata.jsonl"), r#"{"file_name": "bad.png", "text": "x", "label": 3}"#).unwrap();
+    std::fs::write(
+        tmp.path().join("metadata.jsonl"),
+        r#"{"file_name": "bad.png", "text": "x", "label": 3}"#,
+    )
+    .unwrap();
     let folder = ImageFolder::open(tmp.path()).unwrap();
     assert_eq!(folder.labels(), ["3"], "numeric labels read as text");
     let loader = Loader::new(folder, config(1)).unwrap();
     let msg = loader.batch(0).unwrap_err().to_string();
     assert!(msg.contains("bad.png: cannot decode the image"), "{msg}");
-    let msg = Loader::new(ImageFolder::open(tmp.path()).unwrap(), config(2)).err().unwrap().to_string();
-    assert!(msg.contains("invalid batch size: 2 (the folder") && msg.contains("holds 1 images)"), "{msg}");
+    let msg = Loader::new(ImageFolder::open(tmp.path()).unwrap(), config(2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("invalid batch size: 2 (the folder") && msg.contains("holds 1 images)"),
+        "{msg}"
+    );
 }

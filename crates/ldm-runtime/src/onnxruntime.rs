@@ -28,7 +28,10 @@ pub fn onnxruntime_library() -> Result<PathBuf, RuntimeError> {
             return Ok(candidate);
         }
     }
-    searched.push(format!(".ldm/libonnxruntime.so in {} and its parents", cwd.display()));
+    searched.push(format!(
+        ".ldm/libonnxruntime.so in {} and its parents",
+        cwd.display()
+    ));
     Err(RuntimeError::OrtLibraryMissing {
         searched: searched.join("; "),
     })
@@ -83,8 +86,16 @@ impl OrtSession {
             .map_err(|e| load_error(&e))?
             .commit_from_file(path)
             .map_err(|e| load_error(&e))?;
-        let inputs = session.inputs().iter().map(|o| o.name().to_string()).collect();
-        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         Ok(Self {
             session,
             inputs,
@@ -110,8 +121,12 @@ impl Session for OrtSession {
             .map(|(t, name)| {
                 let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
                 let value: DynValue = match t.data() {
-                    TensorData::F32(v) => OrtTensor::from_array((shape, v.clone())).map_err(run_error)?.into_dyn(),
-                    TensorData::I64(v) => OrtTensor::from_array((shape, v.clone())).map_err(run_error)?.into_dyn(),
+                    TensorData::F32(v) => OrtTensor::from_array((shape, v.clone()))
+                        .map_err(run_error)?
+                        .into_dyn(),
+                    TensorData::I64(v) => OrtTensor::from_array((shape, v.clone()))
+                        .map_err(run_error)?
+                        .into_dyn(),
                 };
                 Ok((name.clone(), value))
             })
@@ -122,11 +137,17 @@ impl Session for OrtSession {
             .map(|name| {
                 let value = &outputs[name.as_str()];
                 match value.dtype() {
-                    ValueType::Tensor { ty: ort::value::TensorElementType::Float32, .. } => {
+                    ValueType::Tensor {
+                        ty: ort::value::TensorElementType::Float32,
+                        ..
+                    } => {
                         let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_error)?;
                         Tensor::f32(&dims(shape), data.to_vec())
                     }
-                    ValueType::Tensor { ty: ort::value::TensorElementType::Int64, .. } => {
+                    ValueType::Tensor {
+                        ty: ort::value::TensorElementType::Int64,
+                        ..
+                    } => {
                         let (shape, data) = value.try_extract_tensor::<i64>().map_err(run_error)?;
                         Tensor::i64(&dims(shape), data.to_vec())
                     }

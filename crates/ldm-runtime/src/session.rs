@@ -18,7 +18,10 @@ pub(crate) fn in_graph_order<'a>(
     inputs: &[(&str, &'a Tensor)],
 ) -> Result<Vec<&'a Tensor>, RuntimeError> {
     let expected = || graph_inputs.join(", ");
-    if let Some((name, _)) = inputs.iter().find(|(n, _)| !graph_inputs.iter().any(|g| g == n)) {
+    if let Some((name, _)) = inputs
+        .iter()
+        .find(|(n, _)| !graph_inputs.iter().any(|g| g == n))
+    {
         return Err(RuntimeError::UnknownInput {
             name: name.to_string(),
             expected: expected(),

@@ -125,7 +125,10 @@ fn tract_names_a_corrupt_file() {
     let path = dir.path().join("broken.onnx");
     std::fs::write(&path, b"not a protobuf").unwrap();
     let err = TractSession::load(&path).err().unwrap().to_string();
-    assert!(err.contains("broken.onnx") && err.contains("tract cannot load"), "{err}");
+    assert!(
+        err.contains("broken.onnx") && err.contains("tract cannot load"),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "ort")]

@@ -1,0 +1,50 @@
+//! The `ldm data` commands as a user runs them.
+
+use std::process::Command;
+
+fn ldm(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ldm"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn help_lists_the_data_commands() {
+    let (ok, text) = ldm(&["data", "--help"]);
+    assert!(ok, "{text}");
+    for command in ["emoji", "shapes", "check"] {
+        assert!(text.contains(command), "{text}");
+    }
+}
+
+#[test]
+fn shapes_then_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("shapes");
+    let out_arg = out.to_str().unwrap();
+    let (ok, text) = ldm(&[
+        "data", "shapes", "--out", out_arg, "--count", "30", "--size", "32", "--seed", "1",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("wrote 30 pairs"), "{text}");
+    let (ok, text) = ldm(&["data", "check", out.join("train").to_str().unwrap()]);
+    assert!(ok && text.contains("all decode"), "{text}");
+    let (ok, text) = ldm(&["data", "check", out_arg]);
+    assert!(
+        !ok && text.contains("has no metadata.jsonl (it holds train and validation: pass"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_options_fail_with_a_message_not_a_panic() {
+    let (ok, text) = ldm(&["data", "shapes", "--out", "/nonexistent/x", "--count", "0"]);
+    assert!(!ok && text.contains("invalid count: 0"), "{text}");
+    let (ok, text) = ldm(&["data", "shapes", "--out", "x", "--count", "ten"]);
+    assert!(!ok && text.contains("invalid value 'ten'"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
