@@ -1,6 +1,7 @@
 //! The `ldm` command: argument parsing and printing; the work lives in the library crates.
 
 mod data;
+mod model;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -17,10 +18,13 @@ struct Cli {
 enum Command {
     /// Prepare or check training data (image folders with metadata.jsonl).
     Data(data::DataArgs),
+    /// Inspect model configurations (models/*.toml).
+    Model(model::ModelArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Data(args) => data::run(args),
+        Command::Model(args) => model::run(args),
     }
 }

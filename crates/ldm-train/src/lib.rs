@@ -1,5 +1,7 @@
 //! Training of ldm's networks on tch (libtorch).
 
 mod device;
+mod tch_ops;
 
 pub use device::{parse_device, DeviceError};
+pub use tch_ops::TchOps;

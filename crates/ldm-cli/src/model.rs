@@ -1,0 +1,76 @@
+//! `ldm model info`: parameter counts and multiply-accumulates of a configuration.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use ldm_nn::ModelConfig;
+
+#[derive(Args)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    command: ModelCommand,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Parameters per network and multiply-accumulates per forward (batch 1) at the
+    /// configured resolution, counted without allocating any weight.
+    Info {
+        /// Model configuration (TOML).
+        config: PathBuf,
+    },
+}
+
+pub fn run(args: ModelArgs) -> anyhow::Result<()> {
+    let ModelCommand::Info { config: path } = args.command;
+    let config = ModelConfig::load(&path)?;
+    let costs = config.costs()?;
+    println!(
+        "{}: {}x{} images, f = {}, latent {}x{}x{}, {} conditioning",
+        path.display(),
+        config.resolution,
+        config.resolution,
+        config.autoencoder.factor,
+        config.latent_resolution(),
+        config.latent_resolution(),
+        config.autoencoder.latent_channels,
+        conditioning_name(&config)
+    );
+    println!(
+        "{:<16} {:>14} {:>16}  output",
+        "network", "parameters", "GMACs/forward"
+    );
+    for c in &costs {
+        println!(
+            "{:<16} {:>14} {:>16.3}  {:?}",
+            c.network,
+            thousands(c.parameters),
+            c.macs as f64 / 1e9,
+            c.output_shape
+        );
+    }
+    let total: u64 = costs.iter().map(|c| c.parameters).sum();
+    println!("{:<16} {:>14}", "total", thousands(total));
+    Ok(())
+}
+
+fn conditioning_name(config: &ModelConfig) -> &'static str {
+    match config.conditioning {
+        ldm_nn::Conditioning::None => "no",
+        ldm_nn::Conditioning::Text { .. } => "text",
+        ldm_nn::Conditioning::Class { .. } => "class",
+        ldm_nn::Conditioning::Concat { .. } => "concatenation",
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -1,0 +1,441 @@
+//! Model configurations (`models/*.toml`), validated on load with errors naming the field.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::NnError;
+
+/// A whole latent diffusion model: first stage, denoiser and conditioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Side of the square training images, in pixels.
+    pub resolution: usize,
+    pub autoencoder: AutoencoderConfig,
+    pub unet: UnetConfig,
+    #[serde(default)]
+    pub conditioning: Conditioning,
+    #[serde(default)]
+    pub diffusion: DiffusionConfig,
+}
+
+/// How the first stage regularises its latent space (paper 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regularizer {
+    /// Slight KL penalty towards a standard normal; the encoder outputs mean and log-variance.
+    Kl,
+    /// Vector quantisation with a learned codebook, absorbed into the decoder.
+    Vq,
+    /// No first stage (f = 1): diffusion runs on pixels, the paper's LDM-1 baseline.
+    Identity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencoderConfig {
+    pub regularizer: Regularizer,
+    /// Downsampling factor f = 2^m; must equal 2^(levels - 1).
+    pub factor: usize,
+    /// Latent channels c (for VQ also the codebook vector size).
+    pub latent_channels: usize,
+    /// Codebook entries |Z| (VQ only).
+    #[serde(default)]
+    pub codebook_size: Option<usize>,
+    /// Channels of the first level.
+    #[serde(default = "default_ae_channels")]
+    pub channels: usize,
+    /// Channel multiplier per level; one level per halving plus one.
+    #[serde(default)]
+    pub channel_mult: Vec<usize>,
+    /// ResNet blocks per level.
+    #[serde(default = "default_two")]
+    pub res_blocks: usize,
+    /// Pixel resolutions (of the feature maps) that get self-attention, besides the middle.
+    #[serde(default)]
+    pub attn_resolutions: Vec<usize>,
+    /// Image channels.
+    #[serde(default = "default_image_channels")]
+    pub in_channels: usize,
+    /// Groups of every group normalisation.
+    #[serde(default = "default_groups")]
+    pub groups: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnetConfig {
+    /// Channels of the first level.
+    pub model_channels: usize,
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level.
+    #[serde(default = "default_two")]
+    pub res_blocks: usize,
+    /// Downsampling rates (1, 2, 4, ...) at which a SpatialTransformer follows each block.
+    #[serde(default)]
+    pub attention_resolutions: Vec<usize>,
+    /// Attention heads (give this or `head_channels`).
+    #[serde(default)]
+    pub heads: Option<usize>,
+    /// Channels per attention head (give this or `heads`).
+    #[serde(default)]
+    pub head_channels: Option<usize>,
+    /// Transformer blocks per SpatialTransformer.
+    #[serde(default = "default_one")]
+    pub transformer_depth: usize,
+    #[serde(default = "default_groups")]
+    pub groups: usize,
+}
+
+/// What conditions the denoiser (paper 3.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Conditioning {
+    /// Unconditional.
+    #[default]
+    None,
+    /// Captions through a transformer trained jointly with the UNet (E.2.1).
+    Text {
+        vocab_size: usize,
+        /// Token sequence length.
+        #[serde(default = "default_max_length")]
+        max_length: usize,
+        /// Token width, also the context width of cross-attention.
+        width: usize,
+        depth: usize,
+        heads: usize,
+        /// Channels per head; `width / heads` when absent (x-transformers, which the paper's
+        /// encoder follows, uses 64).
+        #[serde(default)]
+        head_channels: Option<usize>,
+    },
+    /// Class labels through a learned embedding to a 1 x width context.
+    Class { classes: usize, width: usize },
+    /// Extra input channels concatenated to the latent (low-resolution image, mask, ...).
+    Concat { channels: usize },
+}
+
+/// The forward process: a "linear" schedule of T steps, in the reference implementation's
+/// sense (betas linear in sqrt: sqrt(beta) from sqrt(beta_start) to sqrt(beta_end)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    pub timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+}
+
+impl Default for DiffusionConfig {
+    /// T = 1000 and the 0.0015..0.0195 range of the paper's LDM configurations.
+    fn default() -> Self {
+        Self {
+            timesteps: 1000,
+            beta_start: 0.0015,
+            beta_end: 0.0195,
+        }
+    }
+}
+
+fn default_ae_channels() -> usize {
+    128
+}
+fn default_two() -> usize {
+    2
+}
+fn default_one() -> usize {
+    1
+}
+fn default_image_channels() -> usize {
+    3
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_max_length() -> usize {
+    77
+}
+
+fn check(ok: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), NnError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(NnError::config(field, message()))
+    }
+}
+
+impl ModelConfig {
+    /// Reads and validates a TOML configuration.
+    pub fn load(path: &Path) -> Result<Self, NnError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NnError::ConfigFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            NnError::ConfigFile { message, .. } => NnError::ConfigFile {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, NnError> {
+        let config: ModelConfig = toml::from_str(text).map_err(|e| NnError::ConfigFile {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), NnError> {
+        let ae = &self.autoencoder;
+        check(
+            ae.factor.is_power_of_two() && ae.factor <= 32,
+            "autoencoder.factor",
+            || format!("{} is not a power of two from 1 to 32", ae.factor),
+        )?;
+        check(
+            self.resolution % ae.factor == 0 && self.resolution > 0,
+            "resolution",
+            || {
+                format!(
+                    "{} is not a multiple of autoencoder.factor = {}",
+                    self.resolution, ae.factor
+                )
+            },
+        )?;
+        check((1..=4096).contains(&self.resolution), "resolution", || {
+            format!("{} is outside 1..=4096", self.resolution)
+        })?;
+        ae.validate(self.resolution)?;
+        self.unet.validate(self.latent_resolution())?;
+        self.conditioning.validate()?;
+        let d = &self.diffusion;
+        check(
+            (1..=100_000).contains(&d.timesteps),
+            "diffusion.timesteps",
+            || format!("{} is outside 1..=100000", d.timesteps),
+        )?;
+        check(
+            0.0 < d.beta_start && d.beta_start < d.beta_end && d.beta_end < 1.0,
+            "diffusion.beta_start",
+            || {
+                format!(
+                    "need 0 < beta_start ({}) < beta_end ({}) < 1",
+                    d.beta_start, d.beta_end
+                )
+            },
+        )
+    }
+
+    /// Side of the latent: resolution / f.
+    pub fn latent_resolution(&self) -> usize {
+        self.resolution / self.autoencoder.factor
+    }
+
+    /// Channels the UNet sees: the latent plus any concatenated conditioning.
+    pub fn unet_in_channels(&self) -> usize {
+        self.autoencoder.latent_channels
+            + match self.conditioning {
+                Conditioning::Concat { channels } => channels,
+                _ => 0,
+            }
+    }
+
+    /// Width of the cross-attention context, if the model has one.
+    pub fn context_dim(&self) -> Option<usize> {
+        match self.conditioning {
+            Conditioning::Text { width, .. } | Conditioning::Class { width, .. } => Some(width),
+            _ => None,
+        }
+    }
+}
+
+impl AutoencoderConfig {
+    fn validate(&self, resolution: usize) -> Result<(), NnError> {
+        check(
+            self.latent_channels > 0,
+            "autoencoder.latent_channels",
+            || "must be at least 1".into(),
+        )?;
+        if self.regularizer == Regularizer::Identity {
+            check(self.factor == 1, "autoencoder.factor", || {
+                format!(
+                    "{} with regularizer = \"identity\" (no first stage means f = 1)",
+                    self.factor
+                )
+            })?;
+            return check(
+                self.latent_channels == self.in_channels,
+                "autoencoder.latent_channels",
+                || {
+                    format!(
+                        "{} but an identity first stage keeps the {} image channels",
+                        self.latent_channels, self.in_channels
+                    )
+                },
+            );
+        }
+        let levels = self.channel_mult.len();
+        check(
+            levels >= 1 && 1 << (levels - 1) == self.factor,
+            "autoencoder.channel_mult",
+            || {
+                format!(
+                    "{levels} levels give f = 2^{} but factor = {}",
+                    levels.saturating_sub(1),
+                    self.factor
+                )
+            },
+        )?;
+        check(self.groups > 0, "autoencoder.groups", || {
+            "must be at least 1".into()
+        })?;
+        for (i, m) in self.channel_mult.iter().enumerate() {
+            let c = self.channels * m;
+            check(
+                c > 0 && c % self.groups == 0,
+                &format!("autoencoder.channel_mult[{i}]"),
+                || {
+                    format!(
+                        "{} x {m} = {c} channels are not divisible by groups = {}",
+                        self.channels, self.groups
+                    )
+                },
+            )?;
+        }
+        let reached: Vec<usize> = (0..levels).map(|i| resolution >> i).collect();
+        for r in &self.attn_resolutions {
+            check(reached.contains(r), "autoencoder.attn_resolutions", || {
+                format!("{r} is never reached (the encoder sees {reached:?})")
+            })?;
+        }
+        match (self.regularizer, self.codebook_size) {
+            (Regularizer::Vq, None | Some(0)) => Err(NnError::config(
+                "autoencoder.codebook_size",
+                "a VQ autoencoder needs codebook_size >= 1",
+            )),
+            (Regularizer::Kl, Some(_)) => Err(NnError::config(
+                "autoencoder.codebook_size",
+                "only a VQ autoencoder has a codebook",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl UnetConfig {
+    fn validate(&self, latent_resolution: usize) -> Result<(), NnError> {
+        let levels = self.channel_mult.len();
+        check(levels >= 1, "unet.channel_mult", || {
+            "needs at least one level".into()
+        })?;
+        check(
+            latent_resolution % (1 << (levels - 1)) == 0,
+            "unet.channel_mult",
+            || {
+                format!("{levels} levels halve the {latent_resolution}-pixel latent {} times, which does not divide it", levels - 1)
+            },
+        )?;
+        check(
+            self.groups > 0 && self.model_channels > 0,
+            "unet.groups",
+            || "groups and model_channels must be at least 1".into(),
+        )?;
+        for (i, m) in self.channel_mult.iter().enumerate() {
+            let c = self.model_channels * m;
+            check(
+                c > 0 && c % self.groups == 0,
+                &format!("unet.channel_mult[{i}]"),
+                || {
+                    format!(
+                        "{} x {m} = {c} channels are not divisible by groups = {}",
+                        self.model_channels, self.groups
+                    )
+                },
+            )?;
+            self.head_layout(c)
+                .map_err(|m| NnError::config(format!("unet.channel_mult[{i}]"), m))?;
+        }
+        let rates: Vec<usize> = (0..levels).map(|i| 1 << i).collect();
+        for r in &self.attention_resolutions {
+            check(rates.contains(r), "unet.attention_resolutions", || {
+                format!("{r} is never reached (downsampling rates are {rates:?})")
+            })?;
+        }
+        check(
+            self.transformer_depth >= 1,
+            "unet.transformer_depth",
+            || "must be at least 1".into(),
+        )
+    }
+
+    /// (heads, channels per head) of attention over `channels` channels.
+    pub fn head_layout(&self, channels: usize) -> Result<(usize, usize), String> {
+        match (self.heads, self.head_channels) {
+            (Some(h), None) if h > 0 && channels % h == 0 => Ok((h, channels / h)),
+            (None, Some(d)) if d > 0 && channels % d == 0 => Ok((channels / d, d)),
+            (Some(_), Some(_)) | (None, None) => {
+                Err("set exactly one of unet.heads and unet.head_channels".into())
+            }
+            (h, d) => Err(format!(
+                "{channels} channels do not split into {}",
+                h.map(|h| format!("{h} heads"))
+                    .unwrap_or_else(|| format!("heads of {} channels", d.unwrap_or(0)))
+            )),
+        }
+    }
+}
+
+impl Conditioning {
+    fn validate(&self) -> Result<(), NnError> {
+        match *self {
+            Conditioning::Text {
+                vocab_size,
+                max_length,
+                width,
+                depth,
+                heads,
+                head_channels,
+            } => {
+                check(vocab_size >= 2, "conditioning.vocab_size", || {
+                    format!("{vocab_size} is too small")
+                })?;
+                check(
+                    (1..=4096).contains(&max_length),
+                    "conditioning.max_length",
+                    || format!("{max_length} is outside 1..=4096"),
+                )?;
+                check(depth >= 1, "conditioning.depth", || {
+                    "must be at least 1".into()
+                })?;
+                check(
+                    head_channels != Some(0),
+                    "conditioning.head_channels",
+                    || "must be at least 1".into(),
+                )?;
+                check(
+                    heads >= 1 && (head_channels.is_some() || width % heads == 0),
+                    "conditioning.width",
+                    || format!("{width} does not split into {heads} heads"),
+                )
+            }
+            Conditioning::Class { classes, width } => {
+                check(classes >= 1, "conditioning.classes", || {
+                    "must be at least 1".into()
+                })?;
+                check(width >= 1, "conditioning.width", || {
+                    "must be at least 1".into()
+                })
+            }
+            Conditioning::Concat { channels } => {
+                check(channels >= 1, "conditioning.channels", || {
+                    "must be at least 1".into()
+                })
+            }
+            Conditioning::None => Ok(()),
+        }
+    }
+}

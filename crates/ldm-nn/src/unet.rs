@@ -1,0 +1,280 @@
+//! The time-conditional UNet of paper 3.2/3.3 (Table 16), after the reference `UNetModel`
+//! (`openaimodel.py`) with `SpatialTransformer` blocks (`attention.py`): parameter names
+//! follow the reference so its layout can be compared key by key.
+
+use crate::config::UnetConfig;
+use crate::layers::{
+    conv2d, conv3x3, from_tokens, group_norm, layer_norm, linear, multi_head_attention, to_tokens,
+    Path,
+};
+use crate::ops::{Dim, Ops, Result};
+
+/// GroupNorm eps of the UNet's ResBlocks (`normalization` in the reference) and of the
+/// SpatialTransformer's input norm.
+const RES_EPS: f64 = 1e-5;
+const TRANSFORMER_EPS: f64 = 1e-6;
+
+/// What the UNet is built for: channels in and out, and the cross-attention context width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnetIo {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// None: no context (unconditional or concatenation models), plain self-attention blocks.
+    pub context_dim: Option<usize>,
+}
+
+/// Sinusoidal embedding of (float) timesteps [B] -> [B, dim]: cos then sin halves, with
+/// frequencies exp(-ln(10000) · i / (dim/2)) as in the reference `timestep_embedding`.
+pub fn timestep_embedding<O: Ops>(o: &mut O, t: &O::T, dim: usize) -> Result<O::T> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    let freqs = o.constant(&freqs, &[1, half])?;
+    let t = o.reshape(t, &[Dim::Infer, Dim::Fixed(1)])?;
+    let args = o.mul(&t, &freqs)?;
+    let (c, s) = (o.cos(&args)?, o.sin(&args)?);
+    o.concat(&[&c, &s], 1)
+}
+
+/// in_layers (norm, SiLU, conv) + emb_layers (SiLU, linear) + out_layers (norm, SiLU, zero conv),
+/// with a 1x1 skip_connection when channels change.
+fn res_block<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    emb: &O::T,
+    cin: usize,
+    cout: usize,
+    emb_dim: usize,
+    g: usize,
+) -> Result<O::T> {
+    let h = group_norm(o, &p.pp("in_layers").pp(0), x, cin, g, RES_EPS)?;
+    let h = o.silu(&h)?;
+    let h = conv3x3(o, &p.pp("in_layers").pp(2), &h, cin, cout)?;
+    let e = o.silu(emb)?;
+    let e = linear(o, &p.pp("emb_layers").pp(1), &e, emb_dim, cout, true)?;
+    let e = o.reshape(&e, &[Dim::Keep, Dim::Keep, Dim::Fixed(1), Dim::Fixed(1)])?;
+    let h = o.add(&h, &e)?;
+    let h = group_norm(o, &p.pp("out_layers").pp(0), &h, cout, g, RES_EPS)?;
+    let h = o.silu(&h)?;
+    let h = conv2d(o, &p.pp("out_layers").pp(3), &h, cout, cout, 3, 1, 1, true)?;
+    let skip = if cin == cout {
+        None
+    } else {
+        Some(conv2d(
+            o,
+            &p.pp("skip_connection"),
+            x,
+            cin,
+            cout,
+            1,
+            1,
+            0,
+            false,
+        )?)
+    };
+    o.add(skip.as_ref().unwrap_or(x), &h)
+}
+
+/// GEGLU feed-forward: net.0.proj to 2 x 4·dim, value · GELU(gate), net.2 back to dim.
+fn feed_forward<O: Ops>(o: &mut O, p: &Path, x: &O::T, dim: usize) -> Result<O::T> {
+    let inner = 4 * dim;
+    let h = linear(o, &p.pp("net").pp(0).pp("proj"), x, dim, 2 * inner, true)?;
+    let value = o.narrow(&h, 2, 0, inner)?;
+    let gate = o.narrow(&h, 2, inner, inner)?;
+    let gate = o.gelu(&gate)?;
+    let h = o.mul(&value, &gate)?;
+    linear(o, &p.pp("net").pp(2), &h, inner, dim, true)
+}
+
+/// The "ablated UNet" self-attention block of unconditional models: norm, a 1x1 qkv
+/// projection, multi-head self-attention over all positions, zero-initialised proj_out.
+fn attention_block<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    c: usize,
+    cfg: &UnetConfig,
+) -> Result<O::T> {
+    let (heads, head_dim) = cfg
+        .head_layout(c)
+        .map_err(|m| crate::NnError::config("unet", m))?;
+    let h = group_norm(o, &p.pp("norm"), x, c, cfg.groups, RES_EPS)?;
+    let qkv = conv2d(o, &p.pp("qkv"), &h, c, 3 * c, 1, 1, 0, false)?;
+    let tokens = to_tokens(o, &qkv)?; // [B, HW, 3c]
+    let split = |o: &mut O, start: usize| -> Result<O::T> {
+        let t = o.narrow(&tokens, 2, start, c)?;
+        let t = o.reshape(
+            &t,
+            &[
+                Dim::Keep,
+                Dim::Keep,
+                Dim::Fixed(heads),
+                Dim::Fixed(head_dim),
+            ],
+        )?;
+        o.permute(&t, &[0, 2, 1, 3])
+    };
+    let (q, k, v) = (split(o, 0)?, split(o, c)?, split(o, 2 * c)?);
+    let a = o.attention(&q, &k, &v, head_dim)?;
+    let a = o.permute(&a, &[0, 2, 1, 3])?;
+    let a = o.reshape(&a, &[Dim::Keep, Dim::Keep, Dim::Fixed(c)])?;
+    let a = from_tokens(o, &a, x)?;
+    let a = conv2d(o, &p.pp("proj_out"), &a, c, c, 1, 1, 0, true)?;
+    o.add(x, &a)
+}
+
+/// Attention after a block: a SpatialTransformer when there is a context, the plain
+/// self-attention block otherwise (as the reference's unconditional configurations).
+fn attention<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    context: Option<&O::T>,
+    c: usize,
+    cfg: &UnetConfig,
+    io: UnetIo,
+) -> Result<O::T> {
+    match io.context_dim {
+        Some(_) => spatial_transformer(o, p, x, context, c, cfg, io.context_dim),
+        None => attention_block(o, p, x, c, cfg),
+    }
+}
+
+/// norm, proj_in, transformer blocks (self-attention, cross-attention, feed-forward, each
+/// pre-LayerNorm and residual), proj_out (zero-initialised), residual.
+#[allow(clippy::too_many_arguments)]
+fn spatial_transformer<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    context: Option<&O::T>,
+    c: usize,
+    cfg: &UnetConfig,
+    context_dim: Option<usize>,
+) -> Result<O::T> {
+    let (heads, head_dim) = cfg
+        .head_layout(c)
+        .map_err(|m| crate::NnError::config("unet", m))?;
+    let inner = heads * head_dim;
+    let h = group_norm(o, &p.pp("norm"), x, c, cfg.groups, TRANSFORMER_EPS)?;
+    let h = conv2d(o, &p.pp("proj_in"), &h, c, inner, 1, 1, 0, false)?;
+    let mut t = to_tokens(o, &h)?;
+    for d in 0..cfg.transformer_depth {
+        let b = p.pp("transformer_blocks").pp(d);
+        let n = layer_norm(o, &b.pp("norm1"), &t, inner)?;
+        let a = multi_head_attention(o, &b.pp("attn1"), &n, &n, inner, inner, heads, head_dim)?;
+        t = o.add(&t, &a)?;
+        let n = layer_norm(o, &b.pp("norm2"), &t, inner)?;
+        let (ctx, ctx_dim) = match (context, context_dim) {
+            (Some(ctx), Some(d)) => (ctx, d),
+            _ => {
+                return Err(crate::NnError::Shape {
+                    op: "spatial_transformer",
+                    message: "a context-conditioned UNet needs a context".into(),
+                })
+            }
+        };
+        let a = multi_head_attention(o, &b.pp("attn2"), &n, ctx, inner, ctx_dim, heads, head_dim)?;
+        t = o.add(&t, &a)?;
+        let n = layer_norm(o, &b.pp("norm3"), &t, inner)?;
+        let f = feed_forward(o, &b.pp("ff"), &n, inner)?;
+        t = o.add(&t, &f)?;
+    }
+    let h = from_tokens(o, &t, &h)?;
+    let h = conv2d(o, &p.pp("proj_out"), &h, inner, c, 1, 1, 0, true)?;
+    o.add(x, &h)
+}
+
+/// Predicted noise for latent `x` [B, in, h, w] at timesteps `t` [B] (f32), attending to
+/// `context` [B, M, context_dim] when given. h and w must be multiples of 2^(levels-1).
+pub fn forward<O: Ops>(
+    o: &mut O,
+    cfg: &UnetConfig,
+    io: UnetIo,
+    x: &O::T,
+    t: &O::T,
+    context: Option<&O::T>,
+) -> Result<O::T> {
+    let mc = cfg.model_channels;
+    let emb_dim = 4 * mc;
+    let g = cfg.groups;
+    let te = timestep_embedding(o, t, mc)?;
+    let emb = linear(o, &Path::root("time_embed").pp(0), &te, mc, emb_dim, true)?;
+    let emb = o.silu(&emb)?;
+    let emb = linear(
+        o,
+        &Path::root("time_embed").pp(2),
+        &emb,
+        emb_dim,
+        emb_dim,
+        true,
+    )?;
+
+    let input = Path::root("input_blocks");
+    let mut h = conv3x3(o, &input.pp(0).pp(0), x, io.in_channels, mc)?;
+    let mut skips = vec![(o.alias(&h), mc)];
+    let (mut ch, mut ds, mut block) = (mc, 1, 1);
+    let levels = cfg.channel_mult.len();
+    for (level, mult) in cfg.channel_mult.iter().enumerate() {
+        for _ in 0..cfg.res_blocks {
+            let p = input.pp(block);
+            h = res_block(o, &p.pp(0), &h, &emb, ch, mult * mc, emb_dim, g)?;
+            ch = mult * mc;
+            if cfg.attention_resolutions.contains(&ds) {
+                h = attention(o, &p.pp(1), &h, context, ch, cfg, io)?;
+            }
+            skips.push((o.alias(&h), ch));
+            block += 1;
+        }
+        if level + 1 < levels {
+            h = conv2d(
+                o,
+                &input.pp(block).pp(0).pp("op"),
+                &h,
+                ch,
+                ch,
+                3,
+                2,
+                1,
+                false,
+            )?;
+            skips.push((o.alias(&h), ch));
+            block += 1;
+            ds *= 2;
+        }
+    }
+
+    let mid = Path::root("middle_block");
+    h = res_block(o, &mid.pp(0), &h, &emb, ch, ch, emb_dim, g)?;
+    h = attention(o, &mid.pp(1), &h, context, ch, cfg, io)?;
+    h = res_block(o, &mid.pp(2), &h, &emb, ch, ch, emb_dim, g)?;
+
+    let output = Path::root("output_blocks");
+    let mut block = 0;
+    for (level, mult) in cfg.channel_mult.iter().enumerate().rev() {
+        for i in 0..=cfg.res_blocks {
+            let p = output.pp(block);
+            let (skip, skip_ch) = skips.pop().expect("one skip per input block");
+            let cat = o.concat(&[&h, &skip], 1)?;
+            h = res_block(o, &p.pp(0), &cat, &emb, ch + skip_ch, mult * mc, emb_dim, g)?;
+            ch = mult * mc;
+            let mut layer = 1;
+            if cfg.attention_resolutions.contains(&ds) {
+                h = attention(o, &p.pp(layer), &h, context, ch, cfg, io)?;
+                layer += 1;
+            }
+            if level > 0 && i == cfg.res_blocks {
+                let u = o.upsample2x(&h)?;
+                h = conv3x3(o, &p.pp(layer).pp("conv"), &u, ch, ch)?;
+                ds /= 2;
+            }
+            block += 1;
+        }
+    }
+    let out = Path::root("out");
+    h = group_norm(o, &out.pp(0), &h, ch, g, RES_EPS)?;
+    h = o.silu(&h)?;
+    conv2d(o, &out.pp(2), &h, ch, io.out_channels, 3, 1, 1, true)
+}
