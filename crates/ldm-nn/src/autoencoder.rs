@@ -125,9 +125,19 @@ pub fn encode<O: Ops>(
     }
 }
 
-/// Nearest codebook entry per position (VQ): returns (quantised latent, indices [B, H, W]).
-/// The quantised latent carries the encoder's gradient (straight-through estimator).
-pub fn quantize<O: Ops>(o: &mut O, cfg: &AutoencoderConfig, z: &O::T) -> Result<(O::T, O::T)> {
+/// The result of vector quantisation.
+pub struct Quantized<T> {
+    /// The codebook vectors, carrying the encoder's gradient (straight-through estimator):
+    /// what the decoder sees.
+    pub latent: T,
+    /// The same values with the codebook's gradient, for the codebook loss.
+    pub codes: T,
+    /// Chosen entry per position, [B, H, W].
+    pub indices: T,
+}
+
+/// Nearest codebook entry per position of `z` [B, c, H, W] (VQ).
+pub fn quantize<O: Ops>(o: &mut O, cfg: &AutoencoderConfig, z: &O::T) -> Result<Quantized<O::T>> {
     let (n, d) = (cfg.codebook_size.unwrap_or(0), cfg.latent_channels);
     let book = o.param("quantize.embedding.weight", &[n, d], Init::FanIn(n))?;
     let zt = o.permute(z, &[0, 2, 3, 1])?; // [B, H, W, d]
@@ -142,9 +152,13 @@ pub fn quantize<O: Ops>(o: &mut O, cfg: &AutoencoderConfig, z: &O::T) -> Result<
     let dist = o.add(&dist, &e2)?;
     let indices = o.argmin(&dist)?;
     let zq = o.embedding(&book, &indices)?;
-    let zq = o.permute(&zq, &[0, 3, 1, 2])?;
-    let zq = o.straight_through(&zq, z)?;
-    Ok((zq, indices))
+    let codes = o.permute(&zq, &[0, 3, 1, 2])?;
+    let latent = o.straight_through(&codes, z)?;
+    Ok(Quantized {
+        latent,
+        codes,
+        indices,
+    })
 }
 
 /// Latent [B, c, H/f, W/f] -> image [B, 3, H, W]. For VQ the latent is the
@@ -158,8 +172,8 @@ pub fn decode<O: Ops>(
     match cfg.regularizer {
         Regularizer::Identity => Ok(o.alias(latent)),
         Regularizer::Vq => {
-            let (zq, _) = quantize(o, cfg, latent)?;
-            decode_quantized(o, cfg, resolution, &zq)
+            let quantized = quantize(o, cfg, latent)?;
+            decode_quantized(o, cfg, resolution, &quantized.latent)
         }
         Regularizer::Kl => decode_quantized(o, cfg, resolution, latent),
     }
