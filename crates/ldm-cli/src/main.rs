@@ -3,6 +3,7 @@
 mod data;
 mod model;
 mod progress;
+mod tokenizer;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +21,25 @@ enum Command {
     Data(data::DataArgs),
     /// Inspect model configurations (models/*.toml).
     Model(model::ModelArgs),
+    /// Train a caption tokenizer (WordPiece) on an image folder's captions.
+    Tokenizer(tokenizer::TokenizerArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// Errors are printed as one line with their causes (no backtrace: they are the user's to fix).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),
+        Command::Tokenizer(args) => tokenizer::run(args),
     }
 }

@@ -48,3 +48,44 @@ fn bad_options_fail_with_a_message_not_a_panic() {
     assert!(!ok && text.contains("invalid value 'ten'"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+#[test]
+fn model_info_counts_and_tokenizer_trains_on_captions() {
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-text.toml");
+    let (ok, text) = ldm(&["model", "info", models]);
+    assert!(ok, "{text}");
+    assert!(text.contains("unet                     69,059"), "{text}");
+    let (ok, text) = ldm(&["model", "info", "no-such.toml"]);
+    assert!(
+        !ok && text.contains("error: no-such.toml: cannot read the configuration"),
+        "{text}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    let (ok, text) = ldm(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--count",
+        "40",
+        "--size",
+        "16",
+    ]);
+    assert!(ok, "{text}");
+    let out = tmp.path().join("tokenizer.json");
+    let train = data.join("train");
+    let (ok, text) = ldm(&[
+        "tokenizer",
+        "train",
+        "--data",
+        train.to_str().unwrap(),
+        "--vocab-size",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok && out.is_file(), "{text}");
+    assert!(text.contains("the longest caption is"), "{text}");
+}

@@ -197,7 +197,7 @@ impl ModelConfig {
             || format!("{} is not a power of two from 1 to 32", ae.factor),
         )?;
         check(
-            self.resolution % ae.factor == 0 && self.resolution > 0,
+            self.resolution.is_multiple_of(ae.factor) && self.resolution > 0,
             "resolution",
             || {
                 format!(
@@ -296,7 +296,7 @@ impl AutoencoderConfig {
         for (i, m) in self.channel_mult.iter().enumerate() {
             let c = self.channels * m;
             check(
-                c > 0 && c % self.groups == 0,
+                c > 0 && c.is_multiple_of(self.groups),
                 &format!("autoencoder.channel_mult[{i}]"),
                 || {
                     format!(
@@ -333,7 +333,7 @@ impl UnetConfig {
             "needs at least one level".into()
         })?;
         check(
-            latent_resolution % (1 << (levels - 1)) == 0,
+            latent_resolution.is_multiple_of(1 << (levels - 1)),
             "unet.channel_mult",
             || {
                 format!("{levels} levels halve the {latent_resolution}-pixel latent {} times, which does not divide it", levels - 1)
@@ -347,7 +347,7 @@ impl UnetConfig {
         for (i, m) in self.channel_mult.iter().enumerate() {
             let c = self.model_channels * m;
             check(
-                c > 0 && c % self.groups == 0,
+                c > 0 && c.is_multiple_of(self.groups),
                 &format!("unet.channel_mult[{i}]"),
                 || {
                     format!(
@@ -375,8 +375,8 @@ impl UnetConfig {
     /// (heads, channels per head) of attention over `channels` channels.
     pub fn head_layout(&self, channels: usize) -> Result<(usize, usize), String> {
         match (self.heads, self.head_channels) {
-            (Some(h), None) if h > 0 && channels % h == 0 => Ok((h, channels / h)),
-            (None, Some(d)) if d > 0 && channels % d == 0 => Ok((channels / d, d)),
+            (Some(h), None) if h > 0 && channels.is_multiple_of(h) => Ok((h, channels / h)),
+            (None, Some(d)) if d > 0 && channels.is_multiple_of(d) => Ok((channels / d, d)),
             (Some(_), Some(_)) | (None, None) => {
                 Err("set exactly one of unet.heads and unet.head_channels".into())
             }

@@ -239,7 +239,7 @@ impl Ops for ShapeOps {
         }
         let known: usize = out.iter().product();
         if let Some(i) = infer {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(err("reshape", format!("{x:?} cannot take shape {dims:?}")));
             }
             out[i] = total / known;

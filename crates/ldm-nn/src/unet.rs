@@ -46,9 +46,9 @@ fn res_block<O: Ops>(
     emb: &O::T,
     cin: usize,
     cout: usize,
-    emb_dim: usize,
-    g: usize,
+    cfg: &UnetConfig,
 ) -> Result<O::T> {
+    let (g, emb_dim) = (cfg.groups, 4 * cfg.model_channels);
     let h = group_norm(o, &p.pp("in_layers").pp(0), x, cin, g, RES_EPS)?;
     let h = o.silu(&h)?;
     let h = conv3x3(o, &p.pp("in_layers").pp(2), &h, cin, cout)?;
@@ -220,7 +220,7 @@ pub fn forward<O: Ops>(
     for (level, mult) in cfg.channel_mult.iter().enumerate() {
         for _ in 0..cfg.res_blocks {
             let p = input.pp(block);
-            h = res_block(o, &p.pp(0), &h, &emb, ch, mult * mc, emb_dim, g)?;
+            h = res_block(o, &p.pp(0), &h, &emb, ch, mult * mc, cfg)?;
             ch = mult * mc;
             if cfg.attention_resolutions.contains(&ds) {
                 h = attention(o, &p.pp(1), &h, context, ch, cfg, io)?;
@@ -247,9 +247,9 @@ pub fn forward<O: Ops>(
     }
 
     let mid = Path::root("middle_block");
-    h = res_block(o, &mid.pp(0), &h, &emb, ch, ch, emb_dim, g)?;
+    h = res_block(o, &mid.pp(0), &h, &emb, ch, ch, cfg)?;
     h = attention(o, &mid.pp(1), &h, context, ch, cfg, io)?;
-    h = res_block(o, &mid.pp(2), &h, &emb, ch, ch, emb_dim, g)?;
+    h = res_block(o, &mid.pp(2), &h, &emb, ch, ch, cfg)?;
 
     let output = Path::root("output_blocks");
     let mut block = 0;
@@ -258,7 +258,7 @@ pub fn forward<O: Ops>(
             let p = output.pp(block);
             let (skip, skip_ch) = skips.pop().expect("one skip per input block");
             let cat = o.concat(&[&h, &skip], 1)?;
-            h = res_block(o, &p.pp(0), &cat, &emb, ch + skip_ch, mult * mc, emb_dim, g)?;
+            h = res_block(o, &p.pp(0), &cat, &emb, ch + skip_ch, mult * mc, cfg)?;
             ch = mult * mc;
             let mut layer = 1;
             if cfg.attention_resolutions.contains(&ds) {

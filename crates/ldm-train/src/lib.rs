@@ -1,6 +1,7 @@
 //! Training of ldm's networks on tch (libtorch).
 
 mod device;
+pub mod gaussian;
 pub mod losses;
 mod tch_ops;
 

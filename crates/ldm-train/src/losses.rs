@@ -2,12 +2,12 @@
 
 use tch::{Kind, Tensor};
 
+use crate::gaussian::split_moments;
+
 /// KL divergence of N(mean, exp(logvar)) from N(0, 1), summed over latent elements and
 /// averaged over the batch; `moments` is the encoder's [B, 2c, h, w] (mean, then log-variance).
 pub fn kl_divergence(moments: &Tensor) -> Tensor {
-    let c = moments.size()[1] / 2;
-    let mean = moments.narrow(1, 0, c);
-    let logvar = moments.narrow(1, c, c);
+    let (mean, logvar) = split_moments(moments);
     let per_sample = (mean.square() + logvar.exp() - 1.0 - &logvar).sum_dim_intlist(
         [1i64, 2, 3].as_slice(),
         false,

@@ -149,6 +149,33 @@ fn kl_term_is_zero_at_the_prior_and_positive_away_from_it() {
 }
 
 #[test]
+fn kl_samples_spread_around_the_mode_and_checkpoint_keys_are_parameter_names() {
+    tch::manual_seed(4);
+    let cfg = tiny("kl", "");
+    let mut o = TchOps::new(Device::Cpu);
+    let image = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let moments = autoencoder::encode(&mut o, &cfg.autoencoder, 16, &image).unwrap();
+    let mode = ldm_train::gaussian::mode(&moments);
+    let sample = ldm_train::gaussian::sample(&moments);
+    assert_eq!(mode.size(), [2, 3, 8, 8]);
+    assert!(!sample.allclose(&mode, 1e-4, 1e-4, false));
+    // The checkpoint (safetensors) holds exactly the parameters, under their names.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ae.safetensors");
+    o.var_store().save(&path).unwrap();
+    let mut saved: Vec<String> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    saved.sort();
+    let mut names: Vec<String> = o.params().keys().cloned().collect();
+    names.sort();
+    assert_eq!(saved, names);
+    assert!(names.contains(&"encoder.down.0.block.0.conv1.weight".to_string()));
+}
+
+#[test]
 fn cross_attention_reads_the_context() {
     tch::manual_seed(2);
     let cfg = tiny("kl", TEXT);

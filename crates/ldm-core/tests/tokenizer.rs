@@ -1,0 +1,78 @@
+//! The caption tokenizer: trained on captions, padded and truncated to the context length,
+//! identical after a save/load round trip.
+
+use ldm_core::TextTokenizer;
+
+const CAPTIONS: [&str; 6] = [
+    "red apple, twemoji style",
+    "green apple, noto style",
+    "waving hand, light skin tone, noto style",
+    "a large red star at the top left on a white background",
+    "a small blue circle in the center on a black background",
+    "White Heart, Twemoji Style",
+];
+
+fn trained() -> TextTokenizer {
+    TextTokenizer::train(CAPTIONS.iter().copied(), 120).unwrap()
+}
+
+#[test]
+fn captions_encode_to_padded_ids_and_decode_back() {
+    let tokenizer = trained();
+    assert!(tokenizer.vocab_size() <= 120);
+    let encoded = tokenizer.encode("Red apple, twemoji style", 12).unwrap();
+    assert_eq!(encoded.ids.len(), 12);
+    assert!(!encoded.truncated);
+    assert_eq!(*encoded.ids.last().unwrap(), tokenizer.pad_id() as i64);
+    assert_eq!(
+        tokenizer.decode(&encoded.ids).unwrap(),
+        "red apple, twemoji style"
+    );
+    // Different prompts, different ids.
+    assert_ne!(
+        encoded,
+        tokenizer.encode("green apple, noto style", 12).unwrap()
+    );
+}
+
+#[test]
+fn long_prompts_are_cut_to_the_context_and_flagged() {
+    let tokenizer = trained();
+    let long = CAPTIONS.join(" and ");
+    let encoded = tokenizer.encode(&long, 8).unwrap();
+    assert_eq!(encoded.ids.len(), 8);
+    assert!(encoded.truncated);
+    let full = tokenizer.encode(&long, 200).unwrap();
+    assert_eq!(encoded.ids[..7], full.ids[..7]);
+    assert_eq!(
+        encoded.ids[7],
+        full.ids
+            .iter()
+            .rev()
+            .find(|&&i| i != tokenizer.pad_id() as i64)
+            .copied()
+            .unwrap(),
+        "ends with [SEP]"
+    );
+}
+
+#[test]
+fn a_saved_tokenizer_loads_and_encodes_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let tokenizer = trained();
+    tokenizer.save(&path).unwrap();
+    let loaded = TextTokenizer::load(&path).unwrap();
+    for caption in CAPTIONS {
+        assert_eq!(
+            tokenizer.encode(caption, 16).unwrap(),
+            loaded.encode(caption, 16).unwrap()
+        );
+    }
+    std::fs::write(&path, "{ not json").unwrap();
+    let err = TextTokenizer::load(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("tokenizer.json: cannot load the tokenizer"),
+        "{err}"
+    );
+}
