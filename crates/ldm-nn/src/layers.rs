@@ -119,6 +119,26 @@ pub fn from_tokens<O: Ops>(o: &mut O, tokens: &O::T, like: &O::T) -> Result<O::T
     o.reshape_like(&t, like)
 }
 
+/// Tokens [B, N, heads·d] -> [B, heads, N, d].
+pub fn split_heads<O: Ops>(o: &mut O, t: &O::T, heads: usize, head_dim: usize) -> Result<O::T> {
+    let t = o.reshape(
+        t,
+        &[
+            Dim::Keep,
+            Dim::Keep,
+            Dim::Fixed(heads),
+            Dim::Fixed(head_dim),
+        ],
+    )?;
+    o.permute(&t, &[0, 2, 1, 3])
+}
+
+/// [B, heads, N, d] -> tokens [B, N, inner = heads·d].
+pub fn merge_heads<O: Ops>(o: &mut O, t: &O::T, inner: usize) -> Result<O::T> {
+    let t = o.permute(t, &[0, 2, 1, 3])?;
+    o.reshape(&t, &[Dim::Keep, Dim::Keep, Dim::Fixed(inner)])
+}
+
 /// Multi-head attention of query tokens [B, N, C] onto context tokens [B, M, Cc]:
 /// to_q / to_k / to_v (no bias), heads of `head_dim`, to_out.0 (with bias).
 #[allow(clippy::too_many_arguments)]
@@ -137,21 +157,10 @@ pub fn multi_head_attention<O: Ops>(
     let k = linear(o, &p.pp("to_k"), context, context_dim, inner, false)?;
     let v = linear(o, &p.pp("to_v"), context, context_dim, inner, false)?;
     // [B, N, heads·d] -> [B, heads, N, d]
-    let split = |o: &mut O, t: &O::T| -> Result<O::T> {
-        let t = o.reshape(
-            t,
-            &[
-                Dim::Keep,
-                Dim::Keep,
-                Dim::Fixed(heads),
-                Dim::Fixed(head_dim),
-            ],
-        )?;
-        o.permute(&t, &[0, 2, 1, 3])
-    };
-    let (q, k, v) = (split(o, &q)?, split(o, &k)?, split(o, &v)?);
+    let q = split_heads(o, &q, heads, head_dim)?;
+    let k = split_heads(o, &k, heads, head_dim)?;
+    let v = split_heads(o, &v, heads, head_dim)?;
     let out = o.attention(&q, &k, &v, head_dim)?;
-    let out = o.permute(&out, &[0, 2, 1, 3])?;
-    let out = o.reshape(&out, &[Dim::Keep, Dim::Keep, Dim::Fixed(inner)])?;
+    let out = merge_heads(o, &out, inner)?;
     linear(o, &p.pp("to_out").pp(0), &out, inner, query_dim, true)
 }

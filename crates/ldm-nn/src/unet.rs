@@ -4,8 +4,8 @@
 
 use crate::config::UnetConfig;
 use crate::layers::{
-    conv2d, conv3x3, from_tokens, group_norm, layer_norm, linear, multi_head_attention, to_tokens,
-    Path,
+    conv2d, conv3x3, from_tokens, group_norm, layer_norm, linear, merge_heads,
+    multi_head_attention, split_heads, to_tokens, Path,
 };
 use crate::ops::{Dim, Ops, Result};
 
@@ -105,21 +105,11 @@ fn attention_block<O: Ops>(
     let tokens = to_tokens(o, &qkv)?; // [B, HW, 3c]
     let split = |o: &mut O, start: usize| -> Result<O::T> {
         let t = o.narrow(&tokens, 2, start, c)?;
-        let t = o.reshape(
-            &t,
-            &[
-                Dim::Keep,
-                Dim::Keep,
-                Dim::Fixed(heads),
-                Dim::Fixed(head_dim),
-            ],
-        )?;
-        o.permute(&t, &[0, 2, 1, 3])
+        split_heads(o, &t, heads, head_dim)
     };
     let (q, k, v) = (split(o, 0)?, split(o, c)?, split(o, 2 * c)?);
     let a = o.attention(&q, &k, &v, head_dim)?;
-    let a = o.permute(&a, &[0, 2, 1, 3])?;
-    let a = o.reshape(&a, &[Dim::Keep, Dim::Keep, Dim::Fixed(c)])?;
+    let a = merge_heads(o, &a, c)?;
     let a = from_tokens(o, &a, x)?;
     let a = conv2d(o, &p.pp("proj_out"), &a, c, c, 1, 1, 0, true)?;
     o.add(x, &a)
