@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use ldm_core::NoiseSchedule;
 use serde::{Deserialize, Serialize};
 
 use crate::NnError;
@@ -126,6 +127,14 @@ pub struct DiffusionConfig {
     pub beta_end: f64,
 }
 
+impl DiffusionConfig {
+    /// The noise schedule this configuration describes.
+    pub fn schedule(&self) -> Result<NoiseSchedule, NnError> {
+        NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)
+            .map_err(|e| NnError::config("diffusion", e.to_string()))
+    }
+}
+
 impl Default for DiffusionConfig {
     /// T = 1000 and the 0.0015..0.0195 range of the paper's LDM configurations.
     fn default() -> Self {
@@ -212,22 +221,7 @@ impl ModelConfig {
         ae.validate(self.resolution)?;
         self.unet.validate(self.latent_resolution())?;
         self.conditioning.validate()?;
-        let d = &self.diffusion;
-        check(
-            (1..=100_000).contains(&d.timesteps),
-            "diffusion.timesteps",
-            || format!("{} is outside 1..=100000", d.timesteps),
-        )?;
-        check(
-            0.0 < d.beta_start && d.beta_start < d.beta_end && d.beta_end < 1.0,
-            "diffusion.beta_start",
-            || {
-                format!(
-                    "need 0 < beta_start ({}) < beta_end ({}) < 1",
-                    d.beta_start, d.beta_end
-                )
-            },
-        )
+        self.diffusion.schedule().map(|_| ())
     }
 
     /// Side of the latent: resolution / f.

@@ -135,6 +135,12 @@ fn wrong_configurations_name_the_field() {
         msg,
         "invalid configuration: conditioning.width: 10 does not split into 3 heads"
     );
+    let msg = error_of(&tiny(
+        AE,
+        UNET,
+        "[diffusion]\ntimesteps = 1000\nbeta_start = 0.1\nbeta_end = 0.01",
+    ));
+    assert_eq!(msg, "invalid configuration: diffusion: invalid noise schedule: need 0 < beta_start (0.1) < beta_end (0.01) < 1");
     let msg = ModelConfig::load(&models_dir().join("missing.toml"))
         .unwrap_err()
         .to_string();
