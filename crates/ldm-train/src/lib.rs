@@ -1,5 +1,6 @@
 //! Training of ldm's networks on tch (libtorch).
 
+pub mod checkpoint;
 mod device;
 pub mod gaussian;
 pub mod losses;

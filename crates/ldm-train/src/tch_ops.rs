@@ -46,6 +46,29 @@ impl TchOps {
         self.frozen = true;
     }
 
+    /// Installs loaded weights as trainable parameters under their names; the networks then
+    /// find them instead of initialising new ones. Call before the first forward.
+    pub fn load_params(&mut self, weights: Vec<(String, Tensor)>) -> Result<()> {
+        for (name, value) in weights {
+            let (parent, leaf) = self.parent_path(&name);
+            let t = parent
+                .f_var_copy(leaf, &value.to_device(self.device()))
+                .map_err(backend)?;
+            self.params.insert(name, t);
+        }
+        Ok(())
+    }
+
+    /// The VarStore path of a dotted name's parent, and the leaf name.
+    fn parent_path<'a>(&self, name: &'a str) -> (nn::Path<'_>, &'a str) {
+        let (parents, leaf) = name.rsplit_once('.').unwrap_or(("", name));
+        let mut path = self.vs.root();
+        for part in parents.split('.').filter(|p| !p.is_empty()) {
+            path = path / part;
+        }
+        (path, leaf)
+    }
+
     pub fn params(&self) -> &HashMap<String, Tensor> {
         &self.params
     }
@@ -88,12 +111,7 @@ impl Ops for TchOps {
             Init::Normal(stdev) => nn::Init::Randn { mean: 0.0, stdev },
         };
         // VarStore paths use '.' as their separator: walk down to the leaf's parent.
-        let mut parts: Vec<&str> = name.split('.').collect();
-        let leaf = parts.pop().expect("split yields at least one part");
-        let mut path = self.vs.root();
-        for part in parts {
-            path = path / part;
-        }
+        let (path, leaf) = self.parent_path(name);
         let t = path.f_var(leaf, &dims, init).map_err(backend)?;
         self.params.insert(name.to_string(), t.shallow_clone());
         Ok(t)
