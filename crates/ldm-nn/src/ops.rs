@@ -140,8 +140,8 @@ pub trait Ops {
         v: &Self::T,
         head_dim: usize,
     ) -> Result<Self::T> {
-        let rank_kt = self.transpose_last(k)?;
-        let scores = self.matmul(q, &rank_kt)?;
+        let kt = self.transpose_last(k)?;
+        let scores = self.matmul(q, &kt)?;
         let scores = self.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;
         let weights = self.softmax(&scores)?;
         self.matmul(&weights, v)
