@@ -30,7 +30,7 @@ stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_v
 if [ ! -f "$stamp" ]; then
   command -v python3 >/dev/null || { echo "setup.sh: python3 is missing; install it (apt-get install python3 python3-venv)" >&2; exit 1; }
   echo "setup.sh: creating $venv (torch $torch_version, $ort_package $ort_version, onnx $onnx_version; about 5 GB, a few minutes)"
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || { echo "setup.sh: python3 cannot create a virtualenv; install venv support (apt-get install python3-venv) and run again" >&2; rm -rf "$venv"; exit 1; }
   "$venv/bin/pip" install --quiet --upgrade pip
   # onnxruntime and onnxruntime-gpu install the same module: keep exactly one.
   other=onnxruntime-gpu; [ "$ort_package" = onnxruntime-gpu ] && other=onnxruntime
