@@ -126,23 +126,26 @@ fn attention<O: Ops>(
     cfg: &UnetConfig,
     io: UnetIo,
 ) -> Result<O::T> {
-    match io.context_dim {
-        Some(_) => spatial_transformer(o, p, x, context, c, cfg, io.context_dim),
-        None => attention_block(o, p, x, c, cfg),
+    match (context, io.context_dim) {
+        (Some(ctx), Some(ctx_dim)) => spatial_transformer(o, p, x, ctx, ctx_dim, c, cfg),
+        (_, None) => attention_block(o, p, x, c, cfg),
+        (None, Some(_)) => Err(crate::NnError::Shape {
+            op: "spatial_transformer",
+            message: "a context-conditioned UNet needs a context".into(),
+        }),
     }
 }
 
 /// norm, proj_in, transformer blocks (self-attention, cross-attention, feed-forward, each
 /// pre-LayerNorm and residual), proj_out (zero-initialised), residual.
-#[allow(clippy::too_many_arguments)]
 fn spatial_transformer<O: Ops>(
     o: &mut O,
     p: &Path,
     x: &O::T,
-    context: Option<&O::T>,
+    context: &O::T,
+    context_dim: usize,
     c: usize,
     cfg: &UnetConfig,
-    context_dim: Option<usize>,
 ) -> Result<O::T> {
     let (heads, head_dim) = cfg
         .head_layout(c)
@@ -157,16 +160,16 @@ fn spatial_transformer<O: Ops>(
         let a = multi_head_attention(o, &b.pp("attn1"), &n, &n, inner, inner, heads, head_dim)?;
         t = o.add(&t, &a)?;
         let n = layer_norm(o, &b.pp("norm2"), &t, inner)?;
-        let (ctx, ctx_dim) = match (context, context_dim) {
-            (Some(ctx), Some(d)) => (ctx, d),
-            _ => {
-                return Err(crate::NnError::Shape {
-                    op: "spatial_transformer",
-                    message: "a context-conditioned UNet needs a context".into(),
-                })
-            }
-        };
-        let a = multi_head_attention(o, &b.pp("attn2"), &n, ctx, inner, ctx_dim, heads, head_dim)?;
+        let a = multi_head_attention(
+            o,
+            &b.pp("attn2"),
+            &n,
+            context,
+            inner,
+            context_dim,
+            heads,
+            head_dim,
+        )?;
         t = o.add(&t, &a)?;
         let n = layer_norm(o, &b.pp("norm3"), &t, inner)?;
         let f = feed_forward(o, &b.pp("ff"), &n, inner)?;
