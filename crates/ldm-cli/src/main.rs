@@ -4,6 +4,8 @@ mod data;
 mod model;
 mod progress;
 mod tokenizer;
+#[cfg(feature = "train")]
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,9 @@ enum Command {
     Model(model::ModelArgs),
     /// Train a caption tokenizer (WordPiece) on an image folder's captions.
     Tokenizer(tokenizer::TokenizerArgs),
+    /// Train the autoencoder or the latent diffusion model (needs the `train` feature).
+    #[cfg(feature = "train")]
+    Train(train::TrainArgs),
 }
 
 /// Errors are printed as one line with their causes (no backtrace: they are the user's to fix).
@@ -41,5 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => train::run(args),
     }
 }

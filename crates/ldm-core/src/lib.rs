@@ -1,7 +1,9 @@
 //! Engine-free pieces shared by training (tch) and the runtime (tract, ONNX Runtime).
 
+mod ddim;
 mod schedule;
 mod tokenizer;
 
+pub use ddim::{ddim_step, ddim_timesteps};
 pub use schedule::{NoiseSchedule, ScheduleError};
 pub use tokenizer::{Encoded, TextTokenizer, TokenizerError};

@@ -132,6 +132,13 @@ impl ImageFolder {
         let image = image::open(&path).map_err(|source| DataError::Image { path, source })?;
         Ok(resize_center_crop(rgb_on_white(image), size))
     }
+
+    /// Image `index` as [`Loader`] batches hold it: planar RGB in [-1, 1], 3 x size x size.
+    pub fn load_chw(&self, index: usize, size: u32) -> Result<Vec<f32>, DataError> {
+        let mut out = Vec::with_capacity(3 * (size * size) as usize);
+        push_chw(&mut out, &self.load(index, size)?, false);
+        Ok(out)
+    }
 }
 
 /// Suggests the split folders when the user points at a prepared data set's root.

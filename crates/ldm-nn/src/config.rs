@@ -113,8 +113,19 @@ pub enum Conditioning {
     },
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
-    /// Extra input channels concatenated to the latent (low-resolution image, mask, ...).
-    Concat { channels: usize },
+    /// Extra input channels concatenated to the latent (paper 4.4, 4.5).
+    Concat { task: ConcatTask },
+}
+
+/// What a concatenation-conditioned model sees next to its latent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcatTask {
+    /// The low-resolution image, at the latent's size (the image downsampled f times): image
+    /// channels.
+    SuperResolution,
+    /// The encoded masked image and the mask at the latent's size: latent channels + 1.
+    Inpainting,
 }
 
 /// The forward process: a "linear" schedule of T steps, in the reference implementation's
@@ -231,9 +242,15 @@ impl ModelConfig {
 
     /// Channels the UNet sees: the latent plus any concatenated conditioning.
     pub fn unet_in_channels(&self) -> usize {
-        self.autoencoder.latent_channels
+        let ae = &self.autoencoder;
+        ae.latent_channels
             + match self.conditioning {
-                Conditioning::Concat { channels } => channels,
+                Conditioning::Concat {
+                    task: ConcatTask::SuperResolution,
+                } => ae.in_channels,
+                Conditioning::Concat {
+                    task: ConcatTask::Inpainting,
+                } => ae.latent_channels + 1,
                 _ => 0,
             }
     }
@@ -424,12 +441,7 @@ impl Conditioning {
                     "must be at least 1".into()
                 })
             }
-            Conditioning::Concat { channels } => {
-                check(channels >= 1, "conditioning.channels", || {
-                    "must be at least 1".into()
-                })
-            }
-            Conditioning::None => Ok(()),
+            Conditioning::Concat { .. } | Conditioning::None => Ok(()),
         }
     }
 }

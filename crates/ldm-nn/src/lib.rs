@@ -15,7 +15,8 @@ pub mod shape;
 pub mod unet;
 
 pub use config::{
-    AutoencoderConfig, Conditioning, DiffusionConfig, ModelConfig, Regularizer, UnetConfig,
+    AutoencoderConfig, ConcatTask, Conditioning, DiffusionConfig, ModelConfig, Regularizer,
+    UnetConfig,
 };
 pub use cost::NetworkCost;
 pub use error::NnError;

@@ -30,7 +30,7 @@ const CONDITIONINGS: [&str; 4] = [
     "",
     "[conditioning]\nkind = \"text\"\nvocab_size = 11\nmax_length = 5\nwidth = 6\ndepth = 1\nheads = 2",
     "[conditioning]\nkind = \"class\"\nclasses = 9\nwidth = 6",
-    "[conditioning]\nkind = \"concat\"\nchannels = 2",
+    "[conditioning]\nkind = \"concat\"\ntask = \"super_resolution\"",
 ];
 
 #[test]

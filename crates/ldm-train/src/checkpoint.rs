@@ -1,4 +1,5 @@
-//! Checkpoints that survive a crash: weights (safetensors) and a JSON state are written into
+//! Checkpoints that survive a crash: weights (one safetensors file per network, optimiser or
+//! average: `<name>.safetensors`) and a JSON state are written into
 //! a temporary folder, renamed to `checkpoints/step-NNNNNNNN`, and only then named by the
 //! `checkpoints/latest` pointer, itself replaced by rename. A kill at any moment leaves the
 //! previous `latest` readable.
@@ -10,7 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 use tch::Tensor;
 
-pub const WEIGHTS: &str = "weights.safetensors";
 pub const STATE: &str = "state.json";
 const LATEST: &str = "latest";
 
@@ -42,11 +42,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         .map_err(io(path))
 }
 
-/// Saves `weights` and `state` as step `step` of the run in `run_dir`; returns its folder.
+/// Saves the named weight sets (`files`: name, tensors) and `state` as step `step` of the run
+/// in `run_dir`; returns its folder.
 pub fn save<S: Serialize>(
     run_dir: &Path,
     step: u64,
-    weights: &[(String, Tensor)],
+    files: &[(&str, &[(String, Tensor)])],
     state: &S,
 ) -> Result<PathBuf, CheckpointError> {
     let dir = run_dir.join("checkpoints");
@@ -55,14 +56,16 @@ pub fn save<S: Serialize>(
         .prefix(&format!(".step-{step:08}.partial-"))
         .tempdir_in(&dir)
         .map_err(io(&dir))?;
-    let weights_path = staging.path().join(WEIGHTS);
-    Tensor::write_safetensors(weights, &weights_path).map_err(|e| CheckpointError::Io {
-        path: weights_path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    std::fs::File::open(&weights_path)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&weights_path))?;
+    for (name, weights) in files {
+        let path = staging.path().join(format!("{name}.safetensors"));
+        Tensor::write_safetensors(weights, &path).map_err(|e| CheckpointError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
+    }
     let json = serde_json::to_vec_pretty(state).expect("training state serialises");
     write_synced(&staging.path().join(STATE), &json)?;
 
@@ -103,13 +106,14 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     Ok(Some(run_dir.join("checkpoints").join(name)))
 }
 
-/// Reads a checkpoint's weights, checking every name and shape against `expected` (from the
-/// shape interpretation of the configured networks), and its state.
-pub fn load<S: DeserializeOwned>(
+/// Reads the weight set `file` of a checkpoint, checking every name and shape against
+/// `expected` (from the shape interpretation of the configured networks) when given.
+pub fn load_weights(
     checkpoint: &Path,
-    expected: &BTreeMap<String, Vec<usize>>,
-) -> Result<(Vec<(String, Tensor)>, S), CheckpointError> {
-    let weights_path = checkpoint.join(WEIGHTS);
+    file: &str,
+    expected: Option<&BTreeMap<String, Vec<usize>>>,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let weights_path = checkpoint.join(format!("{file}.safetensors"));
     if !weights_path.is_file() {
         return Err(CheckpointError::Io {
             path: weights_path,
@@ -121,6 +125,9 @@ pub fn load<S: DeserializeOwned>(
             path: weights_path.clone(),
             message: e.to_string(),
         })?;
+    let Some(expected) = expected else {
+        return Ok(weights);
+    };
     let mismatch = |message: String| CheckpointError::Mismatch {
         path: weights_path.clone(),
         message,
@@ -153,11 +160,38 @@ pub fn load<S: DeserializeOwned>(
     {
         return Err(mismatch(format!("'{missing}' is missing")));
     }
+    Ok(weights)
+}
+
+/// Reads a checkpoint's JSON training state.
+pub fn load_state<S: DeserializeOwned>(checkpoint: &Path) -> Result<S, CheckpointError> {
     let state_path = checkpoint.join(STATE);
     let text = std::fs::read(&state_path).map_err(io(&state_path))?;
-    let state = serde_json::from_slice(&text).map_err(|e| CheckpointError::Corrupt {
+    serde_json::from_slice(&text).map_err(|e| CheckpointError::Corrupt {
         path: state_path.clone(),
         message: e.to_string(),
-    })?;
-    Ok((weights, state))
+    })
+}
+
+/// Deletes all but the newest `keep` step folders (never the one `latest` names).
+pub fn prune(run_dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let dir = run_dir.join("checkpoints");
+    let current = latest(run_dir)?;
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io(&dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
+        .collect();
+    steps.sort();
+    let old = steps.len().saturating_sub(keep.max(1));
+    for path in &steps[..old] {
+        if Some(path) != current.as_ref() {
+            std::fs::remove_dir_all(path).map_err(io(path))?;
+        }
+    }
+    Ok(())
 }

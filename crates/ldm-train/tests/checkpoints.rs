@@ -50,14 +50,15 @@ fn a_checkpoint_restores_the_network_and_its_state() {
     checkpoint::save(
         run.path(),
         7,
-        &encoder_weights(&trained),
+        &[("encoder", encoder_weights(&trained).as_slice())],
         &serde_json::json!({"step": 7}),
     )
     .unwrap();
     let dir = checkpoint::latest(run.path()).unwrap().unwrap();
     assert!(dir.ends_with("checkpoints/step-00000007"));
 
-    let (weights, state): (_, serde_json::Value) = checkpoint::load(&dir, &expected(&cfg)).unwrap();
+    let weights = checkpoint::load_weights(&dir, "encoder", Some(&expected(&cfg))).unwrap();
+    let state: serde_json::Value = checkpoint::load_state(&dir).unwrap();
     assert_eq!(state["step"], 7);
     let mut restored = TchOps::new(Device::Cpu);
     restored.load_params(weights).unwrap();
@@ -74,21 +75,33 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_as_latest() {
     let cfg = config(4);
     let run = tempfile::tempdir().unwrap();
     let o = encoder_ops(&cfg);
-    checkpoint::save(run.path(), 1, &encoder_weights(&o), &serde_json::json!({})).unwrap();
+    checkpoint::save(
+        run.path(),
+        1,
+        &[("encoder", encoder_weights(&o).as_slice())],
+        &serde_json::json!({}),
+    )
+    .unwrap();
     // What a kill during the next save leaves: a partial folder and an unrenamed pointer.
     let dir = run.path().join("checkpoints");
     std::fs::create_dir(dir.join(".step-00000002.partial-x")).unwrap();
     std::fs::write(
-        dir.join(".step-00000002.partial-x/weights.safetensors"),
+        dir.join(".step-00000002.partial-x/encoder.safetensors"),
         b"half",
     )
     .unwrap();
     std::fs::write(dir.join("latest.tmp"), b"step-000").unwrap();
     let latest = checkpoint::latest(run.path()).unwrap().unwrap();
     assert!(latest.ends_with("step-00000001"));
-    assert!(checkpoint::load::<serde_json::Value>(&latest, &expected(&cfg)).is_ok());
+    assert!(checkpoint::load_weights(&latest, "encoder", Some(&expected(&cfg))).is_ok());
     // The next save goes through regardless.
-    checkpoint::save(run.path(), 2, &encoder_weights(&o), &serde_json::json!({})).unwrap();
+    checkpoint::save(
+        run.path(),
+        2,
+        &[("encoder", encoder_weights(&o).as_slice())],
+        &serde_json::json!({}),
+    )
+    .unwrap();
     assert!(checkpoint::latest(run.path())
         .unwrap()
         .unwrap()
@@ -100,17 +113,22 @@ fn corrupt_and_mismatched_checkpoints_are_refused_by_name() {
     let cfg = config(4);
     let run = tempfile::tempdir().unwrap();
     let o = encoder_ops(&cfg);
-    let dir =
-        checkpoint::save(run.path(), 3, &encoder_weights(&o), &serde_json::json!({})).unwrap();
+    let dir = checkpoint::save(
+        run.path(),
+        3,
+        &[("encoder", encoder_weights(&o).as_slice())],
+        &serde_json::json!({}),
+    )
+    .unwrap();
 
     // Another width: every conv has other shapes.
-    let err = checkpoint::load::<serde_json::Value>(&dir, &expected(&config(6))).unwrap_err();
+    let err = checkpoint::load_weights(&dir, "encoder", Some(&expected(&config(6)))).unwrap_err();
     assert!(matches!(err, CheckpointError::Mismatch { .. }), "{err}");
     assert!(err.to_string().contains("the configuration needs"), "{err}");
 
     let mut fewer = expected(&cfg);
     fewer.remove("encoder.conv_in.weight");
-    let err = checkpoint::load::<serde_json::Value>(&dir, &fewer)
+    let err = checkpoint::load_weights(&dir, "encoder", Some(&fewer))
         .unwrap_err()
         .to_string();
     assert!(
@@ -121,15 +139,15 @@ fn corrupt_and_mismatched_checkpoints_are_refused_by_name() {
     );
 
     std::fs::write(
-        dir.join("weights.safetensors"),
+        dir.join("encoder.safetensors"),
         b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage",
     )
     .unwrap();
-    let err = checkpoint::load::<serde_json::Value>(&dir, &expected(&cfg))
+    let err = checkpoint::load_weights(&dir, "encoder", Some(&expected(&cfg)))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("weights.safetensors: not a readable checkpoint"),
+        err.contains("encoder.safetensors: not a readable checkpoint"),
         "{err}"
     );
 

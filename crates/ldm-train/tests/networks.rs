@@ -22,7 +22,7 @@ fn tiny(regularizer: &str, conditioning: &str) -> ModelConfig {
 
 const TEXT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 11\nmax_length = 5\nwidth = 6\ndepth = 1\nheads = 2";
 const CLASS: &str = "[conditioning]\nkind = \"class\"\nclasses = 9\nwidth = 6";
-const CONCAT: &str = "[conditioning]\nkind = \"concat\"\nchannels = 2";
+const CONCAT: &str = "[conditioning]\nkind = \"concat\"\ntask = \"super_resolution\"";
 
 fn dims(t: &Tensor) -> Vec<usize> {
     t.size().iter().map(|&d| d as usize).collect()

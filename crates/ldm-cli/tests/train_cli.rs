@@ -1,0 +1,180 @@
+//! `ldm train` as a user runs it: killed with SIGKILL at random moments (mid-checkpoint
+//! included) it always leaves a readable latest checkpoint to resume from; Ctrl-C saves and
+//! exits cleanly.
+#![cfg(feature = "train")]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn ldm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ldm"))
+}
+
+fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn setup(dir: &Path) -> (String, String) {
+    let data = dir.join("shapes");
+    let (ok, text) = output(ldm().args([
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--count",
+        "40",
+        "--size",
+        "16",
+    ]));
+    assert!(ok, "{text}");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-text.toml");
+    (
+        config.to_string(),
+        data.join("train").to_str().unwrap().to_string(),
+    )
+}
+
+/// `ldm train autoencoder` on the tiny model, checkpointing every `every` steps.
+fn train(config: &str, data: &str, out: &Path, steps: u64, every: u64, resume: bool) -> Command {
+    let mut cmd = ldm();
+    cmd.args([
+        "train",
+        "autoencoder",
+        "--config",
+        config,
+        "--data",
+        data,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .args([
+        "--steps",
+        &steps.to_string(),
+        "--batch-size",
+        "4",
+        "--quiet",
+    ])
+    .args(["--checkpoint-every", &every.to_string(), "--log-every", "1"]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_a_resumable_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, data) = setup(tmp.path());
+    let run = tmp.path().join("run");
+    // Every step writes a checkpoint, so kills land before, inside and after writes.
+    for (round, wait_ms) in [1500u64, 700, 1100, 400, 900].into_iter().enumerate() {
+        let mut child = spawn(&mut train(&config, &data, &run, 1_000_000, 1, round > 0));
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap_or_default();
+        let folder = run.join("checkpoints").join(latest.trim());
+        if !latest.is_empty() {
+            for file in [
+                "autoencoder.safetensors",
+                "optimizer.safetensors",
+                "state.json",
+            ] {
+                assert!(
+                    folder.join(file).is_file(),
+                    "round {round}: {} lacks {file}",
+                    folder.display()
+                );
+            }
+        }
+    }
+    // Whatever the kills left, the run resumes and finishes.
+    let latest =
+        std::fs::read_to_string(run.join("checkpoints/latest")).expect("some checkpoint survived");
+    let step: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    let (ok, text) = output(&mut train(&config, &data, &run, step + 2, 1, true));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("done at step {}", step + 2)),
+        "{text}"
+    );
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, data) = setup(tmp.path());
+    let run = tmp.path().join("run");
+    let child = spawn(&mut train(&config, &data, &run, 1_000_000, 100_000, false));
+    // Interrupt once training is under way (two steps logged).
+    let log = run.join("log.csv");
+    for _ in 0..600 {
+        let rows = std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
+        if rows > 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("stopped at step"), "{text}");
+    assert!(
+        std::fs::read_to_string(run.join("checkpoints/latest")).is_ok(),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_training_options_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, data) = setup(tmp.path());
+    let run = tmp.path().join("run");
+    let (ok, text) = output(train(&config, &data, &run, 2, 1, false).args(["--device", "tpu"]));
+    assert!(!ok && text.contains("unknown device 'tpu'"), "{text}");
+    let (ok, text) = output(train(&config, &data, &run, 2, 1, false).args(["--lr=-1"]));
+    assert!(
+        !ok && text.contains("--lr must be a positive number"),
+        "{text}"
+    );
+    let (ok, text) = output(ldm().args([
+        "train",
+        "diffusion",
+        "--config",
+        &config,
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    assert!(
+        !ok && text.contains("pass --autoencoder runs/NAME"),
+        "{text}"
+    );
+    let (ok, text) = output(ldm().args([
+        "train",
+        "autoencoder",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    assert!(!ok && text.contains("--config is required"), "{text}");
+}

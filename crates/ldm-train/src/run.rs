@@ -1,0 +1,248 @@
+//! What every training run shares: the run folder, the CSV log and its loss-curve PNG, the
+//! progress bar, Ctrl-C, and the data fingerprint that `--resume` checks.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use plotters::prelude::*;
+
+use crate::files::write_atomic;
+use crate::TrainError;
+
+/// Set by Ctrl-C (SIGINT/SIGTERM): the loop saves a checkpoint and returns.
+pub fn stop_requested() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        // A second registration (a test harness, a host program) is not an error to us.
+        let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
+        flag
+    })
+    .clone()
+}
+
+/// A CRC-32 of the image folder's metadata.jsonl: a resumed run must see the same data.
+pub fn data_fingerprint(folder: &Path) -> Result<String, TrainError> {
+    let path = folder.join("metadata.jsonl");
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    Ok(format!("crc32:{:08x}", crc32fast::hash(&bytes)))
+}
+
+/// A CSV log in the run folder (`log.csv`, `validation.csv`): one row per logged step, columns
+/// fixed at creation.
+pub struct RunLog {
+    path: PathBuf,
+    columns: Vec<&'static str>,
+    rows: Vec<(u64, Vec<f64>)>,
+}
+
+impl RunLog {
+    /// Opens the run's log, keeping only rows up to `resume_step` (what a resumed run has not
+    /// redone yet); a fresh run (step 0) starts empty.
+    pub fn open(
+        run_dir: &Path,
+        file: &str,
+        columns: &[&'static str],
+        resume_step: u64,
+    ) -> Result<Self, TrainError> {
+        let path = run_dir.join(file);
+        let mut rows = Vec::new();
+        if resume_step > 0 {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                for line in text.lines().skip(1) {
+                    let mut fields = line.split(',');
+                    let Some(Ok(step)) = fields.next().map(str::parse::<u64>) else {
+                        continue;
+                    };
+                    let values: Vec<f64> = fields.map(|f| f.parse().unwrap_or(f64::NAN)).collect();
+                    if step <= resume_step && values.len() == columns.len() {
+                        rows.push((step, values));
+                    }
+                }
+            }
+        }
+        let log = Self {
+            path,
+            columns: columns.to_vec(),
+            rows,
+        };
+        log.write()?;
+        Ok(log)
+    }
+
+    pub fn push(&mut self, step: u64, values: Vec<f64>) -> Result<(), TrainError> {
+        debug_assert_eq!(values.len(), self.columns.len());
+        let line = format!(
+            "{step},{}\n",
+            values
+                .iter()
+                .map(|v| format!("{v:.6}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.rows.push((step, values));
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| TrainError::io(&self.path, e))?;
+        file.write_all(line.as_bytes())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+
+    fn write(&self) -> Result<(), TrainError> {
+        let mut text = format!("step,{}\n", self.columns.join(","));
+        for (step, values) in &self.rows {
+            let v: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();
+            text.push_str(&format!("{step},{}\n", v.join(",")));
+        }
+        write_atomic(&self.path, text.as_bytes()).map_err(|e| TrainError::io(&self.path, e))
+    }
+
+    /// `loss.png`: one panel per column, step on x and the value on a log scale on y (the
+    /// numbers themselves are in log.csv; the PNG has no text, so it needs no font).
+    pub fn plot(&self, path: &Path) -> Result<(), TrainError> {
+        let (panel_w, panel_h) = (360u32, 240u32);
+        let width = panel_w * self.columns.len() as u32;
+        let mut buffer = vec![255u8; (width * panel_h * 3) as usize];
+        {
+            let root =
+                BitMapBackend::with_buffer(&mut buffer, (width, panel_h)).into_drawing_area();
+            let panels = root.split_evenly((1, self.columns.len()));
+            let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+            for (i, panel) in panels.iter().enumerate() {
+                let points: Vec<(f64, f64)> = self
+                    .rows
+                    .iter()
+                    .map(|(s, v)| (*s as f64, v[i].abs().max(1e-8).log10()))
+                    .filter(|(_, v)| v.is_finite())
+                    .collect();
+                if points.len() < 2 {
+                    continue;
+                }
+                let (x0, x1) = (
+                    points[0].0,
+                    points[points.len() - 1].0.max(points[0].0 + 1.0),
+                );
+                let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+                    (lo.min(p.1), hi.max(p.1))
+                });
+                let pad = ((hi - lo) * 0.05).max(1e-3);
+                let mut chart = ChartBuilder::on(panel)
+                    .margin(12)
+                    .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
+                    .map_err(plot_error)?;
+                chart
+                    .draw_series(LineSeries::new(points, &colours[i % colours.len()]))
+                    .map_err(plot_error)?;
+                panel
+                    .draw(&Rectangle::new(
+                        [(0, 0), (panel_w as i32 - 1, panel_h as i32 - 1)],
+                        BLACK.mix(0.3),
+                    ))
+                    .map_err(plot_error)?;
+            }
+            root.present().map_err(plot_error)?;
+        }
+        let image =
+            image::RgbImage::from_raw(width, panel_h, buffer).expect("buffer sized to the image");
+        let mut bytes = Vec::new();
+        image
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
+        write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+    }
+}
+
+fn plot_error<E: std::fmt::Display>(e: E) -> TrainError {
+    TrainError::Plot(e.to_string())
+}
+
+/// A progress bar over the run's steps, with rate and ETA; hidden when `quiet`.
+pub fn progress(total: u64, start: u64, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_position(start);
+    bar.reset_eta();
+    bar
+}
+
+/// Writes the model configuration into the run folder (`config.toml`), so the run says what
+/// it trains and `--resume` can be given the same file.
+pub fn write_config(out: &Path, config: &ldm_nn::ModelConfig) -> Result<(), TrainError> {
+    let path = out.join("config.toml");
+    let text =
+        toml::to_string(config).map_err(|e| TrainError::Run(format!("configuration: {e}")))?;
+    write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))
+}
+
+/// Where a run begins: from scratch, or from the checkpoint `--resume` found.
+pub enum Start {
+    Fresh,
+    Resume(PathBuf),
+}
+
+/// Decides how the run in `out` starts: `--resume` continues its latest checkpoint (or starts
+/// fresh when there is none yet); without it, an existing run is never overwritten.
+pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    match (crate::checkpoint::latest(out)?, resume) {
+        (Some(checkpoint), true) => Ok(Start::Resume(checkpoint)),
+        (None, _) => Ok(Start::Fresh),
+        (Some(checkpoint), false) => Err(TrainError::Run(format!(
+            "{} already holds a run (latest checkpoint {}); pass --resume to continue it, or choose another --out",
+            out.display(),
+            checkpoint.display()
+        ))),
+    }
+}
+
+/// The libtorch seed of one training step: each step draws its noise from its own stream, so
+/// a resumed run repeats exactly what an uninterrupted one would have drawn.
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    // SplitMix64 finaliser over (seed, step).
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// How often a run logs, validates or samples, and checkpoints. Not part of a run's identity:
+/// it may change on resume.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cadence {
+    pub log_every: u64,
+    /// Validation (autoencoder) or sample grids (diffusion).
+    pub validate_every: u64,
+    pub checkpoint_every: u64,
+    /// Step folders kept besides the latest.
+    pub keep_checkpoints: usize,
+    /// No progress bar (tests, logs).
+    pub quiet: bool,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Self {
+            log_every: 50,
+            validate_every: 1000,
+            checkpoint_every: 500,
+            keep_checkpoints: 2,
+            quiet: false,
+        }
+    }
+}

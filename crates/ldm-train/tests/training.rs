@@ -1,0 +1,430 @@
+//! Both training stages end to end on a tiny model and procedural data: losses are finite and
+//! fall, checkpoints are written, `--resume` reproduces an uninterrupted run bit for bit, and
+//! bad input stops with a message that names it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ldm_data::shapes::{self, ShapesConfig};
+use ldm_nn::ModelConfig;
+use ldm_train::checkpoint;
+use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions, DiffusionState};
+use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
+use ldm_train::run::Cadence;
+use ldm_train::TrainError;
+use tch::{Device, Tensor};
+
+/// Training seeds libtorch's global generator at every step: tests that train take turns, or
+/// their draws interleave and runs stop being reproducible.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn config(conditioning: &str) -> ModelConfig {
+    ModelConfig::parse(&format!(
+        "resolution = 16\n\
+         [autoencoder]\nregularizer = \"kl\"\nfactor = 2\nlatent_channels = 3\nchannels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\ngroups = 4\n\
+         [unet]\nmodel_channels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\nattention_resolutions = [2]\nhead_channels = 4\ngroups = 4\n\
+         {conditioning}\n[diffusion]\ntimesteps = 100\nbeta_start = 0.0015\nbeta_end = 0.0195"
+    ))
+    .unwrap()
+}
+
+const TEXT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 256\nmax_length = 16\nwidth = 12\ndepth = 1\nheads = 3";
+
+fn shapes_data(root: &Path) -> PathBuf {
+    let config = ShapesConfig {
+        count: 60,
+        size: 16,
+        seed: 3,
+    };
+    shapes::prepare(&root.join("shapes"), &config, |_, _| {}).unwrap();
+    root.join("shapes/train")
+}
+
+fn cadence(every: u64) -> Cadence {
+    Cadence {
+        log_every: 1,
+        validate_every: every,
+        checkpoint_every: every,
+        keep_checkpoints: 2,
+        quiet: true,
+    }
+}
+
+fn ae_options(steps: u64) -> AutoencoderOptions {
+    AutoencoderOptions {
+        steps,
+        batch_size: 4,
+        learning_rate: 1e-3,
+        disc_start: 6,
+        disc_channels: 8,
+        disc_layers: 2,
+        ..Default::default()
+    }
+}
+
+fn diffusion_options(steps: u64) -> DiffusionOptions {
+    DiffusionOptions {
+        steps,
+        batch_size: 8,
+        learning_rate: 2e-3,
+        warmup: 0,
+        sample_steps: 3,
+        ..Default::default()
+    }
+}
+
+/// The `column` of log.csv, in step order.
+fn logged(run: &Path, column: usize) -> Vec<f64> {
+    std::fs::read_to_string(run.join("log.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(column).unwrap().parse().unwrap())
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn weights(checkpoint: &Path, file: &str) -> Vec<(String, Tensor)> {
+    let mut w = checkpoint::load_weights(checkpoint, file, None).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+fn assert_identical(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+}
+
+#[test]
+fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shapes_data(tmp.path());
+    let cfg = config(TEXT);
+    let validation = tmp.path().join("shapes/validation");
+
+    // First stage: 16 steps straight, the discriminator joining at step 6.
+    let ae = tmp.path().join("ae");
+    let summary = train_autoencoder(
+        &cfg,
+        &data,
+        Some(&validation),
+        &ae,
+        ae_options(16),
+        cadence(8),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    assert_eq!(summary.step, 16);
+    let rec = logged(&ae, 1);
+    assert_eq!(rec.len(), 16);
+    assert!(rec.iter().all(|v| v.is_finite()));
+    assert!(
+        mean(&rec[12..]) < mean(&rec[..4]),
+        "reconstruction loss falls: {rec:?}"
+    );
+    let d_loss = logged(&ae, 4);
+    assert!(
+        d_loss[..6].iter().all(|&d| d == 0.0) && d_loss[6..].iter().all(|&d| d > 0.0),
+        "{d_loss:?}"
+    );
+    let (psnr, ssim) = summary.validation.unwrap();
+    assert!(psnr.is_finite() && (-1.0..=1.0).contains(&ssim));
+    for file in [
+        "loss.png",
+        "reconstructions/step-00000016.png",
+        "validation.csv",
+        "config.toml",
+    ] {
+        assert!(ae.join(file).is_file(), "{file}");
+    }
+
+    // The same run in two parts: 8 steps, then --resume to 16.
+    let split = tmp.path().join("ae-split");
+    train_autoencoder(
+        &cfg,
+        &data,
+        Some(&validation),
+        &split,
+        ae_options(8),
+        cadence(8),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let err = train_autoencoder(
+        &cfg,
+        &data,
+        Some(&validation),
+        &split,
+        ae_options(16),
+        cadence(8),
+        Device::Cpu,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("pass --resume to continue it"),
+        "{err}"
+    );
+    let resumed = train_autoencoder(
+        &cfg,
+        &data,
+        Some(&validation),
+        &split,
+        ae_options(16),
+        cadence(8),
+        Device::Cpu,
+        true,
+    )
+    .unwrap();
+    assert_eq!(resumed.step, 16);
+    for file in ["autoencoder", "discriminator", "optimizer"] {
+        assert_identical(
+            &weights(&summary.checkpoint, file),
+            &weights(&resumed.checkpoint, file),
+        );
+    }
+    assert_eq!(
+        logged(&split, 1),
+        rec,
+        "the resumed log continues the first one"
+    );
+
+    // Second stage on the trained first stage, text-conditioned. Both runs share one
+    // tokenizer: WordPiece training breaks frequency ties in no fixed order.
+    let tokenizer = tmp.path().join("tokenizer.json");
+    let captions = ldm_data::ImageFolder::open(&data)
+        .unwrap()
+        .records()
+        .filter_map(|r| r.text.clone())
+        .collect::<Vec<_>>();
+    ldm_core::TextTokenizer::train(captions.iter(), 256)
+        .unwrap()
+        .save(&tokenizer)
+        .unwrap();
+    let inputs = || DiffusionInputs {
+        data: &data,
+        validation: Some(&validation),
+        autoencoder_run: Some(&ae),
+        tokenizer: Some(&tokenizer),
+    };
+    let ldm = tmp.path().join("ldm");
+    let summary = train_diffusion(
+        &cfg,
+        inputs(),
+        &ldm,
+        diffusion_options(30),
+        cadence(15),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let loss = logged(&ldm, 1);
+    assert!(loss.iter().all(|v| v.is_finite()));
+    assert!(
+        mean(&loss[22..]) < mean(&loss[..8]),
+        "denoising loss falls: {loss:?}"
+    );
+    assert!(summary.scale_factor.is_finite() && summary.scale_factor > 0.0);
+    let state: DiffusionState = checkpoint::load_state(&summary.checkpoint).unwrap();
+    assert_eq!(state.step, 30);
+    assert_eq!(state.ema_updates, 30);
+    for file in [
+        "samples/step-00000030.png",
+        "tokenizer.json",
+        "latents.safetensors",
+        "loss.png",
+    ] {
+        assert!(ldm.join(file).is_file(), "{file}");
+    }
+
+    let split = tmp.path().join("ldm-split");
+    train_diffusion(
+        &cfg,
+        inputs(),
+        &split,
+        diffusion_options(15),
+        cadence(15),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let resumed = train_diffusion(
+        &cfg,
+        inputs(),
+        &split,
+        diffusion_options(30),
+        cadence(15),
+        Device::Cpu,
+        true,
+    )
+    .unwrap();
+    for file in ["unet", "text_encoder", "ema", "optimizer"] {
+        assert_identical(
+            &weights(&summary.checkpoint, file),
+            &weights(&resumed.checkpoint, file),
+        );
+    }
+}
+
+#[test]
+fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shapes_data(tmp.path());
+    let cfg = config(TEXT);
+    let inputs = |ae: Option<&'static str>| (ae.map(|a| tmp.path().join(a)), data.clone());
+
+    // A diffusion run needs a trained first stage.
+    let (missing, data_dir) = inputs(Some("no-such-run"));
+    let err = train_diffusion(
+        &cfg,
+        DiffusionInputs {
+            data: &data_dir,
+            validation: None,
+            autoencoder_run: missing.as_deref(),
+            tokenizer: None,
+        },
+        &tmp.path().join("ldm"),
+        diffusion_options(2),
+        cadence(1),
+        Device::Cpu,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("holds no autoencoder checkpoint; train one first"),
+        "{err}"
+    );
+
+    // A learning rate that blows the weights up: the NaN is caught, named, and the last
+    // checkpoint written before it stays the latest.
+    let ae = tmp.path().join("ae");
+    train_autoencoder(
+        &cfg,
+        &data,
+        None,
+        &ae,
+        ae_options(2),
+        cadence(2),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let wild = AutoencoderOptions {
+        steps: 6,
+        learning_rate: 1e30,
+        ..ae_options(6)
+    };
+    let err = train_autoencoder(
+        &cfg,
+        &data,
+        None,
+        &ae,
+        wild.clone(),
+        cadence(1),
+        Device::Cpu,
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TrainError::Run(_)),
+        "options differ from the run's: {err}"
+    );
+    let fresh = tmp.path().join("ae-wild");
+    let err = train_autoencoder(
+        &cfg,
+        &data,
+        None,
+        &fresh,
+        wild,
+        cadence(1),
+        Device::Cpu,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TrainError::NonFinite { step: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("step-00000001); lower --lr"),
+        "{err}"
+    );
+    assert!(checkpoint::latest(&fresh)
+        .unwrap()
+        .unwrap()
+        .ends_with("step-00000001"));
+
+    // Another configuration or other data cannot resume the run.
+    let other = config(TEXT).autoencoder.clone();
+    let mut wider = cfg.clone();
+    wider.autoencoder = ldm_nn::AutoencoderConfig {
+        channels: 16,
+        ..other
+    };
+    let err = train_autoencoder(
+        &wider,
+        &data,
+        None,
+        &ae,
+        ae_options(4),
+        cadence(1),
+        Device::Cpu,
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("another model configuration"),
+        "{err}"
+    );
+    let validation = tmp.path().join("shapes/validation");
+    let err = train_autoencoder(
+        &cfg,
+        &validation,
+        None,
+        &ae,
+        ae_options(4),
+        cadence(1),
+        Device::Cpu,
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("was trained on other data"),
+        "{err}"
+    );
+
+    // A corrupt latest checkpoint is named.
+    let latest = checkpoint::latest(&ae).unwrap().unwrap();
+    std::fs::write(
+        latest.join("autoencoder.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}",
+    )
+    .unwrap();
+    let err = train_autoencoder(
+        &cfg,
+        &data,
+        None,
+        &ae,
+        ae_options(4),
+        cadence(1),
+        Device::Cpu,
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("autoencoder.safetensors: not a readable checkpoint"),
+        "{err}"
+    );
+}
