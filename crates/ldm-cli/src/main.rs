@@ -3,6 +3,8 @@
 mod data;
 mod model;
 mod progress;
+#[cfg(feature = "train")]
+mod sample;
 mod tokenizer;
 #[cfg(feature = "train")]
 mod train;

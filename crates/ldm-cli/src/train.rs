@@ -21,6 +21,8 @@ enum TrainCommand {
     Autoencoder(AutoencoderArgs),
     /// The latent diffusion model on a trained first stage (paper 3.2, 3.3).
     Diffusion(DiffusionArgs),
+    /// Draw images from a diffusion run (EMA weights) before exporting it.
+    Sample(crate::sample::SampleArgs),
 }
 
 /// What both stages share: configuration, data, run folder, device, cadence.
@@ -107,6 +109,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Autoencoder(a) => autoencoder(a),
         TrainCommand::Diffusion(a) => diffusion(a),
+        TrainCommand::Sample(a) => crate::sample::run(a),
     }
 }
 

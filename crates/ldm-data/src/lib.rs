@@ -8,6 +8,7 @@
 mod atomic;
 pub mod emoji;
 mod error;
+pub mod judge;
 mod loader;
 mod metadata;
 mod pixels;

@@ -28,7 +28,13 @@ pub const BACKGROUNDS: [(&str, [u8; 3]); 3] = [
     ("black", [0, 0, 0]),
 ];
 /// Rows and columns of the 3x3 grid of positions, as fractions of the image side.
-const GRID: [f32; 3] = [0.27, 0.5, 0.73];
+pub(crate) const GRID: [f32; 3] = [0.27, 0.5, 0.73];
+/// Caption names of the grid cells, by row and column.
+pub(crate) const POSITIONS: [[&str; 3]; 3] = [
+    ["top left", "top", "top right"],
+    ["left", "center", "right"],
+    ["bottom left", "bottom", "bottom right"],
+];
 const VALIDATION_PERCENT: u32 = 10;
 /// Sub-samples per pixel side for anti-aliasing (4x4 per pixel).
 const SUPERSAMPLE: u32 = 4;
@@ -103,12 +109,7 @@ impl Scene {
     }
 
     pub fn position(&self) -> &'static str {
-        const NAMES: [[&str; 3]; 3] = [
-            ["top left", "top", "top right"],
-            ["left", "center", "right"],
-            ["bottom left", "bottom", "bottom right"],
-        ];
-        NAMES[self.row][self.column]
+        POSITIONS[self.row][self.column]
     }
 
     pub fn caption(&self) -> String {

@@ -179,3 +179,37 @@ fn an_existing_output_is_never_overwritten() {
         "{err}"
     );
 }
+
+#[test]
+fn the_pixel_judge_reads_every_attribute_of_rendered_scenes() {
+    use ldm_data::judge::judge;
+    let config = ShapesConfig {
+        count: 400,
+        size: 64,
+        seed: 11,
+    };
+    let mut wrong = Vec::new();
+    for scene in shapes::scenes(&config) {
+        let j = judge(&scene.render(64)).expect("a shape is visible");
+        let read = (j.colour, j.shape, j.large, j.position, j.background);
+        let truth = (
+            scene.colour,
+            scene.shape,
+            scene.large,
+            scene.position(),
+            scene.background,
+        );
+        if read != truth {
+            wrong.push(format!("{truth:?} read as {read:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 400 misread:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // A blank image shows no shape.
+    let blank = image::RgbImage::from_pixel(64, 64, image::Rgb([255, 255, 255]));
+    assert!(judge(&blank).is_none());
+}

@@ -198,6 +198,22 @@ impl Denoiser {
     }
 }
 
+/// Token ids [B, max_length] (int64) of captions, padded or cut to the text encoder's length.
+pub fn token_ids(
+    tokenizer: &ldm_core::TextTokenizer,
+    texts: &[&str],
+    max_length: usize,
+    device: Device,
+) -> Result<Tensor, TrainError> {
+    let mut ids = Vec::with_capacity(texts.len() * max_length);
+    for text in texts {
+        ids.extend(tokenizer.encode(text, max_length)?.ids);
+    }
+    Ok(Tensor::from_slice(&ids)
+        .reshape([texts.len() as i64, max_length as i64])
+        .to_device(device))
+}
+
 /// Splits `unet.*` / `<encoder>.*` names (EMA weights, checkpoint files) back per network.
 pub fn split_named(
     config: &ModelConfig,

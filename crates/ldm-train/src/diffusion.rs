@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint;
-use crate::denoiser::{encoder_name, expected_params, split_named, Condition, Denoiser};
+use crate::denoiser::{encoder_name, expected_params, split_named, token_ids, Condition, Denoiser};
 use crate::ema::Ema;
 use crate::first_stage::{
     encode_mode, images_tensor, load_autoencoder, non_finite, shallow, AutoencoderState,
@@ -564,7 +564,7 @@ impl Conditioner {
                     .zip(dropped)
                     .map(|(t, &d)| if d { "" } else { t.as_str() })
                     .collect();
-                Condition::Tokens(self.tokens(tokenizer, &texts, *max_length, device)?)
+                Condition::Tokens(token_ids(tokenizer, &texts, *max_length, device)?)
             }
             Conditioner::Class { classes } => {
                 let ids: Vec<i64> = batch
@@ -596,22 +596,6 @@ impl Conditioner {
                 )?)
             }
         })
-    }
-
-    fn tokens(
-        &self,
-        tokenizer: &TextTokenizer,
-        texts: &[&str],
-        max_length: usize,
-        device: Device,
-    ) -> Result<Tensor, TrainError> {
-        let mut ids = Vec::with_capacity(texts.len() * max_length);
-        for text in texts {
-            ids.extend(tokenizer.encode(text, max_length)?.ids);
-        }
-        Ok(Tensor::from_slice(&ids)
-            .reshape([texts.len() as i64, max_length as i64])
-            .to_device(device))
     }
 }
 
@@ -700,13 +684,13 @@ impl Preview {
                 let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
                 let empty = vec![""; texts.len()];
                 Self {
-                    condition: Condition::Tokens(conditioner.tokens(
+                    condition: Condition::Tokens(token_ids(
                         tokenizer,
                         &texts,
                         *max_length,
                         device,
                     )?),
-                    unconditional: Some(Condition::Tokens(conditioner.tokens(
+                    unconditional: Some(Condition::Tokens(token_ids(
                         tokenizer,
                         &empty,
                         *max_length,

@@ -1,4 +1,5 @@
-//! Tensors to PNG: image grids (samples, reconstructions), written atomically.
+//! Tensors to pictures: RGB images and PNG grids (samples, reconstructions), written
+//! atomically.
 
 use std::path::Path;
 
@@ -7,13 +8,10 @@ use tch::{Kind, Tensor};
 
 use crate::files::write_atomic;
 
-/// Lays out `images` [B, 3, H, W] in [-1, 1] as a grid of `columns` columns with a 2-pixel
-/// white gutter, and writes it as PNG.
-pub fn save_grid(images: &Tensor, columns: usize, path: &Path) -> std::io::Result<()> {
+/// `images` [B, 3, H, W] in [-1, 1] as 8-bit RGB images.
+pub fn to_rgb_images(images: &Tensor) -> Vec<RgbImage> {
     let size = images.size();
-    let (b, h, w) = (size[0] as usize, size[2] as u32, size[3] as u32);
-    let columns = columns.clamp(1, b.max(1));
-    let rows = b.div_ceil(columns);
+    let (h, w) = (size[2] as u32, size[3] as u32);
     let pixels: Vec<u8> = ((images.detach().to_device(tch::Device::Cpu).clamp(-1.0, 1.0) + 1.0)
         * 127.5)
         .round()
@@ -22,24 +20,37 @@ pub fn save_grid(images: &Tensor, columns: usize, path: &Path) -> std::io::Resul
         .contiguous()
         .flatten(0, -1)
         .try_into()
-        .map_err(std::io::Error::other)?;
+        .expect("u8 tensor");
+    pixels
+        .chunks((h * w * 3) as usize)
+        .map(|chunk| RgbImage::from_raw(w, h, chunk.to_vec()).expect("sized chunk"))
+        .collect()
+}
+
+/// Lays out `images` [B, 3, H, W] in [-1, 1] as a grid of `columns` columns with a 2-pixel
+/// white gutter, and writes it as PNG.
+pub fn save_grid(images: &Tensor, columns: usize, path: &Path) -> std::io::Result<()> {
+    let tiles = to_rgb_images(images);
+    let Some(first) = tiles.first() else {
+        return Err(std::io::Error::other("no images to lay out"));
+    };
+    let (w, h) = first.dimensions();
+    let columns = columns.clamp(1, tiles.len());
+    let rows = tiles.len().div_ceil(columns) as u32;
     let gap = 2;
     let mut grid = RgbImage::from_pixel(
         columns as u32 * (w + gap) + gap,
-        rows as u32 * (h + gap) + gap,
+        rows * (h + gap) + gap,
         image::Rgb([255, 255, 255]),
     );
-    let per_image = (h * w * 3) as usize;
-    for (i, chunk) in pixels.chunks(per_image).enumerate() {
+    for (i, tile) in tiles.iter().enumerate() {
         let (gx, gy) = ((i % columns) as u32, (i / columns) as u32);
-        for (j, rgb) in chunk.chunks(3).enumerate() {
-            let (x, y) = (j as u32 % w, j as u32 / w);
-            grid.put_pixel(
-                gap + gx * (w + gap) + x,
-                gap + gy * (h + gap) + y,
-                image::Rgb([rgb[0], rgb[1], rgb[2]]),
-            );
-        }
+        image::imageops::replace(
+            &mut grid,
+            tile,
+            (gap + gx * (w + gap)) as i64,
+            (gap + gy * (h + gap)) as i64,
+        );
     }
     let mut bytes = Vec::new();
     grid.write_to(

@@ -19,6 +19,7 @@ pub mod optim;
 pub mod run;
 pub mod sampling;
 mod tch_ops;
+pub mod trained;
 
 pub use device::{parse_device, DeviceError};
 pub use error::TrainError;

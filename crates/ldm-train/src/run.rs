@@ -102,10 +102,11 @@ impl RunLog {
         write_atomic(&self.path, text.as_bytes()).map_err(|e| TrainError::io(&self.path, e))
     }
 
-    /// `loss.png`: one panel per column, step on x and the value on a log scale on y (the
-    /// numbers themselves are in log.csv; the PNG has no text, so it needs no font).
+    /// `loss.png`: one panel per column, value against step. Titles and axis labels are drawn
+    /// when a system font is found (see [`font_available`]); the numbers are in the CSV.
     pub fn plot(&self, path: &Path) -> Result<(), TrainError> {
-        let (panel_w, panel_h) = (360u32, 240u32);
+        let text = font_available();
+        let (panel_w, panel_h) = (400u32, 260u32);
         let width = panel_w * self.columns.len() as u32;
         let mut buffer = vec![255u8; (width * panel_h * 3) as usize];
         {
@@ -117,7 +118,7 @@ impl RunLog {
                 let points: Vec<(f64, f64)> = self
                     .rows
                     .iter()
-                    .map(|(s, v)| (*s as f64, v[i].abs().max(1e-8).log10()))
+                    .map(|(s, v)| (*s as f64, v[i]))
                     .filter(|(_, v)| v.is_finite())
                     .collect();
                 if points.len() < 2 {
@@ -130,19 +131,29 @@ impl RunLog {
                 let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
                     (lo.min(p.1), hi.max(p.1))
                 });
-                let pad = ((hi - lo) * 0.05).max(1e-3);
-                let mut chart = ChartBuilder::on(panel)
-                    .margin(12)
+                let pad = ((hi - lo) * 0.05).max(1e-6);
+                let mut builder = ChartBuilder::on(panel);
+                builder.margin(10);
+                if text {
+                    builder
+                        .caption(self.columns[i], ("sans-serif", 18))
+                        .x_label_area_size(28)
+                        .y_label_area_size(64);
+                }
+                let mut chart = builder
                     .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
                     .map_err(plot_error)?;
+                if text {
+                    chart
+                        .configure_mesh()
+                        .x_labels(4)
+                        .y_labels(5)
+                        .y_label_formatter(&|v| format!("{v:.4}"))
+                        .draw()
+                        .map_err(plot_error)?;
+                }
                 chart
                     .draw_series(LineSeries::new(points, &colours[i % colours.len()]))
-                    .map_err(plot_error)?;
-                panel
-                    .draw(&Rectangle::new(
-                        [(0, 0), (panel_w as i32 - 1, panel_h as i32 - 1)],
-                        BLACK.mix(0.3),
-                    ))
                     .map_err(plot_error)?;
             }
             root.present().map_err(plot_error)?;
@@ -158,6 +169,28 @@ impl RunLog {
             .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
         write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
     }
+}
+
+/// Fonts tried for plot text, in order (Debian's fonts-dejavu-core, then Liberation).
+const FONTS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers the first font found as plotters' "sans-serif"; plots go without text when
+/// there is none (no font ships with the project).
+fn font_available() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        FONTS
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .is_some_and(|bytes| {
+                // plotters keeps registered fonts for the whole process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            })
+    })
 }
 
 fn plot_error<E: std::fmt::Display>(e: E) -> TrainError {
@@ -244,5 +277,32 @@ impl Default for Cadence {
             keep_checkpoints: 2,
             quiet: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_log_keeps_the_rows_up_to_its_step_and_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RunLog::open(dir.path(), "log.csv", &["loss", "lr"], 0).unwrap();
+        for step in 1..=4 {
+            log.push(step, vec![1.0 / step as f64, 1e-4]).unwrap();
+        }
+        log.plot(&dir.path().join("loss.png")).unwrap();
+        let png = image::open(dir.path().join("loss.png")).unwrap();
+        assert_eq!((png.width(), png.height()), (800, 260));
+
+        // Resuming from step 2 forgets steps 3 and 4, which will be redone.
+        let log = RunLog::open(dir.path(), "log.csv", &["loss", "lr"], 2).unwrap();
+        assert_eq!(log.rows.len(), 2);
+        let text = std::fs::read_to_string(dir.path().join("log.csv")).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["step,loss,lr", "1,1.000000,0.000100", "2,0.500000,0.000100"]
+        );
+        assert!(step_seed(0, 1) != step_seed(0, 2) && step_seed(0, 1) != step_seed(1, 1));
     }
 }

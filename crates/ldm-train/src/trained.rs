@@ -1,0 +1,135 @@
+//! A finished (or running) diffusion run loaded for sampling on tch: the EMA weights, the
+//! first stage it was trained on, its tokenizer and latent scale factor.
+
+use std::path::Path;
+
+use ldm_core::{NoiseSchedule, TextTokenizer};
+use ldm_nn::{autoencoder, Conditioning, ModelConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint;
+use crate::denoiser::{split_named, token_ids, Condition, Denoiser};
+use crate::diffusion::{DiffusionState, TOKENIZER_FILE};
+use crate::first_stage::load_autoencoder;
+use crate::sampling::ddim_sample;
+use crate::{TchOps, TrainError};
+
+pub struct TrainedModel {
+    pub config: ModelConfig,
+    pub state: DiffusionState,
+    denoiser: Denoiser,
+    first_stage: Option<TchOps>,
+    tokenizer: Option<TextTokenizer>,
+    schedule: NoiseSchedule,
+    device: Device,
+}
+
+impl TrainedModel {
+    /// The latest checkpoint of the diffusion run in `run_dir`, with its EMA weights.
+    pub fn load(run_dir: &Path, device: Device) -> Result<Self, TrainError> {
+        let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| {
+            TrainError::Run(format!(
+                "{} holds no checkpoint of `ldm train diffusion`",
+                run_dir.display()
+            ))
+        })?;
+        let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
+        let config = state.config.clone();
+        let ema = checkpoint::load_weights(&checkpoint, "ema", None)?;
+        let (unet, encoder) = split_named(&config, &ema);
+        let denoiser = Denoiser::new(&config, device, Some((unet, encoder)))?;
+        let first_stage = match &state.autoencoder_checkpoint {
+            Some(path) => Some(load_autoencoder(path, &config, device)?),
+            None => None,
+        };
+        let tokenizer = match config.conditioning {
+            Conditioning::Text { .. } => Some(TextTokenizer::load(&run_dir.join(TOKENIZER_FILE))?),
+            _ => None,
+        };
+        let schedule = config.diffusion.schedule()?;
+        Ok(Self {
+            config,
+            state,
+            denoiser,
+            first_stage,
+            tokenizer,
+            schedule,
+            device,
+        })
+    }
+
+    /// One image per prompt (text: a caption; class: a class name; unconditional: ignored),
+    /// [N, 3, H, W] in [-1, 1]: DDIM with `steps` steps and classifier-free `guidance`.
+    pub fn generate(
+        &mut self,
+        prompts: &[String],
+        steps: usize,
+        guidance: f64,
+        seed: i64,
+    ) -> Result<Tensor, TrainError> {
+        let n = prompts.len() as i64;
+        let (condition, unconditional) = self.conditions(prompts)?;
+        let (r, c) = (
+            self.config.latent_resolution() as i64,
+            self.config.autoencoder.latent_channels as i64,
+        );
+        let latents = ddim_sample(
+            &mut self.denoiser,
+            &self.schedule,
+            [n, c, r, r],
+            &condition,
+            unconditional.as_ref(),
+            guidance,
+            steps,
+            seed,
+            self.device,
+        )?;
+        let _guard = tch::no_grad_guard();
+        let latents = latents / self.state.scale_factor;
+        Ok(match self.first_stage.as_mut() {
+            Some(ops) => autoencoder::decode(
+                ops,
+                &self.config.autoencoder,
+                self.config.resolution,
+                &latents,
+            )?,
+            None => latents,
+        })
+    }
+
+    fn conditions(&self, prompts: &[String]) -> Result<(Condition, Option<Condition>), TrainError> {
+        let n = prompts.len() as i64;
+        Ok(match self.config.conditioning {
+            Conditioning::None => (Condition::None, None),
+            Conditioning::Text { max_length, .. } => {
+                let tokenizer = self.tokenizer.as_ref().expect("text models load their tokenizer");
+                let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+                let empty = vec![""; texts.len()];
+                (
+                    Condition::Tokens(token_ids(tokenizer, &texts, max_length, self.device)?),
+                    Some(Condition::Tokens(token_ids(tokenizer, &empty, max_length, self.device)?)),
+                )
+            }
+            Conditioning::Class { classes, .. } => {
+                let names = &self.state.class_names;
+                let ids = prompts
+                    .iter()
+                    .map(|p| {
+                        names.iter().position(|c| c == p).map(|i| i as i64).ok_or_else(|| {
+                            TrainError::Run(format!("unknown class '{p}' (the model knows {} classes: {})", names.len(), names.join(", ")))
+                        })
+                    })
+                    .collect::<Result<Vec<i64>, _>>()?;
+                (
+                    Condition::Classes(Tensor::from_slice(&ids).to_device(self.device)),
+                    Some(Condition::Classes(Tensor::full([n], classes as i64, (Kind::Int64, self.device)))),
+                )
+            }
+            Conditioning::Concat { .. } => {
+                return Err(TrainError::Run(
+                    "concatenation models sample from an input image; export the run and use the runtime".into(),
+                ))
+            }
+        })
+    }
+}
