@@ -12,7 +12,7 @@ use ldm_train::trained::TrainedModel;
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// Run folder of `ldm train diffusion`.
+    /// Run folder of `ldm train diffusion`, or a release (models/NAME).
     #[arg(long)]
     run: PathBuf,
     /// A caption (text models) or class name (class models); repeat for several.
@@ -89,7 +89,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         "wrote {} images to {} (step {} of {})",
         prompts.len(),
         a.out.display(),
-        model.state.step,
+        model.step,
         a.run.display()
     );
     if a.judge_shapes {

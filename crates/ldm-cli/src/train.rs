@@ -21,8 +21,17 @@ enum TrainCommand {
     Autoencoder(AutoencoderArgs),
     /// The latent diffusion model on a trained first stage (paper 3.2, 3.3).
     Diffusion(DiffusionArgs),
-    /// Draw images from a diffusion run (EMA weights) before exporting it.
+    /// Draw images from a diffusion run (EMA weights) or a release, before exporting it.
     Sample(crate::sample::SampleArgs),
+    /// Write a diffusion run's EMA weights and first stage as a release (models/NAME/).
+    Release {
+        /// Run folder of `ldm train diffusion`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Release folder to write (replaced once the new one is complete).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// What both stages share: configuration, data, run folder, device, cadence.
@@ -110,6 +119,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         TrainCommand::Autoencoder(a) => autoencoder(a),
         TrainCommand::Diffusion(a) => diffusion(a),
         TrainCommand::Sample(a) => crate::sample::run(a),
+        TrainCommand::Release { run, out } => {
+            let dir = ldm_train::release::write_release(&run, &out)
+                .with_context(|| format!("releasing {}", run.display()))?;
+            println!(
+                "wrote the release of {} to {}",
+                run.display(),
+                dir.display()
+            );
+            Ok(())
+        }
     }
 }
 

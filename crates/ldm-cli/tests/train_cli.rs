@@ -72,37 +72,57 @@ fn spawn(cmd: &mut Command) -> Child {
         .unwrap()
 }
 
+/// The step folder `checkpoints/latest` names, once it names one.
+fn latest(run: &Path) -> Option<String> {
+    std::fs::read_to_string(run.join("checkpoints/latest"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Waits (up to two minutes: the machine may be busy) until `latest` names another step.
+fn wait_for_new_checkpoint(run: &Path, previous: &Option<String>) {
+    for _ in 0..1200 {
+        if latest(run).is_some() && latest(run) != *previous {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no new checkpoint in {} within two minutes", run.display());
+}
+
 #[test]
 fn sigkill_at_any_moment_leaves_a_resumable_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (config, data) = setup(tmp.path());
     let run = tmp.path().join("run");
-    // Every step writes a checkpoint, so kills land before, inside and after writes.
-    for (round, wait_ms) in [1500u64, 700, 1100, 400, 900].into_iter().enumerate() {
+    // Every step writes a checkpoint; each kill lands a little after a new one appears, so
+    // kills fall before, inside and after the next write.
+    for (round, delay_ms) in [0u64, 35, 80, 150, 260].into_iter().enumerate() {
+        let previous = latest(&run);
         let mut child = spawn(&mut train(&config, &data, &run, 1_000_000, 1, round > 0));
-        std::thread::sleep(Duration::from_millis(wait_ms));
+        wait_for_new_checkpoint(&run, &previous);
+        std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap_or_default();
-        let folder = run.join("checkpoints").join(latest.trim());
-        if !latest.is_empty() {
-            for file in [
-                "autoencoder.safetensors",
-                "optimizer.safetensors",
-                "state.json",
-            ] {
-                assert!(
-                    folder.join(file).is_file(),
-                    "round {round}: {} lacks {file}",
-                    folder.display()
-                );
-            }
+        let folder = run.join("checkpoints").join(latest(&run).unwrap());
+        for file in [
+            "autoencoder.safetensors",
+            "optimizer.safetensors",
+            "state.json",
+        ] {
+            assert!(
+                folder.join(file).is_file(),
+                "round {round}: {} lacks {file}",
+                folder.display()
+            );
         }
     }
     // Whatever the kills left, the run resumes and finishes.
-    let latest =
-        std::fs::read_to_string(run.join("checkpoints/latest")).expect("some checkpoint survived");
-    let step: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    let step: u64 = latest(&run)
+        .unwrap()
+        .trim_start_matches("step-")
+        .parse()
+        .unwrap();
     let (ok, text) = output(&mut train(&config, &data, &run, step + 2, 1, true));
     assert!(ok, "{text}");
     assert!(

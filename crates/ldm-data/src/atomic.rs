@@ -8,6 +8,8 @@ use crate::DataError;
 pub struct StagingDir {
     staging: Option<tempfile::TempDir>,
     destination: PathBuf,
+    /// Whether an existing destination is replaced on commit (else refused up front).
+    replace: bool,
 }
 
 impl StagingDir {
@@ -19,6 +21,16 @@ impl StagingDir {
                 path: destination.to_path_buf(),
             });
         }
+        Self::staged(destination, false)
+    }
+
+    /// Like [`StagingDir::new`], but an existing destination is replaced by the new folder
+    /// on commit (it stays untouched until then).
+    pub fn new_replacing(destination: &Path) -> Result<Self, DataError> {
+        Self::staged(destination, true)
+    }
+
+    fn staged(destination: &Path, replace: bool) -> Result<Self, DataError> {
         let parent = match destination.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -36,6 +48,7 @@ impl StagingDir {
         Ok(Self {
             staging: Some(staging),
             destination: destination.to_path_buf(),
+            replace,
         })
     }
 
@@ -50,13 +63,32 @@ impl StagingDir {
     /// Moves the finished folder into place.
     pub fn commit(mut self) -> Result<PathBuf, DataError> {
         let staging = self.staging.take().expect("commit runs once").keep();
+        // The old folder moves aside first: a crash in between leaves it whole, beside the new.
+        let old = self.destination.with_file_name(format!(
+            ".{}.old",
+            self.destination
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let replaced = self.replace && self.destination.exists();
+        if replaced {
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&self.destination, &old).map_err(DataError::io(&self.destination))?;
+        }
         std::fs::rename(&staging, &self.destination).map_err(|source| {
             let _ = std::fs::remove_dir_all(&staging);
+            if replaced {
+                let _ = std::fs::rename(&old, &self.destination);
+            }
             DataError::Io {
                 path: self.destination.clone(),
                 source,
             }
         })?;
+        if replaced {
+            let _ = std::fs::remove_dir_all(&old);
+        }
         Ok(self.destination.clone())
     }
 }

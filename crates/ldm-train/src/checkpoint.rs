@@ -114,6 +114,25 @@ pub fn load_weights(
     file: &str,
     expected: Option<&BTreeMap<String, Vec<usize>>>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    read_checked(checkpoint, file, expected, false)
+}
+
+/// [`load_weights`] for weights stored in another float type (f16 releases): converted to f32
+/// before the check.
+pub fn load_weights_as_f32(
+    dir: &Path,
+    file: &str,
+    expected: Option<&BTreeMap<String, Vec<usize>>>,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    read_checked(dir, file, expected, true)
+}
+
+fn read_checked(
+    checkpoint: &Path,
+    file: &str,
+    expected: Option<&BTreeMap<String, Vec<usize>>>,
+    to_f32: bool,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let weights_path = checkpoint.join(format!("{file}.safetensors"));
     if !weights_path.is_file() {
         return Err(CheckpointError::Io {
@@ -121,11 +140,18 @@ pub fn load_weights(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
         });
     }
-    let weights =
+    let mut weights =
         Tensor::read_safetensors(&weights_path).map_err(|e| CheckpointError::Corrupt {
             path: weights_path.clone(),
             message: e.to_string(),
         })?;
+    if to_f32 {
+        for (_, t) in &mut weights {
+            if t.is_floating_point() {
+                *t = t.to_kind(tch::Kind::Float);
+            }
+        }
+    }
     let Some(expected) = expected else {
         return Ok(weights);
     };

@@ -88,7 +88,8 @@ pub struct AutoencoderSummary {
 }
 
 const LOG_COLUMNS: [&str; 5] = ["rec", "reg", "g", "d", "d_weight"];
-const AUTOENCODER: &str = "autoencoder";
+/// Checkpoint (and release) file of the first stage's weights.
+pub const AUTOENCODER: &str = "autoencoder";
 const DISCRIMINATOR: &str = "discriminator";
 const OPTIMIZER: &str = "optimizer";
 const DISC_OPTIMIZER: &str = "disc_optimizer";

@@ -1,5 +1,5 @@
-//! A finished (or running) diffusion run loaded for sampling on tch: the EMA weights, the
-//! first stage it was trained on, its tokenizer and latent scale factor.
+//! A trained model loaded for sampling on tch, from a diffusion run (its latest checkpoint's
+//! EMA weights and the first stage it was trained on) or from a release (`models/<name>/`).
 
 use std::path::Path;
 
@@ -11,12 +11,16 @@ use crate::checkpoint;
 use crate::denoiser::{split_named, token_ids, Condition, Denoiser};
 use crate::diffusion::{DiffusionState, TOKENIZER_FILE};
 use crate::first_stage::load_autoencoder;
+use crate::release::{is_release, load_release, Release, RELEASE_FILE};
 use crate::sampling::ddim_sample;
 use crate::{TchOps, TrainError};
 
 pub struct TrainedModel {
     pub config: ModelConfig,
-    pub state: DiffusionState,
+    /// Diffusion training steps behind the weights.
+    pub step: u64,
+    scale_factor: f64,
+    class_names: Vec<String>,
     denoiser: Denoiser,
     first_stage: Option<TchOps>,
     tokenizer: Option<TextTokenizer>,
@@ -25,12 +29,15 @@ pub struct TrainedModel {
 }
 
 impl TrainedModel {
-    /// The latest checkpoint of the diffusion run in `run_dir`, with its EMA weights.
-    pub fn load(run_dir: &Path, device: Device) -> Result<Self, TrainError> {
-        let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| {
+    /// A release folder, or the latest checkpoint of a diffusion run folder.
+    pub fn load(path: &Path, device: Device) -> Result<Self, TrainError> {
+        if is_release(path) {
+            return Self::from_release(load_release(path)?, device);
+        }
+        let checkpoint = checkpoint::latest(path)?.ok_or_else(|| {
             TrainError::Run(format!(
-                "{} holds no checkpoint of `ldm train diffusion`",
-                run_dir.display()
+                "{} is neither a release (no {RELEASE_FILE}) nor a run of `ldm train diffusion` (no checkpoint)",
+                path.display()
             ))
         })?;
         let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
@@ -43,16 +50,44 @@ impl TrainedModel {
             None => None,
         };
         let tokenizer = match config.conditioning {
-            Conditioning::Text { .. } => Some(TextTokenizer::load(&run_dir.join(TOKENIZER_FILE))?),
+            Conditioning::Text { .. } => Some(TextTokenizer::load(&path.join(TOKENIZER_FILE))?),
             _ => None,
         };
         let schedule = config.diffusion.schedule()?;
         Ok(Self {
+            step: state.step,
+            scale_factor: state.scale_factor,
+            class_names: state.class_names,
             config,
-            state,
             denoiser,
             first_stage,
             tokenizer,
+            schedule,
+            device,
+        })
+    }
+
+    fn from_release(release: Release, device: Device) -> Result<Self, TrainError> {
+        let config = release.config;
+        let denoiser = Denoiser::new(&config, device, Some((release.unet, release.encoder)))?;
+        let first_stage = match release.autoencoder {
+            Some(weights) => {
+                let mut ops = TchOps::new(device);
+                ops.load_params(weights)?;
+                ops.freeze();
+                Some(ops)
+            }
+            None => None,
+        };
+        let schedule = config.diffusion.schedule()?;
+        Ok(Self {
+            step: release.info.diffusion_steps,
+            scale_factor: release.info.scale_factor,
+            class_names: release.info.class_names,
+            config,
+            denoiser,
+            first_stage,
+            tokenizer: release.tokenizer,
             schedule,
             device,
         })
@@ -85,7 +120,7 @@ impl TrainedModel {
             self.device,
         )?;
         let _guard = tch::no_grad_guard();
-        let latents = latents / self.state.scale_factor;
+        let latents = latents / self.scale_factor;
         Ok(match self.first_stage.as_mut() {
             Some(ops) => autoencoder::decode(
                 ops,
@@ -111,7 +146,7 @@ impl TrainedModel {
                 )
             }
             Conditioning::Class { classes, .. } => {
-                let names = &self.state.class_names;
+                let names = &self.class_names;
                 let ids = prompts
                     .iter()
                     .map(|p| {

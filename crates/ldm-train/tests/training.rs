@@ -11,6 +11,7 @@ use ldm_train::checkpoint;
 use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions, DiffusionState};
 use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
 use ldm_train::run::Cadence;
+use ldm_train::trained::TrainedModel;
 use ldm_train::TrainError;
 use tch::{Device, Tensor};
 
@@ -245,6 +246,29 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     ] {
         assert!(ldm.join(file).is_file(), "{file}");
     }
+
+    // The release holds the EMA weights in f16 and samples like the run.
+    let release = tmp.path().join("release");
+    ldm_train::release::write_release(&ldm, &release).unwrap();
+    let unet = checkpoint::load_weights(&release, "unet", None).unwrap();
+    assert!(unet.iter().all(|(_, t)| t.kind() == tch::Kind::Half));
+    let prompts = vec!["a large red star at the top left on a white background".to_string(); 2];
+    let from_run = TrainedModel::load(&ldm, Device::Cpu)
+        .unwrap()
+        .generate(&prompts, 3, 2.0, 7)
+        .unwrap();
+    let from_release = TrainedModel::load(&release, Device::Cpu)
+        .unwrap()
+        .generate(&prompts, 3, 2.0, 7)
+        .unwrap();
+    assert_eq!(from_run.size(), [2, 3, 16, 16]);
+    let gap = (&from_run - &from_release).abs().max().double_value(&[]);
+    assert!(gap < 0.05, "f16 storage moves samples by {gap}");
+    let err = TrainedModel::load(&data, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("is neither a release"), "{err}");
 
     let split = tmp.path().join("ldm-split");
     train_diffusion(

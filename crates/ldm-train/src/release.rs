@@ -1,0 +1,174 @@
+//! A trained model as shipped in the repository (`models/<name>/`): the weights sampling and
+//! export need, without optimiser state or run history.
+//!
+//! ```text
+//! model.toml                  the model configuration
+//! autoencoder.safetensors     first stage (absent for f = 1)
+//! unet.safetensors            EMA weights of the UNet
+//! text_encoder.safetensors    EMA weights of the conditioning encoder (or class_embedder)
+//! tokenizer.json              text models
+//! release.json                latent scale factor, class names, training figures
+//! ```
+//!
+//! Weights are stored as f16, half the bytes in the repository, and load as f32.
+
+use std::path::{Path, PathBuf};
+
+use ldm_core::TextTokenizer;
+use ldm_data::StagingDir;
+use ldm_nn::ModelConfig;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::checkpoint;
+use crate::denoiser::{encoder_name, expected_params, split_named};
+use crate::diffusion::{DiffusionOptions, DiffusionState, TOKENIZER_FILE};
+use crate::files::write_atomic;
+use crate::first_stage::{self, AutoencoderOptions, AutoencoderState};
+use crate::TrainError;
+
+pub const RELEASE_FILE: &str = "release.json";
+pub const CONFIG_FILE: &str = "model.toml";
+const FORMAT: u32 = 1;
+
+/// What a release records besides its weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseInfo {
+    pub format: u32,
+    /// Latents are multiplied by this before diffusion.
+    pub scale_factor: f64,
+    /// Class names of a class-conditional model: id i is `class_names[i]`.
+    pub class_names: Vec<String>,
+    pub diffusion_steps: u64,
+    pub diffusion_options: DiffusionOptions,
+    pub autoencoder_steps: Option<u64>,
+    pub autoencoder_options: Option<AutoencoderOptions>,
+    /// Validation PSNR (dB) and SSIM of the first stage at its last validation.
+    pub autoencoder_validation: Option<(f64, f64)>,
+    /// CRC-32 of the diffusion data's metadata.jsonl.
+    pub data_fingerprint: String,
+}
+
+/// A loaded release, weights as f32 on the CPU.
+pub struct Release {
+    pub config: ModelConfig,
+    pub info: ReleaseInfo,
+    pub unet: Vec<(String, Tensor)>,
+    pub encoder: Option<Vec<(String, Tensor)>>,
+    pub autoencoder: Option<Vec<(String, Tensor)>>,
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+fn half(weights: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    weights
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_kind(Kind::Half)))
+        .collect()
+}
+
+fn save(dir: &Path, name: &str, weights: &[(String, Tensor)]) -> Result<(), TrainError> {
+    let path = dir.join(format!("{name}.safetensors"));
+    Tensor::write_safetensors(&half(weights), &path)?;
+    Ok(())
+}
+
+/// Writes the latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first
+/// stage as a release in `out`, replacing what was there only once the new one is complete.
+pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> {
+    let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| {
+        TrainError::Run(format!(
+            "{} holds no checkpoint of `ldm train diffusion`",
+            run_dir.display()
+        ))
+    })?;
+    let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
+    let config = &state.config;
+    let (unet, encoder) = split_named(config, &checkpoint::load_weights(&checkpoint, "ema", None)?);
+
+    let staging = StagingDir::new_replacing(out)?;
+    let dir = staging.path();
+    save(dir, "unet", &unet)?;
+    if let (Some(name), Some(encoder)) = (encoder_name(config), &encoder) {
+        save(dir, name, encoder)?;
+    }
+    let first_stage = match &state.autoencoder_checkpoint {
+        Some(ae) => {
+            let ae_state: AutoencoderState = checkpoint::load_state(ae)?;
+            let weights = checkpoint::load_weights(ae, first_stage::AUTOENCODER, None)?;
+            save(dir, first_stage::AUTOENCODER, &weights)?;
+            Some(ae_state)
+        }
+        None => None,
+    };
+    if config.text_encoder_shape().is_some() {
+        let from = run_dir.join(TOKENIZER_FILE);
+        std::fs::copy(&from, dir.join(TOKENIZER_FILE)).map_err(|e| TrainError::io(&from, e))?;
+    }
+    let toml =
+        toml::to_string(config).map_err(|e| TrainError::Run(format!("configuration: {e}")))?;
+    write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
+    let info = ReleaseInfo {
+        format: FORMAT,
+        scale_factor: state.scale_factor,
+        class_names: state.class_names.clone(),
+        diffusion_steps: state.step,
+        diffusion_options: state.options.clone(),
+        autoencoder_steps: first_stage.as_ref().map(|s| s.step),
+        autoencoder_options: first_stage.as_ref().map(|s| s.options.clone()),
+        autoencoder_validation: first_stage.as_ref().and_then(|s| s.validation),
+        data_fingerprint: state.data_fingerprint.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&info).expect("release info serialises");
+    write_atomic(&dir.join(RELEASE_FILE), &json).map_err(|e| TrainError::io(dir, e))?;
+    Ok(staging.commit()?)
+}
+
+/// Whether `dir` holds a release (rather than a run folder).
+pub fn is_release(dir: &Path) -> bool {
+    dir.join(RELEASE_FILE).is_file()
+}
+
+/// Reads a release, checking every weight's name and shape against its configuration.
+pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
+    let info_path = dir.join(RELEASE_FILE);
+    let text = std::fs::read(&info_path).map_err(|e| TrainError::io(&info_path, e))?;
+    let info: ReleaseInfo = serde_json::from_slice(&text)
+        .map_err(|e| TrainError::Run(format!("{}: {e}", info_path.display())))?;
+    if info.format != FORMAT {
+        return Err(TrainError::Run(format!(
+            "{}: release format {} (this build reads format {FORMAT})",
+            info_path.display(),
+            info.format
+        )));
+    }
+    let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
+    let f32_weights = |name: &str, expected| -> Result<Vec<(String, Tensor)>, TrainError> {
+        Ok(checkpoint::load_weights_as_f32(dir, name, Some(expected))?)
+    };
+    let (unet_expected, encoder_expected) = expected_params(&config)?;
+    let unet = f32_weights("unet", &unet_expected)?;
+    let encoder = match (encoder_name(&config), &encoder_expected) {
+        (Some(name), Some(expected)) => Some(f32_weights(name, expected)?),
+        _ => None,
+    };
+    let autoencoder = match config.autoencoder.regularizer {
+        ldm_nn::Regularizer::Identity => None,
+        _ => Some(f32_weights(
+            first_stage::AUTOENCODER,
+            &first_stage::expected_params(&config)?,
+        )?),
+    };
+    let tokenizer = match config.text_encoder_shape() {
+        Some(_) => Some(TextTokenizer::load(&dir.join(TOKENIZER_FILE))?),
+        None => None,
+    };
+    Ok(Release {
+        config,
+        info,
+        unet,
+        encoder,
+        autoencoder,
+        tokenizer,
+    })
+}
