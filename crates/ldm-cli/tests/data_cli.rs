@@ -1,15 +1,10 @@
 //! The `ldm data` commands as a user runs them.
 
-use std::process::Command;
+mod common;
 
+/// Runs `ldm args...`: whether it succeeded, and what it printed.
 fn ldm(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ldm"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    common::output(common::ldm().args(args))
 }
 
 #[test]
@@ -62,20 +57,8 @@ fn model_info_counts_and_tokenizer_trains_on_captions() {
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("shapes");
-    let (ok, text) = ldm(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--count",
-        "40",
-        "--size",
-        "16",
-    ]);
-    assert!(ok, "{text}");
+    let train = common::shapes_data(tmp.path(), 40, 16);
     let out = tmp.path().join("tokenizer.json");
-    let train = data.join("train");
     let (ok, text) = ldm(&[
         "tokenizer",
         "train",

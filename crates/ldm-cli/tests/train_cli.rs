@@ -3,39 +3,19 @@
 //! exits cleanly.
 #![cfg(feature = "train")]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn ldm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ldm"))
-}
+use common::{ldm, output};
 
-fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
+/// The tiny test model's configuration and a small shapes data set.
 fn setup(dir: &Path) -> (String, String) {
-    let data = dir.join("shapes");
-    let (ok, text) = output(ldm().args([
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--count",
-        "40",
-        "--size",
-        "16",
-    ]));
-    assert!(ok, "{text}");
+    let data = common::shapes_data(dir, 40, 16);
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-text.toml");
-    (
-        config.to_string(),
-        data.join("train").to_str().unwrap().to_string(),
-    )
+    (config.to_string(), data.to_str().unwrap().to_string())
 }
 
 /// `ldm train autoencoder` on the tiny model, checkpointing every `every` steps.

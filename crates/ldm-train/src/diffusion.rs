@@ -147,16 +147,25 @@ pub fn train_diffusion(
     let start = run::start(out, resume)?;
     let resumed: Option<DiffusionState> = match &start {
         Start::Fresh => None,
-        Start::Resume(checkpoint) => Some(checkpoint::load_state(checkpoint)?),
+        Start::Resume(checkpoint) => {
+            let state: DiffusionState = checkpoint::load_state(checkpoint)?;
+            let asked = DiffusionOptions {
+                steps: state.options.steps,
+                ..options.clone()
+            };
+            run::check_resumable(
+                checkpoint,
+                (&state.config, &state.data_fingerprint, &state.options),
+                (config, &fingerprint, &asked),
+            )?;
+            Some(state)
+        }
     };
     let options = match &resumed {
-        Some(state) => {
-            check_resumable(state, config, &fingerprint, &options)?;
-            DiffusionOptions {
-                steps: options.steps,
-                ..state.options.clone()
-            }
-        }
+        Some(state) => DiffusionOptions {
+            steps: options.steps,
+            ..state.options.clone()
+        },
         None => options,
     };
     run::write_config(out, config)?;
@@ -384,37 +393,6 @@ fn alpha_bar_tensor(schedule: &NoiseSchedule, complement: bool, device: Device) 
         })
         .collect();
     Tensor::from_slice(&values).to_device(device)
-}
-
-fn check_resumable(
-    state: &DiffusionState,
-    config: &ModelConfig,
-    fingerprint: &str,
-    options: &DiffusionOptions,
-) -> Result<(), TrainError> {
-    if state.config != *config {
-        return Err(TrainError::Run(
-            "the run was trained with another model configuration; resume with its own config.toml"
-                .into(),
-        ));
-    }
-    if state.data_fingerprint != fingerprint {
-        return Err(TrainError::Run(format!(
-            "the run was trained on other data ({}; this folder is {fingerprint})",
-            state.data_fingerprint
-        )));
-    }
-    let same = DiffusionOptions {
-        steps: state.options.steps,
-        ..options.clone()
-    };
-    if same != state.options {
-        return Err(TrainError::Run(format!(
-            "the run was started with other options ({:?}); pass the same ones (only --steps may change)",
-            state.options
-        )));
-    }
-    Ok(())
 }
 
 /// The latest checkpoint of the first-stage run, checked against this model's first stage.

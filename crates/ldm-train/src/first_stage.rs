@@ -192,7 +192,15 @@ pub fn train_autoencoder(
         Start::Fresh => (0, options),
         Start::Resume(checkpoint) => {
             let state: AutoencoderState = checkpoint::load_state(checkpoint)?;
-            check_resumable(&state, config, &fingerprint, &options, checkpoint)?;
+            let asked = AutoencoderOptions {
+                steps: state.options.steps,
+                ..options.clone()
+            };
+            run::check_resumable(
+                checkpoint,
+                (&state.config, &state.data_fingerprint, &state.options),
+                (config, &fingerprint, &asked),
+            )?;
             (
                 state.step,
                 AutoencoderOptions {
@@ -406,38 +414,6 @@ pub fn train_autoencoder(
         checkpoint,
         interrupted,
     })
-}
-
-/// A resumed run must continue the same experiment: same configuration, same data, same
-/// hyper-parameters (only the number of steps may grow).
-fn check_resumable(
-    state: &AutoencoderState,
-    config: &ModelConfig,
-    fingerprint: &str,
-    options: &AutoencoderOptions,
-    checkpoint: &Path,
-) -> Result<(), TrainError> {
-    let at = checkpoint.display();
-    if state.config != *config {
-        return Err(TrainError::Run(format!("{at} was trained with another model configuration; resume with the run's own config.toml")));
-    }
-    if state.data_fingerprint != fingerprint {
-        return Err(TrainError::Run(format!(
-            "{at} was trained on other data ({}; this folder is {fingerprint})",
-            state.data_fingerprint
-        )));
-    }
-    let same = AutoencoderOptions {
-        steps: state.options.steps,
-        ..options.clone()
-    };
-    if same != state.options {
-        return Err(TrainError::Run(format!(
-            "{at} was started with other options ({:?}); pass the same ones (only --steps may change)",
-            state.options
-        )));
-    }
-    Ok(())
 }
 
 pub(crate) fn non_finite(

@@ -244,6 +244,35 @@ pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
     }
 }
 
+/// A resumed run must continue the same experiment: the configuration, data fingerprint and
+/// options it was started with (`saved`) against those asked for now (options with the saved
+/// step count, since only the number of steps may change).
+pub fn check_resumable<O: PartialEq + std::fmt::Debug>(
+    checkpoint: &Path,
+    saved: (&ldm_nn::ModelConfig, &str, &O),
+    asked: (&ldm_nn::ModelConfig, &str, &O),
+) -> Result<(), TrainError> {
+    let at = checkpoint.display();
+    if saved.0 != asked.0 {
+        return Err(TrainError::Run(format!(
+            "{at} was trained with another model configuration; resume with the run's own config.toml"
+        )));
+    }
+    if saved.1 != asked.1 {
+        return Err(TrainError::Run(format!(
+            "{at} was trained on other data ({}; this folder is {})",
+            saved.1, asked.1
+        )));
+    }
+    if saved.2 != asked.2 {
+        return Err(TrainError::Run(format!(
+            "{at} was started with other options ({:?}); pass the same ones (only --steps may change)",
+            saved.2
+        )));
+    }
+    Ok(())
+}
+
 /// The libtorch seed of one training step: each step draws its noise from its own stream, so
 /// a resumed run repeats exactly what an uninterrupted one would have drawn.
 pub fn step_seed(seed: u64, step: u64) -> i64 {

@@ -8,8 +8,10 @@ use std::sync::Mutex;
 use ldm_data::shapes::{self, ShapesConfig};
 use ldm_nn::ModelConfig;
 use ldm_train::checkpoint;
-use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions, DiffusionState};
-use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
+use ldm_train::diffusion::{
+    train_diffusion, DiffusionInputs, DiffusionOptions, DiffusionState, DiffusionSummary,
+};
+use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions, AutoencoderSummary};
 use ldm_train::run::Cadence;
 use ldm_train::trained::TrainedModel;
 use ldm_train::TrainError;
@@ -74,6 +76,57 @@ fn diffusion_options(steps: u64) -> DiffusionOptions {
     }
 }
 
+/// The first stage of `cfg` on `data` into `out` (validating on `data`'s sibling
+/// `validation` folder), with `options`, checkpointing every `every` steps.
+fn autoencoder(
+    cfg: &ModelConfig,
+    data: &Path,
+    out: &Path,
+    options: AutoencoderOptions,
+    every: u64,
+    resume: bool,
+) -> Result<AutoencoderSummary, TrainError> {
+    let validation = data.with_file_name("validation");
+    let validation = Some(validation.as_path()).filter(|v| v.is_dir());
+    train_autoencoder(
+        cfg,
+        data,
+        validation,
+        out,
+        options,
+        cadence(every),
+        Device::Cpu,
+        resume,
+    )
+}
+
+/// The diffusion model of `cfg` on `data` and the first-stage run `ae` into `out`.
+fn diffusion(
+    cfg: &ModelConfig,
+    (data, ae, tokenizer): (&Path, &Path, Option<&Path>),
+    out: &Path,
+    options: DiffusionOptions,
+    every: u64,
+    resume: bool,
+) -> Result<DiffusionSummary, TrainError> {
+    let validation = data.with_file_name("validation");
+    let inputs = DiffusionInputs {
+        data,
+        validation: Some(&validation),
+        autoencoder_run: Some(ae),
+        tokenizer,
+    };
+    train_diffusion(
+        cfg,
+        inputs,
+        out,
+        options,
+        cadence(every),
+        Device::Cpu,
+        resume,
+    )
+}
+
 /// The `column` of log.csv, in step order.
 fn logged(run: &Path, column: usize) -> Vec<f64> {
     std::fs::read_to_string(run.join("log.csv"))
@@ -108,21 +161,10 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shapes_data(tmp.path());
     let cfg = config(TEXT);
-    let validation = tmp.path().join("shapes/validation");
 
     // First stage: 16 steps straight, the discriminator joining at step 6.
     let ae = tmp.path().join("ae");
-    let summary = train_autoencoder(
-        &cfg,
-        &data,
-        Some(&validation),
-        &ae,
-        ae_options(16),
-        cadence(8),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    let summary = autoencoder(&cfg, &data, &ae, ae_options(16), 8, false).unwrap();
     assert_eq!(summary.step, 16);
     let rec = logged(&ae, 1);
     assert_eq!(rec.len(), 16);
@@ -149,43 +191,13 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
 
     // The same run in two parts: 8 steps, then --resume to 16.
     let split = tmp.path().join("ae-split");
-    train_autoencoder(
-        &cfg,
-        &data,
-        Some(&validation),
-        &split,
-        ae_options(8),
-        cadence(8),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
-    let err = train_autoencoder(
-        &cfg,
-        &data,
-        Some(&validation),
-        &split,
-        ae_options(16),
-        cadence(8),
-        Device::Cpu,
-        false,
-    )
-    .unwrap_err();
+    autoencoder(&cfg, &data, &split, ae_options(8), 8, false).unwrap();
+    let err = autoencoder(&cfg, &data, &split, ae_options(16), 8, false).unwrap_err();
     assert!(
         err.to_string().contains("pass --resume to continue it"),
         "{err}"
     );
-    let resumed = train_autoencoder(
-        &cfg,
-        &data,
-        Some(&validation),
-        &split,
-        ae_options(16),
-        cadence(8),
-        Device::Cpu,
-        true,
-    )
-    .unwrap();
+    let resumed = autoencoder(&cfg, &data, &split, ae_options(16), 8, true).unwrap();
     assert_eq!(resumed.step, 16);
     for file in ["autoencoder", "discriminator", "optimizer"] {
         assert_identical(
@@ -211,23 +223,9 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         .unwrap()
         .save(&tokenizer)
         .unwrap();
-    let inputs = || DiffusionInputs {
-        data: &data,
-        validation: Some(&validation),
-        autoencoder_run: Some(&ae),
-        tokenizer: Some(&tokenizer),
-    };
+    let inputs = (data.as_path(), ae.as_path(), Some(tokenizer.as_path()));
     let ldm = tmp.path().join("ldm");
-    let summary = train_diffusion(
-        &cfg,
-        inputs(),
-        &ldm,
-        diffusion_options(30),
-        cadence(15),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    let summary = diffusion(&cfg, inputs, &ldm, diffusion_options(30), 15, false).unwrap();
     let loss = logged(&ldm, 1);
     assert!(loss.iter().all(|v| v.is_finite()));
     assert!(
@@ -271,26 +269,8 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     assert!(err.contains("is neither a release"), "{err}");
 
     let split = tmp.path().join("ldm-split");
-    train_diffusion(
-        &cfg,
-        inputs(),
-        &split,
-        diffusion_options(15),
-        cadence(15),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
-    let resumed = train_diffusion(
-        &cfg,
-        inputs(),
-        &split,
-        diffusion_options(30),
-        cadence(15),
-        Device::Cpu,
-        true,
-    )
-    .unwrap();
+    diffusion(&cfg, inputs, &split, diffusion_options(15), 15, false).unwrap();
+    let resumed = diffusion(&cfg, inputs, &split, diffusion_options(30), 15, true).unwrap();
     for file in ["unet", "text_encoder", "ema", "optimizer"] {
         assert_identical(
             &weights(&summary.checkpoint, file),
@@ -305,22 +285,16 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shapes_data(tmp.path());
     let cfg = config(TEXT);
-    let inputs = |ae: Option<&'static str>| (ae.map(|a| tmp.path().join(a)), data.clone());
 
     // A diffusion run needs a trained first stage.
-    let (missing, data_dir) = inputs(Some("no-such-run"));
-    let err = train_diffusion(
+    let missing = tmp.path().join("no-such-run");
+    let inputs = (data.as_path(), missing.as_path(), None);
+    let err = diffusion(
         &cfg,
-        DiffusionInputs {
-            data: &data_dir,
-            validation: None,
-            autoencoder_run: missing.as_deref(),
-            tokenizer: None,
-        },
+        inputs,
         &tmp.path().join("ldm"),
         diffusion_options(2),
-        cadence(1),
-        Device::Cpu,
+        1,
         false,
     )
     .unwrap_err();
@@ -333,49 +307,19 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
     // A learning rate that blows the weights up: the NaN is caught, named, and the last
     // checkpoint written before it stays the latest.
     let ae = tmp.path().join("ae");
-    train_autoencoder(
-        &cfg,
-        &data,
-        None,
-        &ae,
-        ae_options(2),
-        cadence(2),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    autoencoder(&cfg, &data, &ae, ae_options(2), 2, false).unwrap();
     let wild = AutoencoderOptions {
         steps: 6,
         learning_rate: 1e30,
         ..ae_options(6)
     };
-    let err = train_autoencoder(
-        &cfg,
-        &data,
-        None,
-        &ae,
-        wild.clone(),
-        cadence(1),
-        Device::Cpu,
-        true,
-    )
-    .unwrap_err();
+    let err = autoencoder(&cfg, &data, &ae, wild.clone(), 1, true).unwrap_err();
     assert!(
         matches!(err, TrainError::Run(_)),
         "options differ from the run's: {err}"
     );
     let fresh = tmp.path().join("ae-wild");
-    let err = train_autoencoder(
-        &cfg,
-        &data,
-        None,
-        &fresh,
-        wild,
-        cadence(1),
-        Device::Cpu,
-        false,
-    )
-    .unwrap_err();
+    let err = autoencoder(&cfg, &data, &fresh, wild, 1, false).unwrap_err();
     assert!(
         matches!(err, TrainError::NonFinite { step: 1, .. }),
         "{err}"
@@ -396,33 +340,13 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
         channels: 16,
         ..other
     };
-    let err = train_autoencoder(
-        &wider,
-        &data,
-        None,
-        &ae,
-        ae_options(4),
-        cadence(1),
-        Device::Cpu,
-        true,
-    )
-    .unwrap_err();
+    let err = autoencoder(&wider, &data, &ae, ae_options(4), 1, true).unwrap_err();
     assert!(
         err.to_string().contains("another model configuration"),
         "{err}"
     );
     let validation = tmp.path().join("shapes/validation");
-    let err = train_autoencoder(
-        &cfg,
-        &validation,
-        None,
-        &ae,
-        ae_options(4),
-        cadence(1),
-        Device::Cpu,
-        true,
-    )
-    .unwrap_err();
+    let err = autoencoder(&cfg, &validation, &ae, ae_options(4), 1, true).unwrap_err();
     assert!(
         err.to_string().contains("was trained on other data"),
         "{err}"
@@ -435,17 +359,7 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
         b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}",
     )
     .unwrap();
-    let err = train_autoencoder(
-        &cfg,
-        &data,
-        None,
-        &ae,
-        ae_options(4),
-        cadence(1),
-        Device::Cpu,
-        true,
-    )
-    .unwrap_err();
+    let err = autoencoder(&cfg, &data, &ae, ae_options(4), 1, true).unwrap_err();
     assert!(
         err.to_string()
             .contains("autoencoder.safetensors: not a readable checkpoint"),
