@@ -125,6 +125,12 @@ impl ImageFolder {
         labels
     }
 
+    /// Width and height of image `index`, read from its header.
+    pub fn dimensions(&self, index: usize) -> Result<(u32, u32), DataError> {
+        let path = self.root.join(&self.rows[index].1.file_name);
+        image::image_dimensions(&path).map_err(|source| DataError::Image { path, source })
+    }
+
     /// Decodes image `index` to RGB (transparency on white), shorter side scaled to `size`,
     /// centre-cropped.
     pub fn load(&self, index: usize, size: u32) -> Result<RgbImage, DataError> {

@@ -143,6 +143,7 @@ pub fn train_diffusion(
         Conditioning::Class { .. } => folder.require_label()?,
         _ => folder,
     };
+    run::check_data(&folder, config)?;
     let fingerprint = run::data_fingerprint(inputs.data)?;
     let start = run::start(out, resume)?;
     let resumed: Option<DiffusionState> = match &start {

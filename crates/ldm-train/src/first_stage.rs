@@ -212,8 +212,10 @@ pub fn train_autoencoder(
     };
     run::write_config(out, config)?;
     let size = config.resolution as u32;
+    let folder = ImageFolder::open(data)?;
+    run::check_data(&folder, config)?;
     let loader = Loader::new(
-        ImageFolder::open(data)?,
+        folder,
         LoaderConfig {
             size,
             batch_size: options.batch_size,

@@ -223,6 +223,30 @@ pub fn write_config(out: &Path, config: &ldm_nn::ModelConfig) -> Result<(), Trai
     write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))
 }
 
+/// Checks that an image folder can feed a model: RGB images (what the loader makes) for
+/// `autoencoder.in_channels`, and images at least `resolution` pixels on their shorter side
+/// (smaller ones would be upscaled into blur), judged by the first image.
+pub fn check_data(
+    folder: &ldm_data::ImageFolder,
+    config: &ldm_nn::ModelConfig,
+) -> Result<(), TrainError> {
+    let root = folder.root().display();
+    if config.autoencoder.in_channels != 3 {
+        return Err(TrainError::Run(format!(
+            "autoencoder.in_channels = {} but {root} is read as RGB images (3 channels)",
+            config.autoencoder.in_channels
+        )));
+    }
+    let (w, h) = folder.dimensions(0)?;
+    if w.min(h) < config.resolution as u32 {
+        return Err(TrainError::Run(format!(
+            "{root} holds {w}x{h} images but the configuration trains at resolution = {r}; use images of at least {r} pixels or lower resolution",
+            r = config.resolution
+        )));
+    }
+    Ok(())
+}
+
 /// Where a run begins: from scratch, or from the checkpoint `--resume` found.
 pub enum Start {
     Fresh,

@@ -352,6 +352,24 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
         "{err}"
     );
 
+    // Data that does not fit the configuration: images smaller than its resolution.
+    let mut larger = cfg.clone();
+    larger.resolution = 32;
+    let err = autoencoder(
+        &larger,
+        &data,
+        &tmp.path().join("big"),
+        ae_options(2),
+        1,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("holds 16x16 images but the configuration trains at resolution = 32"),
+        "{err}"
+    );
+
     // A corrupt latest checkpoint is named.
     let latest = checkpoint::latest(&ae).unwrap().unwrap();
     std::fs::write(
