@@ -384,3 +384,68 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
         "{err}"
     );
 }
+
+#[test]
+fn every_first_stage_and_conditioning_trains_and_samples() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shapes_data(tmp.path());
+    let kinds = [
+        (
+            "vq",
+            "[conditioning]\nkind = \"class\"\nclasses = 40\nwidth = 8",
+        ),
+        ("kl", ""),
+        (
+            "kl",
+            "[conditioning]\nkind = \"concat\"\ntask = \"super_resolution\"",
+        ),
+        (
+            "vq",
+            "[conditioning]\nkind = \"concat\"\ntask = \"inpainting\"",
+        ),
+    ];
+    for (i, (regularizer, conditioning)) in kinds.into_iter().enumerate() {
+        let mut cfg = config(conditioning);
+        if regularizer == "vq" {
+            cfg.autoencoder.regularizer = ldm_nn::Regularizer::Vq;
+            cfg.autoencoder.codebook_size = Some(16);
+        }
+        let ae = tmp.path().join(format!("ae-{i}"));
+        let ldm = tmp.path().join(format!("ldm-{i}"));
+        autoencoder(&cfg, &data, &ae, ae_options(3), 3, false).unwrap();
+        assert!(
+            logged(&ae, 2).iter().all(|v| v.is_finite() && *v > 0.0),
+            "{regularizer} term"
+        );
+        let summary = diffusion(
+            &cfg,
+            (&data, &ae, None),
+            &ldm,
+            diffusion_options(3),
+            3,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{conditioning}: {e}"));
+        assert!(
+            logged(&ldm, 1).iter().all(|v| v.is_finite()),
+            "{conditioning}"
+        );
+        assert!(summary.scale_factor > 0.0);
+        assert!(
+            ldm.join("samples/step-00000003.png").is_file(),
+            "{conditioning}"
+        );
+    }
+    // A class model samples by class name, and names an unknown one.
+    let mut model = TrainedModel::load(&tmp.path().join("ldm-0"), Device::Cpu).unwrap();
+    let images = model.generate(&["red circle".into()], 2, 3.0, 0).unwrap();
+    assert_eq!(images.size(), [1, 3, 16, 16]);
+    let err = model
+        .generate(&["plaid hexagon".into()], 2, 3.0, 0)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown class 'plaid hexagon'"),
+        "{err}"
+    );
+}
