@@ -414,6 +414,9 @@ fn first_stage_checkpoint(
             run_dir.display()
         ))
     })?;
+    // Absolute, so the run reads its first stage from any working directory.
+    let checkpoint =
+        std::fs::canonicalize(&checkpoint).map_err(|e| TrainError::io(&checkpoint, e))?;
     let state: AutoencoderState = checkpoint::load_state(&checkpoint)?;
     if state.config.autoencoder != config.autoencoder
         || state.config.resolution != config.resolution

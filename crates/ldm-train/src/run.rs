@@ -148,7 +148,7 @@ impl RunLog {
                         .configure_mesh()
                         .x_labels(4)
                         .y_labels(5)
-                        .y_label_formatter(&|v| format!("{v:.4}"))
+                        .y_label_formatter(&|v| axis_label(*v))
                         .draw()
                         .map_err(plot_error)?;
                 }
@@ -168,6 +168,15 @@ impl RunLog {
             )
             .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
         write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
+    }
+}
+
+/// Four significant digits, in scientific notation for small or large magnitudes.
+fn axis_label(v: f64) -> String {
+    if v != 0.0 && !(1e-2..1e4).contains(&v.abs()) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
     }
 }
 
