@@ -26,6 +26,10 @@ pub struct SampleArgs {
     count: usize,
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// DDIM eta: 1 draws fresh noise at every step (DDPM's variance), 0 is deterministic.
+    /// Early checkpoints sample cleanly only with fresh noise.
+    #[arg(long, default_value_t = 1.0)]
+    eta: f64,
     /// Classifier-free guidance scale (1: none).
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
@@ -51,6 +55,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=4096).contains(&a.count), "--count must be 1 to 4096");
     anyhow::ensure!((1..=1000).contains(&a.steps), "--steps must be 1 to 1000");
     anyhow::ensure!(a.guidance.is_finite(), "--guidance must be a number");
+    anyhow::ensure!((0.0..=1.0).contains(&a.eta), "--eta must be in [0, 1]");
     let rows: Vec<Record> = match &a.prompts_from {
         Some(folder) => ImageFolder::open(folder)?
             .records()
@@ -80,7 +85,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", a.run.display()))?;
     let mut images = Vec::new();
     for (i, chunk) in prompts.chunks(BATCH).enumerate() {
-        images.push(model.generate(chunk, a.steps, a.guidance, a.seed + i as i64)?);
+        images.push(model.generate(chunk, a.steps, a.eta, a.guidance, a.seed + i as i64)?);
     }
     let images = tch::Tensor::cat(&images, 0);
     save_grid(&images, a.columns, &a.out)

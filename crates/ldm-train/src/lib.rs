@@ -16,6 +16,7 @@ pub mod latents;
 pub mod losses;
 pub mod metrics;
 pub mod optim;
+mod preview;
 pub mod release;
 pub mod run;
 pub mod sampling;

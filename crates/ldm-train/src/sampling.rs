@@ -27,9 +27,10 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
         .expect("f32 tensor")
 }
 
-/// Samples latents of `shape` (scaled, as the UNet sees them) with `steps` deterministic DDIM
-/// steps. With `unconditional` and `guidance` != 1, each step predicts
-/// eps_u + guidance · (eps_c - eps_u), both halves in one batched UNet call.
+/// Samples latents of `shape` (scaled, as the UNet sees them) with `steps` DDIM steps of the
+/// given `eta` (0: deterministic; 1: DDPM's variance, fresh noise at every step). With
+/// `unconditional` and `guidance` != 1, each step predicts eps_u + guidance · (eps_c - eps_u),
+/// both halves in one batched UNet call.
 #[allow(clippy::too_many_arguments)]
 pub fn ddim_sample(
     model: &mut Denoiser,
@@ -39,6 +40,7 @@ pub fn ddim_sample(
     unconditional: Option<&Condition>,
     guidance: f64,
     steps: usize,
+    eta: f64,
     seed: i64,
     device: Device,
 ) -> Result<Tensor, TrainError> {
@@ -63,7 +65,16 @@ pub fn ddim_sample(
                 model.forward(&x, &tt, condition)?
             }
         };
-        let next = ddim_step(schedule, &to_vec(&x), &to_vec(&eps), t, t_prev, 0.0, None);
+        let noise = (eta > 0.0).then(|| to_vec(&Tensor::randn(shape, (Kind::Float, Device::Cpu))));
+        let next = ddim_step(
+            schedule,
+            &to_vec(&x),
+            &to_vec(&eps),
+            t,
+            t_prev,
+            eta,
+            noise.as_deref(),
+        );
         x = Tensor::from_slice(&next).reshape(shape).to_device(device);
     }
     Ok(x)

@@ -94,11 +94,13 @@ impl TrainedModel {
     }
 
     /// One image per prompt (text: a caption; class: a class name; unconditional: ignored),
-    /// [N, 3, H, W] in [-1, 1]: DDIM with `steps` steps and classifier-free `guidance`.
+    /// [N, 3, H, W] in [-1, 1]: DDIM with `steps` steps of the given `eta` and classifier-free
+    /// `guidance`.
     pub fn generate(
         &mut self,
         prompts: &[String],
         steps: usize,
+        eta: f64,
         guidance: f64,
         seed: i64,
     ) -> Result<Tensor, TrainError> {
@@ -116,6 +118,7 @@ impl TrainedModel {
             unconditional.as_ref(),
             guidance,
             steps,
+            eta,
             seed,
             self.device,
         )?;

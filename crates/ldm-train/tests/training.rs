@@ -253,11 +253,11 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     let prompts = vec!["a large red star at the top left on a white background".to_string(); 2];
     let from_run = TrainedModel::load(&ldm, Device::Cpu)
         .unwrap()
-        .generate(&prompts, 3, 2.0, 7)
+        .generate(&prompts, 3, 0.0, 2.0, 7)
         .unwrap();
     let from_release = TrainedModel::load(&release, Device::Cpu)
         .unwrap()
-        .generate(&prompts, 3, 2.0, 7)
+        .generate(&prompts, 3, 0.0, 2.0, 7)
         .unwrap();
     assert_eq!(from_run.size(), [2, 3, 16, 16]);
     let gap = (&from_run - &from_release).abs().max().double_value(&[]);
@@ -439,10 +439,12 @@ fn every_first_stage_and_conditioning_trains_and_samples() {
     }
     // A class model samples by class name, and names an unknown one.
     let mut model = TrainedModel::load(&tmp.path().join("ldm-0"), Device::Cpu).unwrap();
-    let images = model.generate(&["red circle".into()], 2, 3.0, 0).unwrap();
+    let images = model
+        .generate(&["red circle".into()], 2, 1.0, 3.0, 0)
+        .unwrap();
     assert_eq!(images.size(), [1, 3, 16, 16]);
     let err = model
-        .generate(&["plaid hexagon".into()], 2, 3.0, 0)
+        .generate(&["plaid hexagon".into()], 2, 1.0, 3.0, 0)
         .unwrap_err();
     assert!(
         err.to_string().contains("unknown class 'plaid hexagon'"),
