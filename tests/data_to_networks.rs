@@ -31,8 +31,12 @@ fn a_shapes_batch_goes_through_tokenizer_autoencoder_and_unet() {
         .unwrap()
         .require_text()
         .unwrap();
-    let tokenizer =
-        TextTokenizer::train(folder.records().filter_map(|r| r.text.clone()), 40).unwrap();
+    let text = config.text_encoder_shape().unwrap();
+    let tokenizer = TextTokenizer::train(
+        folder.records().filter_map(|r| r.text.clone()),
+        text.vocab_size,
+    )
+    .unwrap();
     let loader = Loader::new(
         folder,
         LoaderConfig {
@@ -46,7 +50,6 @@ fn a_shapes_batch_goes_through_tokenizer_autoencoder_and_unet() {
     .unwrap();
     let batch = loader.batch(0).unwrap();
 
-    let text = config.text_encoder_shape().unwrap();
     let mut ids = Vec::new();
     for caption in &batch.texts {
         ids.extend(tokenizer.encode(caption, text.max_length).unwrap().ids);

@@ -1,6 +1,8 @@
 //! The `ldm` command: argument parsing and printing; the work lives in the library crates.
 
 mod data;
+#[cfg(feature = "train")]
+mod export;
 mod model;
 mod progress;
 #[cfg(feature = "train")]
@@ -30,6 +32,9 @@ enum Command {
     /// Train the autoencoder or the latent diffusion model (needs the `train` feature).
     #[cfg(feature = "train")]
     Train(train::TrainArgs),
+    /// Export a trained model to an ONNX bundle (needs the `train` feature).
+    #[cfg(feature = "train")]
+    Export(export::ExportArgs),
 }
 
 /// Errors are printed as one line with their causes (no backtrace: they are the user's to fix).
@@ -50,5 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenizer(args) => tokenizer::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(args),
+        #[cfg(feature = "train")]
+        Command::Export(args) => export::run(args),
     }
 }

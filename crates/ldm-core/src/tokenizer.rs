@@ -85,6 +85,14 @@ impl TextTokenizer {
                 .token_to_id(t)
                 .ok_or_else(|| TokenizerError::Train(format!("{t} missing after training")))
         };
+        // WordPiece keeps every character of the captions even past the requested size; a
+        // vocabulary larger than asked would index past the model's embedding table.
+        let trained = tokenizer.get_vocab_size(true);
+        if trained > vocab_size {
+            return Err(TokenizerError::Train(format!(
+                "the captions' characters alone need {trained} entries, more than the {vocab_size} asked for; raise the vocabulary size"
+            )));
+        }
         let (sep, cls) = (id(SEP)?, id(CLS)?);
         tokenizer.with_post_processor(Some(BertProcessing::new(
             (SEP.into(), sep),

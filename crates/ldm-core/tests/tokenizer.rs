@@ -76,3 +76,12 @@ fn a_saved_tokenizer_loads_and_encodes_identically() {
         "{err}"
     );
 }
+
+#[test]
+fn a_vocabulary_smaller_than_the_alphabet_is_refused() {
+    let err = TextTokenizer::train(CAPTIONS.iter().copied(), 10)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("more than the 10 asked for"), "{err}");
+}

@@ -8,7 +8,7 @@ pub mod diffusion;
 pub mod discriminator;
 pub mod ema;
 mod error;
-mod files;
+pub mod files;
 pub mod first_stage;
 pub mod gaussian;
 pub mod images;

@@ -12,6 +12,7 @@
 //!
 //! Weights are stored as f16, half the bytes in the repository, and load as f32.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ldm_core::TextTokenizer;
@@ -73,53 +74,100 @@ fn save(dir: &Path, name: &str, weights: &[(String, Tensor)]) -> Result<(), Trai
     Ok(())
 }
 
-/// Writes the latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first
-/// stage as a release in `out`, replacing what was there only once the new one is complete.
-pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> {
+/// The latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first stage,
+/// as a release in memory.
+pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
     let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| {
         TrainError::Run(format!(
-            "{} holds no checkpoint of `ldm train diffusion`",
+            "{} is neither a release (no {RELEASE_FILE}) nor a run of `ldm train diffusion` (no checkpoint)",
             run_dir.display()
         ))
     })?;
     let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
-    let config = &state.config;
-    let (unet, encoder) = split_named(config, &checkpoint::load_weights(&checkpoint, "ema", None)?);
-
-    let staging = StagingDir::new_replacing(out)?;
-    let dir = staging.path();
-    save(dir, "unet", &unet)?;
-    if let (Some(name), Some(encoder)) = (encoder_name(config), &encoder) {
-        save(dir, name, encoder)?;
+    let config = state.config.clone();
+    // The EMA file names its tensors `unet.*` and `<encoder>.*`.
+    let (unet_expected, encoder_expected) = expected_params(&config)?;
+    let mut expected: BTreeMap<String, Vec<usize>> = unet_expected
+        .into_iter()
+        .map(|(n, shape)| (format!("unet.{n}"), shape))
+        .collect();
+    if let (Some(name), Some(encoder)) = (encoder_name(&config), encoder_expected) {
+        expected.extend(
+            encoder
+                .into_iter()
+                .map(|(n, shape)| (format!("{name}.{n}"), shape)),
+        );
     }
+    let ema = checkpoint::load_weights(&checkpoint, "ema", Some(&expected))?;
+    let (unet, encoder) = split_named(&config, &ema);
     let first_stage = match &state.autoencoder_checkpoint {
         Some(ae) => {
             let ae_state: AutoencoderState = checkpoint::load_state(ae)?;
-            let weights = checkpoint::load_weights(ae, first_stage::AUTOENCODER, None)?;
-            save(dir, first_stage::AUTOENCODER, &weights)?;
-            Some(ae_state)
+            let weights = checkpoint::load_weights(
+                ae,
+                first_stage::AUTOENCODER,
+                Some(&first_stage::expected_params(&config)?),
+            )?;
+            Some((ae_state, weights))
         }
         None => None,
     };
-    if config.text_encoder_shape().is_some() {
-        let from = run_dir.join(TOKENIZER_FILE);
-        std::fs::copy(&from, dir.join(TOKENIZER_FILE)).map_err(|e| TrainError::io(&from, e))?;
-    }
-    let toml =
-        toml::to_string(config).map_err(|e| TrainError::Run(format!("configuration: {e}")))?;
-    write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
+    let tokenizer = match config.text_encoder_shape() {
+        Some(_) => Some(TextTokenizer::load(&run_dir.join(TOKENIZER_FILE))?),
+        None => None,
+    };
+    let ae_state = first_stage.as_ref().map(|(s, _)| s);
     let info = ReleaseInfo {
         format: FORMAT,
         scale_factor: state.scale_factor,
         class_names: state.class_names.clone(),
         diffusion_steps: state.step,
         diffusion_options: state.options.clone(),
-        autoencoder_steps: first_stage.as_ref().map(|s| s.step),
-        autoencoder_options: first_stage.as_ref().map(|s| s.options.clone()),
-        autoencoder_validation: first_stage.as_ref().and_then(|s| s.validation),
+        autoencoder_steps: ae_state.map(|s| s.step),
+        autoencoder_options: ae_state.map(|s| s.options.clone()),
+        autoencoder_validation: ae_state.and_then(|s| s.validation),
         data_fingerprint: state.data_fingerprint.clone(),
     };
-    let json = serde_json::to_vec_pretty(&info).expect("release info serialises");
+    Ok(Release {
+        config,
+        info,
+        unet,
+        encoder,
+        autoencoder: first_stage.map(|(_, w)| w),
+        tokenizer,
+    })
+}
+
+/// A release folder, or the latest checkpoint of a diffusion run folder.
+pub fn load_release_or_run(path: &Path) -> Result<Release, TrainError> {
+    if is_release(path) {
+        load_release(path)
+    } else {
+        release_from_run(path)
+    }
+}
+
+/// Writes the latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first
+/// stage as a release in `out`, replacing what was there only once the new one is complete.
+pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> {
+    let release = release_from_run(run_dir)?;
+    let config = &release.config;
+    let staging = StagingDir::new_replacing(out)?;
+    let dir = staging.path();
+    save(dir, "unet", &release.unet)?;
+    if let (Some(name), Some(encoder)) = (encoder_name(config), &release.encoder) {
+        save(dir, name, encoder)?;
+    }
+    if let Some(weights) = &release.autoencoder {
+        save(dir, first_stage::AUTOENCODER, weights)?;
+    }
+    if let Some(tokenizer) = &release.tokenizer {
+        tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    }
+    let toml =
+        toml::to_string(config).map_err(|e| TrainError::Run(format!("configuration: {e}")))?;
+    write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
+    let json = serde_json::to_vec_pretty(&release.info).expect("release info serialises");
     write_atomic(&dir.join(RELEASE_FILE), &json).map_err(|e| TrainError::io(dir, e))?;
     Ok(staging.commit()?)
 }

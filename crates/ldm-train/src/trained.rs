@@ -7,11 +7,8 @@ use ldm_core::{NoiseSchedule, TextTokenizer};
 use ldm_nn::{autoencoder, Conditioning, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint;
-use crate::denoiser::{split_named, token_ids, Condition, Denoiser};
-use crate::diffusion::{DiffusionState, TOKENIZER_FILE};
-use crate::first_stage::load_autoencoder;
-use crate::release::{is_release, load_release, Release, RELEASE_FILE};
+use crate::denoiser::{token_ids, Condition, Denoiser};
+use crate::release::{load_release_or_run, Release};
 use crate::sampling::ddim_sample;
 use crate::{TchOps, TrainError};
 
@@ -31,40 +28,7 @@ pub struct TrainedModel {
 impl TrainedModel {
     /// A release folder, or the latest checkpoint of a diffusion run folder.
     pub fn load(path: &Path, device: Device) -> Result<Self, TrainError> {
-        if is_release(path) {
-            return Self::from_release(load_release(path)?, device);
-        }
-        let checkpoint = checkpoint::latest(path)?.ok_or_else(|| {
-            TrainError::Run(format!(
-                "{} is neither a release (no {RELEASE_FILE}) nor a run of `ldm train diffusion` (no checkpoint)",
-                path.display()
-            ))
-        })?;
-        let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
-        let config = state.config.clone();
-        let ema = checkpoint::load_weights(&checkpoint, "ema", None)?;
-        let (unet, encoder) = split_named(&config, &ema);
-        let denoiser = Denoiser::new(&config, device, Some((unet, encoder)))?;
-        let first_stage = match &state.autoencoder_checkpoint {
-            Some(path) => Some(load_autoencoder(path, &config, device)?),
-            None => None,
-        };
-        let tokenizer = match config.conditioning {
-            Conditioning::Text { .. } => Some(TextTokenizer::load(&path.join(TOKENIZER_FILE))?),
-            _ => None,
-        };
-        let schedule = config.diffusion.schedule()?;
-        Ok(Self {
-            step: state.step,
-            scale_factor: state.scale_factor,
-            class_names: state.class_names,
-            config,
-            denoiser,
-            first_stage,
-            tokenizer,
-            schedule,
-            device,
-        })
+        Self::from_release(load_release_or_run(path)?, device)
     }
 
     fn from_release(release: Release, device: Device) -> Result<Self, TrainError> {

@@ -1,0 +1,78 @@
+//! `ldm export`: a trained model to an ONNX bundle, with the parity table against tch.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use ldm_core::manifest::Precision;
+use ldm_export::{export, parity_tolerance, ExportOptions};
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A release folder (models/<name>/) or a run of `ldm train diffusion` (its latest
+    /// checkpoint and the first stage it was trained on).
+    #[arg(long = "run", value_name = "DIR")]
+    model: PathBuf,
+    /// The bundle folder to write (replaced only once the new bundle is complete).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Weights and arithmetic in float16 (normalisation statistics and softmax in float32),
+    /// for GPU providers.
+    #[arg(long, conflicts_with = "fp16_weights")]
+    fp16: bool,
+    /// Weights stored as float16, arithmetic in float32: half the size, same results for
+    /// releases (whose weights are float16 already).
+    #[arg(long)]
+    fp16_weights: bool,
+    /// Skip the comparison with tch on random inputs.
+    #[arg(long)]
+    no_parity: bool,
+}
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let options = ExportOptions {
+        precision: match (args.fp16, args.fp16_weights) {
+            (true, _) => Precision::F16,
+            (false, true) => Precision::F16Weights,
+            (false, false) => Precision::F32,
+        },
+        parity: !args.no_parity,
+        ..ExportOptions::default()
+    };
+    eprintln!(
+        "exporting {} to {}",
+        args.model.display(),
+        args.out.display()
+    );
+    let exported = export(&args.model, &args.out, &options)
+        .with_context(|| format!("cannot export {}", args.model.display()))?;
+    for (file, bytes) in &exported.files {
+        println!("{file:<28} {:>10.2} MB", *bytes as f64 / 1e6);
+    }
+    if options.parity {
+        println!(
+            "\nparity with tch on random inputs (tolerance {:.0e} relative to the largest output):",
+            parity_tolerance(options.precision)
+        );
+        println!(
+            "{:<16} {:<16} {:>9} {:>11} {:>11}",
+            "graph", "engine", "pixels", "max abs", "relative"
+        );
+        for row in &exported.parity {
+            let pixels = format!("{}x{}", row.pixels.0, row.pixels.1);
+            println!(
+                "{:<16} {:<16} {:>9} {:>11.3e} {:>11.3e}",
+                row.role.as_str(),
+                row.engine,
+                pixels,
+                row.max_abs,
+                row.max_rel
+            );
+        }
+        for (role, engine, reason) in &exported.unavailable {
+            println!("{:<16} {:<16} not checked: {reason}", role.as_str(), engine);
+        }
+    }
+    println!("\nwrote {}", exported.dir.display());
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The bundle contract: `manifest.json` of an exported bundle (`export/<name>/`).
+//!
+//! It pins everything a runtime needs besides the graphs themselves: which graph plays which
+//! role, the name, dtype and shape of every graph input and output, the latent space (channels,
+//! downsampling factor, scale factor) and the noise schedule. Parsing is strict: an unknown
+//! field, a missing field or a newer format is refused with a message that names it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::NoiseSchedule;
+
+/// The format this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: cannot read the bundle manifest: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: bundle format {found} is newer than this build reads ({MANIFEST_FORMAT}); use a newer ldm")]
+    Newer { path: String, found: u64 },
+    #[error("{path}: invalid bundle manifest: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    /// Element type of the weights and of the computation inside the graphs.
+    pub precision: Precision,
+    /// Side of the square training images, in pixels.
+    pub resolution: usize,
+    pub image_channels: usize,
+    pub first_stage: FirstStage,
+    pub latent_channels: usize,
+    /// Downsampling factor f of the first stage (1: diffusion on pixels).
+    pub downsampling_factor: usize,
+    /// Latents are multiplied by this before diffusion and divided by it before decoding.
+    pub latent_scale_factor: f64,
+    pub conditioning: BundleConditioning,
+    pub schedule: Schedule,
+    pub defaults: SamplerDefaults,
+    /// Graphs by role: `encoder`, `decoder`, `unet`, and `text_encoder` or `class_embedder`.
+    pub graphs: BTreeMap<GraphRole, GraphSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Weights and arithmetic in float32.
+    F32,
+    /// Weights stored as float16 (half the bytes), arithmetic in float32: engines widen the
+    /// weights once at load.
+    F16Weights,
+    /// Weights and arithmetic in float16, statistics in float32: for GPU providers.
+    F16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstStage {
+    /// The encoder outputs mean and log-variance (`moments`); samples use the mean.
+    Kl,
+    /// The encoder outputs the pre-quantisation latent; the decoder quantises.
+    Vq,
+    /// No first stage: the "latent" is the image.
+    Identity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BundleConditioning {
+    None,
+    /// `tokenizer` (a `tokenizer.json` in the bundle) turns a prompt into `max_length` ids for
+    /// the `text_encoder` graph; the empty prompt is the unconditional context.
+    Text {
+        tokenizer: String,
+        max_length: usize,
+        vocab_size: usize,
+    },
+    /// Labels 0..classes for the `class_embedder` graph; label `classes` is "no class".
+    Class {
+        classes: usize,
+        class_names: Vec<String>,
+    },
+    /// Extra UNet input `concat` with `channels` channels at the latent's size.
+    Concat {
+        task: ConcatKind,
+        channels: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcatKind {
+    /// The low-resolution image resized to the latent's size.
+    SuperResolution,
+    /// The encoded masked image (scaled) and the mask (1 = to fill) at the latent's size.
+    Inpainting,
+}
+
+/// The reference implementation's "linear" schedule (sqrt(beta) evenly spaced).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    Linear {
+        timesteps: usize,
+        beta_start: f64,
+        beta_end: f64,
+    },
+}
+
+impl Schedule {
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule, crate::ScheduleError> {
+        match *self {
+            Schedule::Linear {
+                timesteps,
+                beta_start,
+                beta_end,
+            } => NoiseSchedule::linear(timesteps, beta_start, beta_end),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerDefaults {
+    pub sampler: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub eta: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphRole {
+    Encoder,
+    Decoder,
+    Unet,
+    TextEncoder,
+    ClassEmbedder,
+}
+
+impl GraphRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphRole::Encoder => "encoder",
+            GraphRole::Decoder => "decoder",
+            GraphRole::Unet => "unet",
+            GraphRole::TextEncoder => "text_encoder",
+            GraphRole::ClassEmbedder => "class_embedder",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSpec {
+    /// The `.onnx` file, relative to the bundle folder.
+    pub file: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<DimSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Float32,
+    Float16,
+    Int64,
+}
+
+/// A fixed size, or a named symbolic one (`batch`, `height`, ...) chosen at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DimSpec {
+    Fixed(usize),
+    Symbol(String),
+}
+
+impl TensorSpec {
+    pub fn new(name: &str, dtype: DType, shape: &[DimSpec]) -> Self {
+        Self {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads and validates `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Read {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ManifestError::Newer { found, .. } => ManifestError::Newer {
+                path: shown.clone(),
+                found,
+            },
+            ManifestError::Invalid { message, .. } | ManifestError::Read { message, .. } => {
+                ManifestError::Invalid {
+                    path: shown.clone(),
+                    message,
+                }
+            }
+        })
+    }
+
+    /// Parses and validates manifest text (errors carry an empty path).
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid {
+            path: String::new(),
+            message,
+        };
+        // The format first: a newer bundle should say so, not fail on its new fields.
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        match value.get("format").and_then(|f| f.as_u64()) {
+            Some(found) if found > MANIFEST_FORMAT as u64 => {
+                return Err(ManifestError::Newer {
+                    path: String::new(),
+                    found,
+                })
+            }
+            Some(_) => {}
+            None => return Err(invalid("missing or non-integer field `format`".into())),
+        }
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        manifest.validate().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// The consistency a runtime relies on beyond field types.
+    fn validate(&self) -> Result<(), String> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(format!("format {} is not {MANIFEST_FORMAT}", self.format));
+        }
+        let factor = self.downsampling_factor;
+        if !factor.is_power_of_two() || factor > 64 {
+            return Err(format!(
+                "downsampling_factor {factor} is not a power of two up to 64"
+            ));
+        }
+        if self.resolution == 0 || !self.resolution.is_multiple_of(factor) {
+            return Err(format!(
+                "resolution {} is not a multiple of downsampling_factor {factor}",
+                self.resolution
+            ));
+        }
+        if !(self.latent_scale_factor.is_finite() && self.latent_scale_factor > 0.0) {
+            return Err(format!(
+                "latent_scale_factor {} is not a positive number",
+                self.latent_scale_factor
+            ));
+        }
+        self.schedule.noise_schedule().map_err(|e| e.to_string())?;
+        let mut required = vec![GraphRole::Unet];
+        if self.first_stage != FirstStage::Identity {
+            required.extend([GraphRole::Encoder, GraphRole::Decoder]);
+        }
+        match &self.conditioning {
+            BundleConditioning::Text { .. } => required.push(GraphRole::TextEncoder),
+            BundleConditioning::Class {
+                classes,
+                class_names,
+            } => {
+                required.push(GraphRole::ClassEmbedder);
+                if !class_names.is_empty() && class_names.len() != *classes {
+                    return Err(format!(
+                        "{} class_names for {classes} classes",
+                        class_names.len()
+                    ));
+                }
+            }
+            BundleConditioning::None | BundleConditioning::Concat { .. } => {}
+        }
+        for role in required {
+            if !self.graphs.contains_key(&role) {
+                return Err(format!("no `{}` graph", role.as_str()));
+            }
+        }
+        for (role, graph) in &self.graphs {
+            // Plain relative file names only: a manifest must not point outside its bundle.
+            if graph.file.is_empty()
+                || graph.file.contains(['/', '\\'])
+                || graph.file.starts_with('.')
+            {
+                return Err(format!(
+                    "graph `{}` file {:?} is not a plain file name",
+                    role.as_str(),
+                    graph.file
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn graph(&self, role: GraphRole) -> Option<&GraphSpec> {
+        self.graphs.get(&role)
+    }
+
+    /// Side of the latent for images of `pixels` side.
+    pub fn latent_size(&self, pixels: usize) -> usize {
+        pixels / self.downsampling_factor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "format": 1,
+            "name": "tiny",
+            "precision": "f32",
+            "resolution": 16,
+            "image_channels": 3,
+            "first_stage": "identity",
+            "latent_channels": 3,
+            "downsampling_factor": 1,
+            "latent_scale_factor": 1.0,
+            "conditioning": {"kind": "none"},
+            "schedule": {"kind": "linear", "timesteps": 100, "beta_start": 0.0015, "beta_end": 0.0195},
+            "defaults": {"sampler": "ddim", "steps": 10, "guidance": 1.0, "eta": 0.0},
+            "graphs": {"unet": {
+                "file": "unet.onnx",
+                "inputs": [{"name": "sample", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
+                "outputs": [{"name": "eps", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}]
+            }}
+        })
+    }
+
+    #[test]
+    fn a_minimal_manifest_round_trips() {
+        let m = Manifest::parse(&minimal().to_string()).unwrap();
+        assert_eq!(
+            m.graphs[&GraphRole::Unet].inputs[0].shape[1],
+            DimSpec::Fixed(3)
+        );
+        let again = Manifest::parse(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(m, again);
+    }
+
+    #[test]
+    fn newer_missing_unknown_and_inconsistent_are_refused() {
+        let refuse = |edit: &dyn Fn(&mut serde_json::Value), expect: &str| {
+            let mut v = minimal();
+            edit(&mut v);
+            let err = Manifest::parse(&v.to_string()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err} (expected {expect})");
+        };
+        refuse(&|v| v["format"] = 2.into(), "bundle format 2 is newer");
+        refuse(
+            &|v| {
+                v.as_object_mut().unwrap().remove("latent_scale_factor");
+            },
+            "missing field `latent_scale_factor`",
+        );
+        refuse(&|v| v["colour"] = "red".into(), "unknown field `colour`");
+        refuse(&|v| v["first_stage"] = "kl".into(), "no `encoder` graph");
+        refuse(
+            &|v| v["downsampling_factor"] = 3.into(),
+            "not a power of two",
+        );
+        refuse(
+            &|v| v["latent_scale_factor"] = (-1.0).into(),
+            "not a positive number",
+        );
+        refuse(
+            &|v| v["graphs"]["unet"]["file"] = "../unet.onnx".into(),
+            "not a plain file name",
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! `ldm export`: a trained model (a release folder or a diffusion run) becomes a bundle,
+//! `export/<name>/` with one `.onnx` per network, `tokenizer.json` for text models and
+//! `manifest.json`. The bundle is assembled in a hidden sibling folder and renamed into place
+//! only when complete and, when asked, checked against tch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use ldm_core::manifest::{
+    BundleConditioning, ConcatKind, FirstStage, GraphRole, GraphSpec, Manifest, Precision,
+    SamplerDefaults, Schedule, MANIFEST_FILE, MANIFEST_FORMAT,
+};
+use ldm_data::StagingDir;
+use ldm_nn::{ConcatTask, Conditioning, ModelConfig, Regularizer};
+use ldm_train::files::{make_public_dir, write_atomic};
+use ldm_train::release::{load_release_or_run, Release};
+use prost::Message;
+use tch::Tensor;
+
+use crate::external::{externalize, PROTOBUF_LIMIT};
+use crate::graphs::{self, io_specs};
+use crate::onnx_ops::{OnnxOps, Weight};
+use crate::parity::{compare_run, engines, random_inputs, reference_outputs, ParityRow};
+use crate::ExportError;
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub precision: Precision,
+    /// Compare every graph with tch on random inputs before the bundle is committed.
+    pub parity: bool,
+    /// Graphs whose protobuf would exceed this many bytes keep their weights in a
+    /// `<graph>.onnx.data` file beside them (ONNX external data).
+    pub external_data_above: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            precision: Precision::F32,
+            parity: true,
+            external_data_above: PROTOBUF_LIMIT,
+        }
+    }
+}
+
+/// What an export wrote and measured.
+pub struct Exported {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// File sizes in bytes, by file name.
+    pub files: BTreeMap<String, u64>,
+    pub parity: Vec<ParityRow>,
+    /// Engines that could not run a graph, with the reason.
+    pub unavailable: Vec<(GraphRole, &'static str, String)>,
+}
+
+/// Largest parity error accepted, relative to the largest reference output.
+pub fn parity_tolerance(precision: Precision) -> f32 {
+    match precision {
+        // f16 weights are exact for releases (stored as f16); otherwise rounding ~5e-4.
+        Precision::F32 | Precision::F16Weights => 1e-3,
+        Precision::F16 => 3e-2,
+    }
+}
+
+/// Exports the model at `model` (release folder or diffusion run) to the bundle folder `out`.
+pub fn export(model: &Path, out: &Path, options: &ExportOptions) -> Result<Exported, ExportError> {
+    let release = load_release_or_run(model)?;
+    export_release(&release, out, options)
+}
+
+fn weight_map(weights: &[(String, Tensor)]) -> Result<HashMap<String, Weight>, ExportError> {
+    weights
+        .iter()
+        .map(|(name, t)| {
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            let flat = t.to_kind(tch::Kind::Float).flatten(0, -1);
+            let data = Vec::<f32>::try_from(&flat)
+                .map_err(|e| ExportError::Parity(format!("{name}: {e}")))?;
+            Ok((name.clone(), Weight { shape, data }))
+        })
+        .collect()
+}
+
+/// The weights behind `role`'s graph.
+fn weights_of(release: &Release, role: GraphRole) -> &[(String, Tensor)] {
+    let weights = match role {
+        GraphRole::Encoder | GraphRole::Decoder => release.autoencoder.as_deref(),
+        GraphRole::Unet => Some(release.unet.as_slice()),
+        GraphRole::TextEncoder | GraphRole::ClassEmbedder => release.encoder.as_deref(),
+    };
+    weights.unwrap_or_default()
+}
+
+pub fn export_release(
+    release: &Release,
+    out: &Path,
+    options: &ExportOptions,
+) -> Result<Exported, ExportError> {
+    let config = &release.config;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let staging = StagingDir::new_replacing(out)?;
+    let dir = staging.path().to_path_buf();
+    make_public_dir(&dir).map_err(|e| ExportError::io(&dir, e))?;
+
+    let mut graph_specs = BTreeMap::new();
+    for role in graphs::roles(config) {
+        let weights = weight_map(weights_of(release, role))?;
+        let mut ops = OnnxOps::new(&weights, options.precision);
+        let (input_specs, output_specs) = io_specs(role, config);
+        let inputs: Vec<_> = input_specs.iter().map(|s| ops.input(s)).collect();
+        let outputs = graphs::forward(role, config, &mut ops, &inputs)?;
+        let outputs: Vec<_> = outputs
+            .into_iter()
+            .zip(output_specs.iter().cloned())
+            .collect();
+        let mut model = ops.finish(role.as_str(), &outputs);
+        let file = format!("{}.onnx", role.as_str());
+        if model.encoded_len() > options.external_data_above {
+            let data_file = format!("{file}.data");
+            let blob = externalize(&mut model, &data_file);
+            write_atomic(&dir.join(&data_file), &blob).map_err(|e| ExportError::io(&dir, e))?;
+        }
+        write_atomic(&dir.join(&file), &model.encode_to_vec())
+            .map_err(|e| ExportError::io(&dir, e))?;
+        graph_specs.insert(
+            role,
+            GraphSpec {
+                file,
+                inputs: input_specs,
+                outputs: output_specs,
+            },
+        );
+    }
+    let conditioning = bundle_conditioning(release)?;
+    if let Some(tokenizer) = &release.tokenizer {
+        tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name,
+        precision: options.precision,
+        resolution: config.resolution,
+        image_channels: config.autoencoder.in_channels,
+        first_stage: match config.autoencoder.regularizer {
+            Regularizer::Kl => FirstStage::Kl,
+            Regularizer::Vq => FirstStage::Vq,
+            Regularizer::Identity => FirstStage::Identity,
+        },
+        latent_channels: config.autoencoder.latent_channels,
+        downsampling_factor: config.autoencoder.factor,
+        latent_scale_factor: release.info.scale_factor,
+        conditioning,
+        schedule: Schedule::Linear {
+            timesteps: config.diffusion.timesteps,
+            beta_start: config.diffusion.beta_start,
+            beta_end: config.diffusion.beta_end,
+        },
+        defaults: SamplerDefaults {
+            sampler: "ddim".into(),
+            steps: release.info.diffusion_options.sample_steps,
+            guidance: release.info.diffusion_options.sample_guidance,
+            // Stochastic DDIM: deterministic DDIM drifts off the latent manifold on small,
+            // briefly trained models (see models/README.md).
+            eta: 1.0,
+        },
+        graphs: graph_specs,
+    };
+    // What is written is what a runtime will read: validate the text, not the struct.
+    let json = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
+    Manifest::parse(&json)
+        .map_err(|e| ExportError::Parity(format!("the manifest would not load: {e}")))?;
+    write_atomic(&dir.join(MANIFEST_FILE), json.as_bytes())
+        .map_err(|e| ExportError::io(&dir, e))?;
+
+    let (parity, unavailable) = if options.parity {
+        check_parity(release, &dir, &manifest)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let files = std::fs::read_dir(&dir)
+        .map_err(|e| ExportError::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
+        .collect();
+    let dir = staging.commit()?;
+    Ok(Exported {
+        dir,
+        manifest,
+        files,
+        parity,
+        unavailable,
+    })
+}
+
+fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportError> {
+    Ok(match release.config.conditioning {
+        Conditioning::None => BundleConditioning::None,
+        Conditioning::Text {
+            vocab_size,
+            max_length,
+            ..
+        } => {
+            if release.tokenizer.is_none() {
+                return Err(ExportError::Parity(
+                    "a text model without its tokenizer.json".into(),
+                ));
+            }
+            BundleConditioning::Text {
+                tokenizer: TOKENIZER_FILE.into(),
+                max_length,
+                vocab_size,
+            }
+        }
+        Conditioning::Class { classes, .. } => BundleConditioning::Class {
+            classes,
+            class_names: release.info.class_names.clone(),
+        },
+        Conditioning::Concat { task } => BundleConditioning::Concat {
+            task: match task {
+                ConcatTask::SuperResolution => ConcatKind::SuperResolution,
+                ConcatTask::Inpainting => ConcatKind::Inpainting,
+            },
+            channels: release.config.unet_in_channels()
+                - release.config.autoencoder.latent_channels,
+        },
+    })
+}
+
+/// Two image sizes every graph must handle from the same file: the training size, and a
+/// wider one (non-square, to catch swapped axes).
+pub fn parity_sizes(config: &ModelConfig) -> [(usize, usize); 2] {
+    // Latent sides must stay divisible by the UNet's downsamplings.
+    let step = config.autoencoder.factor << (config.unet.channel_mult.len() - 1);
+    let r = config.resolution;
+    [(r, r), (r, r + step)]
+}
+
+type ParityReport = (Vec<ParityRow>, Vec<(GraphRole, &'static str, String)>);
+
+fn check_parity(
+    release: &Release,
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<ParityReport, ExportError> {
+    let config = &release.config;
+    let tolerance = parity_tolerance(manifest.precision);
+    let (mut rows, mut unavailable) = (Vec::new(), Vec::new());
+    for (&role, spec) in &manifest.graphs {
+        let weights = weights_of(release, role);
+        let cases: Vec<_> = parity_sizes(config)
+            .iter()
+            .enumerate()
+            .map(|(i, &pixels)| {
+                let inputs = random_inputs(role, config, 2, pixels, i as u64);
+                let reference = reference_outputs(role, config, weights, &inputs)?;
+                Ok((pixels, inputs, reference))
+            })
+            .collect::<Result<_, ExportError>>()?;
+        for (engine, session) in engines(&dir.join(&spec.file)) {
+            let mut session = match session {
+                Ok(s) => s,
+                Err(reason) => {
+                    unavailable.push((role, engine, reason));
+                    continue;
+                }
+            };
+            for (pixels, inputs, reference) in &cases {
+                let (max_abs, max_rel) =
+                    compare_run(session.as_mut(), &spec.inputs, inputs, reference)?;
+                // NaN differences fail too.
+                if max_rel.is_nan() || max_rel > tolerance {
+                    return Err(ExportError::Parity(format!(
+                        "{} on {engine} at {}x{} differs from tch by {max_abs:.3e} ({max_rel:.3e} relative, tolerance {tolerance:.0e})",
+                        role.as_str(),
+                        pixels.0,
+                        pixels.1
+                    )));
+                }
+                rows.push(ParityRow {
+                    role,
+                    engine,
+                    pixels: *pixels,
+                    max_abs,
+                    max_rel,
+                });
+            }
+        }
+    }
+    Ok((rows, unavailable))
+}

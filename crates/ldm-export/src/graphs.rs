@@ -1,0 +1,187 @@
+//! The exported graphs: which networks a model has, the fixed names, dtypes and shapes of each
+//! graph's inputs and outputs, and each graph's computation over any interpretation of the ops
+//! (tch for the reference outputs, ONNX for the file).
+//!
+//! | graph            | inputs                                                    | outputs |
+//! |------------------|-----------------------------------------------------------|---------|
+//! | `encoder`        | `image` f32 [batch, C, height, width] in [-1, 1]          | `moments` (KL: mean ++ log-variance, 2c channels) or `latent` (VQ: before quantisation) |
+//! | `decoder`        | `latent` f32 [batch, c, latent_height, latent_width], unscaled | `image` f32 [batch, C, height, width] |
+//! | `unet`           | `sample` f32 [batch, c, latent_height, latent_width], `timestep` f32 [batch] (0-based, fractional allowed), `context` f32 [batch, tokens, width] or `concat` f32 [batch, k, latent_height, latent_width] | `eps` (predicted noise, like `sample`) |
+//! | `text_encoder`   | `input_ids` i64 [batch, max_length]                       | `context` f32 [batch, max_length, width] |
+//! | `class_embedder` | `class_labels` i64 [batch] (`classes` = no class)         | `context` f32 [batch, 1, width] |
+//!
+//! Inputs and outputs are f32 in every precision; an f16 graph converts inside.
+
+use ldm_core::manifest::{DType, DimSpec, GraphRole, TensorSpec};
+use ldm_nn::ops::Result;
+use ldm_nn::{
+    autoencoder, conditioning, unet, Conditioning, ModelConfig, NnError, Ops, Regularizer,
+};
+
+/// The graphs a model exports, in the order they are written.
+pub fn roles(config: &ModelConfig) -> Vec<GraphRole> {
+    let mut roles = Vec::new();
+    if config.autoencoder.regularizer != Regularizer::Identity {
+        roles.extend([GraphRole::Encoder, GraphRole::Decoder]);
+    }
+    roles.push(GraphRole::Unet);
+    match config.conditioning {
+        Conditioning::Text { .. } => roles.push(GraphRole::TextEncoder),
+        Conditioning::Class { .. } => roles.push(GraphRole::ClassEmbedder),
+        Conditioning::None | Conditioning::Concat { .. } => {}
+    }
+    roles
+}
+
+fn sym(name: &str) -> DimSpec {
+    DimSpec::Symbol(name.into())
+}
+
+fn fixed(n: usize) -> DimSpec {
+    DimSpec::Fixed(n)
+}
+
+/// [batch, channels, <prefix>height, <prefix>width]
+fn image_like(name: &str, channels: usize, prefix: &str) -> TensorSpec {
+    let shape = [
+        sym("batch"),
+        fixed(channels),
+        sym(&format!("{prefix}height")),
+        sym(&format!("{prefix}width")),
+    ];
+    TensorSpec::new(name, DType::Float32, &shape)
+}
+
+/// Names, dtypes and shapes of the inputs and outputs of `role`'s graph.
+pub fn io_specs(role: GraphRole, config: &ModelConfig) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let ae = &config.autoencoder;
+    let c = ae.latent_channels;
+    match role {
+        GraphRole::Encoder => {
+            let output = match ae.regularizer {
+                Regularizer::Kl => image_like("moments", 2 * c, "latent_"),
+                _ => image_like("latent", c, "latent_"),
+            };
+            (vec![image_like("image", ae.in_channels, "")], vec![output])
+        }
+        GraphRole::Decoder => (
+            vec![image_like("latent", c, "latent_")],
+            vec![image_like("image", ae.in_channels, "")],
+        ),
+        GraphRole::Unet => {
+            let mut inputs = vec![
+                image_like("sample", c, "latent_"),
+                TensorSpec::new("timestep", DType::Float32, &[sym("batch")]),
+            ];
+            match config.conditioning {
+                Conditioning::Text {
+                    max_length, width, ..
+                } => inputs.push(TensorSpec::new(
+                    "context",
+                    DType::Float32,
+                    &[sym("batch"), fixed(max_length), fixed(width)],
+                )),
+                Conditioning::Class { width, .. } => inputs.push(TensorSpec::new(
+                    "context",
+                    DType::Float32,
+                    &[sym("batch"), fixed(1), fixed(width)],
+                )),
+                Conditioning::Concat { .. } => inputs.push(image_like(
+                    "concat",
+                    config.unet_in_channels() - c,
+                    "latent_",
+                )),
+                Conditioning::None => {}
+            }
+            (inputs, vec![image_like("eps", c, "latent_")])
+        }
+        GraphRole::TextEncoder => {
+            let (max_length, width) = match config.conditioning {
+                Conditioning::Text {
+                    max_length, width, ..
+                } => (max_length, width),
+                _ => (0, 0),
+            };
+            (
+                vec![TensorSpec::new(
+                    "input_ids",
+                    DType::Int64,
+                    &[sym("batch"), fixed(max_length)],
+                )],
+                vec![TensorSpec::new(
+                    "context",
+                    DType::Float32,
+                    &[sym("batch"), fixed(max_length), fixed(width)],
+                )],
+            )
+        }
+        GraphRole::ClassEmbedder => {
+            let width = config.context_dim().unwrap_or(0);
+            (
+                vec![TensorSpec::new(
+                    "class_labels",
+                    DType::Int64,
+                    &[sym("batch")],
+                )],
+                vec![TensorSpec::new(
+                    "context",
+                    DType::Float32,
+                    &[sym("batch"), fixed(1), fixed(width)],
+                )],
+            )
+        }
+    }
+}
+
+/// The computation of `role`'s graph: `inputs` in the order of [`io_specs`], outputs likewise.
+pub fn forward<O: Ops>(
+    role: GraphRole,
+    config: &ModelConfig,
+    o: &mut O,
+    inputs: &[O::T],
+) -> Result<Vec<O::T>> {
+    let (expected, _) = io_specs(role, config);
+    if inputs.len() != expected.len() {
+        return Err(NnError::Shape {
+            op: "graph inputs",
+            message: format!(
+                "{} takes {} inputs, got {}",
+                role.as_str(),
+                expected.len(),
+                inputs.len()
+            ),
+        });
+    }
+    let ae = &config.autoencoder;
+    let output = match role {
+        GraphRole::Encoder => autoencoder::encode(o, ae, config.resolution, &inputs[0])?,
+        GraphRole::Decoder => autoencoder::decode(o, ae, config.resolution, &inputs[0])?,
+        GraphRole::Unet => {
+            let (sample, timestep) = (&inputs[0], &inputs[1]);
+            let io = config.unet_io();
+            match config.conditioning {
+                Conditioning::Text { .. } | Conditioning::Class { .. } => {
+                    unet::forward(o, &config.unet, io, sample, timestep, Some(&inputs[2]))?
+                }
+                Conditioning::Concat { .. } => {
+                    let x = o.concat(&[sample, &inputs[2]], 1)?;
+                    unet::forward(o, &config.unet, io, &x, timestep, None)?
+                }
+                Conditioning::None => unet::forward(o, &config.unet, io, sample, timestep, None)?,
+            }
+        }
+        GraphRole::TextEncoder => {
+            let shape = config
+                .text_encoder_shape()
+                .ok_or_else(|| NnError::config("conditioning", "not text"))?;
+            conditioning::text_encoder(o, &inputs[0], shape)?
+        }
+        GraphRole::ClassEmbedder => match config.conditioning {
+            Conditioning::Class { classes, width } => {
+                conditioning::class_embedder(o, &inputs[0], classes, width)?
+            }
+            _ => return Err(NnError::config("conditioning", "not class")),
+        },
+    };
+    Ok(vec![output])
+}

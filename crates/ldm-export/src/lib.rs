@@ -1,0 +1,21 @@
+//! ONNX export of trained ldm models.
+//!
+//! [`OnnxOps`] is the ONNX interpretation of the networks written once in `ldm-nn`: running
+//! a network's forward code on it builds the graph, with the checkpoint's parameter names as
+//! initializer names. [`graphs`] fixes which graphs a model has and their inputs and outputs;
+//! [`export`] writes a bundle (graphs, tokenizer, `manifest.json`) and [`parity`] checks the
+//! files against tch on tract and ONNX Runtime.
+
+mod bundle;
+mod error;
+mod external;
+pub mod graphs;
+mod onnx_ops;
+pub mod parity;
+mod proto;
+
+pub use bundle::{
+    export, export_release, parity_sizes, parity_tolerance, ExportOptions, Exported, TOKENIZER_FILE,
+};
+pub use error::ExportError;
+pub use onnx_ops::{OnnxOps, Value, Weight, OPSET};
