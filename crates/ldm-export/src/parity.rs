@@ -171,23 +171,23 @@ pub fn differences(reference: &RtTensor, got: &RtTensor) -> (f32, f32) {
 /// An engine by name, or why it could not load the graph.
 pub type EngineSession = (&'static str, Result<Box<dyn Session>, String>);
 
-/// The engines that can run `path` here: tract always, ONNX Runtime (CPU) when built with the
-/// `ort` feature and its library is found. An engine that cannot load is reported, not hidden.
+/// The engines that can run `path` here: tract, and ONNX Runtime (CPU) when its library is
+/// found. An engine that cannot load is reported, not hidden.
 pub fn engines(path: &Path) -> Vec<EngineSession> {
-    let mut engines: Vec<EngineSession> = vec![(
-        "tract",
-        TractSession::load(path)
-            .map(|s| Box::new(s) as Box<dyn Session>)
-            .map_err(|e| e.to_string()),
-    )];
-    #[cfg(feature = "ort")]
-    engines.push((
-        "onnxruntime-cpu",
-        ldm_runtime::OrtSession::load(path, 2)
-            .map(|s| Box::new(s) as Box<dyn Session>)
-            .map_err(|e| e.to_string()),
-    ));
-    engines
+    vec![
+        (
+            "tract",
+            TractSession::load(path)
+                .map(|s| Box::new(s) as Box<dyn Session>)
+                .map_err(|e| e.to_string()),
+        ),
+        (
+            "onnxruntime-cpu",
+            ldm_runtime::OrtSession::load(path, 2)
+                .map(|s| Box::new(s) as Box<dyn Session>)
+                .map_err(|e| e.to_string()),
+        ),
+    ]
 }
 
 /// Runs `session` on named `inputs` and compares with `reference`.

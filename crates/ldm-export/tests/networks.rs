@@ -1,0 +1,185 @@
+//! Every network of every conditioning kind, with KL, VQ and no first stage, exported from
+//! tiny random models: each graph matches tch on tract and ONNX Runtime at two image sizes
+//! from one file, passes `onnx.checker` and reproduces the same outputs in Python
+//! onnxruntime.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION, TEXT};
+use ldm_core::manifest::{GraphRole, Manifest, Precision};
+use ldm_export::parity::{random_inputs, reference_outputs};
+use ldm_export::{export_release, graphs, ExportOptions, Exported};
+use ldm_nn::Regularizer;
+use ldm_runtime::TensorData;
+use serde_json::json;
+
+/// Random weights come from libtorch's global generator: one model at a time.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn export_tiny(
+    regularizer: Regularizer,
+    conditioning: &str,
+    options: &ExportOptions,
+    out: &Path,
+) -> Exported {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let release = random_release(&config(regularizer, conditioning), 7);
+    export_release(&release, out, options).unwrap()
+}
+
+/// Parity rows for both engines, both sizes, every graph, each within atol 1e-3.
+fn assert_parity(exported: &Exported, what: &str) {
+    assert!(
+        exported.unavailable.is_empty(),
+        "{what}: {:?}",
+        exported.unavailable
+    );
+    let graphs = exported.manifest.graphs.len();
+    assert_eq!(
+        exported.parity.len(),
+        graphs * 2 * 2,
+        "{what}: {:?}",
+        exported.parity
+    );
+    for row in &exported.parity {
+        assert!(row.max_abs <= 1e-3, "{what}: {row:?}");
+    }
+    let sizes: std::collections::BTreeSet<_> = exported.parity.iter().map(|r| r.pixels).collect();
+    assert_eq!(sizes.len(), 2, "{what}: two sizes from one file");
+}
+
+fn python() -> String {
+    std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)")
+}
+
+/// Writes tch reference cases for every graph of `bundle` and runs check_bundle.py on them.
+fn check_with_python(bundle: &Path, regularizer: Regularizer, conditioning: &str) {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let release = random_release(&config(regularizer, conditioning), 7);
+    let manifest = Manifest::load(bundle).unwrap();
+    let mut cases = Vec::new();
+    for role in graphs::roles(&release.config) {
+        let spec = manifest.graph(role).unwrap();
+        let inputs = random_inputs(role, &release.config, 2, (16, 16), 11);
+        let weights = match role {
+            GraphRole::Encoder | GraphRole::Decoder => release.autoencoder.as_ref().unwrap(),
+            GraphRole::Unet => &release.unet,
+            _ => release.encoder.as_ref().unwrap(),
+        };
+        let outputs = reference_outputs(role, &release.config, weights, &inputs).unwrap();
+        let tensor = |t: &ldm_runtime::Tensor| match t.data() {
+            TensorData::F32(v) => json!({"dtype": "float32", "shape": t.shape(), "data": v}),
+            TensorData::I64(v) => json!({"dtype": "int64", "shape": t.shape(), "data": v}),
+        };
+        let named: serde_json::Map<_, _> = spec
+            .inputs
+            .iter()
+            .zip(&inputs)
+            .map(|(s, t)| (s.name.clone(), tensor(t)))
+            .collect();
+        let outputs: Vec<_> = outputs.iter().map(tensor).collect();
+        cases.push(json!({"graph": spec.file, "inputs": named, "outputs": outputs}));
+    }
+    let cases_path = bundle.with_extension("cases.json");
+    std::fs::write(&cases_path, serde_json::to_vec(&cases).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/check_bundle.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(bundle)
+        .arg(&cases_path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("ok:"),
+        "check_bundle.py on {}: {text}",
+        bundle.display()
+    );
+}
+
+#[test]
+fn every_conditioning_kind_and_first_stage_exports_with_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("kl-text", Regularizer::Kl, TEXT),
+        ("vq-class", Regularizer::Vq, CLASS),
+        ("kl-unconditional", Regularizer::Kl, NONE),
+        ("kl-super-resolution", Regularizer::Kl, SUPER_RESOLUTION),
+        ("vq-inpainting", Regularizer::Vq, INPAINTING),
+        ("pixels-unconditional", Regularizer::Identity, NONE),
+    ];
+    for (name, regularizer, conditioning) in cases {
+        let out = dir.path().join(name);
+        let exported = export_tiny(regularizer, conditioning, &ExportOptions::default(), &out);
+        assert_parity(&exported, name);
+        let expected: Vec<GraphRole> = graphs::roles(&config(regularizer, conditioning));
+        assert_eq!(
+            exported.manifest.graphs.keys().copied().collect::<Vec<_>>(),
+            {
+                let mut e = expected.clone();
+                e.sort();
+                e
+            }
+        );
+        for spec in exported.manifest.graphs.values() {
+            assert!(out.join(&spec.file).is_file(), "{name}: {}", spec.file);
+        }
+        assert_eq!(
+            out.join("tokenizer.json").is_file(),
+            conditioning == TEXT,
+            "{name}"
+        );
+        check_with_python(&out, regularizer, conditioning);
+    }
+}
+
+#[test]
+fn external_data_and_half_precision_variants_run_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let external = ExportOptions {
+        external_data_above: 0,
+        ..ExportOptions::default()
+    };
+    let out = dir.path().join("external");
+    let exported = export_tiny(Regularizer::Kl, TEXT, &external, &out);
+    assert_parity(&exported, "external data");
+    assert!(out.join("unet.onnx.data").is_file());
+    let graph_bytes = std::fs::metadata(out.join("unet.onnx")).unwrap().len();
+    let data_bytes = std::fs::metadata(out.join("unet.onnx.data")).unwrap().len();
+    // Tensors under 1 KB (biases, norms) stay inline.
+    assert!(
+        graph_bytes < data_bytes / 2,
+        "the weights moved out: {graph_bytes} vs {data_bytes}"
+    );
+    check_with_python(&out, Regularizer::Kl, TEXT);
+
+    for precision in [Precision::F16Weights, Precision::F16] {
+        let options = ExportOptions {
+            precision,
+            ..ExportOptions::default()
+        };
+        let out = dir.path().join(format!("{precision:?}"));
+        let exported = export_tiny(Regularizer::Kl, TEXT, &options, &out);
+        assert_eq!(exported.manifest.precision, precision);
+        assert!(
+            exported.parity.len() >= 8,
+            "{precision:?}: {:?}",
+            exported.parity
+        );
+        let unet = std::fs::metadata(out.join("unet.onnx")).unwrap().len();
+        // The f32 graph and its weights, against the same graph with f16 weights.
+        let f32_unet = graph_bytes + data_bytes;
+        assert!(
+            unet < f32_unet * 7 / 10,
+            "{precision:?}: half-size weights ({unet} vs {f32_unet})"
+        );
+    }
+}
