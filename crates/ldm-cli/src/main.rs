@@ -3,6 +3,7 @@
 mod data;
 #[cfg(feature = "train")]
 mod export;
+mod generate;
 mod model;
 mod progress;
 #[cfg(feature = "train")]
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images with an exported bundle (the shipped default: export/shapes-text).
+    Generate(generate::GenerateArgs),
     /// Prepare or check training data (image folders with metadata.jsonl).
     Data(data::DataArgs),
     /// Inspect model configurations (models/*.toml).
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Generate(args) => generate::run(args),
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),

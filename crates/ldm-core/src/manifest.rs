@@ -35,6 +35,8 @@ pub struct Manifest {
     pub precision: Precision,
     /// Side of the square training images, in pixels.
     pub resolution: usize,
+    /// Image sides must be multiples of this (f times the UNet's downsampling).
+    pub size_multiple: usize,
     pub image_channels: usize,
     pub first_stage: FirstStage,
     pub latent_channels: usize,
@@ -266,6 +268,12 @@ impl Manifest {
                 self.resolution
             ));
         }
+        if self.size_multiple == 0 || !self.size_multiple.is_multiple_of(factor) {
+            return Err(format!(
+                "size_multiple {} is not a multiple of downsampling_factor {factor}",
+                self.size_multiple
+            ));
+        }
         if !(self.latent_scale_factor.is_finite() && self.latent_scale_factor > 0.0) {
             return Err(format!(
                 "latent_scale_factor {} is not a positive number",
@@ -334,6 +342,7 @@ mod tests {
             "name": "tiny",
             "precision": "f32",
             "resolution": 16,
+            "size_multiple": 4,
             "image_channels": 3,
             "first_stage": "identity",
             "latent_channels": 3,

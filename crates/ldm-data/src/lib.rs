@@ -15,7 +15,7 @@ mod pixels;
 pub mod shapes;
 mod split;
 
-pub use atomic::StagingDir;
+pub use atomic::{make_public_dir, write_atomic, StagingDir};
 pub use error::DataError;
 pub use loader::{Batch, ImageFolder, Loader, LoaderConfig};
 pub use metadata::{Record, METADATA_FILE};

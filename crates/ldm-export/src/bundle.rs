@@ -10,9 +10,8 @@ use ldm_core::manifest::{
     BundleConditioning, ConcatKind, FirstStage, GraphRole, GraphSpec, Manifest, Precision,
     SamplerDefaults, Schedule, MANIFEST_FILE, MANIFEST_FORMAT,
 };
-use ldm_data::StagingDir;
+use ldm_data::{make_public_dir, write_atomic, StagingDir};
 use ldm_nn::{ConcatTask, Conditioning, ModelConfig, Regularizer};
-use ldm_train::files::{make_public_dir, write_atomic};
 use ldm_train::release::{load_release_or_run, Release};
 use prost::Message;
 use tch::Tensor;
@@ -146,6 +145,7 @@ pub fn export_release(
         name,
         precision: options.precision,
         resolution: config.resolution,
+        size_multiple: size_multiple(config),
         image_channels: config.autoencoder.in_channels,
         first_stage: match config.autoencoder.regularizer {
             Regularizer::Kl => FirstStage::Kl,
@@ -237,11 +237,16 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
     })
 }
 
+/// Image sides must be multiples of this: the latent side must survive every downsampling
+/// of the UNet.
+fn size_multiple(config: &ModelConfig) -> usize {
+    config.autoencoder.factor << (config.unet.channel_mult.len() - 1)
+}
+
 /// Two image sizes every graph must handle from the same file: the training size, and a
 /// wider one (non-square, to catch swapped axes).
 pub fn parity_sizes(config: &ModelConfig) -> [(usize, usize); 2] {
-    // Latent sides must stay divisible by the UNet's downsamplings.
-    let step = config.autoencoder.factor << (config.unet.channel_mult.len() - 1);
+    let step = size_multiple(config);
     let r = config.resolution;
     [(r, r), (r, r + step)]
 }

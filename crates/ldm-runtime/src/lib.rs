@@ -1,18 +1,24 @@
-//! Runs exported ldm graphs without Python or libtorch.
+//! Runs exported ldm bundles without Python or libtorch.
 //!
-//! A [`Session`] runs one ONNX graph with named inputs; [`TractSession`] is pure Rust (CPU)
-//! and, with the `ort` feature, [`OrtSession`] runs the same file on ONNX Runtime.
+//! A [`Bundle`] is an exported model folder (manifest, graphs, tokenizer); a [`Pipeline`]
+//! generates images from it. Underneath, a [`Session`] runs one ONNX graph with named inputs:
+//! [`TractSession`] is pure Rust (CPU) and, with the `ort` feature, [`OrtSession`] runs the
+//! same file on ONNX Runtime.
 
+mod bundle;
 mod error;
 #[cfg(feature = "ort")]
 mod onnxruntime;
+mod pipeline;
 mod session;
 mod tensor;
 mod tract;
 
+pub use bundle::{Backend, Bundle};
 pub use error::RuntimeError;
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession};
+pub use pipeline::{Generate, Image, Pipeline};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;

@@ -73,7 +73,7 @@ pub fn save<S: Serialize>(
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
     }
-    crate::files::make_public_dir(staging.path()).map_err(io(staging.path()))?;
+    ldm_data::make_public_dir(staging.path()).map_err(io(staging.path()))?;
     let staged = staging.keep();
     std::fs::rename(&staged, &final_dir).map_err(io(&final_dir))?;
     let pointer = dir.join(format!("{LATEST}.tmp"));

@@ -6,7 +6,7 @@ use std::path::Path;
 use image::RgbImage;
 use tch::{Kind, Tensor};
 
-use crate::files::write_atomic;
+use ldm_data::write_atomic;
 
 /// `images` [B, 3, H, W] in [-1, 1] as 8-bit RGB images.
 pub fn to_rgb_images(images: &Tensor) -> Vec<RgbImage> {

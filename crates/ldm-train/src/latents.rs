@@ -10,8 +10,8 @@ use ldm_nn::{autoencoder, ModelConfig, Regularizer};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::files::write_atomic;
 use crate::{gaussian, TchOps, TrainError};
+use ldm_data::write_atomic;
 
 const FILE: &str = "latents.safetensors";
 const ABOUT: &str = "latents.json";

@@ -8,7 +8,6 @@ pub mod diffusion;
 pub mod discriminator;
 pub mod ema;
 mod error;
-pub mod files;
 pub mod first_stage;
 pub mod gaussian;
 pub mod images;

@@ -24,9 +24,9 @@ use tch::{Kind, Tensor};
 use crate::checkpoint;
 use crate::denoiser::{encoder_name, expected_params, split_named};
 use crate::diffusion::{DiffusionOptions, DiffusionState, TOKENIZER_FILE};
-use crate::files::write_atomic;
 use crate::first_stage::{self, AutoencoderOptions, AutoencoderState};
 use crate::TrainError;
+use ldm_data::write_atomic;
 
 pub const RELEASE_FILE: &str = "release.json";
 pub const CONFIG_FILE: &str = "model.toml";

@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 
-use crate::files::write_atomic;
 use crate::TrainError;
+use ldm_data::write_atomic;
 
 /// Set by Ctrl-C (SIGINT/SIGTERM): the loop saves a checkpoint and returns.
 pub fn stop_requested() -> Arc<AtomicBool> {

@@ -1,0 +1,132 @@
+//! `ldm generate`: images from an exported bundle, on tract or ONNX Runtime, no libtorch.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use image::ImageEncoder;
+use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
+
+/// The bundle `ldm generate` uses when none is named.
+pub const DEFAULT_BUNDLE: &str = "export/shapes-text";
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// What to draw: a caption (text models), a class name or id (class models); ignored by
+    /// unconditional models.
+    #[arg(default_value = "")]
+    prompt: String,
+    /// The PNG to write; with --batch above 1, a grid of all images.
+    #[arg(long, default_value = "out.png")]
+    out: PathBuf,
+    /// The exported bundle folder.
+    #[arg(long, default_value = DEFAULT_BUNDLE)]
+    bundle: PathBuf,
+    /// Sampling steps (default: the bundle's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 turns guidance off (default: the bundle's).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// DDIM eta: 0 deterministic, 1 ancestral-like (default: the bundle's).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// What guidance steers away from (text models).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Seed of the first image; image i uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image side in pixels (default: the training resolution).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Images of the prompt to generate.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch: u16,
+    /// tract (pure Rust, CPU) or ort-cpu (ONNX Runtime).
+    #[arg(long, default_value = "tract")]
+    backend: Backend,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
+        bail!(
+            "--out {}: the output is a PNG; name it *.png",
+            args.out.display()
+        );
+    }
+    let bundle = Bundle::load(&args.bundle).with_context(|| {
+        format!(
+            "cannot open the bundle {} (make one with `ldm export`)",
+            args.bundle.display()
+        )
+    })?;
+    let mut pipeline = Pipeline::new(bundle, args.backend, args.threads)?;
+    let mut request = Generate::new(vec![args.prompt.clone(); args.batch as usize])
+        .seed(args.seed)
+        .negative_prompt(&args.negative_prompt);
+    request.steps = args.steps;
+    request.guidance = args.guidance;
+    request.eta = args.eta;
+    request.size = args.size;
+
+    let bar = crate::progress::bar("sampling");
+    let started = Instant::now();
+    let images = pipeline.generate(&request, &mut |step, total| {
+        bar.set_length(total as u64);
+        bar.set_position(step as u64);
+        true
+    })?;
+    bar.finish_and_clear();
+    write_png(&args.out, &grid(&images))?;
+    let m = &pipeline.bundle().manifest;
+    eprintln!(
+        "{} image(s) of {}x{} from {} on {} in {:.1} s: {}",
+        images.len(),
+        images[0].width,
+        images[0].height,
+        m.name,
+        args.backend.name(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Images side by side in rows of up to 8, 2 pixels apart on white.
+fn grid(images: &[Image]) -> Image {
+    if images.len() == 1 {
+        return images[0].clone();
+    }
+    let (w, h, gap) = (images[0].width, images[0].height, 2);
+    let cols = images.len().min(8);
+    let rows = images.len().div_ceil(cols);
+    let (width, height) = (cols * w + (cols + 1) * gap, rows * h + (rows + 1) * gap);
+    let mut rgb = vec![255u8; width * height * 3];
+    for (i, image) in images.iter().enumerate() {
+        let (x0, y0) = (gap + (i % cols) * (w + gap), gap + (i / cols) * (h + gap));
+        for y in 0..h {
+            let from = &image.rgb[y * w * 3..(y + 1) * w * 3];
+            let at = ((y0 + y) * width + x0) * 3;
+            rgb[at..at + w * 3].copy_from_slice(from);
+        }
+    }
+    Image { width, height, rgb }
+}
+
+fn write_png(path: &Path, image: &Image) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut bytes)
+        .write_image(
+            &image.rgb,
+            image.width as u32,
+            image.height as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .context("PNG encoding")?;
+    ldm_data::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+}

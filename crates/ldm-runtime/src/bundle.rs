@@ -1,0 +1,138 @@
+//! An exported bundle (`export/<name>/`): its manifest, its tokenizer, and sessions on its
+//! graphs, each checked against the manifest before it runs anything.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ldm_core::manifest::{BundleConditioning, GraphRole};
+use ldm_core::{Manifest, TextTokenizer};
+
+use crate::{RuntimeError, Session, TractSession};
+
+/// The engine that runs the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Pure-Rust tract on the CPU (always available).
+    Tract,
+    /// ONNX Runtime's CPU provider (the `ort` feature and the onnxruntime library).
+    OrtCpu,
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(Backend::Tract),
+            "ort-cpu" => Ok(Backend::OrtCpu),
+            other => Err(format!(
+                "unknown backend '{other}' (expected tract or ort-cpu)"
+            )),
+        }
+    }
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::OrtCpu => "ort-cpu",
+        }
+    }
+}
+
+pub struct Bundle {
+    dir: PathBuf,
+    pub manifest: Manifest,
+    /// The prompt tokenizer of a text-conditioned bundle.
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+impl Bundle {
+    /// Reads and validates `dir/manifest.json`, checks that every graph file is there and
+    /// loads the tokenizer of a text model.
+    pub fn load(dir: &Path) -> Result<Self, RuntimeError> {
+        let manifest = Manifest::load(dir)?;
+        for spec in manifest.graphs.values() {
+            let path = dir.join(&spec.file);
+            if !path.is_file() {
+                return Err(RuntimeError::Bundle {
+                    path,
+                    message: "listed in manifest.json but missing".into(),
+                });
+            }
+        }
+        let tokenizer = match &manifest.conditioning {
+            BundleConditioning::Text { tokenizer, .. } => {
+                Some(TextTokenizer::load(&dir.join(tokenizer))?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            tokenizer,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A session on `role`'s graph, refused when the file's inputs or outputs are not the
+    /// ones the manifest names (in order).
+    pub fn session(
+        &self,
+        role: GraphRole,
+        backend: Backend,
+        threads: usize,
+    ) -> Result<Box<dyn Session>, RuntimeError> {
+        let spec = self
+            .manifest
+            .graph(role)
+            .ok_or_else(|| RuntimeError::Bundle {
+                path: self.dir.join(ldm_core::manifest::MANIFEST_FILE),
+                message: format!("no `{}` graph", role.as_str()),
+            })?;
+        let path = self.dir.join(&spec.file);
+        let session: Box<dyn Session> = match backend {
+            Backend::Tract => Box::new(TractSession::load(&path)?),
+            #[cfg(feature = "ort")]
+            Backend::OrtCpu => Box::new(crate::OrtSession::load(&path, threads)?),
+            #[cfg(not(feature = "ort"))]
+            Backend::OrtCpu => {
+                let _ = threads;
+                return Err(RuntimeError::BackendUnavailable {
+                    name: backend.name().into(),
+                    reason: "this build has no ONNX Runtime support (build with --features ort)"
+                        .into(),
+                });
+            }
+        };
+        let names = |specs: &[ldm_core::manifest::TensorSpec]| {
+            specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
+        };
+        for (what, declared, actual) in [
+            (
+                "inputs",
+                names(&spec.inputs),
+                session.input_names().to_vec(),
+            ),
+            (
+                "outputs",
+                names(&spec.outputs),
+                session.output_names().to_vec(),
+            ),
+        ] {
+            if declared != actual {
+                return Err(RuntimeError::Bundle {
+                    path,
+                    message: format!(
+                        "the graph's {what} are {actual:?}, manifest.json says {declared:?}"
+                    ),
+                });
+            }
+        }
+        Ok(session)
+    }
+}
