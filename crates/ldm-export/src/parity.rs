@@ -9,6 +9,7 @@ use ldm_nn::{Conditioning, ModelConfig};
 use ldm_runtime::{Session, Tensor as RtTensor, TensorData, TractSession};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 use tch::{Kind, Tensor};
 
 use crate::graphs::{self, io_specs};
@@ -75,18 +76,14 @@ pub fn random_inputs(
                     )
                 }
                 (_, DType::Int64) => RtTensor::i64(&shape, vec![0; n]),
-                _ => RtTensor::f32(&shape, (0..n).map(|_| standard_normal(&mut rng)).collect()),
+                _ => RtTensor::f32(
+                    &shape,
+                    (0..n).map(|_| StandardNormal.sample(&mut rng)).collect(),
+                ),
             };
             tensor.expect("shape and data agree by construction")
         })
         .collect()
-}
-
-/// Box-Muller: one standard normal sample.
-fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
 /// The spec's shape with its symbols resolved.
