@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use image::ImageEncoder;
+use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
 /// The bundle `ldm generate` uses when none is named.
@@ -23,13 +24,16 @@ pub struct GenerateArgs {
     /// The exported bundle folder.
     #[arg(long, default_value = DEFAULT_BUNDLE)]
     bundle: PathBuf,
+    /// ddpm, ddim, plms, dpm++2m, euler or euler-a (default: the bundle's).
+    #[arg(long)]
+    sampler: Option<SamplerKind>,
     /// Sampling steps (default: the bundle's).
     #[arg(long)]
     steps: Option<usize>,
     /// Classifier-free guidance scale; 1 turns guidance off (default: the bundle's).
     #[arg(long)]
     guidance: Option<f64>,
-    /// DDIM eta: 0 deterministic, 1 ancestral-like (default: the bundle's).
+    /// DDIM's eta: 0 deterministic, 1 with DDPM's variance (default: the bundle's).
     #[arg(long)]
     eta: Option<f64>,
     /// What guidance steers away from (text models).
@@ -69,6 +73,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut request = Generate::new(vec![args.prompt.clone(); args.batch as usize])
         .seed(args.seed)
         .negative_prompt(&args.negative_prompt);
+    request.sampler = args.sampler;
     request.steps = args.steps;
     request.guidance = args.guidance;
     request.eta = args.eta;

@@ -3,15 +3,16 @@
 
 use crate::NoiseSchedule;
 
-/// The reference implementation's "uniform" DDIM timesteps: every `T / steps`-th step, shifted
-/// by one (`make_ddim_timesteps`), in increasing order. Sampling walks them backwards.
+/// The reference implementation's "uniform" DDIM timesteps (`make_ddim_timesteps`): every
+/// `T / steps`-th step shifted by one, in increasing order; sampling walks them backwards.
+/// Exactly `steps` of them: where `steps` does not divide T the reference's range yields one
+/// more, and with a stride of 1 its shift would pass T - 1, so there they stay unshifted.
 pub fn ddim_timesteps(schedule: &NoiseSchedule, steps: usize) -> Vec<usize> {
     let total = schedule.timesteps();
-    let stride = (total / steps.clamp(1, total)).max(1);
-    (0..total)
-        .step_by(stride)
-        .map(|t| (t + 1).min(total - 1))
-        .collect()
+    let steps = steps.clamp(1, total);
+    let stride = total / steps;
+    let shift = usize::from(stride > 1);
+    (0..steps).map(|k| k * stride + shift).collect()
 }
 
 /// One DDIM update of `x` (x_t) with predicted noise `eps`, from timestep `t` to `t_prev`
@@ -55,7 +56,9 @@ mod tests {
     fn timesteps_follow_the_reference_uniform_spacing() {
         let ts = ddim_timesteps(&schedule(), 4);
         assert_eq!(ts, [1, 251, 501, 751]);
-        assert_eq!(ddim_timesteps(&schedule(), 1000).len(), 1000);
+        assert_eq!(ddim_timesteps(&schedule(), 3), [1, 334, 667]);
+        let all = ddim_timesteps(&schedule(), 1000);
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Generation from a bundle: prompts (or class names) to images, with DDIM sampling in the
-//! latent space, classifier-free guidance batched into one UNet call per step, and decoding
-//! by the first stage.
+//! Generation from a bundle: prompts (or class names) to images, with any of the samplers of
+//! `ldm_core::samplers` in the latent space, classifier-free guidance batched into one UNet
+//! call per step, and decoding by the first stage.
 //!
 //! ```no_run
 //! use ldm_runtime::{Backend, Bundle, Generate, Pipeline};
@@ -17,7 +17,7 @@
 //! ```
 
 use ldm_core::manifest::{BundleConditioning, FirstStage, GraphRole};
-use ldm_core::{ddim_step, ddim_timesteps, NoiseSchedule};
+use ldm_core::{NoiseSchedule, SamplerKind};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -33,6 +33,8 @@ pub struct Generate {
     pub prompts: Vec<String>,
     /// The prompt guidance steers away from (text models; empty: the unconditional context).
     pub negative_prompt: String,
+    /// The sampler (default: the bundle's); DDIM's eta is `eta`.
+    pub sampler: Option<SamplerKind>,
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
     pub eta: Option<f64>,
@@ -48,12 +50,17 @@ impl Generate {
         Self {
             prompts,
             negative_prompt: String::new(),
+            sampler: None,
             steps: None,
             guidance: None,
             eta: None,
             seed: 0,
             size: None,
         }
+    }
+    pub fn sampler(mut self, sampler: SamplerKind) -> Self {
+        self.sampler = Some(sampler);
+        self
     }
     pub fn steps(mut self, steps: usize) -> Self {
         self.steps = Some(steps);
@@ -180,23 +187,39 @@ impl Pipeline {
             (None, _) => None,
         };
 
+        let sampler = match request.sampler {
+            Some(kind) => kind,
+            None => m.defaults.sampler.parse::<SamplerKind>().map_err(|e| {
+                RuntimeError::Request(format!("manifest.json defaults.sampler: {e}"))
+            })?,
+        };
+        let sampler = match sampler {
+            SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta },
+            other => other,
+        };
+        let mut sampler = sampler.build(&self.schedule, steps);
+
         let (c, side) = (m.latent_channels, m.latent_size(size));
         let per_image = c * side * side;
         let mut rngs: Vec<ChaCha8Rng> = (0..n)
             .map(|i| ChaCha8Rng::seed_from_u64(request.seed.wrapping_add(i as u64)))
             .collect();
+        let init = sampler.init_noise_scale();
         let mut x: Vec<f32> = rngs
             .iter_mut()
             .flat_map(|r| gaussian(r, per_image))
+            .map(|v| v * init)
             .collect();
-        let timesteps = ddim_timesteps(&self.schedule, steps);
-        let total = timesteps.len();
-        for (i, &t) in timesteps.iter().enumerate().rev() {
+        let total = sampler.timesteps().len();
+        for i in 0..total {
+            let t = sampler.timesteps()[i];
+            let scale = sampler.input_scale(i);
+            let input: Vec<f32> = x.iter().map(|v| v * scale).collect();
             let batch = if guided { 2 * n } else { n };
             let sample_data = if guided {
-                [x.clone(), x.clone()].concat()
+                [input.clone(), input].concat()
             } else {
-                x.clone()
+                input
             };
             let sample = Tensor::f32(&[batch, c, side, side], sample_data)?;
             let timestep = Tensor::f32(&[batch], vec![t as f32; batch])?;
@@ -218,14 +241,13 @@ impl Pipeline {
             } else {
                 eps.to_vec()
             };
-            let t_prev = i.checked_sub(1).map(|p| timesteps[p]);
-            let noise: Option<Vec<f32>> = (eta > 0.0).then(|| {
+            let noise: Option<Vec<f32>> = sampler.needs_noise().then(|| {
                 rngs.iter_mut()
                     .flat_map(|r| gaussian(r, per_image))
                     .collect()
             });
-            x = ddim_step(&self.schedule, &x, &eps, t, t_prev, eta, noise.as_deref());
-            if !progress(total - i, total) {
+            x = sampler.step(i, &x, &eps, noise.as_deref());
+            if !progress(i + 1, total) {
                 return Err(RuntimeError::Cancelled);
             }
         }
