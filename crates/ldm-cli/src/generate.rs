@@ -81,9 +81,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let bar = crate::progress::bar("sampling");
     let started = Instant::now();
-    let images = pipeline.generate(&request, &mut |step, total| {
-        bar.set_length(total as u64);
-        bar.set_position(step as u64);
+    let images = pipeline.generate(&request, &mut |progress| {
+        bar.set_length(progress.total as u64);
+        bar.set_position(progress.step as u64);
         true
     })?;
     bar.finish_and_clear();

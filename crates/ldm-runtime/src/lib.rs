@@ -18,7 +18,7 @@ pub use bundle::{Backend, Bundle};
 pub use error::RuntimeError;
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession};
-pub use pipeline::{Generate, Image, Pipeline};
+pub use pipeline::{Generate, Image, Pipeline, Progress};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;

@@ -11,7 +11,10 @@
 //!     .steps(25)
 //!     .guidance(3.0)
 //!     .seed(7);
-//! let images = pipeline.generate(&request, &mut |_step, _total| true)?;
+//! let images = pipeline.generate(&request, &mut |progress| {
+//!     eprintln!("step {} of {}", progress.step, progress.total);
+//!     true // false cancels
+//! })?;
 //! assert_eq!(images[0].width, 64);
 //! # Ok::<(), ldm_runtime::RuntimeError>(())
 //! ```
@@ -88,6 +91,16 @@ impl Generate {
     }
 }
 
+/// Where a generation stands after a step.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Steps done, 1 to `total`.
+    pub step: usize,
+    pub total: usize,
+    /// The batch's latents [N, c, h, w] after this step, in the sampler's parametrisation.
+    pub latents: &'a [f32],
+}
+
 /// An 8-bit RGB image, rows top to bottom.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
@@ -145,12 +158,12 @@ impl Pipeline {
         &self.bundle
     }
 
-    /// Generates one image per prompt. `progress(step, total)` is called after every step;
-    /// returning false cancels.
+    /// Generates one image per prompt. `progress` is called after every step with the
+    /// latents so far; returning false cancels.
     pub fn generate(
         &mut self,
         request: &Generate,
-        progress: &mut dyn FnMut(usize, usize) -> bool,
+        progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<Image>, RuntimeError> {
         let m = self.bundle.manifest.clone();
         let n = request.prompts.len();
@@ -247,7 +260,12 @@ impl Pipeline {
                     .collect()
             });
             x = sampler.step(i, &x, &eps, noise.as_deref());
-            if !progress(i + 1, total) {
+            let report = Progress {
+                step: i + 1,
+                total,
+                latents: &x,
+            };
+            if !progress(report) {
                 return Err(RuntimeError::Cancelled);
             }
         }

@@ -12,7 +12,7 @@ fn default_bundle() -> PathBuf {
 
 fn generate(backend: Backend, request: &Generate) -> Result<Vec<Image>, RuntimeError> {
     let bundle = Bundle::load(&default_bundle())?;
-    Pipeline::new(bundle, backend, 2)?.generate(request, &mut |_, _| true)
+    Pipeline::new(bundle, backend, 2)?.generate(request, &mut |_| true)
 }
 
 const PROMPT: &str = "a large red circle in the center on a white background";
@@ -157,14 +157,11 @@ fn cancelling_stops_between_steps() {
     let bundle = Bundle::load(&default_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let mut seen = 0;
-    let result = pipeline.generate(
-        &Generate::new(vec![PROMPT.into()]).steps(10),
-        &mut |step, total| {
-            assert_eq!(total, 10);
-            seen = step;
-            step < 3
-        },
-    );
+    let result = pipeline.generate(&Generate::new(vec![PROMPT.into()]).steps(10), &mut |p| {
+        assert_eq!(p.total, 10);
+        seen = p.step;
+        p.step < 3
+    });
     assert!(matches!(result, Err(RuntimeError::Cancelled)));
     assert_eq!(seen, 3);
 }
@@ -182,7 +179,7 @@ fn every_sampler_runs_through_the_pipeline() {
             .eta(0.0) // DDIM with the bundle's eta of 1 would be DDPM
             .seed(2);
         let mut steps = 0;
-        let image = pipeline.generate(&request, &mut |_, _| {
+        let image = pipeline.generate(&request, &mut |_| {
             steps += 1;
             true
         });

@@ -1,0 +1,101 @@
+//! Golden outputs of the shipped default bundle: a seeded generation summarised (rounded) and
+//! snapshotted per backend, so a change to a sampler, a graph or the pipeline that moves the
+//! numbers fails here; and tract against ONNX Runtime step by step, within tolerances.
+
+use std::path::Path;
+
+use ldm_core::SamplerKind;
+use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
+
+const PROMPTS: [&str; 2] = [
+    "a large red circle in the center on a white background",
+    "a small blue square at the top left on a black background",
+];
+
+/// The latents after every step, and the images.
+fn run(backend: Backend, sampler: &str) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/shapes-text");
+    let mut pipeline = Pipeline::new(Bundle::load(&dir).unwrap(), backend, 1).unwrap();
+    let request = Generate::new(PROMPTS.iter().map(|p| p.to_string()).collect())
+        .sampler(sampler.parse::<SamplerKind>().unwrap())
+        .steps(6)
+        .guidance(3.0)
+        .eta(0.0)
+        .seed(42);
+    let mut trajectory = Vec::new();
+    let images = pipeline
+        .generate(&request, &mut |p| {
+            trajectory.push(p.latents.to_vec());
+            true
+        })
+        .unwrap();
+    (trajectory, images)
+}
+
+/// Rounded statistics: stable across runs of one engine, sensitive to any real change.
+fn summary(trajectory: &[Vec<f32>], images: &[Image]) -> String {
+    let stats = |v: &[f32]| {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (min, max) = v
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        format!("mean {mean:.3} std {std:.3} min {min:.2} max {max:.2}")
+    };
+    let mut out = String::new();
+    for (i, latents) in trajectory.iter().enumerate() {
+        out.push_str(&format!("step {}: {}\n", i + 1, stats(latents)));
+    }
+    for (i, image) in images.iter().enumerate() {
+        let pixels: Vec<f32> = image.rgb.iter().map(|&v| v as f32).collect();
+        let mean: Vec<String> = (0..3)
+            .map(|c| {
+                let channel: Vec<f32> = pixels.iter().skip(c).step_by(3).copied().collect();
+                format!("{:.0}", channel.iter().sum::<f32>() / channel.len() as f32)
+            })
+            .collect();
+        out.push_str(&format!(
+            "image {i}: {}x{}, mean rgb [{}]\n",
+            image.width,
+            image.height,
+            mean.join(", ")
+        ));
+    }
+    out
+}
+
+#[test]
+fn tract_generation_matches_its_snapshot() {
+    for sampler in ["ddim", "dpm++2m"] {
+        let (trajectory, images) = run(Backend::Tract, sampler);
+        insta::assert_snapshot!(format!("tract_{sampler}"), summary(&trajectory, &images));
+    }
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn onnxruntime_follows_tract_step_by_step() {
+    let (tract, tract_images) = run(Backend::Tract, "ddim");
+    let (ort, ort_images) = run(Backend::OrtCpu, "ddim");
+    assert_eq!(tract.len(), ort.len());
+    for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "step {}: latents differ by {worst}", step + 1);
+    }
+    for (a, b) in tract_images.iter().zip(&ort_images) {
+        let worst = a
+            .rgb
+            .iter()
+            .zip(&b.rgb)
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap();
+        assert!(worst <= 2, "pixels differ by {worst} of 255");
+    }
+    insta::assert_snapshot!("ort_ddim", summary(&ort, &ort_images));
+}
