@@ -48,6 +48,16 @@ pub struct GenerateArgs {
     /// Images of the prompt to generate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     batch: u16,
+    /// Image-to-image (SDEdit) or inpainting from this PNG, of the output size; for
+    /// super-resolution bundles the low-resolution image (the output is f times larger).
+    #[arg(long, value_name = "PNG")]
+    init_image: Option<PathBuf>,
+    /// How much of the sampling image-to-image redoes, 0 to 1 (default 0.75; 1 with --mask).
+    #[arg(long)]
+    strength: Option<f64>,
+    /// Inpainting mask PNG: white where to draw, black where --init-image stays.
+    #[arg(long, value_name = "PNG", requires = "init_image")]
+    mask: Option<PathBuf>,
     /// tract (pure Rust, CPU) or ort-cpu (ONNX Runtime).
     #[arg(long, default_value = "tract")]
     backend: Backend,
@@ -78,6 +88,26 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     request.guidance = args.guidance;
     request.eta = args.eta;
     request.size = args.size;
+    request.strength = args.strength;
+    request.init_image = args.init_image.as_deref().map(read_png).transpose()?;
+    request.mask = args.mask.as_deref().map(read_png).transpose()?;
+    if let (None, Some(image)) = (request.size, &request.init_image) {
+        // The output size follows the input image (f times it for super-resolution).
+        let m = &pipeline.bundle().manifest;
+        let super_resolution = matches!(
+            m.conditioning,
+            ldm_core::manifest::BundleConditioning::Concat {
+                task: ldm_core::manifest::ConcatKind::SuperResolution,
+                ..
+            }
+        );
+        let factor = if super_resolution {
+            m.downsampling_factor
+        } else {
+            1
+        };
+        request.size = Some(image.width * factor);
+    }
 
     let bar = crate::progress::bar("sampling");
     let started = Instant::now();
@@ -121,6 +151,17 @@ fn grid(images: &[Image]) -> Image {
         }
     }
     Image { width, height, rgb }
+}
+
+fn read_png(path: &Path) -> anyhow::Result<Image> {
+    let image = image::open(path)
+        .with_context(|| format!("cannot read the image {}", path.display()))?
+        .to_rgb8();
+    Ok(Image {
+        width: image.width() as usize,
+        height: image.height() as usize,
+        rgb: image.into_raw(),
+    })
 }
 
 fn write_png(path: &Path, image: &Image) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 
 mod bundle;
 mod error;
+mod image_tasks;
 #[cfg(feature = "ort")]
 mod onnxruntime;
 mod pipeline;

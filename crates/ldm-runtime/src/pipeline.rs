@@ -19,12 +19,13 @@
 //! # Ok::<(), ldm_runtime::RuntimeError>(())
 //! ```
 
-use ldm_core::manifest::{BundleConditioning, FirstStage, GraphRole};
-use ldm_core::{NoiseSchedule, SamplerKind};
+use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
+use ldm_core::{NoiseSchedule, Sampler, SamplerKind};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::image_tasks::{blend, expect_size, image_tensor, mask_at, masked, repeat};
 use crate::{Backend, Bundle, RuntimeError, Session, Tensor};
 
 /// What to generate. Built with [`Generate::new`] and its setters; unset values take the
@@ -46,6 +47,16 @@ pub struct Generate {
     /// Square image side in pixels (a multiple of the manifest's `size_multiple`); the
     /// training resolution by default. Larger sizes sample convolutionally (paper Fig. 9).
     pub size: Option<usize>,
+    /// Image-to-image (SDEdit, Meng et al. 2022) and inpainting start from this image, of the
+    /// output size; super-resolution bundles upsample it (its side times f).
+    pub init_image: Option<Image>,
+    /// How much of the sampling image-to-image redoes: 1 starts from pure noise, 0 returns
+    /// the image (default 0.75; inpainting 1).
+    pub strength: Option<f64>,
+    /// Inpainting: white where to draw, black where `init_image` stays. Works with any
+    /// bundle (the known region is blended back after every step, Sec. 4.5 of the paper's
+    /// baseline) and feeds the mask channels of inpainting bundles.
+    pub mask: Option<Image>,
 }
 
 impl Generate {
@@ -59,6 +70,9 @@ impl Generate {
             eta: None,
             seed: 0,
             size: None,
+            init_image: None,
+            strength: None,
+            mask: None,
         }
     }
     pub fn sampler(mut self, sampler: SamplerKind) -> Self {
@@ -83,6 +97,15 @@ impl Generate {
     }
     pub fn size(mut self, size: usize) -> Self {
         self.size = Some(size);
+        self
+    }
+    pub fn init_image(mut self, image: Image, strength: f64) -> Self {
+        self.init_image = Some(image);
+        self.strength = Some(strength);
+        self
+    }
+    pub fn mask(mut self, mask: Image) -> Self {
+        self.mask = Some(mask);
         self
     }
     pub fn negative_prompt(mut self, prompt: &str) -> Self {
@@ -111,10 +134,25 @@ pub struct Image {
 
 pub struct Pipeline {
     bundle: Bundle,
+    backend: Backend,
+    threads: usize,
     schedule: NoiseSchedule,
     unet: Box<dyn Session>,
-    encoder: Option<Box<dyn Session>>,
+    /// Text encoder or class embedder.
+    conditioner: Option<Box<dyn Session>>,
+    /// The first stage's encoder, opened on the first request with an input image.
+    image_encoder: Option<Box<dyn Session>>,
     decoder: Option<Box<dyn Session>>,
+}
+
+/// What an input image contributes to a generation, at the latent's size.
+struct ImageInputs {
+    /// The encoded image (scaled), and the step sampling starts from.
+    start: Option<(Vec<f32>, usize)>,
+    /// Latent-size mask (1 = generate) for blending the known region back.
+    blend: Option<Vec<f32>>,
+    /// The UNet's `concat` input of one image.
+    concat: Option<Vec<f32>>,
 }
 
 impl Pipeline {
@@ -122,17 +160,12 @@ impl Pipeline {
     /// threads; tract runs on one).
     pub fn new(bundle: Bundle, backend: Backend, threads: usize) -> Result<Self, RuntimeError> {
         let m = &bundle.manifest;
-        if let BundleConditioning::Concat { task, .. } = m.conditioning {
-            return Err(RuntimeError::Request(format!(
-                "this bundle is conditioned on an input image ({task:?}); the pipeline generates from prompts, class labels or nothing"
-            )));
-        }
         let schedule = m
             .schedule
             .noise_schedule()
             .map_err(|e| RuntimeError::Request(e.to_string()))?;
         let unet = bundle.session(GraphRole::Unet, backend, threads)?;
-        let encoder = match m.conditioning {
+        let conditioner = match m.conditioning {
             BundleConditioning::Text { .. } => {
                 Some(bundle.session(GraphRole::TextEncoder, backend, threads)?)
             }
@@ -147,9 +180,12 @@ impl Pipeline {
         };
         Ok(Self {
             bundle,
+            backend,
+            threads,
             schedule,
             unet,
-            encoder,
+            conditioner,
+            image_encoder: None,
             decoder,
         })
     }
@@ -214,17 +250,41 @@ impl Pipeline {
 
         let (c, side) = (m.latent_channels, m.latent_size(size));
         let per_image = c * side * side;
+        let images = self.image_inputs(request, size, steps)?;
         let mut rngs: Vec<ChaCha8Rng> = (0..n)
             .map(|i| ChaCha8Rng::seed_from_u64(request.seed.wrapping_add(i as u64)))
             .collect();
-        let init = sampler.init_noise_scale();
-        let mut x: Vec<f32> = rngs
+        let noise0: Vec<f32> = rngs
             .iter_mut()
             .flat_map(|r| gaussian(r, per_image))
-            .map(|v| v * init)
             .collect();
+        // x at step i of the known latent, noised with the initial noise.
+        let noised_known = |sampler: &dyn Sampler, known: &[f32], i: usize| -> Vec<f32> {
+            match sampler.timesteps().get(i) {
+                Some(&t) => {
+                    sampler.from_xt(i, &self.schedule.add_noise(&repeat(known, n), &noise0, t))
+                }
+                None => repeat(known, n),
+            }
+        };
+        let first = images.start.as_ref().map_or(0, |(_, first)| *first);
+        let mut x: Vec<f32> = match &images.start {
+            Some((known, first)) => noised_known(sampler.as_ref(), known, *first),
+            None => noise0
+                .iter()
+                .map(|v| v * sampler.init_noise_scale())
+                .collect(),
+        };
+        let concat = match &images.concat {
+            Some(one) => {
+                let k = one.len() / (side * side);
+                let batch = if guided { 2 * n } else { n };
+                Some(Tensor::f32(&[batch, k, side, side], repeat(one, batch))?)
+            }
+            None => None,
+        };
         let total = sampler.timesteps().len();
-        for i in 0..total {
+        for i in first..total {
             let t = sampler.timesteps()[i];
             let scale = sampler.input_scale(i);
             let input: Vec<f32> = x.iter().map(|v| v * scale).collect();
@@ -239,6 +299,9 @@ impl Pipeline {
             let mut inputs = vec![("sample", &sample), ("timestep", &timestep)];
             if let Some(context) = &context {
                 inputs.push(("context", context));
+            }
+            if let Some(concat) = &concat {
+                inputs.push(("concat", concat));
             }
             let eps = self.unet.run(&inputs)?;
             let eps = eps[0]
@@ -260,9 +323,12 @@ impl Pipeline {
                     .collect()
             });
             x = sampler.step(i, &x, &eps, noise.as_deref());
+            if let (Some(mask), Some((known, _))) = (&images.blend, &images.start) {
+                blend(&mut x, &noised_known(sampler.as_ref(), known, i + 1), mask);
+            }
             let report = Progress {
-                step: i + 1,
-                total,
+                step: i + 1 - first,
+                total: total - first,
                 latents: &x,
             };
             if !progress(report) {
@@ -272,9 +338,123 @@ impl Pipeline {
         self.decode(x, n, side)
     }
 
+    /// The input image, mask and concatenated channels a request brings, checked against the
+    /// bundle's task.
+    fn image_inputs(
+        &mut self,
+        request: &Generate,
+        size: usize,
+        steps: usize,
+    ) -> Result<ImageInputs, RuntimeError> {
+        let m = self.bundle.manifest.clone();
+        let f = m.downsampling_factor;
+        let none = ImageInputs {
+            start: None,
+            blend: None,
+            concat: None,
+        };
+        let need = |what: &str| RuntimeError::Request(format!("this bundle's task needs {what}"));
+        match (&m.conditioning, &request.init_image, &request.mask) {
+            (
+                BundleConditioning::Concat {
+                    task: ConcatKind::SuperResolution,
+                    ..
+                },
+                image,
+                _,
+            ) => {
+                let image = image
+                    .as_ref()
+                    .ok_or_else(|| need("an input image (the low-resolution one)"))?;
+                expect_size(image, "low-resolution image", size / f)?;
+                let low = image_tensor(image, m.image_channels)?;
+                Ok(ImageInputs {
+                    concat: low.as_f32().map(<[f32]>::to_vec),
+                    ..none
+                })
+            }
+            (
+                BundleConditioning::Concat {
+                    task: ConcatKind::Inpainting,
+                    ..
+                },
+                image,
+                mask,
+            ) => {
+                let (Some(image), Some(mask)) = (image, mask) else {
+                    return Err(need("an input image and a mask"));
+                };
+                expect_size(image, "input image", size)?;
+                expect_size(mask, "mask", size)?;
+                let (small, full) = (mask_at(mask, f), mask_at(mask, 1));
+                let kept = masked(&image_tensor(image, m.image_channels)?, &full)?;
+                let mut concat = self.encode(&kept)?;
+                concat.extend_from_slice(&small);
+                Ok(ImageInputs {
+                    concat: Some(concat),
+                    ..none
+                })
+            }
+            (_, Some(image), mask) => {
+                expect_size(image, "input image", size)?;
+                let default = if mask.is_some() { 1.0 } else { 0.75 };
+                let strength = request.strength.unwrap_or(default);
+                if !(0.0..=1.0).contains(&strength) {
+                    return Err(RuntimeError::Request(format!(
+                        "strength {strength} is not within 0..1"
+                    )));
+                }
+                let known = self.encode(&image_tensor(image, m.image_channels)?)?;
+                // SDEdit: noise the image to the step `strength` of the way back, sample from there.
+                let first = steps - ((steps as f64 * strength).round() as usize).min(steps);
+                let blend = match mask {
+                    Some(mask) => {
+                        expect_size(mask, "mask", size)?;
+                        Some(mask_at(mask, f))
+                    }
+                    None => None,
+                };
+                Ok(ImageInputs {
+                    start: Some((known, first)),
+                    blend,
+                    concat: None,
+                })
+            }
+            (_, None, Some(_)) => Err(RuntimeError::Request("a mask needs an input image".into())),
+            (_, None, None) => Ok(none),
+        }
+    }
+
+    /// One image [1, C, H, W] to its scaled latent (KL: the mean; VQ: before quantisation).
+    fn encode(&mut self, image: &Tensor) -> Result<Vec<f32>, RuntimeError> {
+        let m = &self.bundle.manifest;
+        if m.first_stage == FirstStage::Identity {
+            return Ok(image.as_f32().expect("image tensors are f32").to_vec());
+        }
+        if self.image_encoder.is_none() {
+            self.image_encoder = Some(self.bundle.session(
+                GraphRole::Encoder,
+                self.backend,
+                self.threads,
+            )?);
+        }
+        let encoder = self.image_encoder.as_mut().expect("opened above");
+        let out = encoder.run(&[("image", image)])?.remove(0);
+        let data = out
+            .as_f32()
+            .ok_or_else(|| RuntimeError::Request("the encoder's output is not f32".into()))?;
+        let latent = match m.first_stage {
+            // Moments are mean then log-variance along the channels.
+            FirstStage::Kl => &data[..m.latent_channels * out.shape()[2] * out.shape()[3]],
+            _ => data,
+        };
+        let scale = m.latent_scale_factor as f32;
+        Ok(latent.iter().map(|v| v * scale).collect())
+    }
+
     /// (conditional, unconditional) context of the batch, or None for models without one.
     fn context(&mut self, request: &Generate) -> Result<Option<(Tensor, Tensor)>, RuntimeError> {
-        let Some(encoder) = self.encoder.as_mut() else {
+        let Some(encoder) = self.conditioner.as_mut() else {
             return Ok(None);
         };
         let n = request.prompts.len();

@@ -203,3 +203,95 @@ fn every_sampler_runs_through_the_pipeline() {
         assert!(!same(i, j), "samplers {i} and {j}");
     }
 }
+
+/// A generated red circle, the input of the image tasks below.
+fn circle() -> Image {
+    generate(
+        Backend::Tract,
+        &Generate::new(vec![PROMPT.into()]).seed(3).steps(10),
+    )
+    .unwrap()
+    .remove(0)
+}
+
+/// Mean absolute difference over the pixels whose column satisfies `keep`.
+fn difference_where(a: &Image, b: &Image, keep: impl Fn(usize) -> bool) -> f64 {
+    let (mut sum, mut count) = (0u64, 0u64);
+    for (i, (x, y)) in a.rgb.iter().zip(&b.rgb).enumerate() {
+        if keep((i / 3) % a.width) {
+            sum += x.abs_diff(*y) as u64;
+            count += 1;
+        }
+    }
+    sum as f64 / count as f64
+}
+
+#[test]
+fn image_to_image_keeps_what_strength_leaves() {
+    let init = circle();
+    let blue = "a large blue circle in the center on a white background";
+    let mut steps_run = 0;
+    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
+    let request = Generate::new(vec![blue.into()])
+        .steps(10)
+        .init_image(init.clone(), 0.5);
+    let half = pipeline
+        .generate(&request, &mut |p| {
+            steps_run = p.total;
+            true
+        })
+        .unwrap();
+    assert_eq!(steps_run, 5, "strength 0.5 runs half of the steps");
+    // Strength 0 redoes nothing: the first stage's reconstruction of the input.
+    let request = Generate::new(vec![blue.into()])
+        .steps(10)
+        .init_image(init.clone(), 0.0);
+    let kept = pipeline.generate(&request, &mut |_| true).unwrap();
+    let (same, changed) = (
+        difference_where(&kept[0], &init, |_| true),
+        difference_where(&half[0], &init, |_| true),
+    );
+    // The first stage reconstructs at about 26 dB PSNR: a few levels of 255.
+    assert!(
+        same < 8.0 && changed > 3.0 * same,
+        "strength 0: {same}, strength 0.5: {changed}"
+    );
+}
+
+#[test]
+fn inpainting_keeps_the_unmasked_half() {
+    let init = circle();
+    // White (to draw) on the right half.
+    let mask = Image {
+        width: 64,
+        height: 64,
+        rgb: (0..64 * 64 * 3)
+            .map(|i| if (i / 3) % 64 >= 32 { 255 } else { 0 })
+            .collect(),
+    };
+    let request = Generate::new(vec![
+        "a large green square in the center on a white background".into(),
+    ])
+    .steps(10)
+    .seed(4)
+    .init_image(init.clone(), 1.0)
+    .mask(mask);
+    let out = generate(Backend::Tract, &request).unwrap().remove(0);
+    // Columns well inside the kept half (the first stage blurs across the seam).
+    let kept = difference_where(&out, &init, |x| x < 24);
+    let drawn = difference_where(&out, &init, |x| x >= 40);
+    assert!(
+        kept < 4.0 && drawn > 3.0 * kept,
+        "kept half {kept}, drawn half {drawn}"
+    );
+
+    let err = generate(
+        Backend::Tract,
+        &Generate::new(vec![PROMPT.into()]).init_image(init, 1.5),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("strength 1.5"), "{err}");
+}

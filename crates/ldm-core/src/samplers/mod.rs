@@ -40,6 +40,12 @@ pub trait Sampler {
     fn input_scale(&self, _i: usize) -> f32 {
         1.0
     }
+    /// A noised sample x_t at step `i`'s timestep in this sampler's parametrisation (to start
+    /// part-way, as image-to-image does, or to blend a known region back).
+    fn from_xt(&self, i: usize, x_t: &[f32]) -> Vec<f32> {
+        let scale = 1.0 / self.input_scale(i);
+        x_t.iter().map(|v| v * scale).collect()
+    }
     /// Whether [`Sampler::step`] needs fresh standard normal noise.
     fn needs_noise(&self) -> bool {
         false

@@ -1,4 +1,5 @@
 //! Tiny models with random weights, for export tests.
+#![allow(dead_code)] // each test file uses its own part
 
 use ldm_core::TextTokenizer;
 use ldm_nn::{autoencoder, ModelConfig, Regularizer};

@@ -1,0 +1,79 @@
+//! The tasks that need exported bundles of their own kind, end to end on tiny random models:
+//! super-resolution and inpainting models conditioned by concatenation, a class-conditional
+//! model, and an unconditional one in pixel space, each generated through the runtime.
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION};
+use ldm_export::{export_release, ExportOptions};
+use ldm_nn::Regularizer;
+use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
+
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn pipeline(regularizer: Regularizer, conditioning: &str, dir: &std::path::Path) -> Pipeline {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let release = random_release(&config(regularizer, conditioning), 3);
+    let options = ExportOptions {
+        parity: false,
+        ..ExportOptions::default()
+    };
+    let out = dir.join("bundle");
+    export_release(&release, &out, &options).unwrap();
+    Pipeline::new(Bundle::load(&out).unwrap(), Backend::Tract, 1).unwrap()
+}
+
+fn grey(side: usize) -> Image {
+    Image {
+        width: side,
+        height: side,
+        rgb: (0..side * side * 3).map(|i| (i % 251) as u8).collect(),
+    }
+}
+
+fn run(pipeline: &mut Pipeline, request: &Generate) -> Result<Vec<Image>, String> {
+    pipeline
+        .generate(request, &mut |_| true)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn concatenation_class_and_pixel_models_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = || Generate::new(vec![String::new()]).steps(3);
+
+    // Super-resolution (f = 2): an 8x8 image becomes 16x16.
+    let mut sr = pipeline(Regularizer::Kl, SUPER_RESOLUTION, &dir.path().join("sr"));
+    let out = run(&mut sr, &one().size(16).init_image(grey(8), 1.0)).unwrap();
+    assert_eq!((out[0].width, out[0].height), (16, 16));
+    let err = run(&mut sr, &one()).unwrap_err();
+    assert!(err.contains("needs an input image"), "{err}");
+    let err = run(&mut sr, &one().size(16).init_image(grey(16), 1.0)).unwrap_err();
+    assert!(
+        err.contains("low-resolution image is 16x16; this request needs 8x8"),
+        "{err}"
+    );
+
+    // Inpainting by concatenation (VQ): image and mask in, the mask channels fed.
+    let mut inpaint = pipeline(Regularizer::Vq, INPAINTING, &dir.path().join("inpaint"));
+    let request = one().init_image(grey(16), 1.0).mask(grey(16));
+    assert_eq!(run(&mut inpaint, &request).unwrap().len(), 1);
+    let err = run(&mut inpaint, &one().init_image(grey(16), 1.0)).unwrap_err();
+    assert!(err.contains("an input image and a mask"), "{err}");
+
+    // Class-conditional: names or ids; an unknown one is named.
+    let mut class = pipeline(Regularizer::Kl, CLASS, &dir.path().join("class"));
+    let request = Generate::new(vec!["0".into(), "4".into()])
+        .steps(3)
+        .guidance(2.0);
+    assert_eq!(run(&mut class, &request).unwrap().len(), 2);
+    let err = run(&mut class, &Generate::new(vec!["cat".into()]).steps(3)).unwrap_err();
+    assert!(err.contains("'cat' is neither a class name"), "{err}");
+
+    // Pixel space (f = 1), at twice the training size.
+    let mut pixels = pipeline(Regularizer::Identity, NONE, &dir.path().join("pixels"));
+    let out = run(&mut pixels, &one().size(32)).unwrap();
+    assert_eq!((out[0].width, out[0].height), (32, 32));
+}

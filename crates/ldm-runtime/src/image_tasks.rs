@@ -1,0 +1,81 @@
+//! What the image tasks need besides sampling: images as model tensors, masks at the latent's
+//! size, and the known region of an inpainting blended back after every step.
+
+use crate::{Image, RuntimeError, Tensor};
+
+/// An RGB image as [1, channels, H, W] in [-1, 1] (grey repeated when one channel is asked).
+pub fn image_tensor(image: &Image, channels: usize) -> Result<Tensor, RuntimeError> {
+    let (w, h) = (image.width, image.height);
+    if image.rgb.len() != w * h * 3 {
+        return Err(RuntimeError::Request(format!(
+            "a {w}x{h} image needs {} bytes, got {}",
+            w * h * 3,
+            image.rgb.len()
+        )));
+    }
+    let mut data = Vec::with_capacity(channels * w * h);
+    for c in 0..channels {
+        data.extend((0..w * h).map(|p| image.rgb[p * 3 + c.min(2)] as f32 / 127.5 - 1.0));
+    }
+    Tensor::f32(&[1, channels, h, w], data)
+}
+
+/// A mask image (white = 1 = to fill, black = keep; its mean over RGB) as values in [0, 1],
+/// averaged over f x f blocks: [H/f · W/f].
+pub fn mask_at(mask: &Image, f: usize) -> Vec<f32> {
+    let (w, h) = (mask.width / f, mask.height / f);
+    let value = |x: usize, y: usize| {
+        let p = (y * mask.width + x) * 3;
+        mask.rgb[p..p + 3].iter().map(|&v| v as f32).sum::<f32>() / (3.0 * 255.0)
+    };
+    let mut out = Vec::with_capacity(w * h);
+    for by in 0..h {
+        for bx in 0..w {
+            let mut sum = 0.0;
+            for y in by * f..(by + 1) * f {
+                for x in bx * f..(bx + 1) * f {
+                    sum += value(x, y);
+                }
+            }
+            out.push(sum / (f * f) as f32);
+        }
+    }
+    out
+}
+
+/// The image with the masked region (mask 1) set to 0, the middle grey of [-1, 1].
+pub fn masked(image: &Tensor, mask: &[f32]) -> Result<Tensor, RuntimeError> {
+    let data = image.as_f32().expect("image tensors are f32");
+    let plane = mask.len();
+    let kept = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 - mask[i % plane]))
+        .collect();
+    Tensor::f32(image.shape(), kept)
+}
+
+/// x where the mask is 1, `known` where it is 0 (soft in between), per channel plane.
+pub fn blend(x: &mut [f32], known: &[f32], mask: &[f32]) {
+    let plane = mask.len();
+    for (i, (v, k)) in x.iter_mut().zip(known).enumerate() {
+        let m = mask[i % plane];
+        *v = m * *v + (1.0 - m) * k;
+    }
+}
+
+/// `data` of one image repeated `n` times.
+pub fn repeat(data: &[f32], n: usize) -> Vec<f32> {
+    (0..n).flat_map(|_| data.iter().copied()).collect()
+}
+
+/// The check every input image goes through: the size the task needs.
+pub fn expect_size(image: &Image, what: &str, side: usize) -> Result<(), RuntimeError> {
+    if image.width != side || image.height != side {
+        return Err(RuntimeError::Request(format!(
+            "the {what} is {}x{}; this request needs {side}x{side}",
+            image.width, image.height
+        )));
+    }
+    Ok(())
+}
