@@ -58,7 +58,7 @@ pub struct GenerateArgs {
     /// Inpainting mask PNG: white where to draw, black where --init-image stays.
     #[arg(long, value_name = "PNG", requires = "init_image")]
     mask: Option<PathBuf>,
-    /// tract (pure Rust, CPU) or ort-cpu (ONNX Runtime).
+    /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
     /// ONNX Runtime intra-op threads.

@@ -16,6 +16,11 @@ pub enum Backend {
     Tract,
     /// ONNX Runtime's CPU provider (the `ort` feature and the onnxruntime library).
     OrtCpu,
+    /// ONNX Runtime's CUDA provider (onnxruntime-gpu and an NVIDIA GPU).
+    OrtCuda,
+    /// ONNX Runtime's TensorRT provider, engines cached under `$LDM_TRT_CACHE` (default
+    /// `~/.cache/ldm/tensorrt`).
+    OrtTensorRt,
 }
 
 impl FromStr for Backend {
@@ -25,8 +30,10 @@ impl FromStr for Backend {
         match s {
             "tract" => Ok(Backend::Tract),
             "ort-cpu" => Ok(Backend::OrtCpu),
+            "ort-cuda" => Ok(Backend::OrtCuda),
+            "ort-trt" => Ok(Backend::OrtTensorRt),
             other => Err(format!(
-                "unknown backend '{other}' (expected tract or ort-cpu)"
+                "unknown backend '{other}' (expected tract, ort-cpu, ort-cuda or ort-trt)"
             )),
         }
     }
@@ -37,6 +44,8 @@ impl Backend {
         match self {
             Backend::Tract => "tract",
             Backend::OrtCpu => "ort-cpu",
+            Backend::OrtCuda => "ort-cuda",
+            Backend::OrtTensorRt => "ort-trt",
         }
     }
 }
@@ -95,20 +104,7 @@ impl Bundle {
                 message: format!("no `{}` graph", role.as_str()),
             })?;
         let path = self.dir.join(&spec.file);
-        let session: Box<dyn Session> = match backend {
-            Backend::Tract => Box::new(TractSession::load(&path)?),
-            #[cfg(feature = "ort")]
-            Backend::OrtCpu => Box::new(crate::OrtSession::load(&path, threads)?),
-            #[cfg(not(feature = "ort"))]
-            Backend::OrtCpu => {
-                let _ = threads;
-                return Err(RuntimeError::BackendUnavailable {
-                    name: backend.name().into(),
-                    reason: "this build has no ONNX Runtime support (build with --features ort)"
-                        .into(),
-                });
-            }
-        };
+        let session = open(&path, backend, threads)?;
         let names = |specs: &[ldm_core::manifest::TensorSpec]| {
             specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
         };
@@ -135,4 +131,43 @@ impl Bundle {
         }
         Ok(session)
     }
+}
+
+#[cfg(feature = "ort")]
+fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
+    use crate::onnxruntime::Provider;
+    let provider = match backend {
+        Backend::Tract => return Ok(Box::new(TractSession::load(path)?)),
+        Backend::OrtCpu => Provider::Cpu,
+        Backend::OrtCuda => Provider::Cuda,
+        Backend::OrtTensorRt => Provider::TensorRt {
+            engine_cache: tensorrt_cache(),
+        },
+    };
+    Ok(Box::new(crate::OrtSession::load_on(
+        path, threads, &provider,
+    )?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn open(path: &Path, backend: Backend, _threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
+    match backend {
+        Backend::Tract => Ok(Box::new(TractSession::load(path)?)),
+        other => Err(RuntimeError::BackendUnavailable {
+            name: other.name().into(),
+            reason: "this build has no ONNX Runtime support (build with --features ort)".into(),
+        }),
+    }
+}
+
+/// Where TensorRT engines are cached: `$LDM_TRT_CACHE`, else `~/.cache/ldm/tensorrt`.
+#[cfg(feature = "ort")]
+fn tensorrt_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LDM_TRT_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/ldm/tensorrt")
 }

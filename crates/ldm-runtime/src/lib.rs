@@ -18,7 +18,7 @@ mod tract;
 pub use bundle::{Backend, Bundle};
 pub use error::RuntimeError;
 #[cfg(feature = "ort")]
-pub use onnxruntime::{onnxruntime_library, OrtSession};
+pub use onnxruntime::{onnxruntime_library, OrtSession, Provider};
 pub use pipeline::{Generate, Image, Pipeline, Progress};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};

@@ -71,21 +71,83 @@ fn run_error(e: impl std::fmt::Display) -> RuntimeError {
     }
 }
 
+/// The execution provider a session runs on. ONNX Runtime places nodes a GPU provider cannot
+/// run on the CPU (normal for TensorRT partitions); a provider that cannot start at all is an
+/// error here, never a silent fall back to the CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    /// TensorRT, with built engines cached in this folder (reused across runs).
+    TensorRt {
+        engine_cache: PathBuf,
+    },
+}
+
+impl Provider {
+    /// The provider's name, whether this ONNX Runtime has it, and its registration.
+    fn dispatch(&self) -> Option<(&'static str, bool, ort::ep::ExecutionProviderDispatch)> {
+        use ort::ep::ExecutionProvider;
+        match self {
+            Provider::Cpu => None,
+            Provider::Cuda => Some((
+                "CUDAExecutionProvider",
+                matches!(ort::ep::CUDA::is_available(), Ok(true)),
+                ort::ep::CUDA::default().build(),
+            )),
+            Provider::TensorRt { engine_cache } => Some((
+                "TensorrtExecutionProvider",
+                matches!(ort::ep::TensorRT::is_available(), Ok(true)),
+                ort::ep::TensorRT::default()
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(engine_cache.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(engine_cache.display())
+                    .build(),
+            )),
+        }
+    }
+}
+
 impl OrtSession {
     /// Loads a graph on the CPU provider with `threads` intra-op threads.
     pub fn load(path: &Path, threads: usize) -> Result<Self, RuntimeError> {
+        Self::load_on(path, threads, &Provider::Cpu)
+    }
+
+    /// Loads a graph on `provider`, refusing (with the reason) a provider this ONNX Runtime
+    /// build or machine cannot start.
+    pub fn load_on(path: &Path, threads: usize, provider: &Provider) -> Result<Self, RuntimeError> {
         let environment = environment()?;
         let load_error = |e: &dyn std::fmt::Display| RuntimeError::Load {
             engine: "onnxruntime",
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let session = OrtInner::builder(environment)
+        let mut builder = OrtInner::builder(environment)
             .map_err(|e| load_error(&e))?
             .with_intra_threads(threads.max(1))
-            .map_err(|e| load_error(&e))?
-            .commit_from_file(path)
             .map_err(|e| load_error(&e))?;
+        if let Some((name, available, dispatch)) = provider.dispatch() {
+            let unavailable = |reason: String| RuntimeError::BackendUnavailable {
+                name: name.into(),
+                reason,
+            };
+            if let Provider::TensorRt { engine_cache } = provider {
+                std::fs::create_dir_all(engine_cache).map_err(|e| {
+                    unavailable(format!("engine cache {}: {e}", engine_cache.display()))
+                })?;
+            }
+            if !available {
+                return Err(unavailable(
+                    "this ONNX Runtime has no such provider; on a machine with an NVIDIA GPU, scripts/setup.sh --gpu installs onnxruntime-gpu".into(),
+                ));
+            }
+            builder = builder
+                .with_execution_providers([dispatch.error_on_failure()])
+                .map_err(|e| unavailable(e.to_string()))?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| load_error(&e))?;
         let inputs = session
             .inputs()
             .iter()

@@ -295,3 +295,22 @@ fn inpainting_keeps_the_unmasked_half() {
     .to_string();
     assert!(err.contains("strength 1.5"), "{err}");
 }
+
+#[cfg(feature = "ort")]
+#[test]
+fn a_gpu_provider_that_cannot_start_is_reported_not_replaced() {
+    for (backend, provider) in [
+        (Backend::OrtCuda, "CUDAExecutionProvider"),
+        (Backend::OrtTensorRt, "TensorrtExecutionProvider"),
+    ] {
+        let bundle = Bundle::load(&default_bundle()).unwrap();
+        match Pipeline::new(bundle, backend, 1) {
+            // A machine with onnxruntime-gpu and a GPU runs it.
+            Ok(_) => {}
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains(provider) && e.contains("not available"), "{e}");
+            }
+        }
+    }
+}
