@@ -61,7 +61,7 @@ pub struct GenerateArgs {
     /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
-    /// ONNX Runtime intra-op threads.
+    /// Threads of tract's matrix products, or ONNX Runtime's intra-op threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }

@@ -137,7 +137,7 @@ impl Bundle {
 fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
     use crate::onnxruntime::Provider;
     let provider = match backend {
-        Backend::Tract => return Ok(Box::new(TractSession::load(path)?)),
+        Backend::Tract => return Ok(Box::new(TractSession::with_threads(path, threads)?)),
         Backend::OrtCpu => Provider::Cpu,
         Backend::OrtCuda => Provider::Cuda,
         Backend::OrtTensorRt => Provider::TensorRt {
@@ -150,9 +150,9 @@ fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session
 }
 
 #[cfg(not(feature = "ort"))]
-fn open(path: &Path, backend: Backend, _threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
+fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
     match backend {
-        Backend::Tract => Ok(Box::new(TractSession::load(path)?)),
+        Backend::Tract => Ok(Box::new(TractSession::with_threads(path, threads)?)),
         other => Err(RuntimeError::BackendUnavailable {
             name: other.name().into(),
             reason: "this build has no ONNX Runtime support (build with --features ort)".into(),

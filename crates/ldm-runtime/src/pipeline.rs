@@ -156,8 +156,7 @@ struct ImageInputs {
 }
 
 impl Pipeline {
-    /// Opens the graphs generation needs on `backend` (`threads`: ONNX Runtime's intra-op
-    /// threads; tract runs on one).
+    /// Opens the graphs generation needs on `backend` with `threads` threads.
     pub fn new(bundle: Bundle, backend: Backend, threads: usize) -> Result<Self, RuntimeError> {
         let m = &bundle.manifest;
         let schedule = m

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use crate::session::in_graph_order;
@@ -13,6 +14,8 @@ use crate::{RuntimeError, Session, Tensor, TensorData};
 
 pub struct TractSession {
     model: InferenceModel,
+    /// Runs matrix products on a thread pool when more than one thread was asked for.
+    executor: Executor,
     inputs: Vec<String>,
     outputs: Vec<String>,
     plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
@@ -26,7 +29,13 @@ fn run_error(e: impl std::fmt::Display) -> RuntimeError {
 }
 
 impl TractSession {
+    /// Loads a graph that runs on the calling thread.
     pub fn load(path: &Path) -> Result<Self, RuntimeError> {
+        Self::with_threads(path, 1)
+    }
+
+    /// Loads a graph whose matrix products use `threads` threads.
+    pub fn with_threads(path: &Path, threads: usize) -> Result<Self, RuntimeError> {
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| RuntimeError::Load {
@@ -51,8 +60,14 @@ impl TractSession {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
+        let executor = if threads > 1 {
+            Executor::multithread(threads)
+        } else {
+            Executor::SingleThread
+        };
         Ok(Self {
             model,
+            executor,
             inputs,
             outputs,
             plans: HashMap::new(),
@@ -105,7 +120,8 @@ impl Session for TractSession {
                 tensor.map(TValue::from).map_err(run_error)
             })
             .collect::<Result<TVec<_>, _>>()?;
-        let outputs = plan.run(values).map_err(run_error)?;
+        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(values))
+            .map_err(run_error)?;
         outputs
             .iter()
             .zip(&self.outputs)
