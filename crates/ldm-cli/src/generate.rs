@@ -109,6 +109,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         request.size = Some(image.width * factor);
     }
 
+    for warning in pipeline.warnings(&request)? {
+        eprintln!("warning: {warning}");
+    }
     let bar = crate::progress::bar("sampling");
     let started = Instant::now();
     let images = pipeline.generate(&request, &mut |progress| {

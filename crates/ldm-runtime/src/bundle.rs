@@ -58,18 +58,19 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Reads and validates `dir/manifest.json`, checks that every graph file is there and
-    /// loads the tokenizer of a text model.
+    /// Reads and validates `dir/manifest.json`, checks every graph file as untrusted input
+    /// (see `untrusted.rs`) and loads the tokenizer of a text model.
     pub fn load(dir: &Path) -> Result<Self, RuntimeError> {
         let manifest = Manifest::load(dir)?;
         for spec in manifest.graphs.values() {
             let path = dir.join(&spec.file);
-            if !path.is_file() {
+            if !path.exists() {
                 return Err(RuntimeError::Bundle {
                     path,
                     message: "listed in manifest.json but missing".into(),
                 });
             }
+            crate::untrusted::check_graph(dir, &path)?;
         }
         let tokenizer = match &manifest.conditioning {
             BundleConditioning::Text { tokenizer, .. } => {

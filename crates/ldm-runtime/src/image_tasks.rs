@@ -20,6 +20,18 @@ pub fn image_tensor(image: &Image, channels: usize) -> Result<Tensor, RuntimeErr
     Tensor::f32(&[1, channels, h, w], data)
 }
 
+/// Refuses a mask with grey pixels: black keeps, white draws, nothing in between (a little
+/// compression noise aside).
+pub fn check_binary(mask: &Image) -> Result<(), RuntimeError> {
+    let grey = mask.rgb.iter().filter(|&&v| (16..240).contains(&v)).count();
+    if grey > 0 {
+        return Err(RuntimeError::Request(format!(
+            "the mask has {grey} grey values; paint it black (keep) and white (draw) only"
+        )));
+    }
+    Ok(())
+}
+
 /// A mask image (white = 1 = to fill, black = keep; its mean over RGB) as values in [0, 1],
 /// averaged over f x f blocks: [H/f · W/f].
 pub fn mask_at(mask: &Image, f: usize) -> Vec<f32> {

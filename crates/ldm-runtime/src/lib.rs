@@ -14,6 +14,7 @@ mod pipeline;
 mod session;
 mod tensor;
 mod tract;
+mod untrusted;
 
 pub use bundle::{Backend, Bundle};
 pub use error::RuntimeError;

@@ -25,7 +25,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::image_tasks::{blend, expect_size, image_tensor, mask_at, masked, repeat};
+use crate::image_tasks::{blend, check_binary, expect_size, image_tensor, mask_at, masked, repeat};
+
+/// Pixels of all images of one call at most: a guard against sizes that would exhaust memory
+/// (the UNet's activations grow with it; 16.8 megapixels is 64 images of 512x512).
+pub const MAX_PIXELS: usize = 1 << 24;
 use crate::{Backend, Bundle, RuntimeError, Session, Tensor};
 
 /// What to generate. Built with [`Generate::new`] and its setters; unset values take the
@@ -212,6 +216,16 @@ impl Pipeline {
                 m.size_multiple
             )));
         }
+        if n * size * size > MAX_PIXELS {
+            return Err(RuntimeError::Request(format!(
+                "{n} images of {size}x{size} are {:.1} megapixels, above the {:.1} of one call; lower the batch or the size",
+                (n * size * size) as f64 / 1e6,
+                MAX_PIXELS as f64 / 1e6
+            )));
+        }
+        if let Some(mask) = &request.mask {
+            check_binary(mask)?;
+        }
         let steps = request.steps.unwrap_or(m.defaults.steps);
         if !(1..=self.schedule.timesteps()).contains(&steps) {
             return Err(RuntimeError::Request(format!(
@@ -335,6 +349,25 @@ impl Pipeline {
             }
         }
         self.decode(x, n, side)
+    }
+
+    /// Warnings about the request that do not stop it: prompts longer than the text
+    /// encoder's context, which are cut to fit.
+    pub fn warnings(&self, request: &Generate) -> Result<Vec<String>, RuntimeError> {
+        let (Some(tokenizer), BundleConditioning::Text { max_length, .. }) =
+            (&self.bundle.tokenizer, &self.bundle.manifest.conditioning)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut warnings = Vec::new();
+        for prompt in request.prompts.iter().chain([&request.negative_prompt]) {
+            if tokenizer.encode(prompt, *max_length)?.truncated {
+                warnings.push(format!(
+                    "the prompt \"{prompt}\" is longer than the model's {max_length} tokens; its end is cut"
+                ));
+            }
+        }
+        Ok(warnings)
     }
 
     /// The input image, mask and concatenated channels a request brings, checked against the

@@ -146,6 +146,35 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
     refuse(one().eta(2.0), "eta 2");
     refuse(one().guidance(f64::NAN), "guidance NaN");
     refuse(Generate::new(vec![]), "no prompts");
+    refuse(
+        Generate::new(vec![PROMPT.into(); 80]).size(512),
+        "megapixels",
+    );
+    let grey = Image {
+        width: 64,
+        height: 64,
+        rgb: vec![128; 64 * 64 * 3],
+    };
+    refuse(
+        one().init_image(grey.clone(), 1.0).mask(grey.clone()),
+        "grey values",
+    );
+    refuse(
+        one().mask(Image {
+            rgb: vec![255; 64 * 64 * 3],
+            ..grey
+        }),
+        "a mask needs an input image",
+    );
+    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
+    let long = Generate::new(vec![["a large red circle"; 8].join(" and ")]);
+    let warnings = pipeline.warnings(&long).unwrap();
+    assert!(
+        warnings[0].contains("longer than the model's 16 tokens"),
+        "{warnings:?}"
+    );
+    assert!(pipeline.warnings(&one()).unwrap().is_empty());
     assert!("cuda"
         .parse::<Backend>()
         .unwrap_err()
@@ -313,4 +342,75 @@ fn a_gpu_provider_that_cannot_start_is_reported_not_replaced() {
             }
         }
     }
+}
+
+/// A one-initializer ONNX file whose weight lives in external data at `location`.
+fn graph_with_external_data(location: &str, dims: &[i64], length: u64) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb;
+    let entry = |key: &str, value: String| pb::StringStringEntryProto {
+        key: key.into(),
+        value,
+    };
+    let weight = pb::TensorProto {
+        name: "w".into(),
+        dims: dims.to_vec(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+        external_data: vec![
+            entry("location", location.into()),
+            entry("offset", "0".into()),
+            entry("length", length.to_string()),
+        ],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        graph: Some(pb::GraphProto {
+            initializer: vec![weight],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn graphs_reaching_outside_the_bundle_or_absurdly_large_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = edited_bundle(dir.path(), |t| t);
+    std::fs::write(dir.path().join("secret"), [0u8; 64]).unwrap();
+    std::fs::write(bundle.join("weights.bin"), [0u8; 64]).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), bundle.join("link.bin")).unwrap();
+    let unet = bundle.join("unet.onnx");
+    let cases = [
+        (
+            graph_with_external_data("../secret", &[4], 16),
+            "outside the bundle",
+        ),
+        (
+            graph_with_external_data("/etc/passwd", &[4], 16),
+            "outside the bundle",
+        ),
+        (graph_with_external_data("link.bin", &[4], 16), "not a link"),
+        (
+            graph_with_external_data("weights.bin", &[4], 4096),
+            "beyond the file",
+        ),
+        (
+            graph_with_external_data("weights.bin", &[1 << 20, 1 << 20], 16),
+            "absurd shape",
+        ),
+    ];
+    for (bytes, expect) in cases {
+        std::fs::write(&unet, bytes).unwrap();
+        let err = Bundle::load(&bundle).err().expect("refused").to_string();
+        assert!(err.contains(expect), "{err} (expected {expect})");
+    }
+    std::fs::write(&unet, b"not protobuf at all").unwrap();
+    let err = Bundle::load(&bundle).err().expect("refused").to_string();
+    assert!(
+        err.contains("unet.onnx") && err.contains("not an ONNX model"),
+        "{err}"
+    );
 }
