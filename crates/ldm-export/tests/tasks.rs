@@ -58,7 +58,14 @@ fn concatenation_class_and_pixel_models_generate() {
 
     // Inpainting by concatenation (VQ): image and mask in, the mask channels fed.
     let mut inpaint = pipeline(Regularizer::Vq, INPAINTING, &dir.path().join("inpaint"));
-    let request = one().init_image(grey(16), 1.0).mask(grey(16));
+    let right_half = Image {
+        width: 16,
+        height: 16,
+        rgb: (0..16 * 16 * 3)
+            .map(|i| if (i / 3) % 16 >= 8 { 255 } else { 0 })
+            .collect(),
+    };
+    let request = one().init_image(grey(16), 1.0).mask(right_half);
     assert_eq!(run(&mut inpaint, &request).unwrap().len(), 1);
     let err = run(&mut inpaint, &one().init_image(grey(16), 1.0)).unwrap_err();
     assert!(err.contains("an input image and a mask"), "{err}");

@@ -2,18 +2,18 @@
 //! sigma_down with the ODE, then adds fresh noise of sigma_up, where
 //! sigma_up² = sigma'² (sigma² - sigma'²) / sigma² and sigma_down² = sigma'² - sigma_up².
 
-use super::euler::sigmas;
+use super::euler::Sigmas;
 use super::Sampler;
 use crate::NoiseSchedule;
 
 pub struct EulerAncestral {
     timesteps: Vec<usize>,
-    sigmas: Vec<f64>,
+    sigmas: Sigmas,
 }
 
 impl EulerAncestral {
     pub fn new(schedule: &NoiseSchedule, timesteps: Vec<usize>) -> Self {
-        let sigmas = sigmas(schedule, &timesteps);
+        let sigmas = Sigmas::new(schedule, &timesteps);
         Self { timesteps, sigmas }
     }
 }
@@ -24,11 +24,11 @@ impl Sampler for EulerAncestral {
     }
 
     fn init_noise_scale(&self) -> f32 {
-        (self.sigmas[0].powi(2) + 1.0).sqrt() as f32
+        self.sigmas.init_noise_scale()
     }
 
     fn input_scale(&self, i: usize) -> f32 {
-        1.0 / (self.sigmas[i].powi(2) + 1.0).sqrt() as f32
+        self.sigmas.input_scale(i)
     }
 
     fn needs_noise(&self) -> bool {
@@ -36,7 +36,7 @@ impl Sampler for EulerAncestral {
     }
 
     fn step(&mut self, i: usize, x: &[f32], eps: &[f32], noise: Option<&[f32]>) -> Vec<f32> {
-        let (s, s_next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let (s, s_next) = self.sigmas.at(i);
         let up = (s_next * s_next * (s * s - s_next * s_next) / (s * s))
             .max(0.0)
             .sqrt();
