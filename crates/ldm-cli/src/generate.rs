@@ -18,6 +18,9 @@ pub struct GenerateArgs {
     /// unconditional models.
     #[arg(default_value = "")]
     prompt: String,
+    /// Class-conditional bundles: the class name or id (the same as giving it as the prompt).
+    #[arg(long)]
+    class: Option<String>,
     /// The PNG to write; with --batch above 1, a grid of all images.
     #[arg(long, default_value = "out.png")]
     out: PathBuf,
@@ -80,7 +83,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         )
     })?;
     let mut pipeline = Pipeline::new(bundle, args.backend, args.threads)?;
-    let mut request = Generate::new(vec![args.prompt.clone(); args.batch as usize])
+    let prompt = args.class.clone().unwrap_or_else(|| args.prompt.clone());
+    let mut request = Generate::new(vec![prompt; args.batch as usize])
         .seed(args.seed)
         .negative_prompt(&args.negative_prompt);
     request.sampler = args.sampler;
