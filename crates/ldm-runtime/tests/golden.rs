@@ -32,7 +32,8 @@ fn run(backend: Backend, sampler: &str) -> (Vec<Vec<f32>>, Vec<Image>) {
     (trajectory, images)
 }
 
-/// Rounded statistics: stable across runs of one engine, sensitive to any real change.
+/// Rounded statistics: coarse enough that another CPU's kernels (rounding in the last bits)
+/// do not flip a digit, fine enough that a changed sampler or graph does.
 fn summary(trajectory: &[Vec<f32>], images: &[Image]) -> String {
     let stats = |v: &[f32]| {
         let n = v.len() as f64;
@@ -41,7 +42,7 @@ fn summary(trajectory: &[Vec<f32>], images: &[Image]) -> String {
         let (min, max) = v
             .iter()
             .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-        format!("mean {mean:.3} std {std:.3} min {min:.2} max {max:.2}")
+        format!("mean {mean:.2} std {std:.2} min {min:.1} max {max:.1}")
     };
     let mut out = String::new();
     for (i, latents) in trajectory.iter().enumerate() {
