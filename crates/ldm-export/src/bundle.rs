@@ -19,7 +19,9 @@ use tch::Tensor;
 use crate::external::{externalize, PROTOBUF_LIMIT};
 use crate::graphs::{self, io_specs};
 use crate::onnx_ops::{OnnxOps, Weight};
-use crate::parity::{compare_run, engines, random_inputs, reference_outputs, ParityRow};
+use crate::parity::{
+    compare_run, engines, f32_values, random_inputs, reference_ops, reference_outputs, ParityRow,
+};
 use crate::ExportError;
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -74,10 +76,7 @@ fn weight_map(weights: &[(String, Tensor)]) -> Result<HashMap<String, Weight>, E
     weights
         .iter()
         .map(|(name, t)| {
-            let shape = t.size().iter().map(|&d| d as usize).collect();
-            let flat = t.to_kind(tch::Kind::Float).flatten(0, -1);
-            let data = Vec::<f32>::try_from(&flat)
-                .map_err(|e| ExportError::Parity(format!("{name}: {e}")))?;
+            let (shape, data) = f32_values(t)?;
             Ok((name.clone(), Weight { shape, data }))
         })
         .collect()
@@ -107,10 +106,18 @@ pub fn export_release(
     let dir = staging.path().to_path_buf();
     make_public_dir(&dir).map_err(|e| ExportError::io(&dir, e))?;
 
+    // Each network's weights as f32 once (encoder and decoder share the first stage's).
+    let autoencoder = weight_map(weights_of(release, GraphRole::Encoder))?;
+    let unet = weight_map(&release.unet)?;
+    let conditioner = weight_map(weights_of(release, GraphRole::TextEncoder))?;
     let mut graph_specs = BTreeMap::new();
     for role in graphs::roles(config) {
-        let weights = weight_map(weights_of(release, role))?;
-        let mut ops = OnnxOps::new(&weights, options.precision);
+        let weights = match role {
+            GraphRole::Encoder | GraphRole::Decoder => &autoencoder,
+            GraphRole::Unet => &unet,
+            GraphRole::TextEncoder | GraphRole::ClassEmbedder => &conditioner,
+        };
+        let mut ops = OnnxOps::new(weights, options.precision);
         let (input_specs, output_specs) = io_specs(role, config);
         let inputs: Vec<_> = input_specs.iter().map(|s| ops.input(s)).collect();
         let outputs = graphs::forward(role, config, &mut ops, &inputs)?;
@@ -174,7 +181,7 @@ pub fn export_release(
     // What is written is what a runtime will read: validate the text, not the struct.
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
     Manifest::parse(&json)
-        .map_err(|e| ExportError::Parity(format!("the manifest would not load: {e}")))?;
+        .map_err(|e| ExportError::Invalid(format!("the manifest would not load: {e}")))?;
     write_atomic(&dir.join(MANIFEST_FILE), json.as_bytes())
         .map_err(|e| ExportError::io(&dir, e))?;
 
@@ -212,7 +219,7 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
             ..
         } => {
             if release.tokenizer.is_none() {
-                return Err(ExportError::Parity(
+                return Err(ExportError::Invalid(
                     "a text model without its tokenizer.json".into(),
                 ));
             }
@@ -262,13 +269,13 @@ fn check_parity(
     let tolerance = parity_tolerance(manifest.precision);
     let (mut rows, mut unavailable) = (Vec::new(), Vec::new());
     for (&role, spec) in &manifest.graphs {
-        let weights = weights_of(release, role);
+        let mut reference_ops = reference_ops(weights_of(release, role))?;
         let cases: Vec<_> = parity_sizes(config)
             .iter()
             .enumerate()
             .map(|(i, &pixels)| {
                 let inputs = random_inputs(role, config, 2, pixels, i as u64);
-                let reference = reference_outputs(role, config, weights, &inputs)?;
+                let reference = reference_outputs(role, config, &mut reference_ops, &inputs)?;
                 Ok((pixels, inputs, reference))
             })
             .collect::<Result<_, ExportError>>()?;

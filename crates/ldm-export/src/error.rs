@@ -17,9 +17,12 @@ pub enum ExportError {
     Tokenizer(#[from] ldm_core::TokenizerError),
     #[error(transparent)]
     Runtime(#[from] ldm_runtime::RuntimeError),
-    /// The exported graphs do not compute what tch computes, or cannot be checked.
+    /// The exported graphs do not compute what tch computes.
     #[error("parity check: {0}")]
     Parity(String),
+    /// The model cannot make a valid bundle (a text model without its tokenizer, ...).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ExportError {

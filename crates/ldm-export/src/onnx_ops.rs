@@ -308,9 +308,7 @@ impl Ops for OnnxOps<'_> {
             ("strides", Attr::Ints(vec![s, s])),
             ("pads", Attr::Ints(vec![p; 4])),
         ];
-        let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        Ok(self.emit("Conv", &refs, attrs, 4, w.dtype))
+        Ok(self.emit("Conv", &inputs, attrs, 4, w.dtype))
     }
 
     fn pad2d(&mut self, x: &Value, [left, right, top, bottom]: [usize; 4]) -> Result<Value> {

@@ -7,6 +7,7 @@ use std::path::Path;
 use ldm_core::manifest::{DType, GraphRole, TensorSpec};
 use ldm_nn::{Conditioning, ModelConfig};
 use ldm_runtime::{Session, Tensor as RtTensor, TensorData, TractSession};
+use ldm_train::TchOps;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -113,22 +114,22 @@ fn to_tch(t: &RtTensor) -> Tensor {
     }
 }
 
-fn from_tch(t: &Tensor) -> Result<RtTensor, ExportError> {
-    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+/// A tch tensor's shape and values as f32.
+pub fn f32_values(t: &Tensor) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
+    let shape = t.size().iter().map(|&d| d as usize).collect();
     let flat = t.to_kind(Kind::Float).flatten(0, -1);
-    let data = Vec::<f32>::try_from(&flat).map_err(|e| ExportError::Parity(e.to_string()))?;
+    let data = Vec::<f32>::try_from(&flat).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    Ok((shape, data))
+}
+
+fn from_tch(t: &Tensor) -> Result<RtTensor, ExportError> {
+    let (shape, data) = f32_values(t)?;
     Ok(RtTensor::f32(&shape, data)?)
 }
 
-/// The tch outputs of `role`'s network with `weights` on `inputs`.
-pub fn reference_outputs(
-    role: GraphRole,
-    config: &ModelConfig,
-    weights: &[(String, Tensor)],
-    inputs: &[RtTensor],
-) -> Result<Vec<RtTensor>, ExportError> {
-    let _guard = tch::no_grad_guard();
-    let mut ops = ldm_train::TchOps::new(tch::Device::Cpu);
+/// The tch interpretation holding `weights`, frozen: the reference a graph is compared with.
+pub fn reference_ops(weights: &[(String, Tensor)]) -> Result<TchOps, ExportError> {
+    let mut ops = TchOps::new(tch::Device::Cpu);
     ops.load_params(
         weights
             .iter()
@@ -136,8 +137,19 @@ pub fn reference_outputs(
             .collect(),
     )?;
     ops.freeze();
+    Ok(ops)
+}
+
+/// The tch outputs of `role`'s network (held by `ops`) on `inputs`.
+pub fn reference_outputs(
+    role: GraphRole,
+    config: &ModelConfig,
+    ops: &mut TchOps,
+    inputs: &[RtTensor],
+) -> Result<Vec<RtTensor>, ExportError> {
+    let _guard = tch::no_grad_guard();
     let inputs: Vec<Tensor> = inputs.iter().map(to_tch).collect();
-    graphs::forward(role, config, &mut ops, &inputs)?
+    graphs::forward(role, config, ops, &inputs)?
         .iter()
         .map(from_tch)
         .collect()

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION, TEXT};
 use ldm_core::manifest::{GraphRole, Manifest, Precision};
-use ldm_export::parity::{random_inputs, reference_outputs};
+use ldm_export::parity::{random_inputs, reference_ops, reference_outputs};
 use ldm_export::{export_release, graphs, ExportOptions, Exported};
 use ldm_nn::Regularizer;
 use ldm_runtime::TensorData;
@@ -70,7 +70,8 @@ fn check_with_python(bundle: &Path, regularizer: Regularizer, conditioning: &str
             GraphRole::Unet => &release.unet,
             _ => release.encoder.as_ref().unwrap(),
         };
-        let outputs = reference_outputs(role, &release.config, weights, &inputs).unwrap();
+        let mut ops = reference_ops(weights).unwrap();
+        let outputs = reference_outputs(role, &release.config, &mut ops, &inputs).unwrap();
         let tensor = |t: &ldm_runtime::Tensor| match t.data() {
             TensorData::F32(v) => json!({"dtype": "float32", "shape": t.shape(), "data": v}),
             TensorData::I64(v) => json!({"dtype": "int64", "shape": t.shape(), "data": v}),
