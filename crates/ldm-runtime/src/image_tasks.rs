@@ -76,8 +76,8 @@ pub fn blend(x: &mut [f32], known: &[f32], mask: &[f32]) {
     }
 }
 
-/// `data` of one image repeated `n` times.
-pub fn repeat(data: &[f32], n: usize) -> Vec<f32> {
+/// `data` of one batch row (an image, a prompt's ids) repeated `n` times.
+pub fn repeat<T: Copy>(data: &[T], n: usize) -> Vec<T> {
     (0..n).flat_map(|_| data.iter().copied()).collect()
 }
 

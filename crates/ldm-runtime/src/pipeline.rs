@@ -241,13 +241,8 @@ impl Pipeline {
             )));
         }
         // Conditional and unconditional halves in one batch, when guidance needs both.
-        let context = self.context(request)?;
-        let guided = context.is_some() && guidance != 1.0;
-        let context = match (context, guided) {
-            (Some((cond, uncond)), true) => Some(concat_batch(&cond, &uncond)?),
-            (Some((cond, _)), false) => Some(cond),
-            (None, _) => None,
-        };
+        let guided = self.conditioner.is_some() && guidance != 1.0;
+        let context = self.context(request, guided)?;
 
         let sampler = match request.sampler {
             Some(kind) => kind,
@@ -484,13 +479,20 @@ impl Pipeline {
         Ok(latent.iter().map(|v| v * scale).collect())
     }
 
-    /// (conditional, unconditional) context of the batch, or None for models without one.
-    fn context(&mut self, request: &Generate) -> Result<Option<(Tensor, Tensor)>, RuntimeError> {
+    /// The context of the batch in one encoder call: the prompts' and, when `guided`, then
+    /// the unconditional one (negative prompt or null class) for each; None for models
+    /// without a context.
+    fn context(
+        &mut self,
+        request: &Generate,
+        guided: bool,
+    ) -> Result<Option<Tensor>, RuntimeError> {
         let Some(encoder) = self.conditioner.as_mut() else {
             return Ok(None);
         };
         let n = request.prompts.len();
-        let (ids, uncond_ids) = match &self.bundle.manifest.conditioning {
+        let rows = if guided { 2 * n } else { n };
+        let ids = match &self.bundle.manifest.conditioning {
             BundleConditioning::Text { max_length, .. } => {
                 let tokenizer = self
                     .bundle
@@ -498,37 +500,33 @@ impl Pipeline {
                     .as_ref()
                     .expect("text bundles load their tokenizer");
                 let encode = |text: &str| tokenizer.encode(text, *max_length).map(|e| e.ids);
-                let mut ids = Vec::new();
+                let mut ids = Vec::with_capacity(rows * max_length);
                 for prompt in &request.prompts {
                     ids.extend(encode(prompt)?);
                 }
-                let negative = encode(&request.negative_prompt)?;
-                let uncond: Vec<i64> = (0..n).flat_map(|_| negative.clone()).collect();
-                (
-                    Tensor::i64(&[n, *max_length], ids)?,
-                    Tensor::i64(&[n, *max_length], uncond)?,
-                )
+                if guided {
+                    ids.extend(repeat(&encode(&request.negative_prompt)?, n));
+                }
+                Tensor::i64(&[rows, *max_length], ids)?
             }
             BundleConditioning::Class {
                 classes,
                 class_names,
             } => {
-                let labels = request
+                let mut labels = request
                     .prompts
                     .iter()
                     .map(|p| class_id(p, *classes, class_names))
                     .collect::<Result<Vec<_>, _>>()?;
-                (
-                    Tensor::i64(&[n], labels)?,
-                    Tensor::i64(&[n], vec![*classes as i64; n])?,
-                )
+                if guided {
+                    labels.extend(std::iter::repeat_n(*classes as i64, n));
+                }
+                Tensor::i64(&[rows], labels)?
             }
             _ => return Ok(None),
         };
         let name = encoder.input_names()[0].clone();
-        let cond = encoder.run(&[(&name, &ids)])?.remove(0);
-        let uncond = encoder.run(&[(&name, &uncond_ids)])?.remove(0);
-        Ok(Some((cond, uncond)))
+        Ok(Some(encoder.run(&[(&name, &ids)])?.remove(0)))
     }
 
     fn decode(
@@ -566,16 +564,6 @@ fn class_id(prompt: &str, classes: usize, names: &[String]) -> Result<i64, Runti
 
 fn gaussian(rng: &mut ChaCha8Rng, count: usize) -> Vec<f32> {
     (0..count).map(|_| StandardNormal.sample(rng)).collect()
-}
-
-/// Two batches of equal trailing shape, one after the other.
-fn concat_batch(a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError> {
-    let (Some(x), Some(y)) = (a.as_f32(), b.as_f32()) else {
-        return Err(RuntimeError::Request("contexts are not f32".into()));
-    };
-    let mut shape = a.shape().to_vec();
-    shape[0] += b.shape()[0];
-    Tensor::f32(&shape, [x, y].concat())
 }
 
 /// [N, 3, H, W] in [-1, 1] to 8-bit RGB images (channels beyond three are dropped, one
