@@ -32,7 +32,8 @@ enum Command {
     Model(model::ModelArgs),
     /// Train a caption tokenizer (WordPiece) on an image folder's captions.
     Tokenizer(tokenizer::TokenizerArgs),
-    /// Train the autoencoder or the latent diffusion model (needs the `train` feature).
+    /// Train the autoencoder, the latent diffusion model or the evaluation classifier (needs
+    /// the `train` feature).
     #[cfg(feature = "train")]
     Train(train::TrainArgs),
     /// Export a trained model to an ONNX bundle (needs the `train` feature).

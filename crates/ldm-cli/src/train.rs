@@ -1,10 +1,13 @@
-//! `ldm train autoencoder|diffusion`: the two training stages of the paper, on tch.
+//! `ldm train autoencoder|diffusion`: the two training stages of the paper, on tch; and
+//! `ldm train classifier`: the evaluation network of `ldm eval`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ldm_nn::ModelConfig;
+use ldm_export::evaluator::export_evaluator;
+use ldm_nn::{ClassifierConfig, ModelConfig};
+use ldm_train::classifier::{heads_from_data, train_classifier, ClassifierOptions};
 use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions};
 use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
 use ldm_train::run::Cadence;
@@ -23,6 +26,9 @@ enum TrainCommand {
     Diffusion(DiffusionArgs),
     /// Draw images from a diffusion run (EMA weights) or a release, before exporting it.
     Sample(crate::sample::SampleArgs),
+    /// The evaluation network of `ldm eval` (features for FID/KID, category judge), exported
+    /// to an evaluator folder when training ends.
+    Classifier(ClassifierArgs),
     /// Write a diffusion run's EMA weights and first stage as a release (models/NAME/).
     Release {
         /// Run folder of `ldm train diffusion`.
@@ -114,8 +120,53 @@ struct DiffusionArgs {
     condition_dropout: Option<f64>,
 }
 
+#[derive(Args)]
+struct ClassifierArgs {
+    /// Image folder with metadata.jsonl (e.g. data/emoji/train).
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out image folder (default: the sibling `validation` folder of --data).
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    /// Metadata columns to classify, one head each; the first is the one conditioning
+    /// accuracy is judged on.
+    #[arg(long, value_delimiter = ',', default_value = "label,subcategory,style")]
+    columns: Vec<String>,
+    /// Side of the images the network sees.
+    #[arg(long, default_value_t = 64)]
+    resolution: usize,
+    /// Run folder: checkpoints, logs, loss curve.
+    #[arg(long)]
+    out: PathBuf,
+    /// Evaluator folder written at the end (default: <out>/evaluator).
+    #[arg(long)]
+    evaluator: Option<PathBuf>,
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 50)]
+    log_every: u64,
+    #[arg(long, default_value_t = 500)]
+    validate_every: u64,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    #[arg(long)]
+    quiet: bool,
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
+        TrainCommand::Classifier(a) => classifier(a),
         TrainCommand::Autoencoder(a) => autoencoder(a),
         TrainCommand::Diffusion(a) => diffusion(a),
         TrainCommand::Sample(a) => crate::sample::run(a),
@@ -145,33 +196,52 @@ impl Common {
     }
 
     fn validation(&self) -> Option<PathBuf> {
-        self.validation.clone().or_else(|| {
-            let sibling = self.data.parent()?.join("validation");
-            let is_train = self.data.file_name().is_some_and(|n| n == "train");
-            (is_train && sibling.join(ldm_data::METADATA_FILE).is_file()).then_some(sibling)
-        })
+        self.validation
+            .clone()
+            .or_else(|| sibling_validation(&self.data))
     }
 
     fn cadence(&self) -> anyhow::Result<Cadence> {
-        for (name, value) in [
-            ("--log-every", self.log_every),
-            ("--sample-every", self.sample_every),
-            ("--checkpoint-every", self.checkpoint_every),
-        ] {
-            anyhow::ensure!(value >= 1, "{name} must be at least 1");
-        }
-        Ok(Cadence {
-            log_every: self.log_every,
-            validate_every: self.sample_every,
-            checkpoint_every: self.checkpoint_every,
-            keep_checkpoints: 2,
-            quiet: self.quiet,
-        })
+        cadence(
+            self.log_every,
+            self.sample_every,
+            self.checkpoint_every,
+            self.quiet,
+        )
     }
 
     fn device(&self) -> anyhow::Result<tch::Device> {
         Ok(ldm_train::parse_device(&self.device)?)
     }
+}
+
+/// The `validation` folder next to a `train` folder, when there is one.
+fn sibling_validation(data: &Path) -> Option<PathBuf> {
+    let sibling = data.parent()?.join("validation");
+    let is_train = data.file_name().is_some_and(|n| n == "train");
+    (is_train && sibling.join(ldm_data::METADATA_FILE).is_file()).then_some(sibling)
+}
+
+fn cadence(
+    log_every: u64,
+    validate_every: u64,
+    checkpoint_every: u64,
+    quiet: bool,
+) -> anyhow::Result<Cadence> {
+    for (name, value) in [
+        ("--log-every", log_every),
+        ("--sample-every / --validate-every", validate_every),
+        ("--checkpoint-every", checkpoint_every),
+    ] {
+        anyhow::ensure!(value >= 1, "{name} must be at least 1");
+    }
+    Ok(Cadence {
+        log_every,
+        validate_every,
+        checkpoint_every,
+        keep_checkpoints: 2,
+        quiet,
+    })
 }
 
 fn check_positive(name: &str, value: f64) -> anyhow::Result<()> {
@@ -285,6 +355,75 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         summary.scale_factor
     );
     print_outputs(&c.out, &summary.checkpoint);
+    Ok(())
+}
+
+fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
+    let validation = a
+        .validation
+        .clone()
+        .or_else(|| sibling_validation(&a.data))
+        .context("--validation is required when --data has no sibling validation folder")?;
+    let folder = ldm_data::ImageFolder::open(&a.data)?;
+    let heads = heads_from_data(&folder, &a.columns)?;
+    let config = ClassifierConfig::new(a.resolution, heads);
+    let d = ClassifierOptions::default();
+    let options = ClassifierOptions {
+        steps: a.steps.unwrap_or(d.steps),
+        batch_size: a.batch_size.unwrap_or(d.batch_size),
+        learning_rate: a.lr.unwrap_or(d.learning_rate),
+        seed: a.seed.unwrap_or(d.seed),
+        ..d
+    };
+    check_positive("--lr", options.learning_rate)?;
+    anyhow::ensure!(options.batch_size >= 1, "--batch-size must be at least 1");
+    let summary = train_classifier(
+        &config,
+        &a.data,
+        &validation,
+        &a.out,
+        options,
+        cadence(a.log_every, a.validate_every, a.checkpoint_every, a.quiet)?,
+        ldm_train::parse_device(&a.device)?,
+        a.resume,
+    )
+    .with_context(|| format!("training the classifier in {}", a.out.display()))?;
+    let accuracy: Vec<String> = config
+        .heads
+        .iter()
+        .zip(&summary.accuracy)
+        .map(|(h, acc)| format!("{} {:.1}%", h.column, 100.0 * acc))
+        .collect();
+    println!(
+        "{} at step {}: loss {:.4}; validation accuracy: {}",
+        if summary.interrupted {
+            "stopped"
+        } else {
+            "done"
+        },
+        summary.step,
+        summary.loss,
+        accuracy.join(", ")
+    );
+    print_outputs(&a.out, &summary.checkpoint);
+    if summary.interrupted {
+        return Ok(());
+    }
+    let evaluator = a.evaluator.unwrap_or_else(|| a.out.join("evaluator"));
+    let exported = export_evaluator(
+        &config,
+        &summary.weights,
+        &ldm_train::run::data_fingerprint(&a.data)?,
+        summary.step,
+        &summary.accuracy,
+        &evaluator,
+    )
+    .with_context(|| format!("exporting the evaluator to {}", evaluator.display()))?;
+    println!(
+        "evaluator: {} (tract matches tch within {:.1e})",
+        exported.dir.display(),
+        exported.max_rel
+    );
     Ok(())
 }
 

@@ -31,6 +31,22 @@ pub struct Record {
     pub attributes: BTreeMap<String, serde_json::Value>,
 }
 
+impl Record {
+    /// The value of a column as text: `label`, `text`, or any other attribute (strings as
+    /// they are, numbers and booleans as their JSON text); None where the row has none.
+    pub fn column(&self, name: &str) -> Option<String> {
+        match name {
+            "label" => self.label.clone(),
+            "text" => self.text.clone(),
+            _ => match self.attributes.get(name)? {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            },
+        }
+    }
+}
+
 fn label_as_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {
         serde_json::Value::Null => None,

@@ -72,7 +72,9 @@ pub fn export(model: &Path, out: &Path, options: &ExportOptions) -> Result<Expor
     export_release(&release, out, options)
 }
 
-fn weight_map(weights: &[(String, Tensor)]) -> Result<HashMap<String, Weight>, ExportError> {
+pub(crate) fn weight_map(
+    weights: &[(String, Tensor)],
+) -> Result<HashMap<String, Weight>, ExportError> {
     weights
         .iter()
         .map(|(name, t)| {

@@ -4,10 +4,12 @@
 //! a network's forward code on it builds the graph, with the checkpoint's parameter names as
 //! initializer names. [`graphs`] fixes which graphs a model has and their inputs and outputs;
 //! [`export`] writes a bundle (graphs, tokenizer, `manifest.json`) and [`parity`] checks the
-//! files against tch on tract and ONNX Runtime.
+//! files against tch on tract and ONNX Runtime. [`evaluator`] writes the evaluation network's
+//! folder for `ldm eval`.
 
 mod bundle;
 mod error;
+pub mod evaluator;
 mod external;
 pub mod graphs;
 mod onnx_ops;

@@ -5,6 +5,7 @@
 //! `ldm-train`), ONNX (export) and [`ShapeOps`] (shapes, parameter and MAC counts).
 
 pub mod autoencoder;
+pub mod classifier;
 pub mod conditioning;
 pub mod config;
 mod cost;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod shape;
 pub mod unet;
 
+pub use classifier::{ClassifierConfig, Head};
 pub use config::{
     AutoencoderConfig, ConcatTask, Conditioning, DiffusionConfig, ModelConfig, Regularizer,
     UnetConfig,

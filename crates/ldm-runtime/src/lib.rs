@@ -24,3 +24,4 @@ pub use pipeline::{Generate, Image, Pipeline, Progress};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;
+pub use untrusted::check_graph;

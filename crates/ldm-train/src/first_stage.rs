@@ -125,7 +125,7 @@ pub fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-fn detached(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+pub(crate) fn detached(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     params
         .iter()
         .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu)))

@@ -2,6 +2,7 @@
 //! patch discriminator) and the latent diffusion model, with crash-safe, resumable runs.
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod denoiser;
 mod device;
 pub mod diffusion;

@@ -1,0 +1,349 @@
+//! `ldm train classifier`: the evaluation network of `ldm_nn::classifier`, trained with one
+//! cross-entropy term per metadata column (an emoji's category, subcategory and style), with
+//! the same crash-safe, resumable runs as the generative models.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use ldm_data::{ImageFolder, Loader, LoaderConfig};
+use ldm_nn::classifier::{self, ClassifierConfig, Head};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::checkpoint;
+use crate::first_stage::{detached, images_tensor, non_finite, shallow, sorted_params};
+use crate::optim::{warmup_lr, AdamConfig, AdamW};
+use crate::run::{self, Cadence, RunLog, Start};
+use crate::{TchOps, TrainError};
+
+/// Hyper-parameters of a classifier run (saved with every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierOptions {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub seed: u64,
+}
+
+impl Default for ClassifierOptions {
+    fn default() -> Self {
+        Self {
+            steps: 3_000,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            warmup: 200,
+            weight_decay: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifierState {
+    pub step: u64,
+    pub options: ClassifierOptions,
+    pub config: ClassifierConfig,
+    pub data_fingerprint: String,
+    /// Validation accuracy of each head at the last validation.
+    pub accuracy: Option<Vec<f64>>,
+}
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug)]
+pub struct ClassifierSummary {
+    pub step: u64,
+    pub loss: f64,
+    /// Validation accuracy per head, in the order of the config's heads.
+    pub accuracy: Vec<f64>,
+    pub checkpoint: PathBuf,
+    pub interrupted: bool,
+    /// The trained weights, on the CPU, by name.
+    pub weights: Vec<(String, Tensor)>,
+}
+
+/// Checkpoint file of the classifier's weights.
+pub const CLASSIFIER: &str = "classifier";
+const OPTIMIZER: &str = "optimizer";
+/// Class index of a row without a value in a head's column: ignored by the loss.
+const IGNORED: i64 = -100;
+
+/// One head per column, its classes the distinct values of the column in `folder`, sorted.
+pub fn heads_from_data(folder: &ImageFolder, columns: &[String]) -> Result<Vec<Head>, TrainError> {
+    columns
+        .iter()
+        .map(|column| {
+            let mut classes: Vec<String> = folder.records().filter_map(|r| r.column(column)).collect();
+            classes.sort();
+            classes.dedup();
+            if classes.len() < 2 {
+                return Err(TrainError::Run(format!(
+                    "column '{column}' of {} has {} distinct values; a classifier head needs at least two",
+                    folder.root().display(),
+                    classes.len()
+                )));
+            }
+            Ok(Head {
+                column: column.clone(),
+                classes,
+            })
+        })
+        .collect()
+}
+
+/// The class index of every row of `folder` for every head ([`IGNORED`] where the row has no
+/// value, or one the head does not know).
+fn targets(folder: &ImageFolder, heads: &[Head]) -> Vec<Vec<i64>> {
+    heads
+        .iter()
+        .map(|h| {
+            folder
+                .records()
+                .map(|r| {
+                    r.column(&h.column)
+                        .and_then(|v| h.classes.binary_search(&v).ok())
+                        .map_or(IGNORED, |i| i as i64)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn loader(
+    folder: ImageFolder,
+    size: u32,
+    batch_size: usize,
+    train: bool,
+    seed: u64,
+) -> Result<Loader, TrainError> {
+    Ok(Loader::new(
+        folder,
+        LoaderConfig {
+            size,
+            batch_size,
+            flip: train,
+            shuffle: train,
+            seed,
+        },
+    )?)
+}
+
+/// Summed cross-entropy of the heads and the number of correct predictions per head.
+fn loss_and_hits(logits: &[Tensor], targets: &[Tensor]) -> (Tensor, Vec<i64>) {
+    let mut loss = Tensor::zeros([], (Kind::Float, logits[0].device()));
+    let mut hits = Vec::new();
+    for (l, t) in logits.iter().zip(targets) {
+        let known = t.ne(IGNORED).sum(Kind::Int64).int64_value(&[]);
+        if known > 0 {
+            loss += l.cross_entropy_loss::<Tensor>(t, None, Reduction::Mean, IGNORED, 0.0);
+        }
+        hits.push(
+            l.argmax(-1, false)
+                .eq_tensor(t)
+                .sum(Kind::Int64)
+                .int64_value(&[]),
+        );
+    }
+    (loss, hits)
+}
+
+fn batch_targets(targets: &[Vec<i64>], rows: &[usize], device: Device) -> Vec<Tensor> {
+    targets
+        .iter()
+        .map(|t| {
+            Tensor::from_slice(&rows.iter().map(|&r| t[r]).collect::<Vec<_>>()).to_device(device)
+        })
+        .collect()
+}
+
+/// Accuracy of each head over the whole of `folder`.
+fn validate(
+    ops: &mut TchOps,
+    config: &ClassifierConfig,
+    folder: &ImageFolder,
+) -> Result<Vec<f64>, TrainError> {
+    let _guard = tch::no_grad_guard();
+    let targets = targets(folder, &config.heads);
+    let known: Vec<usize> = targets
+        .iter()
+        .map(|t| t.iter().filter(|&&c| c != IGNORED).count())
+        .collect();
+    let mut hits = vec![0i64; config.heads.len()];
+    let size = config.resolution as u32;
+    for start in (0..folder.len()).step_by(64) {
+        let rows: Vec<usize> = (start..(start + 64).min(folder.len())).collect();
+        let mut images = Vec::new();
+        for &r in &rows {
+            images.extend(folder.load_chw(r, size)?);
+        }
+        let x = images_tensor(
+            &images,
+            [rows.len(), 3, size as usize, size as usize],
+            ops.device(),
+        );
+        let out = classifier::forward(ops, config, &x)?;
+        let (_, h) = loss_and_hits(&out.logits, &batch_targets(&targets, &rows, ops.device()));
+        for (total, h) in hits.iter_mut().zip(h) {
+            *total += h;
+        }
+    }
+    Ok(hits
+        .iter()
+        .zip(&known)
+        .map(|(&h, &k)| h as f64 / k.max(1) as f64)
+        .collect())
+}
+
+/// Trains `config` (its heads from [`heads_from_data`]) on `data`, validating on `validation`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_classifier(
+    config: &ClassifierConfig,
+    data: &Path,
+    validation: &Path,
+    out: &Path,
+    options: ClassifierOptions,
+    cadence: Cadence,
+    device: Device,
+    resume: bool,
+) -> Result<ClassifierSummary, TrainError> {
+    config.validate()?;
+    let stop = run::stop_requested();
+    let fingerprint = run::data_fingerprint(data)?;
+    let start = run::start(out, resume)?;
+    let (mut step, options) = match &start {
+        Start::Fresh => (0, options),
+        Start::Resume(checkpoint) => {
+            let state: ClassifierState = checkpoint::load_state(checkpoint)?;
+            let same_options = ClassifierOptions {
+                steps: state.options.steps,
+                ..options.clone()
+            } == state.options;
+            if state.config != *config || state.data_fingerprint != fingerprint || !same_options {
+                return Err(TrainError::Run(format!(
+                    "{} was trained with another configuration, data or options; resume with the same --data, --columns and options (only --steps may change)",
+                    checkpoint.display()
+                )));
+            }
+            (state.step, options)
+        }
+    };
+    let folder = ImageFolder::open(data)?;
+    let train_targets = targets(&folder, &config.heads);
+    let size = config.resolution as u32;
+    let loader = loader(folder, size, options.batch_size, true, options.seed)?;
+    let validation = ImageFolder::open(validation)?;
+
+    tch::manual_seed(options.seed as i64);
+    let mut ops = TchOps::new(device);
+    if let Start::Resume(checkpoint) = &start {
+        ops.load_params(checkpoint::load_weights(checkpoint, CLASSIFIER, None)?)?;
+    }
+    let probe = Tensor::zeros([1, 3, size as i64, size as i64], (Kind::Float, device));
+    let _ = classifier::forward(&mut ops, config, &probe)?;
+    ops.freeze();
+    let params = sorted_params(&ops);
+    let mut opt = AdamW::new(
+        shallow(&params),
+        AdamConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: options.weight_decay,
+        },
+    );
+    if let Start::Resume(checkpoint) = &start {
+        opt.load_state(&checkpoint::load_weights(checkpoint, OPTIMIZER, None)?)
+            .map_err(TrainError::Run)?;
+    }
+
+    let mut log = RunLog::open(out, "log.csv", &["loss", "train_accuracy"], step)?;
+    let mut validation_log = RunLog::open(out, "validation.csv", &["accuracy"], step)?;
+    let bar = run::progress(options.steps, step, cadence.quiet);
+    let mut latest = checkpoint::latest(out)?;
+    let mut accuracy = None;
+    let (mut loss_sum, mut hit_sum, mut seen) = (0.0, 0i64, 0usize);
+    let mut last_loss = f64::NAN;
+    let save =
+        |step: u64, accuracy: Option<Vec<f64>>, opt: &AdamW| -> Result<PathBuf, TrainError> {
+            let state = ClassifierState {
+                step,
+                options: options.clone(),
+                config: config.clone(),
+                data_fingerprint: fingerprint.clone(),
+                accuracy,
+            };
+            let weights = detached(&params);
+            let dir = checkpoint::save(
+                out,
+                step,
+                &[
+                    (CLASSIFIER, weights.as_slice()),
+                    (OPTIMIZER, opt.state().as_slice()),
+                ],
+                &state,
+            )?;
+            checkpoint::prune(out, cadence.keep_checkpoints + 1)?;
+            Ok(dir)
+        };
+    let mut interrupted = false;
+    while step < options.steps {
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+        let batch = loader.batch(step)?;
+        let x = images_tensor(&batch.images, batch.shape, device);
+        let out_ = classifier::forward(&mut ops, config, &x)?;
+        let (loss, hits) = loss_and_hits(
+            &out_.logits,
+            &batch_targets(&train_targets, &batch.rows, device),
+        );
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(non_finite("classifier loss", value, step, &latest));
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step(warmup_lr(options.learning_rate, options.warmup, step));
+        step += 1;
+        bar.set_position(step);
+        loss_sum += value;
+        hit_sum += hits[0];
+        seen += 1;
+        if step % cadence.log_every == 0 || step == options.steps {
+            last_loss = loss_sum / seen as f64;
+            let train_accuracy = hit_sum as f64 / (seen * options.batch_size) as f64;
+            bar.set_message(format!("loss {last_loss:.3} accuracy {train_accuracy:.3}"));
+            log.push(step, vec![last_loss, train_accuracy])?;
+            (loss_sum, hit_sum, seen) = (0.0, 0, 0);
+        }
+        if step % cadence.validate_every == 0 || step == options.steps {
+            let scores = validate(&mut ops, config, &validation)?;
+            validation_log.push(step, vec![scores[0]])?;
+            accuracy = Some(scores);
+        }
+        if step % cadence.checkpoint_every == 0 {
+            latest = Some(save(step, accuracy.clone(), &opt)?);
+            log.plot(&out.join("loss.png"))?;
+        }
+    }
+    let accuracy = match accuracy {
+        Some(a) => a,
+        None => validate(&mut ops, config, &validation)?,
+    };
+    let checkpoint = match &latest {
+        Some(dir) if dir.ends_with(format!("step-{step:08}")) => dir.clone(),
+        _ => save(step, Some(accuracy.clone()), &opt)?,
+    };
+    log.plot(&out.join("loss.png"))?;
+    bar.finish();
+    Ok(ClassifierSummary {
+        step,
+        loss: last_loss,
+        accuracy,
+        checkpoint,
+        interrupted,
+        weights: detached(&params),
+    })
+}
