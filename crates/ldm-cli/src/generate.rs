@@ -140,7 +140,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Images side by side in rows of up to 8, 2 pixels apart on white.
-fn grid(images: &[Image]) -> Image {
+pub fn grid(images: &[Image]) -> Image {
     if images.len() == 1 {
         return images[0].clone();
     }
@@ -171,7 +171,7 @@ fn read_png(path: &Path) -> anyhow::Result<Image> {
     })
 }
 
-fn write_png(path: &Path, image: &Image) -> anyhow::Result<()> {
+pub fn write_png(path: &Path, image: &Image) -> anyhow::Result<()> {
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new(&mut bytes)
         .write_image(

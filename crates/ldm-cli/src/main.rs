@@ -1,6 +1,8 @@
 //! The `ldm` command: argument parsing and printing; the work lives in the library crates.
 
+mod bench;
 mod data;
+mod eval;
 #[cfg(feature = "train")]
 mod export;
 mod generate;
@@ -26,6 +28,12 @@ struct Cli {
 enum Command {
     /// Generate images with an exported bundle (the shipped default: export/shapes-text).
     Generate(generate::GenerateArgs),
+    /// Measure a bundle on held-out images: PSNR/SSIM/MS-SSIM, FID/KID, precision/recall,
+    /// conditioning accuracy, samples/s.
+    Eval(eval::EvalArgs),
+    /// Latency and peak memory of a bundle's networks on every available engine, end-to-end
+    /// text-to-image time, and achieved MAC/s against the machine's GEMM peak.
+    Bench(bench::BenchArgs),
     /// Prepare or check training data (image folders with metadata.jsonl).
     Data(data::DataArgs),
     /// Inspect model configurations (models/*.toml).
@@ -55,6 +63,8 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),

@@ -452,6 +452,29 @@ impl Pipeline {
         }
     }
 
+    /// The first stage's reconstruction of a square `image`: encoded (KL: the posterior's
+    /// mean; VQ: quantised inside the decoder) and decoded at the same size. Pixel-space
+    /// bundles return the image unchanged.
+    pub fn reconstruct(&mut self, image: &Image) -> Result<Image, RuntimeError> {
+        let m = &self.bundle.manifest;
+        let f = m.downsampling_factor;
+        if image.width != image.height || image.width % f != 0 || image.width == 0 {
+            return Err(RuntimeError::Request(format!(
+                "reconstruction takes square images with a side divisible by {f}, not {}x{}",
+                image.width, image.height
+            )));
+        }
+        if image.width * image.height > MAX_PIXELS {
+            return Err(RuntimeError::Request(format!(
+                "{}x{} is above the {MAX_PIXELS}-pixel budget",
+                image.width, image.height
+            )));
+        }
+        let pixels = image_tensor(image, m.image_channels)?;
+        let latent = self.encode(&pixels)?;
+        Ok(self.decode(latent, 1, image.width / f)?.remove(0))
+    }
+
     /// One image [1, C, H, W] to its scaled latent (KL: the mean; VQ: before quantisation).
     fn encode(&mut self, image: &Tensor) -> Result<Vec<f32>, RuntimeError> {
         let m = &self.bundle.manifest;

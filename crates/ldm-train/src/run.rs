@@ -11,6 +11,7 @@ use plotters::prelude::*;
 
 use crate::TrainError;
 use ldm_data::write_atomic;
+use ldm_eval::plot::font_available;
 
 /// Set by Ctrl-C (SIGINT/SIGTERM): the loop saves a checkpoint and returns.
 pub fn stop_requested() -> Arc<AtomicBool> {
@@ -178,28 +179,6 @@ fn axis_label(v: f64) -> String {
     } else {
         format!("{v:.4}")
     }
-}
-
-/// Fonts tried for plot text, in order (Debian's fonts-dejavu-core, then Liberation).
-const FONTS: [&str; 2] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-];
-
-/// Registers the first font found as plotters' "sans-serif"; plots go without text when
-/// there is none (no font ships with the project).
-fn font_available() -> bool {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        FONTS
-            .iter()
-            .find_map(|p| std::fs::read(p).ok())
-            .is_some_and(|bytes| {
-                // plotters keeps registered fonts for the whole process.
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-            })
-    })
 }
 
 fn plot_error<E: std::fmt::Display>(e: E) -> TrainError {

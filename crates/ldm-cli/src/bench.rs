@@ -1,0 +1,541 @@
+//! `ldm bench`: per-network latency and peak memory of one bundle on every engine this build
+//! can run (tract on 1 and N threads, ONNX Runtime's CPU provider, and, with the `train`
+//! feature, PyTorch eager through tch on the release's weights), end-to-end text-to-image
+//! time, and the multiply-accumulates per second achieved against the machine's GEMM peak.
+//!
+//! Each measurement runs in a child process of its own (`ldm bench --worker`), so that peak
+//! resident memory (VmHWM) belongs to one engine and one network.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ldm_core::manifest::{DType, DimSpec, GraphRole, TensorSpec};
+use ldm_nn::ModelConfig;
+use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The exported bundle.
+    #[arg(long, default_value = "export/emoji-text")]
+    bundle: PathBuf,
+    /// Its release (models/NAME): model.toml for MAC counts, weights for the tch column.
+    #[arg(long, default_value = "models/emoji-text")]
+    release: PathBuf,
+    /// Timed runs per measurement (the median is reported), after --warmup untimed ones.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: u32,
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    /// N of the multi-threaded columns (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Sampling steps of the end-to-end text-to-image runs (one guided image each).
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    /// Folder for bench.json and bench.png.
+    #[arg(long, default_value = "bench")]
+    out: PathBuf,
+    /// Internal: one measurement, described in JSON, run in a child process.
+    #[arg(long, hide = true)]
+    worker: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+enum Engine {
+    Tract,
+    OrtCpu,
+    /// PyTorch eager (libtorch) on the release's weights.
+    Tch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+enum Target {
+    Graph(GraphRole),
+    TextToImage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Task {
+    bundle: PathBuf,
+    release: PathBuf,
+    engine: Engine,
+    threads: usize,
+    target: Target,
+    runs: u32,
+    warmup: u32,
+    steps: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measured {
+    median_ms: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    target: String,
+    engine: String,
+    threads: usize,
+    median_ms: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    /// Achieved multiply-accumulates per second, in units of 1e9.
+    gmacs: Option<f64>,
+    unavailable: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    bundle: String,
+    threads: usize,
+    /// Single-precision GEMM peak of this machine, GMAC/s, on 1 and N threads.
+    gemm_peak_gmacs: (f64, f64),
+    rows: Vec<Row>,
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &a.worker {
+        let task: Task = serde_json::from_str(spec).context("malformed --worker task")?;
+        let measured = measure(&task)?;
+        println!("{}", serde_json::to_string(&measured)?);
+        return Ok(());
+    }
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    anyhow::ensure!((1..=256).contains(&threads), "--threads must be 1 to 256");
+    anyhow::ensure!((1..=1000).contains(&a.steps), "--steps must be 1 to 1000");
+    let bundle = Bundle::load(&a.bundle)
+        .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;
+    let config_path = a.release.join("model.toml");
+    let config = ModelConfig::load(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let macs: Vec<(String, u64)> = config
+        .costs()?
+        .into_iter()
+        .map(|c| (c.network.to_string(), c.macs))
+        .collect();
+    let gemm = (gemm_peak(1), gemm_peak(threads));
+    println!(
+        "GEMM peak (f32): {:.1} GMAC/s on 1 thread, {:.1} on {threads}",
+        gemm.0, gemm.1
+    );
+
+    let mut targets: Vec<Target> = bundle
+        .manifest
+        .graphs
+        .keys()
+        .map(|&r| Target::Graph(r))
+        .collect();
+    if matches!(
+        bundle.manifest.conditioning,
+        ldm_core::manifest::BundleConditioning::Text { .. }
+    ) {
+        targets.push(Target::TextToImage);
+    }
+    let engines = [
+        (Engine::Tract, 1),
+        (Engine::Tract, threads),
+        (Engine::OrtCpu, threads),
+        (Engine::Tch, threads),
+    ];
+    let mut rows = Vec::new();
+    for &target in &targets {
+        for &(engine, n) in &engines {
+            if engine == Engine::Tract
+                && n == 1
+                && threads == 1
+                && rows
+                    .iter()
+                    .any(|r: &Row| r.engine == "tract" && r.target == target_name(target))
+            {
+                continue;
+            }
+            let task = Task {
+                bundle: a.bundle.clone(),
+                release: a.release.clone(),
+                engine,
+                threads: n,
+                target,
+                runs: a.runs,
+                warmup: a.warmup,
+                steps: a.steps,
+            };
+            let result = spawn(&task);
+            let mac_count = match target {
+                Target::Graph(role) => macs
+                    .iter()
+                    .find(|(n, _)| n == role.as_str())
+                    .map(|(_, m)| *m),
+                Target::TextToImage => None,
+            };
+            let row = Row {
+                target: target_name(target),
+                engine: engine_name(engine).into(),
+                threads: n,
+                median_ms: result.as_ref().ok().map(|m| m.median_ms),
+                peak_rss_mb: result.as_ref().ok().map(|m| m.peak_rss_mb),
+                gmacs: result
+                    .as_ref()
+                    .ok()
+                    .zip(mac_count)
+                    .map(|(m, macs)| macs as f64 / (m.median_ms * 1e-3) / 1e9),
+                unavailable: result.err().map(|e| format!("{e:#}")),
+            };
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+    let report = Report {
+        bundle: a.bundle.display().to_string(),
+        threads,
+        gemm_peak_gmacs: gemm,
+        rows,
+    };
+    print_ratios(&report);
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let json_path = a.out.join("bench.json");
+    ldm_data::write_atomic(
+        &json_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let png_path = a.out.join("bench.png");
+    plot(&report, &targets, &png_path)?;
+    println!("wrote {} and {}", json_path.display(), png_path.display());
+    Ok(())
+}
+
+fn target_name(target: Target) -> String {
+    match target {
+        Target::Graph(role) => role.as_str().into(),
+        Target::TextToImage => "text-to-image".into(),
+    }
+}
+
+fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Tract => "tract",
+        Engine::OrtCpu => "ort-cpu",
+        Engine::Tch => "tch-eager",
+    }
+}
+
+/// Runs one task in a child process; its error is the child's last stderr line.
+fn spawn(task: &Task) -> anyhow::Result<Measured> {
+    let exe = std::env::current_exe().context("cannot find the ldm executable")?;
+    let output = Command::new(exe)
+        .args(["bench", "--worker", &serde_json::to_string(task)?])
+        .output()
+        .context("cannot start a benchmark worker")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("the worker failed");
+        bail!("{}", reason.trim_start_matches("error: "));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("unreadable worker output '{line}'"))
+}
+
+/// Median wall time of `run` over `runs` calls after `warmup` untimed ones.
+fn median_ms(
+    runs: u32,
+    warmup: u32,
+    mut run: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..warmup {
+        run()?;
+    }
+    let mut times = Vec::with_capacity(runs as usize);
+    for _ in 0..runs {
+        let started = Instant::now();
+        run()?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Peak resident memory of this process, in MB (Linux; NaN elsewhere).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn measure(task: &Task) -> anyhow::Result<Measured> {
+    let median_ms = match (task.engine, task.target) {
+        (Engine::Tch, target) => tch_eager::median_ms(task, target)?,
+        (engine, Target::Graph(role)) => {
+            let bundle = Bundle::load(&task.bundle)?;
+            let inputs = graph_inputs(&bundle, role)?;
+            let mut session = bundle.session(role, backend(engine), task.threads)?;
+            let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            median_ms(task.runs, task.warmup, || {
+                Ok(session.run(&named).map(drop)?)
+            })?
+        }
+        (engine, Target::TextToImage) => {
+            let mut pipeline =
+                Pipeline::new(Bundle::load(&task.bundle)?, backend(engine), task.threads)?;
+            let request = Generate::new(vec![BENCH_PROMPT.into()]).steps(task.steps);
+            // End-to-end runs are long: a third of the runs, at least one.
+            median_ms(task.runs.div_ceil(3), task.warmup.min(1), || {
+                Ok(pipeline.generate(&request, &mut |_| true).map(drop)?)
+            })?
+        }
+    };
+    Ok(Measured {
+        median_ms,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+const BENCH_PROMPT: &str = "red apple, twemoji style";
+
+fn backend(engine: Engine) -> Backend {
+    match engine {
+        Engine::OrtCpu => Backend::OrtCpu,
+        _ => Backend::Tract,
+    }
+}
+
+/// Seeded inputs of batch 1 at the bundle's resolution, as the manifest describes the graph.
+fn graph_inputs(bundle: &Bundle, role: GraphRole) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let m = &bundle.manifest;
+    let spec = m
+        .graph(role)
+        .with_context(|| format!("the bundle has no {} graph", role.as_str()))?;
+    let (side, latent) = (m.resolution, m.resolution / m.downsampling_factor);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    spec.inputs
+        .iter()
+        .map(|input: &TensorSpec| {
+            let shape: Vec<usize> = input
+                .shape
+                .iter()
+                .map(|d| match d {
+                    DimSpec::Fixed(n) => *n,
+                    DimSpec::Symbol(s) if s.starts_with("latent_") => latent,
+                    DimSpec::Symbol(s) if s == "batch" => 1,
+                    DimSpec::Symbol(_) => side,
+                })
+                .collect();
+            let n = shape.iter().product();
+            let tensor = match (input.dtype, input.name.as_str()) {
+                (DType::Int64, _) => Tensor::i64(&shape, vec![1; n])?,
+                (_, "timestep") => Tensor::f32(&shape, vec![500.0; n])?,
+                _ => Tensor::f32(
+                    &shape,
+                    (0..n).map(|_| StandardNormal.sample(&mut rng)).collect(),
+                )?,
+            };
+            Ok((input.name.clone(), tensor))
+        })
+        .collect()
+}
+
+/// Achieved f32 GEMM throughput: 512x512 products, one independent product per thread.
+fn gemm_peak(threads: usize) -> f64 {
+    const N: usize = 512;
+    const REPEATS: usize = 20;
+    let a = vec![1.0f32; N * N];
+    let b = vec![0.5f32; N * N];
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut c = vec![0.0f32; N * N];
+                for _ in 0..REPEATS {
+                    // SAFETY: a, b and c hold N x N row-major f32 matrices; strides match.
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            N,
+                            N,
+                            N,
+                            1.0,
+                            a.as_ptr(),
+                            N as isize,
+                            1,
+                            b.as_ptr(),
+                            N as isize,
+                            1,
+                            0.0,
+                            c.as_mut_ptr(),
+                            N as isize,
+                            1,
+                        );
+                    }
+                }
+                std::hint::black_box(&c);
+            });
+        }
+    });
+    (threads * REPEATS * N * N * N) as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+fn print_row(r: &Row) {
+    match (r.median_ms, &r.unavailable) {
+        (Some(ms), _) => println!(
+            "{:<15} {:<10} {:>2} threads  {:>9.2} ms  {:>7.0} MB{}",
+            r.target,
+            r.engine,
+            r.threads,
+            ms,
+            r.peak_rss_mb.unwrap_or(f64::NAN),
+            r.gmacs
+                .map_or(String::new(), |g| format!("  {g:>6.2} GMAC/s"))
+        ),
+        (None, reason) => println!(
+            "{:<15} {:<10} {:>2} threads  unavailable: {}",
+            r.target,
+            r.engine,
+            r.threads,
+            reason.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// Each engine's speed-up over PyTorch eager (or, without it, over tract on one thread).
+fn print_ratios(report: &Report) {
+    println!("\nspeed-up over tch-eager (tract 1 thread where tch is unavailable):");
+    let mut targets: Vec<&str> = report.rows.iter().map(|r| r.target.as_str()).collect();
+    targets.dedup();
+    for target in targets {
+        let rows: Vec<&Row> = report.rows.iter().filter(|r| r.target == target).collect();
+        let base = rows
+            .iter()
+            .find(|r| r.engine == "tch-eager")
+            .and_then(|r| r.median_ms)
+            .or_else(|| {
+                rows.iter()
+                    .find(|r| r.engine == "tract" && r.threads == 1)
+                    .and_then(|r| r.median_ms)
+            });
+        let cells: Vec<String> = rows
+            .iter()
+            .map(|r| match (base, r.median_ms) {
+                (Some(b), Some(ms)) => format!("{} x{}: {:.2}x", r.engine, r.threads, b / ms),
+                _ => format!("{} x{}: -", r.engine, r.threads),
+            })
+            .collect();
+        println!("  {target:<15} {}", cells.join("   "));
+    }
+}
+
+fn plot(report: &Report, targets: &[Target], path: &Path) -> anyhow::Result<()> {
+    let groups: Vec<String> = targets.iter().map(|&t| target_name(t)).collect();
+    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+    for row in &report.rows {
+        let name = format!("{} x{}", row.engine, row.threads);
+        let index = groups
+            .iter()
+            .position(|g| *g == row.target)
+            .expect("rows are of the targets");
+        let entry = match series.iter().position(|(n, _)| *n == name) {
+            Some(i) => &mut series[i].1,
+            None => {
+                series.push((name, vec![f64::NAN; groups.len()]));
+                &mut series.last_mut().expect("just pushed").1
+            }
+        };
+        entry[index] = row.median_ms.unwrap_or(f64::NAN);
+    }
+    let title = format!("{}: median latency, batch 1", report.bundle);
+    let (w, h, rgb) = ldm_eval::plot::grouped_bars(&title, "milliseconds (log)", &groups, &series)
+        .map_err(anyhow::Error::msg)?;
+    crate::generate::write_png(
+        path,
+        &ldm_runtime::Image {
+            width: w as usize,
+            height: h as usize,
+            rgb,
+        },
+    )
+}
+
+/// PyTorch eager through tch: the same networks and weights, what a user would otherwise run.
+#[cfg(feature = "train")]
+mod tch_eager {
+    use super::*;
+
+    pub fn median_ms(task: &Task, target: Target) -> anyhow::Result<f64> {
+        tch::set_num_threads(task.threads as i32);
+        let _guard = tch::no_grad_guard();
+        match target {
+            Target::Graph(role) => {
+                let release = ldm_train::release::load_release(&task.release)?;
+                let weights = match role {
+                    GraphRole::Encoder | GraphRole::Decoder => release.autoencoder.as_deref(),
+                    GraphRole::Unet => Some(release.unet.as_slice()),
+                    GraphRole::TextEncoder | GraphRole::ClassEmbedder => release.encoder.as_deref(),
+                }
+                .with_context(|| {
+                    format!("the release has no weights for the {} graph", role.as_str())
+                })?;
+                let mut ops = ldm_export::parity::reference_ops(weights)?;
+                let bundle = Bundle::load(&task.bundle)?;
+                let inputs: Vec<tch::Tensor> = graph_inputs(&bundle, role)?
+                    .iter()
+                    .map(|(_, t)| {
+                        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                        match t.data() {
+                            ldm_runtime::TensorData::F32(v) => {
+                                tch::Tensor::from_slice(v).reshape(&shape)
+                            }
+                            ldm_runtime::TensorData::I64(v) => {
+                                tch::Tensor::from_slice(v).reshape(&shape)
+                            }
+                        }
+                    })
+                    .collect();
+                super::median_ms(task.runs, task.warmup, || {
+                    ldm_export::graphs::forward(role, &release.config, &mut ops, &inputs)?;
+                    Ok(())
+                })
+            }
+            Target::TextToImage => {
+                let mut model =
+                    ldm_train::trained::TrainedModel::load(&task.release, tch::Device::Cpu)?;
+                let defaults = Bundle::load(&task.bundle)?.manifest.defaults;
+                let guidance = defaults.guidance;
+                super::median_ms(task.runs.div_ceil(3), task.warmup.min(1), || {
+                    model.generate(
+                        &[BENCH_PROMPT.to_string()],
+                        task.steps,
+                        defaults.eta,
+                        guidance,
+                        0,
+                    )?;
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "train"))]
+mod tch_eager {
+    use super::*;
+
+    pub fn median_ms(_: &Task, _: Target) -> anyhow::Result<f64> {
+        bail!("this ldm was built without the train feature (libtorch)")
+    }
+}

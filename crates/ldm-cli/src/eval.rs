@@ -1,0 +1,418 @@
+//! `ldm eval`: how good an exported bundle is, on a held-out image folder, with no libtorch.
+//!
+//! - Reconstruction (bundles with a first stage): PSNR, SSIM and MS-SSIM of encode-decode
+//!   round trips, and rFID between originals and reconstructions.
+//! - Generation (text, class and unconditional bundles): one image per held-out row, prompted
+//!   with its caption or class; FID, KID and precision/recall against the held-out images;
+//!   conditioning accuracy (the evaluator's first head against the row's value, and for
+//!   procedural scenes the colour and shape read back from the pixels); samples per second.
+//!
+//! Feature-space figures need an evaluator folder (`ldm train classifier`); they are on that
+//! network's features, not Inception's.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use image::RgbImage;
+use ldm_core::manifest::{BundleConditioning, FirstStage};
+use ldm_core::SamplerKind;
+use ldm_data::judge::judge;
+use ldm_data::{ImageFolder, Record};
+use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
+use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
+use serde::Serialize;
+
+use crate::generate::{grid, write_png, DEFAULT_BUNDLE};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The exported bundle to evaluate.
+    #[arg(long, default_value = DEFAULT_BUNDLE)]
+    bundle: PathBuf,
+    /// Held-out image folder (metadata.jsonl): the references, and the prompts.
+    #[arg(long)]
+    data: PathBuf,
+    /// Evaluator folder (from `ldm train classifier`), for FID, KID, precision/recall and
+    /// category accuracy; without it those are skipped.
+    #[arg(long)]
+    evaluator: Option<PathBuf>,
+    /// Held-out rows used (in file order): one reconstruction and one generated image each.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=10_000))]
+    samples: u32,
+    /// ddpm, ddim, plms, dpm++2m, euler or euler-a (default: the bundle's).
+    #[arg(long)]
+    sampler: Option<SamplerKind>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    guidance: Option<f64>,
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Seed of the first image; image i uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// tract, ort-cpu, ort-cuda or ort-trt.
+    #[arg(long, default_value = "tract")]
+    backend: Backend,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Only the reconstruction figures.
+    #[arg(long)]
+    no_generation: bool,
+    /// Folder for eval.json, samples.png and reconstructions.png.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Images per pipeline call.
+const BATCH: usize = 16;
+
+#[derive(Serialize)]
+struct Report {
+    bundle: String,
+    data: String,
+    rows: usize,
+    backend: &'static str,
+    evaluator: Option<String>,
+    reconstruction: Option<Reconstruction>,
+    generation: Option<Generation>,
+}
+
+#[derive(Serialize)]
+struct Reconstruction {
+    psnr: f64,
+    ssim: f64,
+    ms_ssim: f64,
+    /// FID between originals and reconstructions (evaluator features).
+    rfid: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Generation {
+    sampler: String,
+    steps: usize,
+    guidance: f64,
+    eta: f64,
+    seconds: f64,
+    samples_per_second: f64,
+    features: Option<FeatureScores>,
+    /// The evaluator's first head: generated images judged as their row's value.
+    category: Option<Accuracy>,
+    /// Procedural scenes: colour and shape both read back as the caption says.
+    colour_and_shape: Option<Accuracy>,
+}
+
+#[derive(Serialize)]
+struct FeatureScores {
+    fid: f64,
+    kid: f64,
+    kid_std: f64,
+    precision: f64,
+    recall: f64,
+}
+
+#[derive(Serialize)]
+struct Accuracy {
+    column: String,
+    generated: f64,
+    /// The same judge on the held-out images themselves: the ceiling.
+    real: f64,
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let bundle = Bundle::load(&a.bundle)
+        .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;
+    let mut evaluator = a
+        .evaluator
+        .as_deref()
+        .map(|dir| {
+            Evaluator::load(dir, a.threads)
+                .with_context(|| format!("cannot open the evaluator {}", dir.display()))
+        })
+        .transpose()?;
+    let folder = ImageFolder::open(&a.data)?;
+    let rows: Vec<Record> = folder.records().take(a.samples as usize).cloned().collect();
+    let side = bundle.manifest.resolution;
+    let real = (0..rows.len())
+        .map(|i| folder.load(i, side as u32))
+        .collect::<Result<Vec<_>, _>>()?;
+    let real_judged = evaluator.as_mut().map(|e| e.judge(&real)).transpose()?;
+    let mut pipeline = Pipeline::new(bundle, a.backend, a.threads)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+
+    let reconstruction = if pipeline.bundle().manifest.first_stage == FirstStage::Identity {
+        None
+    } else {
+        Some(reconstruct(
+            &mut pipeline,
+            &real,
+            evaluator.as_mut(),
+            real_judged.as_ref(),
+            &a.out,
+        )?)
+    };
+    let generation = if a.no_generation {
+        None
+    } else {
+        generate(
+            &mut pipeline,
+            &a,
+            &rows,
+            &real,
+            evaluator.as_mut(),
+            real_judged.as_ref(),
+        )?
+    };
+    let report = Report {
+        bundle: a.bundle.display().to_string(),
+        data: a.data.display().to_string(),
+        rows: rows.len(),
+        backend: a.backend.name(),
+        evaluator: a.evaluator.as_ref().map(|p| p.display().to_string()),
+        reconstruction,
+        generation,
+    };
+    print_report(&report);
+    let path = a.out.join("eval.json");
+    let json = serde_json::to_string_pretty(&report).expect("the report serialises");
+    ldm_data::write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn to_rgb(image: Image) -> RgbImage {
+    RgbImage::from_raw(image.width as u32, image.height as u32, image.rgb)
+        .expect("pipeline images hold width x height RGB pixels")
+}
+
+fn from_rgb(image: &RgbImage) -> Image {
+    Image {
+        width: image.width() as usize,
+        height: image.height() as usize,
+        rgb: image.as_raw().clone(),
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+fn reconstruct(
+    pipeline: &mut Pipeline,
+    real: &[RgbImage],
+    evaluator: Option<&mut Evaluator>,
+    real_judged: Option<&Judged>,
+    out: &Path,
+) -> anyhow::Result<Reconstruction> {
+    let bar = crate::progress::bar("reconstructing");
+    bar.set_length(real.len() as u64);
+    let mut recs = Vec::with_capacity(real.len());
+    let mut scores = [Vec::new(), Vec::new(), Vec::new()];
+    for image in real {
+        let rec = to_rgb(pipeline.reconstruct(&from_rgb(image))?);
+        for (s, metric) in scores.iter_mut().zip([psnr, ssim, ms_ssim]) {
+            s.push(metric(image, &rec)?);
+        }
+        recs.push(rec);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // Rows of eight originals over their reconstructions.
+    let shown = real.len().min(16);
+    let mut pairs = Vec::new();
+    for start in (0..shown).step_by(8) {
+        let end = (start + 8).min(shown);
+        pairs.extend(real[start..end].iter().map(from_rgb));
+        pairs.extend(recs[start..end].iter().map(from_rgb));
+    }
+    write_png(&out.join("reconstructions.png"), &grid(&pairs))?;
+    let rfid = match (evaluator, real_judged) {
+        (Some(e), Some(r)) => Some(fid(&r.features, &e.judge(&recs)?.features)?),
+        _ => None,
+    };
+    Ok(Reconstruction {
+        psnr: mean(&scores[0]),
+        ssim: mean(&scores[1]),
+        ms_ssim: mean(&scores[2]),
+        rfid,
+    })
+}
+
+/// The prompt each row asks for, or None when the bundle cannot generate from rows alone.
+fn prompts(
+    conditioning: &BundleConditioning,
+    rows: &[Record],
+) -> anyhow::Result<Option<Vec<String>>> {
+    let column = |name: &str| -> anyhow::Result<Vec<String>> {
+        rows.iter()
+            .map(|r| {
+                r.column(name)
+                    .with_context(|| format!("row {} has no '{name}' to prompt with", r.file_name))
+            })
+            .collect()
+    };
+    Ok(match conditioning {
+        BundleConditioning::Text { .. } => Some(column("text")?),
+        BundleConditioning::Class { .. } => Some(column("label")?),
+        BundleConditioning::None => Some(vec![String::new(); rows.len()]),
+        // Super-resolution and inpainting need an input image per sample: not a generation
+        // benchmark.
+        BundleConditioning::Concat { .. } => None,
+    })
+}
+
+fn generate(
+    pipeline: &mut Pipeline,
+    a: &EvalArgs,
+    rows: &[Record],
+    real: &[RgbImage],
+    evaluator: Option<&mut Evaluator>,
+    real_judged: Option<&Judged>,
+) -> anyhow::Result<Option<Generation>> {
+    let m = pipeline.bundle().manifest.clone();
+    let Some(prompts) = prompts(&m.conditioning, rows)? else {
+        return Ok(None);
+    };
+    let sampler = match a.sampler {
+        Some(s) => s,
+        None => m.defaults.sampler.parse().map_err(anyhow::Error::msg)?,
+    };
+    let (steps, guidance, eta) = (
+        a.steps.unwrap_or(m.defaults.steps),
+        a.guidance.unwrap_or(m.defaults.guidance),
+        a.eta.unwrap_or(m.defaults.eta),
+    );
+    let bar = crate::progress::bar("generating");
+    bar.set_length(prompts.len() as u64);
+    let started = Instant::now();
+    let mut generated = Vec::with_capacity(prompts.len());
+    for (i, chunk) in prompts.chunks(BATCH).enumerate() {
+        let mut request = Generate::new(chunk.to_vec())
+            .sampler(sampler)
+            .steps(steps)
+            .guidance(guidance)
+            .eta(eta)
+            .seed(a.seed + (i * BATCH) as u64);
+        request.size = Some(m.resolution);
+        let images = pipeline.generate(&request, &mut |_| true)?;
+        generated.extend(images.into_iter().map(to_rgb));
+        bar.inc(chunk.len() as u64);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let shown: Vec<Image> = generated.iter().take(64).map(from_rgb).collect();
+    write_png(&a.out.join("samples.png"), &grid(&shown))?;
+
+    let (features, category) = match (evaluator, real_judged) {
+        (Some(e), Some(r)) => {
+            let g = e.judge(&generated)?;
+            let k = kid(&r.features, &g.features, 50, 1000, 0)?;
+            let pr = precision_recall(&r.features, &g.features, 3)?;
+            let scores = FeatureScores {
+                fid: fid(&r.features, &g.features)?,
+                kid: k.mean,
+                kid_std: k.std,
+                precision: pr.precision,
+                recall: pr.recall,
+            };
+            let head = &e.manifest.config.heads[0];
+            let wanted: Vec<Option<usize>> = rows
+                .iter()
+                .map(|row| {
+                    row.column(&head.column)
+                        .and_then(|v| head.classes.binary_search(&v).ok())
+                })
+                .collect();
+            let share = |predicted: &[usize]| {
+                let judged: Vec<bool> = wanted
+                    .iter()
+                    .zip(predicted)
+                    .filter_map(|(w, p)| w.map(|w| w == *p))
+                    .collect();
+                judged.iter().filter(|&&ok| ok).count() as f64 / judged.len().max(1) as f64
+            };
+            let category = Accuracy {
+                column: head.column.clone(),
+                generated: share(&g.predictions[0]),
+                real: share(&r.predictions[0]),
+            };
+            (Some(scores), Some(category))
+        }
+        _ => (None, None),
+    };
+    let colour_and_shape = rows
+        .iter()
+        .all(|r| r.column("colour").is_some() && r.column("shape").is_some())
+        .then(|| {
+            let share = |images: &[RgbImage]| {
+                let right = rows
+                    .iter()
+                    .zip(images)
+                    .filter(|(row, image)| {
+                        judge(image).is_some_and(|j| {
+                            row.column("colour").as_deref() == Some(j.colour)
+                                && row.column("shape").as_deref() == Some(j.shape)
+                        })
+                    })
+                    .count();
+                right as f64 / rows.len() as f64
+            };
+            Accuracy {
+                column: "colour+shape".into(),
+                generated: share(&generated),
+                real: share(real),
+            }
+        });
+    Ok(Some(Generation {
+        sampler: sampler.name().into(),
+        steps,
+        guidance,
+        eta,
+        seconds,
+        samples_per_second: generated.len() as f64 / seconds,
+        features,
+        category,
+        colour_and_shape,
+    }))
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{} on {} ({} held-out rows, {})",
+        r.bundle, r.data, r.rows, r.backend
+    );
+    if let Some(rec) = &r.reconstruction {
+        println!(
+            "  reconstruction   PSNR {:.2} dB   SSIM {:.4}   MS-SSIM {:.4}{}",
+            rec.psnr,
+            rec.ssim,
+            rec.ms_ssim,
+            rec.rfid
+                .map_or(String::new(), |f| format!("   rFID {f:.2}"))
+        );
+    }
+    if let Some(g) = &r.generation {
+        println!(
+            "  generation       {} {} steps, guidance {}, eta {}: {:.2} samples/s",
+            g.sampler, g.steps, g.guidance, g.eta, g.samples_per_second
+        );
+        if let Some(f) = &g.features {
+            println!(
+                "  features         FID {:.2}   KID {:.4} ± {:.4}   precision {:.3}   recall {:.3}",
+                f.fid, f.kid, f.kid_std, f.precision, f.recall
+            );
+        }
+        for acc in [&g.category, &g.colour_and_shape].into_iter().flatten() {
+            println!(
+                "  {:<16} {:.1} % of generated images (held-out images: {:.1} %)",
+                acc.column,
+                100.0 * acc.generated,
+                100.0 * acc.real
+            );
+        }
+    }
+}
