@@ -517,7 +517,7 @@ mod tch_eager {
                 let defaults = Bundle::load(&task.bundle)?.manifest.defaults;
                 let guidance = defaults.guidance;
                 super::median_ms(task.runs.div_ceil(3), task.warmup.min(1), || {
-                    model.generate(
+                    let _image = model.generate(
                         &[BENCH_PROMPT.to_string()],
                         task.steps,
                         defaults.eta,

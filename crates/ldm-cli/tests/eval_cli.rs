@@ -1,0 +1,163 @@
+//! `ldm eval` and `ldm bench` on the shipped shapes bundle (run from the repository root, as a
+//! user would): what they measure and write, and how they refuse bad input.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ldm, output, shapes_data};
+use serde_json::Value;
+
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn number(report: &Value, pointer: &str) -> f64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} missing in {report}"))
+}
+
+#[test]
+fn eval_measures_reconstruction_generation_and_conditioning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shapes_data(dir.path(), 40, 64);
+    let out = dir.path().join("eval");
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["eval", "--bundle", "export/shapes-text"])
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "--samples",
+                "8",
+                "--steps",
+                "2",
+            ])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    assert!(ok, "{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(report["rows"], 8);
+    let psnr = number(&report, "/reconstruction/psnr");
+    assert!((10.0..60.0).contains(&psnr), "{report}");
+    for metric in ["ssim", "ms_ssim"] {
+        let v = number(&report, &format!("/reconstruction/{metric}"));
+        assert!(v > 0.0 && v <= 1.0, "{metric} {v}");
+    }
+    assert!(number(&report, "/generation/samples_per_second") > 0.0);
+    assert_eq!(report["generation"]["steps"], 2);
+    // The pixel judge reads the held-out scenes themselves almost always right.
+    assert!(
+        number(&report, "/generation/colour_and_shape/real") >= 0.75,
+        "{report}"
+    );
+    // No evaluator: no feature-space figures.
+    assert!(report["generation"]["features"].is_null());
+    for png in ["samples.png", "reconstructions.png"] {
+        assert!(image::open(out.join(png)).is_ok(), "{png}");
+    }
+}
+
+#[test]
+fn eval_refuses_bad_input_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("eval");
+    let out = out.to_str().unwrap();
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["eval", "--data", "/nowhere", "--out", out]),
+    );
+    assert!(!ok && text.contains("/nowhere"), "{text}");
+    let data = shapes_data(dir.path(), 40, 64);
+    let data = data.to_str().unwrap();
+    let (ok, text) = output(ldm().current_dir(repo_root()).args([
+        "eval",
+        "--data",
+        data,
+        "--evaluator",
+        "/no/evaluator",
+        "--out",
+        out,
+    ]));
+    assert!(
+        !ok && text.contains("cannot open the evaluator /no/evaluator"),
+        "{text}"
+    );
+    let (ok, text) = output(ldm().current_dir(repo_root()).args([
+        "eval",
+        "--data",
+        data,
+        "--samples",
+        "2",
+        "--out",
+        out,
+    ]));
+    assert!(!ok && text.contains("--samples"), "{text}");
+}
+
+#[test]
+fn bench_measures_every_graph_and_writes_json_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args([
+                "bench",
+                "--bundle",
+                "export/shapes-text",
+                "--release",
+                "models/shapes-text",
+            ])
+            .args([
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--steps",
+                "1",
+                "--threads",
+                "1",
+            ])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    assert!(ok, "{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    for target in [
+        "encoder",
+        "decoder",
+        "unet",
+        "text_encoder",
+        "text-to-image",
+    ] {
+        let tract = rows
+            .iter()
+            .find(|r| r["target"] == target && r["engine"] == "tract")
+            .unwrap_or_else(|| panic!("no tract row for {target}: {report}"));
+        assert!(tract["median_ms"].as_f64().unwrap() > 0.0, "{tract}");
+        assert!(tract["peak_rss_mb"].as_f64().unwrap() > 1.0, "{tract}");
+    }
+    let unet = rows
+        .iter()
+        .find(|r| r["target"] == "unet" && r["engine"] == "tract")
+        .unwrap();
+    assert!(unet["gmacs"].as_f64().unwrap() > 0.0);
+    assert!(number(&report, "/gemm_peak_gmacs/0") > 0.0);
+    assert!(image::open(out.join("bench.png")).is_ok());
+
+    let (ok, text) = output(ldm().current_dir(repo_root()).args([
+        "bench",
+        "--release",
+        "/no/release",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(!ok && text.contains("/no/release/model.toml"), "{text}");
+}
