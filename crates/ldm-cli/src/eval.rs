@@ -24,7 +24,7 @@ use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judge
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 use serde::Serialize;
 
-use crate::generate::{grid, write_png, DEFAULT_BUNDLE};
+use crate::generate::{default_threads, grid, write_png, DEFAULT_BUNDLE};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -38,7 +38,8 @@ pub struct EvalArgs {
     /// category accuracy; without it those are skipped.
     #[arg(long)]
     evaluator: Option<PathBuf>,
-    /// Held-out rows used (in file order): one reconstruction and one generated image each.
+    /// Held-out rows used (spread evenly over the folder): one reconstruction and one
+    /// generated image each.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=10_000))]
     samples: u32,
     /// ddpm, ddim, plms, dpm++2m, euler or euler-a (default: the bundle's).
@@ -56,8 +57,9 @@ pub struct EvalArgs {
     /// tract, ort-cpu, ort-cuda or ort-trt.
     #[arg(long, default_value = "tract")]
     backend: Backend,
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Engine threads (default: as for `ldm generate`).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Only the reconstruction figures.
     #[arg(long)]
     no_generation: bool,
@@ -107,6 +109,9 @@ struct Generation {
 #[derive(Serialize)]
 struct FeatureScores {
     fid: f64,
+    /// FID between the even and odd held-out rows: the floor at half this sample size (FID
+    /// is biased upwards on small sets; KID is not).
+    fid_real_halves: f64,
     kid: f64,
     kid_std: f64,
     precision: f64,
@@ -119,27 +124,35 @@ struct Accuracy {
     generated: f64,
     /// The same judge on the held-out images themselves: the ceiling.
     real: f64,
+    /// Share of the most common value among the rows: what always guessing it scores.
+    majority: f64,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let threads = a.threads.unwrap_or_else(|| default_threads(a.backend));
     let bundle = Bundle::load(&a.bundle)
         .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;
     let mut evaluator = a
         .evaluator
         .as_deref()
         .map(|dir| {
-            Evaluator::load(dir, a.threads)
+            Evaluator::load(dir, threads)
                 .with_context(|| format!("cannot open the evaluator {}", dir.display()))
         })
         .transpose()?;
     let folder = ImageFolder::open(&a.data)?;
-    let rows: Vec<Record> = folder.records().take(a.samples as usize).cloned().collect();
+    // Rows spread evenly over the folder (folders are often sorted by style or class).
+    let all: Vec<&Record> = folder.records().collect();
+    let count = (a.samples as usize).min(all.len());
+    let picked: Vec<usize> = (0..count).map(|i| i * all.len() / count).collect();
+    let rows: Vec<Record> = picked.iter().map(|&i| all[i].clone()).collect();
     let side = bundle.manifest.resolution;
-    let real = (0..rows.len())
-        .map(|i| folder.load(i, side as u32))
+    let real = picked
+        .iter()
+        .map(|&i| folder.load(i, side as u32))
         .collect::<Result<Vec<_>, _>>()?;
     let real_judged = evaluator.as_mut().map(|e| e.judge(&real)).transpose()?;
-    let mut pipeline = Pipeline::new(bundle, a.backend, a.threads)?;
+    let mut pipeline = Pipeline::new(bundle, a.backend, threads)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
 
@@ -310,10 +323,17 @@ fn generate(
     let (features, category) = match (evaluator, real_judged) {
         (Some(e), Some(r)) => {
             let g = e.judge(&generated)?;
-            let k = kid(&r.features, &g.features, 50, 1000, 0)?;
+            // Subsets of half the rows (at most the usual 1,000), so that the spread over
+            // subsets says something on held-out splits of a few hundred images.
+            let subset = (rows.len() / 2).min(1000);
+            let k = kid(&r.features, &g.features, 50, subset, 0)?;
+            let (even, odd): (Vec<_>, Vec<_>) =
+                r.features.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+            let strip = |v: Vec<(usize, Vec<f32>)>| v.into_iter().map(|(_, f)| f).collect::<Vec<_>>();
             let pr = precision_recall(&r.features, &g.features, 3)?;
             let scores = FeatureScores {
                 fid: fid(&r.features, &g.features)?,
+                fid_real_halves: fid(&strip(even), &strip(odd))?,
                 kid: k.mean,
                 kid_std: k.std,
                 precision: pr.precision,
@@ -339,6 +359,7 @@ fn generate(
                 column: head.column.clone(),
                 generated: share(&g.predictions[0]),
                 real: share(&r.predictions[0]),
+                majority: majority(rows.iter().map(|row| row.column(&head.column))),
             };
             (Some(scores), Some(category))
         }
@@ -365,6 +386,9 @@ fn generate(
                 column: "colour+shape".into(),
                 generated: share(&generated),
                 real: share(real),
+                majority: majority(rows.iter().map(|row| {
+                    Some(format!("{:?} {:?}", row.column("colour"), row.column("shape")))
+                })),
             }
         });
     Ok(Some(Generation {
@@ -378,6 +402,19 @@ fn generate(
         category,
         colour_and_shape,
     }))
+}
+
+/// The share of the most common value (rows without one count against it).
+fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut total = 0usize;
+    for value in values {
+        total += 1;
+        if let Some(v) = value {
+            *counts.entry(v).or_insert(0usize) += 1;
+        }
+    }
+    counts.values().max().map_or(0.0, |&m| m as f64 / total.max(1) as f64)
 }
 
 fn print_report(r: &Report) {
@@ -402,16 +439,17 @@ fn print_report(r: &Report) {
         );
         if let Some(f) = &g.features {
             println!(
-                "  features         FID {:.2}   KID {:.4} ± {:.4}   precision {:.3}   recall {:.3}",
-                f.fid, f.kid, f.kid_std, f.precision, f.recall
+                "  features         FID {:.2} (held-out halves: {:.2})   KID {:.4} ± {:.4}   precision {:.3}   recall {:.3}",
+                f.fid, f.fid_real_halves, f.kid, f.kid_std, f.precision, f.recall
             );
         }
         for acc in [&g.category, &g.colour_and_shape].into_iter().flatten() {
             println!(
-                "  {:<16} {:.1} % of generated images (held-out images: {:.1} %)",
+                "  {:<16} {:.1} % of generated images (held-out images: {:.1} %; most common value: {:.1} %)",
                 acc.column,
                 100.0 * acc.generated,
-                100.0 * acc.real
+                100.0 * acc.real,
+                100.0 * acc.majority
             );
         }
     }

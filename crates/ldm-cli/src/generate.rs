@@ -64,9 +64,11 @@ pub struct GenerateArgs {
     /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
-    /// Threads of tract's matrix products, or ONNX Runtime's intra-op threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Threads of tract's matrix products, or ONNX Runtime's intra-op threads (default: 1 for
+    /// tract, whose small matrix products run slower split; the machine's cores for ONNX
+    /// Runtime; see BENCHMARKS.md).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -82,7 +84,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.bundle.display()
         )
     })?;
-    let mut pipeline = Pipeline::new(bundle, args.backend, args.threads)?;
+    let threads = args.threads.unwrap_or_else(|| default_threads(args.backend));
+    let mut pipeline = Pipeline::new(bundle, args.backend, threads)?;
     let prompt = args.class.clone().unwrap_or_else(|| args.prompt.clone());
     let mut request = Generate::new(vec![prompt; args.batch as usize])
         .seed(args.seed)
@@ -137,6 +140,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Threads a backend runs best with here when the user does not say.
+pub fn default_threads(backend: Backend) -> usize {
+    match backend {
+        Backend::Tract => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 /// Images side by side in rows of up to 8, 2 pixels apart on white.
