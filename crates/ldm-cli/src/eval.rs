@@ -17,14 +17,13 @@ use anyhow::Context;
 use clap::Args;
 use image::RgbImage;
 use ldm_core::manifest::{BundleConditioning, FirstStage};
-use ldm_core::SamplerKind;
 use ldm_data::judge::judge;
 use ldm_data::{ImageFolder, Record};
 use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 use serde::Serialize;
 
-use crate::generate::{default_threads, grid, write_png, DEFAULT_BUNDLE};
+use crate::generate::{default_threads, grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -42,18 +41,8 @@ pub struct EvalArgs {
     /// generated image each.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=10_000))]
     samples: u32,
-    /// ddpm, ddim, plms, dpm++2m, euler or euler-a (default: the bundle's).
-    #[arg(long)]
-    sampler: Option<SamplerKind>,
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    guidance: Option<f64>,
-    #[arg(long)]
-    eta: Option<f64>,
-    /// Seed of the first image; image i uses seed + i.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// tract, ort-cpu, ort-cuda or ort-trt.
     #[arg(long, default_value = "tract")]
     backend: Backend,
@@ -290,14 +279,15 @@ fn generate(
     let Some(prompts) = prompts(&m.conditioning, rows)? else {
         return Ok(None);
     };
-    let sampler = match a.sampler {
+    let sampling = &a.sampling;
+    let sampler = match sampling.sampler {
         Some(s) => s,
         None => m.defaults.sampler.parse().map_err(anyhow::Error::msg)?,
     };
     let (steps, guidance, eta) = (
-        a.steps.unwrap_or(m.defaults.steps),
-        a.guidance.unwrap_or(m.defaults.guidance),
-        a.eta.unwrap_or(m.defaults.eta),
+        sampling.steps.unwrap_or(m.defaults.steps),
+        sampling.guidance.unwrap_or(m.defaults.guidance),
+        sampling.eta.unwrap_or(m.defaults.eta),
     );
     let bar = crate::progress::bar("generating");
     bar.set_length(prompts.len() as u64);
@@ -309,7 +299,7 @@ fn generate(
             .steps(steps)
             .guidance(guidance)
             .eta(eta)
-            .seed(a.seed + (i * BATCH) as u64);
+            .seed(sampling.seed + (i * BATCH) as u64);
         request.size = Some(m.resolution);
         let images = pipeline.generate(&request, &mut |_| true)?;
         generated.extend(images.into_iter().map(to_rgb));
@@ -327,9 +317,14 @@ fn generate(
             // subsets says something on held-out splits of a few hundred images.
             let subset = (rows.len() / 2).min(1000);
             let k = kid(&r.features, &g.features, 50, subset, 0)?;
-            let (even, odd): (Vec<_>, Vec<_>) =
-                r.features.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
-            let strip = |v: Vec<(usize, Vec<f32>)>| v.into_iter().map(|(_, f)| f).collect::<Vec<_>>();
+            let (even, odd): (Vec<_>, Vec<_>) = r
+                .features
+                .iter()
+                .cloned()
+                .enumerate()
+                .partition(|(i, _)| i % 2 == 0);
+            let strip =
+                |v: Vec<(usize, Vec<f32>)>| v.into_iter().map(|(_, f)| f).collect::<Vec<_>>();
             let pr = precision_recall(&r.features, &g.features, 3)?;
             let scores = FeatureScores {
                 fid: fid(&r.features, &g.features)?,
@@ -387,7 +382,11 @@ fn generate(
                 generated: share(&generated),
                 real: share(real),
                 majority: majority(rows.iter().map(|row| {
-                    Some(format!("{:?} {:?}", row.column("colour"), row.column("shape")))
+                    Some(format!(
+                        "{:?} {:?}",
+                        row.column("colour"),
+                        row.column("shape")
+                    ))
                 })),
             }
         });
@@ -414,7 +413,10 @@ fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
             *counts.entry(v).or_insert(0usize) += 1;
         }
     }
-    counts.values().max().map_or(0.0, |&m| m as f64 / total.max(1) as f64)
+    counts
+        .values()
+        .max()
+        .map_or(0.0, |&m| m as f64 / total.max(1) as f64)
 }
 
 fn print_report(r: &Report) {

@@ -27,24 +27,11 @@ pub struct GenerateArgs {
     /// The exported bundle folder.
     #[arg(long, default_value = DEFAULT_BUNDLE)]
     bundle: PathBuf,
-    /// ddpm, ddim, plms, dpm++2m, euler or euler-a (default: the bundle's).
-    #[arg(long)]
-    sampler: Option<SamplerKind>,
-    /// Sampling steps (default: the bundle's).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Classifier-free guidance scale; 1 turns guidance off (default: the bundle's).
-    #[arg(long)]
-    guidance: Option<f64>,
-    /// DDIM's eta: 0 deterministic, 1 with DDPM's variance (default: the bundle's).
-    #[arg(long)]
-    eta: Option<f64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// What guidance steers away from (text models).
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Seed of the first image; image i uses seed + i.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Image side in pixels (default: the training resolution).
     #[arg(long)]
     size: Option<usize>,
@@ -71,6 +58,26 @@ pub struct GenerateArgs {
     threads: Option<usize>,
 }
 
+/// How images are sampled; every option defaults to the bundle's manifest.
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// ddpm, ddim, plms, dpm++2m, euler or euler-a (default: the bundle's).
+    #[arg(long)]
+    pub sampler: Option<SamplerKind>,
+    /// Sampling steps (default: the bundle's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 turns guidance off (default: the bundle's).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// DDIM's eta: 0 deterministic, 1 with DDPM's variance (default: the bundle's).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Seed of the first image; image i uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
         bail!(
@@ -84,16 +91,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.bundle.display()
         )
     })?;
-    let threads = args.threads.unwrap_or_else(|| default_threads(args.backend));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| default_threads(args.backend));
     let mut pipeline = Pipeline::new(bundle, args.backend, threads)?;
     let prompt = args.class.clone().unwrap_or_else(|| args.prompt.clone());
     let mut request = Generate::new(vec![prompt; args.batch as usize])
-        .seed(args.seed)
+        .seed(args.sampling.seed)
         .negative_prompt(&args.negative_prompt);
-    request.sampler = args.sampler;
-    request.steps = args.steps;
-    request.guidance = args.guidance;
-    request.eta = args.eta;
+    request.sampler = args.sampling.sampler;
+    request.steps = args.sampling.steps;
+    request.guidance = args.sampling.guidance;
+    request.eta = args.sampling.eta;
     request.size = args.size;
     request.strength = args.strength;
     request.init_image = args.init_image.as_deref().map(read_png).transpose()?;

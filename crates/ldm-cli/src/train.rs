@@ -40,19 +40,9 @@ enum TrainCommand {
     },
 }
 
-/// What both stages share: configuration, data, run folder, device, cadence.
+/// What every run shares: its folder, device, step budget and cadence.
 #[derive(Args)]
-struct Common {
-    /// Model configuration (TOML); with --resume, defaults to the run's own config.toml.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Image folder with metadata.jsonl (e.g. data/emoji/train).
-    #[arg(long)]
-    data: PathBuf,
-    /// Held-out image folder for validation and sample grids (default: the sibling
-    /// `validation` folder of --data when there is one).
-    #[arg(long)]
-    validation: Option<PathBuf>,
+struct RunArgs {
     /// Run folder: checkpoints, logs, loss curve and image grids.
     #[arg(long)]
     out: PathBuf,
@@ -72,14 +62,31 @@ struct Common {
     seed: Option<u64>,
     #[arg(long, default_value_t = 50)]
     log_every: u64,
-    /// Steps between validations (autoencoder) or sample grids (diffusion).
-    #[arg(long, default_value_t = 1000)]
-    sample_every: u64,
     #[arg(long, default_value_t = 500)]
     checkpoint_every: u64,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// What both stages share: configuration, data and the run.
+#[derive(Args)]
+struct Common {
+    /// Model configuration (TOML); with --resume, defaults to the run's own config.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Image folder with metadata.jsonl (e.g. data/emoji/train).
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out image folder for validation and sample grids (default: the sibling
+    /// `validation` folder of --data when there is one).
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Steps between validations (autoencoder) or sample grids (diffusion).
+    #[arg(long, default_value_t = 1000)]
+    sample_every: u64,
 }
 
 #[derive(Args)]
@@ -135,33 +142,13 @@ struct ClassifierArgs {
     /// Side of the images the network sees.
     #[arg(long, default_value_t = 64)]
     resolution: usize,
-    /// Run folder: checkpoints, logs, loss curve.
-    #[arg(long)]
-    out: PathBuf,
     /// Evaluator folder written at the end (default: <out>/evaluator).
     #[arg(long)]
     evaluator: Option<PathBuf>,
-    #[arg(long)]
-    resume: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    #[arg(long)]
-    steps: Option<u64>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long, default_value_t = 50)]
-    log_every: u64,
+    #[command(flatten)]
+    run: RunArgs,
     #[arg(long, default_value_t = 500)]
     validate_every: u64,
-    #[arg(long, default_value_t = 500)]
-    checkpoint_every: u64,
-    #[arg(long)]
-    quiet: bool,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -185,9 +172,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
 impl Common {
     fn config(&self) -> anyhow::Result<ModelConfig> {
-        let path = match (&self.config, self.resume) {
+        let path = match (&self.config, self.run.resume) {
             (Some(path), _) => path.clone(),
-            (None, true) => self.out.join("config.toml"),
+            (None, true) => self.run.out.join("config.toml"),
             (None, false) => {
                 anyhow::bail!("--config is required (it may be left out only with --resume)")
             }
@@ -203,15 +190,15 @@ impl Common {
 
     fn cadence(&self) -> anyhow::Result<Cadence> {
         cadence(
-            self.log_every,
+            self.run.log_every,
             self.sample_every,
-            self.checkpoint_every,
-            self.quiet,
+            self.run.checkpoint_every,
+            self.run.quiet,
         )
     }
 
     fn device(&self) -> anyhow::Result<tch::Device> {
-        Ok(ldm_train::parse_device(&self.device)?)
+        Ok(ldm_train::parse_device(&self.run.device)?)
     }
 }
 
@@ -257,10 +244,10 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
     let config = c.config()?;
     let d = AutoencoderOptions::default();
     let options = AutoencoderOptions {
-        steps: c.steps.unwrap_or(d.steps),
-        batch_size: c.batch_size.unwrap_or(d.batch_size),
-        learning_rate: c.lr.unwrap_or(d.learning_rate),
-        seed: c.seed.unwrap_or(d.seed),
+        steps: c.run.steps.unwrap_or(d.steps),
+        batch_size: c.run.batch_size.unwrap_or(d.batch_size),
+        learning_rate: c.run.lr.unwrap_or(d.learning_rate),
+        seed: c.run.seed.unwrap_or(d.seed),
         flip: !a.no_flip,
         kl_weight: a.kl_weight.unwrap_or(d.kl_weight),
         perceptual_weight: a.perceptual_weight.unwrap_or(d.perceptual_weight),
@@ -274,13 +261,13 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         &config,
         &c.data,
         validation.as_deref(),
-        &c.out,
+        &c.run.out,
         options,
         c.cadence()?,
         c.device()?,
-        c.resume,
+        c.run.resume,
     )
-    .with_context(|| format!("training the autoencoder in {}", c.out.display()))?;
+    .with_context(|| format!("training the autoencoder in {}", c.run.out.display()))?;
     let losses: Vec<String> = summary
         .last_losses
         .iter()
@@ -299,7 +286,7 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
     if let Some((psnr, ssim)) = summary.validation {
         println!("validation: PSNR {psnr:.2} dB, SSIM {ssim:.4}");
     }
-    print_outputs(&c.out, &summary.checkpoint);
+    print_outputs(&c.run.out, &summary.checkpoint);
     Ok(())
 }
 
@@ -308,10 +295,10 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
     let config = c.config()?;
     let d = DiffusionOptions::default();
     let options = DiffusionOptions {
-        steps: c.steps.unwrap_or(d.steps),
-        batch_size: c.batch_size.unwrap_or(d.batch_size),
-        learning_rate: c.lr.unwrap_or(d.learning_rate),
-        seed: c.seed.unwrap_or(d.seed),
+        steps: c.run.steps.unwrap_or(d.steps),
+        batch_size: c.run.batch_size.unwrap_or(d.batch_size),
+        learning_rate: c.run.lr.unwrap_or(d.learning_rate),
+        seed: c.run.seed.unwrap_or(d.seed),
         warmup: a.warmup.unwrap_or(d.warmup),
         ema_decay: a.ema_decay.unwrap_or(d.ema_decay),
         condition_dropout: a.condition_dropout.unwrap_or(d.condition_dropout),
@@ -336,13 +323,13 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
     let summary = train_diffusion(
         &config,
         inputs,
-        &c.out,
+        &c.run.out,
         options,
         c.cadence()?,
         c.device()?,
-        c.resume,
+        c.run.resume,
     )
-    .with_context(|| format!("training the diffusion model in {}", c.out.display()))?;
+    .with_context(|| format!("training the diffusion model in {}", c.run.out.display()))?;
     println!(
         "{} at step {}: loss {}, latent scale factor {:.5}",
         if summary.interrupted {
@@ -354,7 +341,7 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
         summary.scale_factor
     );
-    print_outputs(&c.out, &summary.checkpoint);
+    print_outputs(&c.run.out, &summary.checkpoint);
     Ok(())
 }
 
@@ -369,10 +356,10 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
     let config = ClassifierConfig::new(a.resolution, heads);
     let d = ClassifierOptions::default();
     let options = ClassifierOptions {
-        steps: a.steps.unwrap_or(d.steps),
-        batch_size: a.batch_size.unwrap_or(d.batch_size),
-        learning_rate: a.lr.unwrap_or(d.learning_rate),
-        seed: a.seed.unwrap_or(d.seed),
+        steps: a.run.steps.unwrap_or(d.steps),
+        batch_size: a.run.batch_size.unwrap_or(d.batch_size),
+        learning_rate: a.run.lr.unwrap_or(d.learning_rate),
+        seed: a.run.seed.unwrap_or(d.seed),
         ..d
     };
     check_positive("--lr", options.learning_rate)?;
@@ -381,13 +368,18 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
         &config,
         &a.data,
         &validation,
-        &a.out,
+        &a.run.out,
         options,
-        cadence(a.log_every, a.validate_every, a.checkpoint_every, a.quiet)?,
-        ldm_train::parse_device(&a.device)?,
-        a.resume,
+        cadence(
+            a.run.log_every,
+            a.validate_every,
+            a.run.checkpoint_every,
+            a.run.quiet,
+        )?,
+        ldm_train::parse_device(&a.run.device)?,
+        a.run.resume,
     )
-    .with_context(|| format!("training the classifier in {}", a.out.display()))?;
+    .with_context(|| format!("training the classifier in {}", a.run.out.display()))?;
     let accuracy: Vec<String> = config
         .heads
         .iter()
@@ -405,11 +397,11 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
         summary.loss,
         accuracy.join(", ")
     );
-    print_outputs(&a.out, &summary.checkpoint);
+    print_outputs(&a.run.out, &summary.checkpoint);
     if summary.interrupted {
         return Ok(());
     }
-    let evaluator = a.evaluator.unwrap_or_else(|| a.out.join("evaluator"));
+    let evaluator = a.evaluator.unwrap_or_else(|| a.run.out.join("evaluator"));
     let exported = export_evaluator(
         &config,
         &summary.weights,

@@ -48,21 +48,24 @@ fn tensor(images: &[RgbImage]) -> Tensor {
     Tensor::from_slice(&pixels).reshape([images.len() as i64, 3, side, side])
 }
 
-#[test]
-fn the_exported_evaluator_computes_what_tch_computes() {
-    let config = tiny_config();
+/// A freshly initialised network (seed 0) and its weights rounded to f16, as exports store
+/// them.
+fn fresh_network(config: &ClassifierConfig) -> (TchOps, Vec<(String, Tensor)>) {
     tch::manual_seed(0);
     let mut ops = TchOps::new(Device::Cpu);
-    let _ = classifier::forward(
-        &mut ops,
-        &config,
-        &Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu)),
-    )
-    .unwrap();
-    let weights: Vec<(String, Tensor)> = sorted_params(&ops)
+    let probe = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let _ = classifier::forward(&mut ops, config, &probe).unwrap();
+    let weights = sorted_params(&ops)
         .into_iter()
         .map(|(n, t)| (n, t.detach().to_kind(Kind::Half).to_kind(Kind::Float)))
         .collect();
+    (ops, weights)
+}
+
+#[test]
+fn the_exported_evaluator_computes_what_tch_computes() {
+    let config = tiny_config();
+    let (mut ops, weights) = fresh_network(&config);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("evaluator");
     let exported = export_evaluator(&config, &weights, "crc32:0", 7, &[0.5, 0.9], &out).unwrap();
@@ -110,14 +113,7 @@ fn the_exported_evaluator_computes_what_tch_computes() {
 #[test]
 fn a_damaged_evaluator_folder_is_refused_by_name() {
     let config = tiny_config();
-    let mut ops = TchOps::new(Device::Cpu);
-    let _ = classifier::forward(
-        &mut ops,
-        &config,
-        &Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu)),
-    )
-    .unwrap();
-    let weights = sorted_params(&ops);
+    let (_, weights) = fresh_network(&config);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("evaluator");
     export_evaluator(&config, &weights, "crc32:0", 1, &[0.5, 0.5], &out).unwrap();

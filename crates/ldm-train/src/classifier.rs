@@ -245,12 +245,7 @@ pub fn train_classifier(
     let params = sorted_params(&ops);
     let mut opt = AdamW::new(
         shallow(&params),
-        AdamConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: options.weight_decay,
-        },
+        AdamConfig::with_weight_decay(options.weight_decay),
     );
     if let Start::Resume(checkpoint) = &start {
         opt.load_state(&checkpoint::load_weights(checkpoint, OPTIMIZER, None)?)

@@ -226,12 +226,7 @@ pub fn train_diffusion(
     let params = model.named_params();
     let mut opt = AdamW::new(
         shallow(&params),
-        AdamConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: options.weight_decay,
-        },
+        AdamConfig::with_weight_decay(options.weight_decay),
     );
     let mut ema = Ema::new(&params, options.ema_decay);
     if let (Start::Resume(checkpoint), Some(state)) = (&start, &resumed) {

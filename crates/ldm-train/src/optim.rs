@@ -14,6 +14,18 @@ pub struct AdamConfig {
     pub weight_decay: f64,
 }
 
+impl AdamConfig {
+    /// PyTorch's defaults (betas 0.9, 0.999; eps 1e-8) with `weight_decay`.
+    pub fn with_weight_decay(weight_decay: f64) -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+}
+
 pub struct AdamW {
     params: Vec<(String, Tensor)>,
     m: Vec<Tensor>,
