@@ -43,6 +43,25 @@ fn every_shipped_configuration_loads_and_counts() {
     }
 }
 
+/// The compression trade-off presets (LDM-1 to LDM-16 on 64x64 emoji) compare like with like:
+/// UNets within 15 % of each other in size, each f doing less work per step than the last.
+#[test]
+fn tradeoff_presets_have_comparable_unets_and_falling_cost() {
+    let mut previous_macs = u64::MAX;
+    let mut sizes = Vec::new();
+    for f in [1, 2, 4, 8, 16] {
+        let config = load(&format!("tradeoff-f{f}.toml"));
+        assert_eq!(config.autoencoder.factor, f);
+        assert_eq!(config.latent_resolution(), 64 / f);
+        let unet = config.costs().unwrap().into_iter().find(|c| c.network == "unet").unwrap();
+        assert!(unet.macs < previous_macs, "LDM-{f} costs {} MACs", unet.macs);
+        previous_macs = unet.macs;
+        sizes.push(unet.parameters as f64);
+    }
+    let (small, large) = sizes.iter().fold((f64::MAX, 0f64), |(s, l), &p| (s.min(p), l.max(p)));
+    assert!(large / small < 1.15, "UNet sizes {sizes:?}");
+}
+
 /// Paper Table 12 and 13 N_params of the UNet, in millions; the presets reproduce them.
 #[test]
 fn paper_presets_match_the_paper_parameter_counts() {
