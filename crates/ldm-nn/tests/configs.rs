@@ -53,12 +53,23 @@ fn tradeoff_presets_have_comparable_unets_and_falling_cost() {
         let config = load(&format!("tradeoff-f{f}.toml"));
         assert_eq!(config.autoencoder.factor, f);
         assert_eq!(config.latent_resolution(), 64 / f);
-        let unet = config.costs().unwrap().into_iter().find(|c| c.network == "unet").unwrap();
-        assert!(unet.macs < previous_macs, "LDM-{f} costs {} MACs", unet.macs);
+        let unet = config
+            .costs()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.network == "unet")
+            .unwrap();
+        assert!(
+            unet.macs < previous_macs,
+            "LDM-{f} costs {} MACs",
+            unet.macs
+        );
         previous_macs = unet.macs;
         sizes.push(unet.parameters as f64);
     }
-    let (small, large) = sizes.iter().fold((f64::MAX, 0f64), |(s, l), &p| (s.min(p), l.max(p)));
+    let (small, large) = sizes
+        .iter()
+        .fold((f64::MAX, 0f64), |(s, l), &p| (s.min(p), l.max(p)));
     assert!(large / small < 1.15, "UNet sizes {sizes:?}");
 }
 

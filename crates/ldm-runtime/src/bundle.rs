@@ -59,7 +59,8 @@ pub struct Bundle {
 
 impl Bundle {
     /// Reads and validates `dir/manifest.json`, checks every graph file as untrusted input
-    /// (see `untrusted.rs`) and loads the tokenizer of a text model.
+    /// (see `untrusted.rs`) and against the manifest's inputs and outputs (`contract.rs`), and
+    /// loads the tokenizer of a text model.
     pub fn load(dir: &Path) -> Result<Self, RuntimeError> {
         let manifest = Manifest::load(dir)?;
         for spec in manifest.graphs.values() {
@@ -70,7 +71,8 @@ impl Bundle {
                     message: "listed in manifest.json but missing".into(),
                 });
             }
-            crate::untrusted::check_graph(dir, &path)?;
+            let graph = crate::untrusted::read_checked(dir, &path)?;
+            crate::contract::check_io(&path, spec, &graph)?;
         }
         let tokenizer = match &manifest.conditioning {
             BundleConditioning::Text { tokenizer, .. } => {

@@ -6,6 +6,7 @@
 //! same file on ONNX Runtime.
 
 mod bundle;
+mod contract;
 mod error;
 mod image_tasks;
 #[cfg(feature = "ort")]

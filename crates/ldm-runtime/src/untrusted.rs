@@ -22,6 +22,11 @@ fn refuse(path: &Path, message: String) -> RuntimeError {
 
 /// Checks the graph file at `path`, whose bundle folder is `dir`.
 pub fn check_graph(dir: &Path, path: &Path) -> Result<(), RuntimeError> {
+    read_checked(dir, path).map(drop)
+}
+
+/// The graph at `path`, decoded once its initializers passed the checks of [`check_graph`].
+pub(crate) fn read_checked(dir: &Path, path: &Path) -> Result<pb::GraphProto, RuntimeError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(path, e.to_string()))?;
     if !meta.file_type().is_file() {
         return Err(refuse(path, "not a plain file (a link or a folder)".into()));
@@ -101,5 +106,5 @@ pub fn check_graph(dir: &Path, path: &Path) -> Result<(), RuntimeError> {
             ));
         }
     }
-    Ok(())
+    Ok(graph)
 }

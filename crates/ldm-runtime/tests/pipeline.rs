@@ -113,6 +113,38 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
         "{err}"
     );
 
+    // Types and shapes are checked against the graph files when the bundle loads.
+    let retyped = edited_bundle(dir.path(), |t| {
+        t.replacen(
+            "\"name\": \"timestep\",\n          \"dtype\": \"float32\"",
+            "\"name\": \"timestep\",\n          \"dtype\": \"int64\"",
+            1,
+        )
+    });
+    let err = Bundle::load(&retyped).err().unwrap().to_string();
+    assert!(
+        err.contains("unet.onnx") && err.contains("'timestep': element type 1 in the graph, Int64"),
+        "{err}"
+    );
+    let resized = edited_bundle(dir.path(), |t| {
+        t.replacen(
+            "\n            16,\n            192",
+            "\n            17,\n            192",
+            1,
+        )
+    });
+    let err = Bundle::load(&resized).err().unwrap().to_string();
+    assert!(
+        err.contains("'context': axis 1 is 16 in the graph but 17"),
+        "{err}"
+    );
+    let fixed = edited_bundle(dir.path(), |t| t.replacen("\"latent_height\"", "16", 1));
+    let err = Bundle::load(&fixed).err().unwrap().to_string();
+    assert!(
+        err.contains("is 'latent_height' in the graph but 16 in manifest.json"),
+        "{err}"
+    );
+
     let newer = edited_bundle(dir.path(), |t| {
         t.replacen("\"format\": 1", "\"format\": 9", 1)
     });
