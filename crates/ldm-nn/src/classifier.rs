@@ -54,7 +54,7 @@ impl ClassifierConfig {
 
     pub fn validate(&self) -> std::result::Result<(), NnError> {
         let levels = self.channels.len();
-        if levels == 0 || self.resolution == 0 || self.resolution % (1 << levels) != 0 {
+        if levels == 0 || self.resolution == 0 || !self.resolution.is_multiple_of(1 << levels) {
             return Err(NnError::config(
                 "classifier.resolution",
                 format!(

@@ -210,7 +210,7 @@ impl Pipeline {
             return Err(RuntimeError::Request("no prompts".into()));
         }
         let size = request.size.unwrap_or(m.resolution);
-        if size == 0 || size % m.size_multiple != 0 || size > 4096 {
+        if size == 0 || !size.is_multiple_of(m.size_multiple) || size > 4096 {
             return Err(RuntimeError::Request(format!(
                 "image size {size} is not a multiple of {} up to 4096",
                 m.size_multiple
@@ -458,7 +458,7 @@ impl Pipeline {
     pub fn reconstruct(&mut self, image: &Image) -> Result<Image, RuntimeError> {
         let m = &self.bundle.manifest;
         let f = m.downsampling_factor;
-        if image.width != image.height || image.width % f != 0 || image.width == 0 {
+        if image.width != image.height || !image.width.is_multiple_of(f) || image.width == 0 {
             return Err(RuntimeError::Request(format!(
                 "reconstruction takes square images with a side divisible by {f}, not {}x{}",
                 image.width, image.height
