@@ -446,3 +446,24 @@ fn graphs_reaching_outside_the_bundle_or_absurdly_large_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn reconstruction_round_trips_an_image_and_refuses_other_sizes() {
+    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
+    let original = circle();
+    let rec = pipeline.reconstruct(&original).unwrap();
+    assert_eq!((rec.width, rec.height), (64, 64));
+    // The first stage keeps a generated scene close (mean error under 10 of 255).
+    assert!(difference_where(&original, &rec, |_| true) < 10.0);
+    let mut refuse = |width: usize, height: usize| {
+        let image = Image {
+            width,
+            height,
+            rgb: vec![255; width * height * 3],
+        };
+        pipeline.reconstruct(&image).unwrap_err().to_string()
+    };
+    assert!(refuse(64, 32).contains("square images"));
+    assert!(refuse(30, 30).contains("divisible by 4"));
+}
