@@ -139,24 +139,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     ) {
         targets.push(Target::TextToImage);
     }
-    let engines = [
-        (Engine::Tract, 1),
-        (Engine::Tract, threads),
-        (Engine::OrtCpu, threads),
-        (Engine::Tch, threads),
-    ];
+    let mut engines = vec![(Engine::Tract, 1)];
+    if threads > 1 {
+        engines.push((Engine::Tract, threads));
+    }
+    engines.extend([(Engine::OrtCpu, threads), (Engine::Tch, threads)]);
     let mut rows = Vec::new();
     for &target in &targets {
         for &(engine, n) in &engines {
-            if engine == Engine::Tract
-                && n == 1
-                && threads == 1
-                && rows
-                    .iter()
-                    .any(|r: &Row| r.engine == "tract" && r.target == target_name(target))
-            {
-                continue;
-            }
             let task = Task {
                 bundle: a.bundle.clone(),
                 release: a.release.clone(),

@@ -17,6 +17,6 @@ mod split;
 
 pub use atomic::{make_public_dir, write_atomic, StagingDir};
 pub use error::DataError;
-pub use loader::{Batch, ImageFolder, Loader, LoaderConfig};
+pub use loader::{push_chw, Batch, ImageFolder, Loader, LoaderConfig};
 pub use metadata::{Record, METADATA_FILE};
 pub use split::{Split, SplitWriter};

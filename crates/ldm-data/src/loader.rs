@@ -292,8 +292,9 @@ impl Loader {
     }
 }
 
-/// Appends an image as planar RGB in [-1, 1], optionally mirrored.
-fn push_chw(out: &mut Vec<f32>, image: &RgbImage, flip: bool) {
+/// Appends an image as planar RGB in [-1, 1] (the networks' input layout), optionally
+/// mirrored.
+pub fn push_chw(out: &mut Vec<f32>, image: &RgbImage, flip: bool) {
     let (w, h) = image.dimensions();
     for channel in 0..3 {
         for y in 0..h {

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
+use ldm_data::push_chw;
 use ldm_nn::ClassifierConfig;
 use ldm_runtime::{RuntimeError, Session, Tensor, TractSession};
 use serde::{Deserialize, Serialize};
@@ -119,7 +120,7 @@ impl Evaluator {
         for chunk in images.chunks(BATCH) {
             let mut pixels = Vec::with_capacity(chunk.len() * 3 * side * side);
             for image in chunk {
-                pixels.extend(planar(image, side as u32));
+                push_resized(&mut pixels, image, side as u32);
             }
             let input = Tensor::f32(&[chunk.len(), 3, side, side], pixels)?;
             let outputs = self.session.run(&[("image", &input)])?;
@@ -147,23 +148,14 @@ fn argmax(row: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// An image as planar RGB in [-1, 1] at `side` x `side` (resized with a Catmull-Rom filter
-/// when it has another size).
-fn planar(image: &RgbImage, side: u32) -> Vec<f32> {
-    let resized;
-    let image = if image.dimensions() == (side, side) {
-        image
+/// Appends an image as planar RGB in [-1, 1] at `side` x `side` (resized with a Catmull-Rom
+/// filter when it has another size).
+fn push_resized(out: &mut Vec<f32>, image: &RgbImage, side: u32) {
+    if image.dimensions() == (side, side) {
+        push_chw(out, image, false);
     } else {
-        resized =
+        let resized =
             image::imageops::resize(image, side, side, image::imageops::FilterType::CatmullRom);
-        &resized
-    };
-    let mut out = vec![0.0; 3 * (side * side) as usize];
-    let plane = (side * side) as usize;
-    for (i, p) in image.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = p.0[c] as f32 / 127.5 - 1.0;
-        }
+        push_chw(out, &resized, false);
     }
-    out
 }

@@ -41,9 +41,7 @@ fn tensor(images: &[RgbImage]) -> Tensor {
     let side = images[0].width() as i64;
     let mut pixels = Vec::new();
     for image in images {
-        for c in 0..3 {
-            pixels.extend(image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
-        }
+        ldm_data::push_chw(&mut pixels, image, false);
     }
     Tensor::from_slice(&pixels).reshape([images.len() as i64, 3, side, side])
 }
