@@ -100,7 +100,9 @@ pub struct DiffusionInputs<'a> {
     pub tokenizer: Option<&'a Path>,
 }
 
-const LOG_COLUMNS: [&str; 3] = ["loss", "grad_norm", "lr"];
+/// `steps_per_second` counts optimisation steps only (not previews or checkpoints): the
+/// training throughput that the compression trade-off study compares.
+const LOG_COLUMNS: [&str; 4] = ["loss", "grad_norm", "lr", "steps_per_second"];
 const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
 const UNET: &str = "unet";
@@ -290,6 +292,7 @@ pub fn train_diffusion(
         };
 
     let (mut sum, mut norm_sum, mut counted) = (0.0, 0.0, 0u64);
+    let mut step_time = std::time::Duration::ZERO;
     let mut last_loss = None;
     let mut interrupted = false;
     while step < options.steps {
@@ -297,6 +300,7 @@ pub fn train_diffusion(
             interrupted = true;
             break;
         }
+        let started = std::time::Instant::now();
         let batch = loader.batch(step)?;
         tch::manual_seed(run::step_seed(options.seed, step));
         let b = batch.shape[0] as i64;
@@ -335,15 +339,18 @@ pub fn train_diffusion(
         let lr = warmup_lr(options.learning_rate, options.warmup, step);
         opt.step(lr);
         ema.update(&params);
+        step_time += started.elapsed();
         step += 1;
         bar.set_position(step);
         (sum, norm_sum, counted) = (sum + value, norm_sum + norm, counted + 1);
         if step % cadence.log_every == 0 || step == options.steps {
             let mean = sum / counted as f64;
+            let rate = counted as f64 / step_time.as_secs_f64();
             bar.set_message(format!("loss {mean:.4}"));
-            log.push(step, vec![mean, norm_sum / counted as f64, lr])?;
+            log.push(step, vec![mean, norm_sum / counted as f64, lr, rate])?;
             last_loss = Some(mean);
             (sum, norm_sum, counted) = (0.0, 0.0, 0);
+            step_time = std::time::Duration::ZERO;
         }
         if step % cadence.validate_every == 0 || step == options.steps {
             let grid = out.join("samples").join(format!("step-{step:08}.png"));
