@@ -21,7 +21,7 @@ use ldm_data::judge::judge;
 use ldm_data::{ImageFolder, Record};
 use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::generate::{default_threads, grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
 
@@ -52,6 +52,10 @@ pub struct EvalArgs {
     /// Only the reconstruction figures.
     #[arg(long)]
     no_generation: bool,
+    /// The diffusion run the bundle was exported from: its steps and training throughput (the
+    /// median `steps_per_second` of its log.csv) go into the report.
+    #[arg(long)]
+    run: Option<PathBuf>,
     /// Folder for eval.json, samples.png and reconstructions.png.
     #[arg(long)]
     out: PathBuf,
@@ -60,65 +64,76 @@ pub struct EvalArgs {
 /// Images per pipeline call.
 const BATCH: usize = 16;
 
-#[derive(Serialize)]
-struct Report {
-    bundle: String,
-    data: String,
-    rows: usize,
-    backend: &'static str,
-    evaluator: Option<String>,
-    reconstruction: Option<Reconstruction>,
-    generation: Option<Generation>,
+/// eval.json; `ldm compare` reads it back.
+#[derive(Serialize, Deserialize)]
+pub struct Report {
+    pub bundle: String,
+    pub data: String,
+    pub rows: usize,
+    pub backend: String,
+    pub evaluator: Option<String>,
+    pub training: Option<Training>,
+    pub reconstruction: Option<Reconstruction>,
+    pub generation: Option<Generation>,
 }
 
-#[derive(Serialize)]
-struct Reconstruction {
-    psnr: f64,
-    ssim: f64,
-    ms_ssim: f64,
+#[derive(Serialize, Deserialize)]
+pub struct Training {
+    pub run: String,
+    pub steps: u64,
+    /// Median over the logged intervals of optimisation steps per second.
+    pub steps_per_second: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Reconstruction {
+    pub psnr: f64,
+    pub ssim: f64,
+    pub ms_ssim: f64,
     /// FID between originals and reconstructions (evaluator features).
-    rfid: Option<f64>,
+    pub rfid: Option<f64>,
 }
 
-#[derive(Serialize)]
-struct Generation {
-    sampler: String,
-    steps: usize,
-    guidance: f64,
-    eta: f64,
-    seconds: f64,
-    samples_per_second: f64,
-    features: Option<FeatureScores>,
+#[derive(Serialize, Deserialize)]
+pub struct Generation {
+    pub sampler: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub eta: f64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub features: Option<FeatureScores>,
     /// The evaluator's first head: generated images judged as their row's value.
-    category: Option<Accuracy>,
+    pub category: Option<Accuracy>,
     /// Procedural scenes: colour and shape both read back as the caption says.
-    colour_and_shape: Option<Accuracy>,
+    pub colour_and_shape: Option<Accuracy>,
 }
 
-#[derive(Serialize)]
-struct FeatureScores {
-    fid: f64,
+#[derive(Serialize, Deserialize)]
+pub struct FeatureScores {
+    pub fid: f64,
     /// FID between the even and odd held-out rows: the floor at half this sample size (FID
     /// is biased upwards on small sets; KID is not).
-    fid_real_halves: f64,
-    kid: f64,
-    kid_std: f64,
-    precision: f64,
-    recall: f64,
+    pub fid_real_halves: f64,
+    pub kid: f64,
+    pub kid_std: f64,
+    pub precision: f64,
+    pub recall: f64,
 }
 
-#[derive(Serialize)]
-struct Accuracy {
-    column: String,
-    generated: f64,
+#[derive(Serialize, Deserialize)]
+pub struct Accuracy {
+    pub column: String,
+    pub generated: f64,
     /// The same judge on the held-out images themselves: the ceiling.
-    real: f64,
+    pub real: f64,
     /// Share of the most common value among the rows: what always guessing it scores.
-    majority: f64,
+    pub majority: f64,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let threads = a.threads.unwrap_or_else(|| default_threads(a.backend));
+    let training = a.run.as_deref().map(training).transpose()?;
     let bundle = Bundle::load(&a.bundle)
         .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;
     let mut evaluator = a
@@ -172,8 +187,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         bundle: a.bundle.display().to_string(),
         data: a.data.display().to_string(),
         rows: rows.len(),
-        backend: a.backend.name(),
+        backend: a.backend.name().into(),
         evaluator: a.evaluator.as_ref().map(|p| p.display().to_string()),
+        training,
         reconstruction,
         generation,
     };
@@ -184,6 +200,41 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// A diffusion run's steps and median training throughput, from its log.csv.
+fn training(run: &Path) -> anyhow::Result<Training> {
+    let path = run.join("log.csv");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let column = header
+        .iter()
+        .position(|&c| c == "steps_per_second")
+        .with_context(|| format!("{} has no steps_per_second column", path.display()))?;
+    let (mut steps, mut rates) = (0u64, Vec::new());
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let parsed = (
+            fields[0].parse::<u64>(),
+            fields.get(column).map(|f| f.parse::<f64>()),
+        );
+        let (Ok(step), Some(Ok(rate))) = parsed else {
+            anyhow::bail!("{}: unreadable row '{line}'", path.display());
+        };
+        steps = steps.max(step);
+        if rate.is_finite() {
+            rates.push(rate);
+        }
+    }
+    anyhow::ensure!(!rates.is_empty(), "{} has no logged steps", path.display());
+    rates.sort_by(f64::total_cmp);
+    Ok(Training {
+        run: run.display().to_string(),
+        steps,
+        steps_per_second: rates[rates.len() / 2],
+    })
 }
 
 fn to_rgb(image: Image) -> RgbImage {
@@ -424,6 +475,12 @@ fn print_report(r: &Report) {
         "{} on {} ({} held-out rows, {})",
         r.bundle, r.data, r.rows, r.backend
     );
+    if let Some(t) = &r.training {
+        println!(
+            "  training         {} steps at {:.2} steps/s ({})",
+            t.steps, t.steps_per_second, t.run
+        );
+    }
     if let Some(rec) = &r.reconstruction {
         println!(
             "  reconstruction   PSNR {:.2} dB   SSIM {:.4}   MS-SSIM {:.4}{}",

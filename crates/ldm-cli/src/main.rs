@@ -1,6 +1,7 @@
 //! The `ldm` command: argument parsing and printing; the work lives in the library crates.
 
 mod bench;
+mod compare;
 mod data;
 mod eval;
 #[cfg(feature = "train")]
@@ -34,6 +35,9 @@ enum Command {
     /// Latency and peak memory of a bundle's networks on every available engine, end-to-end
     /// text-to-image time, and achieved MAC/s against the machine's GEMM peak.
     Bench(bench::BenchArgs),
+    /// Several `ldm eval` reports side by side: a Markdown table and a chart, speeds as
+    /// ratios to the first.
+    Compare(compare::CompareArgs),
     /// Prepare or check training data (image folders with metadata.jsonl).
     Data(data::DataArgs),
     /// Inspect model configurations (models/*.toml).
@@ -65,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),

@@ -19,11 +19,22 @@ fn number(report: &Value, pointer: &str) -> f64 {
         .unwrap_or_else(|| panic!("{pointer} missing in {report}"))
 }
 
+/// A diffusion run folder holding only the log.csv that `ldm eval --run` reads.
+fn run_with_log(dir: &Path, log: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("log.csv"), log).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
 #[test]
-fn eval_measures_reconstruction_generation_and_conditioning() {
+fn eval_measures_reconstruction_generation_and_conditioning_and_compare_tabulates_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = shapes_data(dir.path(), 40, 64);
     let out = dir.path().join("eval");
+    let run = run_with_log(
+        &dir.path().join("run"),
+        "step,loss,grad_norm,lr,steps_per_second\n50,0.9,1.0,0.001,2.0\n100,0.5,1.0,0.001,4.0\n150,0.4,1.0,0.001,3.0\n",
+    );
     let (ok, text) = output(
         ldm()
             .current_dir(repo_root())
@@ -35,6 +46,8 @@ fn eval_measures_reconstruction_generation_and_conditioning() {
                 "8",
                 "--steps",
                 "2",
+                "--run",
+                &run,
             ])
             .args(["--out", out.to_str().unwrap()]),
     );
@@ -60,6 +73,29 @@ fn eval_measures_reconstruction_generation_and_conditioning() {
     for png in ["samples.png", "reconstructions.png"] {
         assert!(image::open(out.join(png)).is_ok(), "{png}");
     }
+    // The run's last step and median logged rate.
+    assert_eq!(report["training"]["steps"], 150);
+    assert_eq!(number(&report, "/training/steps_per_second"), 3.0);
+
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    std::fs::copy(out.join("eval.json"), again.join("eval.json")).unwrap();
+    let compared = dir.path().join("compared");
+    let (ok, text) = output(ldm().args([
+        "compare",
+        out.to_str().unwrap(),
+        again.to_str().unwrap(),
+        "--out",
+        compared.to_str().unwrap(),
+    ]));
+    assert!(ok, "{text}");
+    let table = std::fs::read_to_string(compared.join("compare.md")).unwrap();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.contains("| again |") && table.contains("3.00 (1.00x)"),
+        "{table}"
+    );
+    assert!(image::open(compared.join("compare.png")).is_ok());
 }
 
 #[test]
@@ -98,6 +134,41 @@ fn eval_refuses_bad_input_by_name() {
         out,
     ]));
     assert!(!ok && text.contains("--samples"), "{text}");
+    let run = run_with_log(&dir.path().join("old-run"), "step,loss\n50,0.9\n");
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["eval", "--data", data, "--run", &run, "--out", out]),
+    );
+    assert!(!ok && text.contains("no steps_per_second column"), "{text}");
+}
+
+#[test]
+fn compare_refuses_folders_without_a_report_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("compared");
+    let (ok, text) = output(ldm().args([
+        "compare",
+        "/no/eval",
+        "/no/other",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(!ok && text.contains("/no/eval/eval.json"), "{text}");
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("eval.json"), "{}").unwrap();
+    let (ok, text) = output(ldm().args([
+        "compare",
+        bad.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        !ok && text.contains("is not an `ldm eval` report"),
+        "{text}"
+    );
 }
 
 #[test]
