@@ -77,7 +77,7 @@ fn table(entries: &[Entry]) -> String {
     };
     let first = &entries[0].report;
     let mut out = String::from(
-        "| model | PSNR (dB) | rFID | FID | FID floor | KID x1000 | precision | recall | category acc. | samples/s | train steps/s |\n\
+        "| model | PSNR (dB) | rFID | FID | FID floor | KID | precision | recall | category acc. | samples/s | train steps/s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for Entry { label, report: r } in entries {
@@ -91,7 +91,7 @@ fn table(entries: &[Entry]) -> String {
             cell(rec.and_then(|r| r.rfid), 1),
             cell(features.map(|f| f.fid), 1),
             cell(features.map(|f| f.fid_real_halves), 1),
-            cell(features.map(|f| 1000.0 * f.kid), 1),
+            features.map_or("–".into(), |f| format!("{:.3} ± {:.3}", f.kid, f.kid_std)),
             cell(features.map(|f| f.precision), 3),
             cell(features.map(|f| f.recall), 3),
             cell(category.map(|c| 100.0 * c.generated), 1),
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(rows.len(), 4);
         assert_eq!(
             rows[2],
-            "| LDM-1 | – | – | 50.0 | 10.0 | 20.0 | 0.500 | 0.250 | – | 1.00 (1.00x) | 0.50 (1.00x) |"
+            "| LDM-1 | – | – | 50.0 | 10.0 | 0.020 ± 0.001 | 0.500 | 0.250 | – | 1.00 (1.00x) | 0.50 (1.00x) |"
         );
         assert_eq!(
             rows[3],
