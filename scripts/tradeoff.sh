@@ -14,6 +14,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 phase=${1:-all}
+case $phase in
+    train | evaluate | report | all) ;;
+    *) echo "unknown phase '$phase': train, evaluate, report or all" >&2; exit 2 ;;
+esac
 runs=${RUNS:-runs/tradeoff}
 out=${OUT:-eval/tradeoff}
 ae_steps=${AE_STEPS:-600}
@@ -82,5 +86,4 @@ case $phase in
     evaluate) evaluate_all ;;
     report) report ;;
     all) train_all && evaluate_all && report ;;
-    *) echo "unknown phase '$phase': train, evaluate, report or all" >&2; exit 2 ;;
 esac
