@@ -55,12 +55,23 @@ enum Command {
 
 /// Errors are printed as one line with their causes (no backtrace: they are the user's to fix).
 fn main() -> std::process::ExitCode {
+    restore_default_sigpipe();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust starts with SIGPIPE ignored, so the next print after `ldm ... | head` has closed the
+/// pipe would panic; like other Unix tools, `ldm` ends quietly instead.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

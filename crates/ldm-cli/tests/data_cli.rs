@@ -56,6 +56,21 @@ fn model_info_counts_and_tokenizer_trains_on_captions() {
         "{text}"
     );
 
+    // A reader that has gone (`ldm model info ... | head -1`): no panic, no message.
+    let mut child = common::ldm()
+        .args(["model", "info", models])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    assert!(
+        closed.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+
     let tmp = tempfile::tempdir().unwrap();
     let train = common::shapes_data(tmp.path(), 40, 16);
     let out = tmp.path().join("tokenizer.json");
