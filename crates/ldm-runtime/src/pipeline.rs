@@ -269,9 +269,8 @@ impl Pipeline {
         // x at step i of the known latent, noised with the initial noise.
         let noised_known = |sampler: &dyn Sampler, known: &[f32], i: usize| -> Vec<f32> {
             match sampler.timesteps().get(i) {
-                Some(&t) => {
-                    sampler.from_xt(i, &self.schedule.add_noise(&repeat(known, n), &noise0, t))
-                }
+                Some(&t) => sampler
+                    .sample_from_xt(i, &self.schedule.add_noise(&repeat(known, n), &noise0, t)),
                 None => repeat(known, n),
             }
         };

@@ -11,6 +11,11 @@ use tch::{Device, Kind, Tensor};
 use crate::first_stage::sorted_params;
 use crate::{TchOps, TrainError};
 
+/// Named weights of one network.
+pub type NamedWeights = Vec<(String, Tensor)>;
+/// Parameter names and shapes of one network.
+type ShapeMap = BTreeMap<String, Vec<usize>>;
+
 /// What conditions one batch: token ids [B, L], class ids [B] (both int64), or channels to
 /// concatenate [B, k, h, w].
 pub enum Condition {
@@ -37,15 +42,7 @@ pub fn encoder_name(config: &ModelConfig) -> Option<&'static str> {
 }
 
 /// Expected parameter names and shapes of the UNet and of the conditioning encoder.
-pub fn expected_params(
-    config: &ModelConfig,
-) -> Result<
-    (
-        BTreeMap<String, Vec<usize>>,
-        Option<BTreeMap<String, Vec<usize>>>,
-    ),
-    TrainError,
-> {
+pub fn expected_params(config: &ModelConfig) -> Result<(ShapeMap, Option<ShapeMap>), TrainError> {
     let r = config.latent_resolution();
     let io = config.unet_io();
     let mut u = ShapeOps::default();
@@ -91,7 +88,7 @@ impl Denoiser {
     pub fn new(
         config: &ModelConfig,
         device: Device,
-        weights: Option<(Vec<(String, Tensor)>, Option<Vec<(String, Tensor)>>)>,
+        weights: Option<(NamedWeights, Option<NamedWeights>)>,
     ) -> Result<Self, TrainError> {
         let mut unet = TchOps::new(device);
         let mut encoder = encoder_name(config).map(|_| TchOps::new(device));
@@ -218,7 +215,7 @@ pub fn token_ids(
 pub fn split_named(
     config: &ModelConfig,
     named: &[(String, Tensor)],
-) -> (Vec<(String, Tensor)>, Option<Vec<(String, Tensor)>>) {
+) -> (NamedWeights, Option<NamedWeights>) {
     let pick = |prefix: &str| -> Vec<(String, Tensor)> {
         named
             .iter()

@@ -113,7 +113,8 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub(crate) enum Conditioner {
     None,
     Text {
-        tokenizer: TextTokenizer,
+        // Boxed: the tokenizer is large next to the other variants.
+        tokenizer: Box<TextTokenizer>,
         max_length: usize,
     },
     Class {
@@ -343,7 +344,7 @@ pub fn train_diffusion(
         step += 1;
         bar.set_position(step);
         (sum, norm_sum, counted) = (sum + value, norm_sum + norm, counted + 1);
-        if step % cadence.log_every == 0 || step == options.steps {
+        if step.is_multiple_of(cadence.log_every) || step == options.steps {
             let mean = sum / counted as f64;
             let rate = counted as f64 / step_time.as_secs_f64();
             bar.set_message(format!("loss {mean:.4}"));
@@ -352,7 +353,7 @@ pub fn train_diffusion(
             (sum, norm_sum, counted) = (0.0, 0.0, 0);
             step_time = std::time::Duration::ZERO;
         }
-        if step % cadence.validate_every == 0 || step == options.steps {
+        if step.is_multiple_of(cadence.validate_every) || step == options.steps {
             let grid = out.join("samples").join(format!("step-{step:08}.png"));
             preview.render(
                 config,
@@ -364,7 +365,7 @@ pub fn train_diffusion(
                 device,
             )?;
         }
-        if step % cadence.checkpoint_every == 0 {
+        if step.is_multiple_of(cadence.checkpoint_every) {
             latest = Some(save(step, &opt, &ema, &model)?);
             log.plot(&out.join("loss.png"))?;
         }
@@ -490,7 +491,7 @@ fn conditioner(
             }
             // Train from the saved file, as resume and export will read it.
             tokenizer.save(&saved)?;
-            let tokenizer = TextTokenizer::load(&saved)?;
+            let tokenizer = Box::new(TextTokenizer::load(&saved)?);
             (
                 Conditioner::Text {
                     tokenizer,

@@ -42,7 +42,7 @@ pub trait Sampler {
     }
     /// A noised sample x_t at step `i`'s timestep in this sampler's parametrisation (to start
     /// part-way, as image-to-image does, or to blend a known region back).
-    fn from_xt(&self, i: usize, x_t: &[f32]) -> Vec<f32> {
+    fn sample_from_xt(&self, i: usize, x_t: &[f32]) -> Vec<f32> {
         let scale = 1.0 / self.input_scale(i);
         x_t.iter().map(|v| v * scale).collect()
     }
