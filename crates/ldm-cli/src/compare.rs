@@ -83,17 +83,17 @@ fn table(entries: &[Entry]) -> String {
     for Entry { label, report: r } in entries {
         let rec = r.reconstruction.as_ref();
         let generation = r.generation.as_ref();
-        let features = features(r);
+        let scores = features(r);
         let category = generation.and_then(|g| g.category.as_ref());
         out.push_str(&format!(
             "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {}{} |\n",
             cell(rec.map(|r| r.psnr), 2),
             cell(rec.and_then(|r| r.rfid), 1),
-            cell(features.map(|f| f.fid), 1),
-            cell(features.map(|f| f.fid_real_halves), 1),
-            features.map_or("–".into(), |f| format!("{:.3} ± {:.3}", f.kid, f.kid_std)),
-            cell(features.map(|f| f.precision), 3),
-            cell(features.map(|f| f.recall), 3),
+            cell(scores.map(|f| f.fid), 1),
+            cell(scores.map(|f| f.fid_real_halves), 1),
+            scores.map_or("–".into(), |f| format!("{:.3} ± {:.3}", f.kid, f.kid_std)),
+            cell(scores.map(|f| f.precision), 3),
+            cell(scores.map(|f| f.recall), 3),
             cell(category.map(|c| 100.0 * c.generated), 1),
             cell(sampling_rate(r), 2),
             ratio(sampling_rate(r), sampling_rate(first)),

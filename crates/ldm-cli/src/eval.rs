@@ -133,7 +133,7 @@ pub struct Accuracy {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let threads = a.threads.unwrap_or_else(|| default_threads(a.backend));
-    let training = a.run.as_deref().map(training).transpose()?;
+    let training = a.run.as_deref().map(training_throughput).transpose()?;
     let bundle = Bundle::load(&a.bundle)
         .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;
     let mut evaluator = a
@@ -203,7 +203,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// A diffusion run's steps and median training throughput, from its log.csv.
-fn training(run: &Path) -> anyhow::Result<Training> {
+fn training_throughput(run: &Path) -> anyhow::Result<Training> {
     let path = run.join("log.csv");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
