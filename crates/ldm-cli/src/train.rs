@@ -87,6 +87,10 @@ struct Common {
     /// Steps between validations (autoencoder) or sample grids (diffusion).
     #[arg(long, default_value_t = 1000)]
     sample_every: u64,
+    /// Fine-tune: start the networks from the latest checkpoint of this run folder (same
+    /// architecture), with a fresh optimiser at step 0. A text model keeps that run's tokenizer.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -253,6 +257,7 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         perceptual_weight: a.perceptual_weight.unwrap_or(d.perceptual_weight),
         disc_start: a.disc_start.unwrap_or(d.disc_start),
         disc_weight: a.disc_weight.unwrap_or(d.disc_weight),
+        init_from: c.init_from.clone(),
         ..d
     };
     check_positive("--lr", options.learning_rate)?;
@@ -302,6 +307,7 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         warmup: a.warmup.unwrap_or(d.warmup),
         ema_decay: a.ema_decay.unwrap_or(d.ema_decay),
         condition_dropout: a.condition_dropout.unwrap_or(d.condition_dropout),
+        init_from: c.init_from.clone(),
         ..d
     };
     check_positive("--lr", options.learning_rate)?;

@@ -44,6 +44,10 @@ pub struct DiffusionOptions {
     /// Guidance scale and DDIM steps of the periodic sample grids.
     pub sample_guidance: f64,
     pub sample_steps: usize,
+    /// Fine-tuning: the run whose latest UNet and conditioning encoder this run starts from
+    /// (fresh optimiser and average, step 0; a text model keeps that run's tokenizer).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for DiffusionOptions {
@@ -60,6 +64,7 @@ impl Default for DiffusionOptions {
             seed: 0,
             sample_guidance: 3.0,
             sample_steps: 25,
+            init_from: None,
         }
     }
 }
@@ -152,6 +157,7 @@ pub fn train_diffusion(
             let state: DiffusionState = checkpoint::load_state(checkpoint)?;
             let asked = DiffusionOptions {
                 steps: state.options.steps,
+                init_from: state.options.init_from.clone(),
                 ..options.clone()
             };
             run::check_resumable(
@@ -206,15 +212,22 @@ pub fn train_diffusion(
         Some(state) => state.scale_factor,
         None => first_batch_scale(config, &cache, &loader, options.seed)?,
     };
+    let weights_from = run::weights_source(&start, options.init_from.as_deref())?;
+    // A fine-tuned text encoder only understands its own token ids.
+    let source_tokenizer = match (&resumed, &options.init_from) {
+        (None, Some(source)) => Some(source.join(TOKENIZER_FILE)),
+        _ => None,
+    };
+    let tokenizer = inputs.tokenizer.or(source_tokenizer.as_deref());
     let (conditioner, class_names) =
-        conditioner(config, &loader, inputs.tokenizer, resumed.as_ref(), out)?;
+        conditioner(config, &loader, tokenizer, resumed.as_ref(), out)?;
 
     // The trainable networks, their optimiser and average.
     tch::manual_seed(options.seed as i64);
     let mut step = resumed.as_ref().map_or(0, |s| s.step);
-    let mut model = match &start {
-        Start::Fresh => Denoiser::new(config, device, None)?,
-        Start::Resume(checkpoint) => {
+    let mut model = match &weights_from {
+        None => Denoiser::new(config, device, None)?,
+        Some(checkpoint) => {
             let (unet_expected, encoder_expected) = expected_params(config)?;
             let unet = checkpoint::load_weights(checkpoint, UNET, Some(&unet_expected))?;
             let encoder = match (encoder_name(config), encoder_expected) {

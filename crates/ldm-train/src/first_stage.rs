@@ -41,6 +41,10 @@ pub struct AutoencoderOptions {
     pub disc_weight: f64,
     pub disc_channels: i64,
     pub disc_layers: usize,
+    /// Fine-tuning: the run whose latest weights (autoencoder and discriminator) this run
+    /// starts from, with a fresh optimiser at step 0.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for AutoencoderOptions {
@@ -61,6 +65,7 @@ impl Default for AutoencoderOptions {
             disc_weight: 0.5,
             disc_channels: 32,
             disc_layers: 3,
+            init_from: None,
         }
     }
 }
@@ -194,6 +199,7 @@ pub fn train_autoencoder(
             let state: AutoencoderState = checkpoint::load_state(checkpoint)?;
             let asked = AutoencoderOptions {
                 steps: state.options.steps,
+                init_from: state.options.init_from.clone(),
                 ..options.clone()
             };
             run::check_resumable(
@@ -236,7 +242,8 @@ pub fn train_autoencoder(
         options.disc_channels,
         options.disc_layers,
     );
-    if let Start::Resume(checkpoint) = &start {
+    let weights_from = run::weights_source(&start, options.init_from.as_deref())?;
+    if let Some(checkpoint) = &weights_from {
         ops.load_params(checkpoint::load_weights(
             checkpoint,
             AUTOENCODER,

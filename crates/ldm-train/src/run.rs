@@ -256,6 +256,25 @@ pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
     }
 }
 
+/// The checkpoint whose weights the networks start from: the run's own when resuming; for a
+/// new run fine-tuned with `--init-from`, the latest one of that run folder; none otherwise.
+pub fn weights_source(
+    start: &Start,
+    init_from: Option<&Path>,
+) -> Result<Option<PathBuf>, TrainError> {
+    match (start, init_from) {
+        (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
+        (Start::Fresh, None) => Ok(None),
+        (Start::Fresh, Some(source)) => match crate::checkpoint::latest(source)? {
+            Some(checkpoint) => Ok(Some(checkpoint)),
+            None => Err(TrainError::Run(format!(
+                "--init-from {}: no checkpoint there (it must be a run folder of `ldm train`)",
+                source.display()
+            ))),
+        },
+    }
+}
+
 /// A resumed run must continue the same experiment: the configuration, data fingerprint and
 /// options it was started with (`saved`) against those asked for now (options with the saved
 /// step count, since only the number of steps may change).

@@ -155,6 +155,19 @@ fn assert_identical(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
     }
 }
 
+/// Two Adam steps at learning rate 1e-4 move no weight by more than 1e-3: `tuned` began at
+/// `source`, not at a fresh initialisation (of another seed).
+fn assert_started_from(tuned: &[(String, Tensor)], source: &[(String, Tensor)]) {
+    assert_eq!(tuned.len(), source.len());
+    for ((name, t), (_, s)) in tuned.iter().zip(source) {
+        let gap = (t - s).abs().max().double_value(&[]);
+        assert!(
+            gap < 0.01,
+            "{name} moved {gap} from the source run's weights"
+        );
+    }
+}
+
 #[test]
 fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,6 +223,23 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         rec,
         "the resumed log continues the first one"
     );
+
+    // Fine-tuning starts from the trained weights: on the same first batch its loss is lower.
+    let tuned = tmp.path().join("ae-tuned");
+    let from = |source: &Path| AutoencoderOptions {
+        init_from: Some(source.to_path_buf()),
+        learning_rate: 1e-4,
+        seed: 1,
+        ..ae_options(2)
+    };
+    autoencoder(&cfg, &data, &tuned, from(&ae), 8, false).unwrap();
+    assert_started_from(
+        &weights(&checkpoint::latest(&tuned).unwrap().unwrap(), "autoencoder"),
+        &weights(&summary.checkpoint, "autoencoder"),
+    );
+    let nowhere = tmp.path().join("no-run");
+    let err = autoencoder(&cfg, &data, &nowhere, from(&nowhere), 8, false).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint there"), "{err}");
 
     // Second stage on the trained first stage, text-conditioned. Both runs share one
     // tokenizer: WordPiece training breaks frequency ties in no fixed order.
@@ -267,6 +297,27 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         .unwrap()
         .to_string();
     assert!(err.contains("is neither a release"), "{err}");
+
+    // A fine-tuned text model keeps its source's tokenizer and starts from its weights.
+    let tuned = tmp.path().join("ldm-tuned");
+    let options = DiffusionOptions {
+        init_from: Some(ldm.clone()),
+        learning_rate: 1e-4,
+        seed: 1,
+        ..diffusion_options(2)
+    };
+    let no_tokenizer = (data.as_path(), ae.as_path(), None);
+    diffusion(&cfg, no_tokenizer, &tuned, options, 15, false).unwrap();
+    assert_eq!(
+        std::fs::read(tuned.join("tokenizer.json")).unwrap(),
+        std::fs::read(ldm.join("tokenizer.json")).unwrap()
+    );
+    for file in ["unet", "text_encoder"] {
+        assert_started_from(
+            &weights(&checkpoint::latest(&tuned).unwrap().unwrap(), file),
+            &weights(&summary.checkpoint, file),
+        );
+    }
 
     let split = tmp.path().join("ldm-split");
     diffusion(&cfg, inputs, &split, diffusion_options(15), 15, false).unwrap();
