@@ -248,9 +248,15 @@ fn every_sampler_runs_through_the_pipeline() {
         assert_eq!(steps, 3, "{name}");
     }
     // Same noise: DDIM without noise is Euler and DDPM is Euler ancestral in another
-    // parametrisation (Karras et al. 2022), so those pairs agree; all others differ.
-    let same = |i: usize, j: usize| images[i] == images[j];
-    assert!(same(1, 4) && same(0, 5));
+    // parametrisation (Karras et al. 2022), so those pairs agree up to float rounding (a
+    // pixel level or two after quantisation); all others differ.
+    let gap = |i: usize, j: usize| {
+        let (a, b) = (&images[i].rgb, &images[j].rgb);
+        a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+    };
+    let same = |i: usize, j: usize| gap(i, j) <= 2;
+    assert!(same(1, 4), "DDIM and Euler differ by {}", gap(1, 4));
+    assert!(same(0, 5), "DDPM and Euler ancestral differ by {}", gap(0, 5));
     for (i, j) in [
         (0, 1),
         (0, 2),
@@ -261,7 +267,7 @@ fn every_sampler_runs_through_the_pipeline() {
         (3, 4),
         (3, 5),
     ] {
-        assert!(!same(i, j), "samplers {i} and {j}");
+        assert!(!same(i, j), "samplers {i} and {j} differ by only {}", gap(i, j));
     }
 }
 
