@@ -256,7 +256,11 @@ fn every_sampler_runs_through_the_pipeline() {
     };
     let same = |i: usize, j: usize| gap(i, j) <= 2;
     assert!(same(1, 4), "DDIM and Euler differ by {}", gap(1, 4));
-    assert!(same(0, 5), "DDPM and Euler ancestral differ by {}", gap(0, 5));
+    assert!(
+        same(0, 5),
+        "DDPM and Euler ancestral differ by {}",
+        gap(0, 5)
+    );
     for (i, j) in [
         (0, 1),
         (0, 2),
@@ -267,7 +271,11 @@ fn every_sampler_runs_through_the_pipeline() {
         (3, 4),
         (3, 5),
     ] {
-        assert!(!same(i, j), "samplers {i} and {j} differ by only {}", gap(i, j));
+        assert!(
+            !same(i, j),
+            "samplers {i} and {j} differ by only {}",
+            gap(i, j)
+        );
     }
 }
 
