@@ -87,8 +87,9 @@ struct Common {
     /// Steps between validations (autoencoder) or sample grids (diffusion).
     #[arg(long, default_value_t = 1000)]
     sample_every: u64,
-    /// Fine-tune: start the networks from the latest checkpoint of this run folder (same
-    /// architecture), with a fresh optimiser at step 0. A text model keeps that run's tokenizer.
+    /// Fine-tune: start the networks from the latest checkpoint of this run folder, or from a
+    /// release (`models/NAME`; an autoencoder then gets a fresh discriminator), of the same
+    /// architecture, with a fresh optimiser at step 0. A text model keeps its tokenizer.
     #[arg(long)]
     init_from: Option<PathBuf>,
 }
@@ -116,7 +117,8 @@ struct AutoencoderArgs {
 struct DiffusionArgs {
     #[command(flatten)]
     common: Common,
-    /// The first-stage run (from `ldm train autoencoder`); not needed for f = 1.
+    /// The first stage: a run of `ldm train autoencoder`, or a release (`models/NAME`) whose
+    /// first stage is reused; not needed for f = 1.
     #[arg(long)]
     autoencoder: Option<PathBuf>,
     /// Use this tokenizer.json instead of training one on the captions.

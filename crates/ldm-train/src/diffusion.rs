@@ -22,6 +22,7 @@ use crate::first_stage::{
 use crate::latents::LatentCache;
 use crate::optim::{warmup_lr, AdamConfig, AdamW};
 use crate::preview::Preview;
+use crate::release;
 use crate::run::{self, Cadence, RunLog, Start};
 use crate::{TchOps, TrainError};
 
@@ -75,7 +76,7 @@ pub struct DiffusionState {
     pub options: DiffusionOptions,
     pub config: ModelConfig,
     pub data_fingerprint: String,
-    /// The first-stage checkpoint the latents come from (none for f = 1).
+    /// The first-stage checkpoint (or release) the latents come from (none for f = 1).
     pub autoencoder_checkpoint: Option<PathBuf>,
     /// Latents are multiplied by this before diffusion (1 / std of the first batch).
     pub scale_factor: f64,
@@ -229,11 +230,13 @@ pub fn train_diffusion(
         None => Denoiser::new(config, device, None)?,
         Some(checkpoint) => {
             let (unet_expected, encoder_expected) = expected_params(config)?;
-            let unet = checkpoint::load_weights(checkpoint, UNET, Some(&unet_expected))?;
+            let unet = checkpoint::load_weights_as_f32(checkpoint, UNET, Some(&unet_expected))?;
             let encoder = match (encoder_name(config), encoder_expected) {
-                (Some(name), Some(expected)) => {
-                    Some(checkpoint::load_weights(checkpoint, name, Some(&expected))?)
-                }
+                (Some(name), Some(expected)) => Some(checkpoint::load_weights_as_f32(
+                    checkpoint,
+                    name,
+                    Some(&expected),
+                )?),
                 _ => None,
             };
             Denoiser::new(config, device, Some((unet, encoder)))?
@@ -409,37 +412,43 @@ fn alpha_bar_tensor(schedule: &NoiseSchedule, complement: bool, device: Device) 
     Tensor::from_slice(&values).to_device(device)
 }
 
-/// The latest checkpoint of the first-stage run, checked against this model's first stage.
+/// Where the frozen first stage comes from: the latest checkpoint of an autoencoder run, or a
+/// release (`models/NAME`, which ships its first stage), checked against this model's.
 fn first_stage_checkpoint(
     config: &ModelConfig,
-    run_dir: Option<&Path>,
+    source: Option<&Path>,
 ) -> Result<Option<PathBuf>, TrainError> {
     if config.autoencoder.regularizer == Regularizer::Identity {
         return Ok(None);
     }
-    let run_dir = run_dir.ok_or_else(|| {
-        TrainError::Run("this model has a first stage: pass --autoencoder runs/NAME (a run of `ldm train autoencoder`)".into())
+    let source = source.ok_or_else(|| {
+        TrainError::Run("this model has a first stage: pass --autoencoder runs/NAME (a run of `ldm train autoencoder`, or a release)".into())
     })?;
-    let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| {
-        TrainError::Run(format!(
-            "{} holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",
-            run_dir.display(),
-            run_dir.display()
-        ))
-    })?;
+    let (folder, trained_with) = if release::is_release(source) {
+        let config = ModelConfig::load(&source.join(release::CONFIG_FILE))?;
+        (source.to_path_buf(), config)
+    } else {
+        let checkpoint = checkpoint::latest(source)?.ok_or_else(|| {
+            TrainError::Run(format!(
+                "{} holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",
+                source.display(),
+                source.display()
+            ))
+        })?;
+        let state: AutoencoderState = checkpoint::load_state(&checkpoint)?;
+        (checkpoint, state.config)
+    };
     // Absolute, so the run reads its first stage from any working directory.
-    let checkpoint =
-        std::fs::canonicalize(&checkpoint).map_err(|e| TrainError::io(&checkpoint, e))?;
-    let state: AutoencoderState = checkpoint::load_state(&checkpoint)?;
-    if state.config.autoencoder != config.autoencoder
-        || state.config.resolution != config.resolution
+    let folder = std::fs::canonicalize(&folder).map_err(|e| TrainError::io(&folder, e))?;
+    if trained_with.autoencoder != config.autoencoder
+        || trained_with.resolution != config.resolution
     {
         return Err(TrainError::Run(format!(
             "{} was trained with another first stage (its [autoencoder] section or resolution differs from this configuration's)",
-            checkpoint.display()
+            folder.display()
         )));
     }
-    Ok(Some(checkpoint))
+    Ok(Some(folder))
 }
 
 /// 1 / std of the first training batch's latents (paper G; 1 without a first stage).

@@ -157,14 +157,15 @@ pub fn encode_mode(
     })
 }
 
-/// The first stage with the weights of a run's checkpoint, frozen, for encoding and decoding.
+/// The first stage with the weights of a run's checkpoint or of a release (f16, read as f32),
+/// frozen, for encoding and decoding.
 pub fn load_autoencoder(
     checkpoint: &Path,
     config: &ModelConfig,
     device: Device,
 ) -> Result<TchOps, TrainError> {
     let weights =
-        checkpoint::load_weights(checkpoint, AUTOENCODER, Some(&expected_params(config)?))?;
+        checkpoint::load_weights_as_f32(checkpoint, AUTOENCODER, Some(&expected_params(config)?))?;
     let mut ops = TchOps::new(device);
     ops.load_params(weights)?;
     ops.freeze();
@@ -243,14 +244,17 @@ pub fn train_autoencoder(
         options.disc_layers,
     );
     let weights_from = run::weights_source(&start, options.init_from.as_deref())?;
-    if let Some(checkpoint) = &weights_from {
-        ops.load_params(checkpoint::load_weights(
-            checkpoint,
+    if let Some(source) = &weights_from {
+        ops.load_params(checkpoint::load_weights_as_f32(
+            source,
             AUTOENCODER,
             Some(&expected_params(config)?),
         )?)?;
         ops.freeze();
-        load_var_store(&disc_vs, checkpoint, DISCRIMINATOR)?;
+        // A release ships no discriminator: fine-tuning one starts a fresh discriminator.
+        if !crate::release::is_release(source) {
+            load_var_store(&disc_vs, source, DISCRIMINATOR)?;
+        }
     }
     let probe = Tensor::zeros(
         [1, ae.in_channels as i64, size as i64, size as i64],

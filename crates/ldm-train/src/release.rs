@@ -102,13 +102,13 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
     let (unet, encoder) = split_named(&config, &ema);
     let first_stage = match &state.autoencoder_checkpoint {
         Some(ae) => {
-            let ae_state: AutoencoderState = checkpoint::load_state(ae)?;
-            let weights = checkpoint::load_weights(
+            let trained = first_stage_training(ae)?;
+            let weights = checkpoint::load_weights_as_f32(
                 ae,
                 first_stage::AUTOENCODER,
                 Some(&first_stage::expected_params(&config)?),
             )?;
-            Some((ae_state, weights))
+            Some((trained, weights))
         }
         None => None,
     };
@@ -116,16 +116,16 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
         Some(_) => Some(TextTokenizer::load(&run_dir.join(TOKENIZER_FILE))?),
         None => None,
     };
-    let ae_state = first_stage.as_ref().map(|(s, _)| s);
+    let trained = first_stage.as_ref().map(|(t, _)| t);
     let info = ReleaseInfo {
         format: FORMAT,
         scale_factor: state.scale_factor,
         class_names: state.class_names.clone(),
         diffusion_steps: state.step,
         diffusion_options: state.options.clone(),
-        autoencoder_steps: ae_state.map(|s| s.step),
-        autoencoder_options: ae_state.map(|s| s.options.clone()),
-        autoencoder_validation: ae_state.and_then(|s| s.validation),
+        autoencoder_steps: trained.map(|t| t.steps),
+        autoencoder_options: trained.map(|t| t.options.clone()),
+        autoencoder_validation: trained.and_then(|t| t.validation),
         data_fingerprint: state.data_fingerprint.clone(),
     };
     Ok(Release {
@@ -135,6 +135,38 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
         encoder,
         autoencoder: first_stage.map(|(_, w)| w),
         tokenizer,
+    })
+}
+
+/// How a first stage was trained, as a release records it.
+struct FirstStageTraining {
+    steps: u64,
+    options: AutoencoderOptions,
+    validation: Option<(f64, f64)>,
+}
+
+/// The training record of the first stage in `folder`: an autoencoder checkpoint, or a release
+/// whose first stage a diffusion run was trained on.
+fn first_stage_training(folder: &Path) -> Result<FirstStageTraining, TrainError> {
+    if is_release(folder) {
+        let info = read_info(folder)?;
+        let missing = || {
+            TrainError::Run(format!(
+                "{}: the release records no first-stage training",
+                folder.display()
+            ))
+        };
+        return Ok(FirstStageTraining {
+            steps: info.autoencoder_steps.ok_or_else(missing)?,
+            options: info.autoencoder_options.ok_or_else(missing)?,
+            validation: info.autoencoder_validation,
+        });
+    }
+    let state: AutoencoderState = checkpoint::load_state(folder)?;
+    Ok(FirstStageTraining {
+        steps: state.step,
+        options: state.options,
+        validation: state.validation,
     })
 }
 
@@ -177,8 +209,8 @@ pub fn is_release(dir: &Path) -> bool {
     dir.join(RELEASE_FILE).is_file()
 }
 
-/// Reads a release, checking every weight's name and shape against its configuration.
-pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
+/// The `release.json` of the release in `dir`, of a format this build reads.
+fn read_info(dir: &Path) -> Result<ReleaseInfo, TrainError> {
     let info_path = dir.join(RELEASE_FILE);
     let text = std::fs::read(&info_path).map_err(|e| TrainError::io(&info_path, e))?;
     let info: ReleaseInfo = serde_json::from_slice(&text)
@@ -190,6 +222,12 @@ pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
             info.format
         )));
     }
+    Ok(info)
+}
+
+/// Reads a release, checking every weight's name and shape against its configuration.
+pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
+    let info = read_info(dir)?;
     let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
     let f32_weights = |name: &str, expected| -> Result<Vec<(String, Tensor)>, TrainError> {
         Ok(checkpoint::load_weights_as_f32(dir, name, Some(expected))?)

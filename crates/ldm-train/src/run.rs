@@ -256,8 +256,10 @@ pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
     }
 }
 
-/// The checkpoint whose weights the networks start from: the run's own when resuming; for a
-/// new run fine-tuned with `--init-from`, the latest one of that run folder; none otherwise.
+/// The folder whose `<network>.safetensors` the networks start from: the run's own checkpoint
+/// when resuming; for a new run fine-tuned with `--init-from`, the latest checkpoint of that
+/// run folder, or a release folder (`models/NAME`, f16 weights: read them with
+/// `checkpoint::load_weights_as_f32`); none otherwise.
 pub fn weights_source(
     start: &Start,
     init_from: Option<&Path>,
@@ -265,10 +267,13 @@ pub fn weights_source(
     match (start, init_from) {
         (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
         (Start::Fresh, None) => Ok(None),
+        (Start::Fresh, Some(source)) if crate::release::is_release(source) => {
+            Ok(Some(source.to_path_buf()))
+        }
         (Start::Fresh, Some(source)) => match crate::checkpoint::latest(source)? {
             Some(checkpoint) => Ok(Some(checkpoint)),
             None => Err(TrainError::Run(format!(
-                "--init-from {}: no checkpoint there (it must be a run folder of `ldm train`)",
+                "--init-from {}: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)",
                 source.display()
             ))),
         },

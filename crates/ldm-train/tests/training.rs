@@ -12,6 +12,7 @@ use ldm_train::diffusion::{
     train_diffusion, DiffusionInputs, DiffusionOptions, DiffusionState, DiffusionSummary,
 };
 use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions, AutoencoderSummary};
+use ldm_train::release;
 use ldm_train::run::Cadence;
 use ldm_train::trained::TrainedModel;
 use ldm_train::TrainError;
@@ -141,8 +142,9 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
+/// The weights of a checkpoint or of a release (f16) as f32, by name.
 fn weights(checkpoint: &Path, file: &str) -> Vec<(String, Tensor)> {
-    let mut w = checkpoint::load_weights(checkpoint, file, None).unwrap();
+    let mut w = checkpoint::load_weights_as_f32(checkpoint, file, None).unwrap();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
 }
@@ -318,6 +320,50 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
             &weights(&summary.checkpoint, file),
         );
     }
+
+    // What is shipped can be fine-tuned without its run folders: a release serves as the
+    // first stage and as the starting point (its EMA weights, f16), and an autoencoder
+    // fine-tuned from it starts with a fresh discriminator.
+    let shipped = tmp.path().join("release");
+    release::write_release(&ldm, &shipped).unwrap();
+    let options = DiffusionOptions {
+        init_from: Some(shipped.clone()),
+        learning_rate: 1e-4,
+        seed: 1,
+        ..diffusion_options(2)
+    };
+    let from_release = tmp.path().join("ldm-from-release");
+    let on_release = (data.as_path(), shipped.as_path(), None);
+    let summary_r = diffusion(&cfg, on_release, &from_release, options, 15, false).unwrap();
+    assert_eq!(
+        std::fs::read(from_release.join("tokenizer.json")).unwrap(),
+        std::fs::read(shipped.join("tokenizer.json")).unwrap()
+    );
+    for file in ["unet", "text_encoder"] {
+        assert_started_from(
+            &weights(&summary_r.checkpoint, file),
+            &weights(&shipped, file),
+        );
+    }
+    let state: DiffusionState = checkpoint::load_state(&summary_r.checkpoint).unwrap();
+    assert_eq!(
+        state.autoencoder_checkpoint,
+        Some(std::fs::canonicalize(&shipped).unwrap())
+    );
+    let rereleased = tmp.path().join("release-2");
+    release::write_release(&from_release, &rereleased).unwrap();
+    let (before, after) = (
+        release::load_release(&shipped).unwrap().info,
+        release::load_release(&rereleased).unwrap().info,
+    );
+    assert_eq!(after.autoencoder_steps, before.autoencoder_steps);
+    assert_eq!(after.autoencoder_validation, before.autoencoder_validation);
+    let ae_from_release = tmp.path().join("ae-from-release");
+    let tuned = autoencoder(&cfg, &data, &ae_from_release, from(&shipped), 8, false).unwrap();
+    assert_started_from(
+        &weights(&tuned.checkpoint, "autoencoder"),
+        &weights(&shipped, "autoencoder"),
+    );
 
     let split = tmp.path().join("ldm-split");
     diffusion(&cfg, inputs, &split, diffusion_options(15), 15, false).unwrap();
