@@ -10,7 +10,7 @@ use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
 /// The bundle `ldm generate` uses when none is named.
-pub const DEFAULT_BUNDLE: &str = "export/shapes-text";
+pub const DEFAULT_BUNDLE: &str = "export/emoji-text";
 
 #[derive(Args)]
 pub struct GenerateArgs {

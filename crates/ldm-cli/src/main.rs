@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate images with an exported bundle (the shipped default: export/shapes-text).
+    /// Generate images with an exported bundle (the shipped default: export/emoji-text).
     Generate(generate::GenerateArgs),
     /// Measure a bundle on held-out images: PSNR/SSIM/MS-SSIM, FID/KID, precision/recall,
     /// conditioning accuracy, samples/s.

@@ -20,7 +20,7 @@ fn generate_writes_a_grid_from_the_default_bundle() {
             .current_dir(repo_root())
             .args([
                 "generate",
-                "a small green star at the bottom right on a gray background",
+                "red heart, noto style",
             ])
             .args([
                 "--steps",
@@ -35,7 +35,7 @@ fn generate_writes_a_grid_from_the_default_bundle() {
     );
     assert!(ok, "{text}");
     assert!(
-        text.contains("3 image(s) of 64x64 from shapes-text on tract"),
+        text.contains("3 image(s) of 64x64 from emoji-text on tract"),
         "{text}"
     );
     let grid = image::open(&out).unwrap();

@@ -5,9 +5,9 @@
 //! ```no_run
 //! use ldm_runtime::{Backend, Bundle, Generate, Pipeline};
 //!
-//! let bundle = Bundle::load("export/shapes-text".as_ref())?;
+//! let bundle = Bundle::load("export/emoji-text".as_ref())?;
 //! let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1)?;
-//! let request = Generate::new(vec!["a large red circle in the center on a white background".into()])
+//! let request = Generate::new(vec!["red apple, twemoji style".into()])
 //!     .steps(25)
 //!     .guidance(3.0)
 //!     .seed(7);

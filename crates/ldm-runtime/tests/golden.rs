@@ -1,22 +1,39 @@
-//! Golden outputs of the shipped default bundle: a seeded generation summarised (rounded) and
-//! snapshotted per backend, so a change to a sampler, a graph or the pipeline that moves the
-//! numbers fails here; and tract against ONNX Runtime step by step, within tolerances.
+//! Golden outputs of the shipped bundles (the default, emoji-text, and shapes-text): a seeded
+//! generation summarised (rounded) and snapshotted per backend, so a change to a sampler, a
+//! graph or the pipeline that moves the numbers fails here; and tract against ONNX Runtime
+//! step by step, within tolerances.
 
 use std::path::Path;
 
 use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
-const PROMPTS: [&str; 2] = [
-    "a large red circle in the center on a white background",
-    "a small blue square at the top left on a black background",
+/// Each shipped bundle (a folder of `export/`) with the two prompts it is checked on.
+const BUNDLES: [(&str, [&str; 2]); 2] = [
+    (
+        "emoji-text",
+        ["red apple, twemoji style", "red heart, noto style"],
+    ),
+    (
+        "shapes-text",
+        [
+            "a large red circle in the center on a white background",
+            "a small blue square at the top left on a black background",
+        ],
+    ),
 ];
 
 /// The latents after every step, and the images.
-fn run(backend: Backend, sampler: &str) -> (Vec<Vec<f32>>, Vec<Image>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/shapes-text");
+fn run(
+    (bundle, prompts): (&str, [&str; 2]),
+    backend: Backend,
+    sampler: &str,
+) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../export")
+        .join(bundle);
     let mut pipeline = Pipeline::new(Bundle::load(&dir).unwrap(), backend, 1).unwrap();
-    let request = Generate::new(PROMPTS.iter().map(|p| p.to_string()).collect())
+    let request = Generate::new(prompts.iter().map(|p| p.to_string()).collect())
         .sampler(sampler.parse::<SamplerKind>().unwrap())
         .steps(6)
         .guidance(3.0)
@@ -68,35 +85,50 @@ fn summary(trajectory: &[Vec<f32>], images: &[Image]) -> String {
 
 #[test]
 fn tract_generation_matches_its_snapshot() {
-    for sampler in ["ddim", "dpm++2m"] {
-        let (trajectory, images) = run(Backend::Tract, sampler);
-        insta::assert_snapshot!(format!("tract_{sampler}"), summary(&trajectory, &images));
+    for shipped in BUNDLES {
+        for sampler in ["ddim", "dpm++2m"] {
+            let (trajectory, images) = run(shipped, Backend::Tract, sampler);
+            insta::assert_snapshot!(
+                format!("{}_tract_{sampler}", shipped.0),
+                summary(&trajectory, &images)
+            );
+        }
     }
 }
 
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_follows_tract_step_by_step() {
-    let (tract, tract_images) = run(Backend::Tract, "ddim");
-    let (ort, ort_images) = run(Backend::OrtCpu, "ddim");
-    assert_eq!(tract.len(), ort.len());
-    for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-3, "step {}: latents differ by {worst}", step + 1);
+    for shipped in BUNDLES {
+        let (tract, tract_images) = run(shipped, Backend::Tract, "ddim");
+        let (ort, ort_images) = run(shipped, Backend::OrtCpu, "ddim");
+        assert_eq!(tract.len(), ort.len());
+        for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "{}: step {}: latents differ by {worst}",
+                shipped.0,
+                step + 1
+            );
+        }
+        for (a, b) in tract_images.iter().zip(&ort_images) {
+            let worst = a
+                .rgb
+                .iter()
+                .zip(&b.rgb)
+                .map(|(x, y)| x.abs_diff(*y))
+                .max()
+                .unwrap();
+            assert!(worst <= 2, "{}: pixels differ by {worst} of 255", shipped.0);
+        }
+        insta::assert_snapshot!(
+            format!("{}_ort_ddim", shipped.0),
+            summary(&ort, &ort_images)
+        );
     }
-    for (a, b) in tract_images.iter().zip(&ort_images) {
-        let worst = a
-            .rgb
-            .iter()
-            .zip(&b.rgb)
-            .map(|(x, y)| x.abs_diff(*y))
-            .max()
-            .unwrap();
-        assert!(worst <= 2, "pixels differ by {worst} of 255");
-    }
-    insta::assert_snapshot!("ort_ddim", summary(&ort, &ort_images));
 }
