@@ -18,10 +18,7 @@ fn generate_writes_a_grid_from_the_default_bundle() {
     let (ok, text) = output(
         ldm()
             .current_dir(repo_root())
-            .args([
-                "generate",
-                "red heart, noto style",
-            ])
+            .args(["generate", "red heart, noto style"])
             .args([
                 "--steps",
                 "3",

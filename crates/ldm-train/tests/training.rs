@@ -170,6 +170,24 @@ fn assert_started_from(tuned: &[(String, Tensor)], source: &[(String, Tensor)]) 
     }
 }
 
+/// The text model fine-tuned into the run `tuned` (latest checkpoint `checkpoint`) from
+/// `source` (a run or a release) kept the source's tokenizer, and its networks began at the
+/// weights in `source_weights`.
+fn assert_text_model_tuned_from(
+    tuned: &Path,
+    checkpoint: &Path,
+    source: &Path,
+    source_weights: &Path,
+) {
+    assert_eq!(
+        std::fs::read(tuned.join("tokenizer.json")).unwrap(),
+        std::fs::read(source.join("tokenizer.json")).unwrap()
+    );
+    for file in ["unet", "text_encoder"] {
+        assert_started_from(&weights(checkpoint, file), &weights(source_weights, file));
+    }
+}
+
 #[test]
 fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,50 +319,34 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     assert!(err.contains("is neither a release"), "{err}");
 
     // A fine-tuned text model keeps its source's tokenizer and starts from its weights.
-    let tuned = tmp.path().join("ldm-tuned");
-    let options = DiffusionOptions {
-        init_from: Some(ldm.clone()),
+    let tuned_from = |source: &Path| DiffusionOptions {
+        init_from: Some(source.to_path_buf()),
         learning_rate: 1e-4,
         seed: 1,
         ..diffusion_options(2)
     };
+    let tuned = tmp.path().join("ldm-tuned");
     let no_tokenizer = (data.as_path(), ae.as_path(), None);
-    let tuned_summary = diffusion(&cfg, no_tokenizer, &tuned, options, 15, false).unwrap();
-    assert_eq!(
-        std::fs::read(tuned.join("tokenizer.json")).unwrap(),
-        std::fs::read(ldm.join("tokenizer.json")).unwrap()
-    );
-    for file in ["unet", "text_encoder"] {
-        assert_started_from(
-            &weights(&tuned_summary.checkpoint, file),
-            &weights(&summary.checkpoint, file),
-        );
-    }
+    let tuned_summary = diffusion(&cfg, no_tokenizer, &tuned, tuned_from(&ldm), 15, false).unwrap();
+    assert_text_model_tuned_from(&tuned, &tuned_summary.checkpoint, &ldm, &summary.checkpoint);
 
     // What is shipped can be fine-tuned without its run folders: a release serves as the
     // first stage and as the starting point (its EMA weights, f16), and an autoencoder
     // fine-tuned from it starts with a fresh discriminator.
     let shipped = tmp.path().join("release");
     release::write_release(&ldm, &shipped).unwrap();
-    let options = DiffusionOptions {
-        init_from: Some(shipped.clone()),
-        learning_rate: 1e-4,
-        seed: 1,
-        ..diffusion_options(2)
-    };
     let from_release = tmp.path().join("ldm-from-release");
     let on_release = (data.as_path(), shipped.as_path(), None);
-    let summary_r = diffusion(&cfg, on_release, &from_release, options, 15, false).unwrap();
-    assert_eq!(
-        std::fs::read(from_release.join("tokenizer.json")).unwrap(),
-        std::fs::read(shipped.join("tokenizer.json")).unwrap()
-    );
-    for file in ["unet", "text_encoder"] {
-        assert_started_from(
-            &weights(&summary_r.checkpoint, file),
-            &weights(&shipped, file),
-        );
-    }
+    let summary_r = diffusion(
+        &cfg,
+        on_release,
+        &from_release,
+        tuned_from(&shipped),
+        15,
+        false,
+    )
+    .unwrap();
+    assert_text_model_tuned_from(&from_release, &summary_r.checkpoint, &shipped, &shipped);
     let state: DiffusionState = checkpoint::load_state(&summary_r.checkpoint).unwrap();
     assert_eq!(
         state.autoencoder_checkpoint,
