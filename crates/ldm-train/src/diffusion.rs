@@ -16,9 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint;
 use crate::denoiser::{encoder_name, expected_params, split_named, token_ids, Condition, Denoiser};
 use crate::ema::Ema;
-use crate::first_stage::{
-    encode_mode, images_tensor, load_autoencoder, non_finite, shallow, AutoencoderState,
-};
+use crate::first_stage::{encode_mode, images_tensor, load_autoencoder, non_finite, shallow};
 use crate::latents::LatentCache;
 use crate::optim::{warmup_lr, AdamConfig, AdamW};
 use crate::preview::Preview;
@@ -424,22 +422,16 @@ fn first_stage_checkpoint(
     let source = source.ok_or_else(|| {
         TrainError::Run("this model has a first stage: pass --autoencoder runs/NAME (a run of `ldm train autoencoder`, or a release)".into())
     })?;
-    let (folder, trained_with) = if release::is_release(source) {
-        let config = ModelConfig::load(&source.join(release::CONFIG_FILE))?;
-        (source.to_path_buf(), config)
-    } else {
-        let checkpoint = checkpoint::latest(source)?.ok_or_else(|| {
-            TrainError::Run(format!(
-                "{} holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",
-                source.display(),
-                source.display()
-            ))
-        })?;
-        let state: AutoencoderState = checkpoint::load_state(&checkpoint)?;
-        (checkpoint, state.config)
-    };
+    let folder = run::weights_folder(source)?.ok_or_else(|| {
+        TrainError::Run(format!(
+            "{} holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",
+            source.display(),
+            source.display()
+        ))
+    })?;
     // Absolute, so the run reads its first stage from any working directory.
     let folder = std::fs::canonicalize(&folder).map_err(|e| TrainError::io(&folder, e))?;
+    let trained_with = release::first_stage_record(&folder)?.config;
     if trained_with.autoencoder != config.autoencoder
         || trained_with.resolution != config.resolution
     {

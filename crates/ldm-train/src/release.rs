@@ -102,7 +102,7 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
     let (unet, encoder) = split_named(&config, &ema);
     let first_stage = match &state.autoencoder_checkpoint {
         Some(ae) => {
-            let trained = first_stage_training(ae)?;
+            let trained = first_stage_record(ae)?;
             let weights = checkpoint::load_weights_as_f32(
                 ae,
                 first_stage::AUTOENCODER,
@@ -138,16 +138,20 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
     })
 }
 
-/// How a first stage was trained, as a release records it.
-struct FirstStageTraining {
-    steps: u64,
-    options: AutoencoderOptions,
-    validation: Option<(f64, f64)>,
+/// A trained first stage's configuration and training record.
+pub struct FirstStageRecord {
+    /// The model configuration it was trained in (its `[autoencoder]` section and resolution
+    /// are what matter).
+    pub config: ModelConfig,
+    pub steps: u64,
+    pub options: AutoencoderOptions,
+    /// Validation PSNR (dB) and SSIM at its last validation.
+    pub validation: Option<(f64, f64)>,
 }
 
-/// The training record of the first stage in `folder`: an autoencoder checkpoint, or a release
-/// whose first stage a diffusion run was trained on.
-fn first_stage_training(folder: &Path) -> Result<FirstStageTraining, TrainError> {
+/// The record of the first stage in `folder`: an autoencoder checkpoint, or a release (whose
+/// first stage a diffusion run may reuse).
+pub fn first_stage_record(folder: &Path) -> Result<FirstStageRecord, TrainError> {
     if is_release(folder) {
         let info = read_info(folder)?;
         let missing = || {
@@ -156,14 +160,16 @@ fn first_stage_training(folder: &Path) -> Result<FirstStageTraining, TrainError>
                 folder.display()
             ))
         };
-        return Ok(FirstStageTraining {
+        return Ok(FirstStageRecord {
+            config: ModelConfig::load(&folder.join(CONFIG_FILE))?,
             steps: info.autoencoder_steps.ok_or_else(missing)?,
             options: info.autoencoder_options.ok_or_else(missing)?,
             validation: info.autoencoder_validation,
         });
     }
     let state: AutoencoderState = checkpoint::load_state(folder)?;
-    Ok(FirstStageTraining {
+    Ok(FirstStageRecord {
+        config: state.config,
         steps: state.step,
         options: state.options,
         validation: state.validation,

@@ -256,10 +256,19 @@ pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
     }
 }
 
+/// The folder that holds a trained model's `<network>.safetensors`: a release (`models/NAME`)
+/// as it is, its weights f16 (read them with `checkpoint::load_weights_as_f32`), or the latest
+/// checkpoint of a run folder (none while it has none).
+pub fn weights_folder(source: &Path) -> Result<Option<PathBuf>, TrainError> {
+    if crate::release::is_release(source) {
+        return Ok(Some(source.to_path_buf()));
+    }
+    Ok(crate::checkpoint::latest(source)?)
+}
+
 /// The folder whose `<network>.safetensors` the networks start from: the run's own checkpoint
-/// when resuming; for a new run fine-tuned with `--init-from`, the latest checkpoint of that
-/// run folder, or a release folder (`models/NAME`, f16 weights: read them with
-/// `checkpoint::load_weights_as_f32`); none otherwise.
+/// when resuming; for a new run fine-tuned with `--init-from`, the [`weights_folder`] of that
+/// run or release; none otherwise.
 pub fn weights_source(
     start: &Start,
     init_from: Option<&Path>,
@@ -267,11 +276,8 @@ pub fn weights_source(
     match (start, init_from) {
         (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
         (Start::Fresh, None) => Ok(None),
-        (Start::Fresh, Some(source)) if crate::release::is_release(source) => {
-            Ok(Some(source.to_path_buf()))
-        }
-        (Start::Fresh, Some(source)) => match crate::checkpoint::latest(source)? {
-            Some(checkpoint) => Ok(Some(checkpoint)),
+        (Start::Fresh, Some(source)) => match weights_folder(source)? {
+            Some(folder) => Ok(Some(folder)),
             None => Err(TrainError::Run(format!(
                 "--init-from {}: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)",
                 source.display()
