@@ -105,6 +105,9 @@ pub struct Generation {
     pub features: Option<FeatureScores>,
     /// The evaluator's first head: generated images judged as their row's value.
     pub category: Option<Accuracy>,
+    /// The evaluator's other heads (for emoji: subcategory and style), judged the same way.
+    #[serde(default)]
+    pub other_heads: Vec<Accuracy>,
     /// Procedural scenes: colour and shape both read back as the caption says.
     pub colour_and_shape: Option<Accuracy>,
 }
@@ -361,7 +364,7 @@ fn generate(
     let shown: Vec<Image> = generated.iter().take(64).map(from_rgb).collect();
     write_png(&a.out.join("samples.png"), &grid(&shown))?;
 
-    let (features, category) = match (evaluator, real_judged) {
+    let (features, mut heads) = match (evaluator, real_judged) {
         (Some(e), Some(r)) => {
             let g = e.judge(&generated)?;
             // Subsets of half the rows (at most the usual 1,000), so that the spread over
@@ -385,32 +388,34 @@ fn generate(
                 precision: pr.precision,
                 recall: pr.recall,
             };
-            let head = &e.manifest.config.heads[0];
-            let wanted: Vec<Option<usize>> = rows
-                .iter()
-                .map(|row| {
-                    row.column(&head.column)
-                        .and_then(|v| head.classes.binary_search(&v).ok())
-                })
-                .collect();
-            let share = |predicted: &[usize]| {
-                let judged: Vec<bool> = wanted
+            let heads = e.manifest.config.heads.iter().enumerate().map(|(h, head)| {
+                let wanted: Vec<Option<usize>> = rows
                     .iter()
-                    .zip(predicted)
-                    .filter_map(|(w, p)| w.map(|w| w == *p))
+                    .map(|row| {
+                        row.column(&head.column)
+                            .and_then(|v| head.classes.binary_search(&v).ok())
+                    })
                     .collect();
-                judged.iter().filter(|&&ok| ok).count() as f64 / judged.len().max(1) as f64
-            };
-            let category = Accuracy {
-                column: head.column.clone(),
-                generated: share(&g.predictions[0]),
-                real: share(&r.predictions[0]),
-                majority: majority(rows.iter().map(|row| row.column(&head.column))),
-            };
-            (Some(scores), Some(category))
+                let share = |predicted: &[usize]| {
+                    let judged: Vec<bool> = wanted
+                        .iter()
+                        .zip(predicted)
+                        .filter_map(|(w, p)| w.map(|w| w == *p))
+                        .collect();
+                    judged.iter().filter(|&&ok| ok).count() as f64 / judged.len().max(1) as f64
+                };
+                Accuracy {
+                    column: head.column.clone(),
+                    generated: share(&g.predictions[h]),
+                    real: share(&r.predictions[h]),
+                    majority: majority(rows.iter().map(|row| row.column(&head.column))),
+                }
+            });
+            (Some(scores), heads.collect())
         }
-        _ => (None, None),
+        _ => (None, Vec::new()),
     };
+    let category = (!heads.is_empty()).then(|| heads.remove(0));
     let colour_and_shape = rows
         .iter()
         .all(|r| r.column("colour").is_some() && r.column("shape").is_some())
@@ -450,6 +455,7 @@ fn generate(
         samples_per_second: generated.len() as f64 / seconds,
         features,
         category,
+        other_heads: heads,
         colour_and_shape,
     }))
 }
@@ -502,9 +508,10 @@ fn print_report(r: &Report) {
                 f.fid, f.fid_real_halves, f.kid, f.kid_std, f.precision, f.recall
             );
         }
-        for acc in [&g.category, &g.colour_and_shape].into_iter().flatten() {
+        let judged = g.category.iter().chain(&g.other_heads);
+        for acc in judged.chain(&g.colour_and_shape) {
             println!(
-                "  {:<16} {:.1} % of generated images (held-out images: {:.1} %; most common value: {:.1} %)",
+                "  {:<16} {:.1} % of generated images (the real images: {:.1} %; most common value: {:.1} %)",
                 acc.column,
                 100.0 * acc.generated,
                 100.0 * acc.real,

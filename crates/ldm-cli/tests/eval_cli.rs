@@ -98,6 +98,68 @@ fn eval_measures_reconstruction_generation_and_conditioning_and_compare_tabulate
     assert!(image::open(compared.join("compare.png")).is_ok());
 }
 
+/// An emoji-like image folder: flat-coloured images with the caption and the three columns the
+/// emoji evaluator judges.
+fn emoji_like_data(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let rows = [
+        ("red heart", "Smileys & Emotion", "heart", [221, 46, 68]),
+        ("red apple", "Food & Drink", "food-fruit", [200, 30, 40]),
+    ];
+    let mut metadata = String::new();
+    for i in 0..8 {
+        let (name, label, subcategory, colour) = rows[i % 2];
+        let style = ["noto", "twemoji"][i / 2 % 2];
+        let file = format!("{i}.png");
+        image::RgbImage::from_pixel(64, 64, image::Rgb(colour))
+            .save(dir.join(&file))
+            .unwrap();
+        metadata += &serde_json::json!({
+            "file_name": file, "text": format!("{name}, {style} style"), "label": label,
+            "subcategory": subcategory, "style": style,
+        })
+        .to_string();
+        metadata += "\n";
+    }
+    std::fs::write(dir.join("metadata.jsonl"), metadata).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+#[test]
+fn eval_judges_every_head_of_the_evaluator() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = emoji_like_data(&dir.path().join("emoji"));
+    let out = dir.path().join("eval");
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["eval", "--bundle", "export/emoji-text", "--data", &data])
+            .args(["--evaluator", "models/emoji-evaluator", "--samples", "8"])
+            .args(["--steps", "2", "--out", out.to_str().unwrap()]),
+    );
+    assert!(ok, "{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    let generation = &report["generation"];
+    assert_eq!(generation["category"]["column"], "label", "{report}");
+    let others: Vec<&str> = generation["other_heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|head| head["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(others, ["subcategory", "style"], "{report}");
+    for head in generation["other_heads"].as_array().unwrap() {
+        for share in ["generated", "real", "majority"] {
+            let v = head[share].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{share} {v} in {head}");
+        }
+        assert!(text.contains(head["column"].as_str().unwrap()), "{text}");
+    }
+    // Half the rows are of each style.
+    assert_eq!(generation["other_heads"][1]["majority"], 0.5, "{report}");
+}
+
 #[test]
 fn eval_refuses_bad_input_by_name() {
     let dir = tempfile::tempdir().unwrap();
