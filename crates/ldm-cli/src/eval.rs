@@ -478,7 +478,7 @@ fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
 
 fn print_report(r: &Report) {
     println!(
-        "{} on {} ({} held-out rows, {})",
+        "{} on {} ({} rows, {})",
         r.bundle, r.data, r.rows, r.backend
     );
     if let Some(t) = &r.training {
