@@ -13,10 +13,10 @@ use ldm_nn::classifier::{self, ClassifierConfig};
 use ldm_runtime::{Session, Tensor as RtTensor, TractSession};
 use prost::Message;
 use rand::{Rng, SeedableRng};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::bundle::{parity_tolerance, weight_map};
-use crate::parity::{differences, f32_values, reference_ops};
+use crate::parity::{differences, f32_values, reference_ops, rounded_to_f16};
 use crate::{ExportError, OnnxOps};
 
 const PRECISION: Precision = Precision::F16Weights;
@@ -40,10 +40,7 @@ pub fn export_evaluator(
     out: &Path,
 ) -> Result<ExportedEvaluator, ExportError> {
     config.validate()?;
-    let rounded: Vec<(String, Tensor)> = weights
-        .iter()
-        .map(|(n, t)| (n.clone(), t.to_kind(Kind::Half).to_kind(Kind::Float)))
-        .collect();
+    let rounded = rounded_to_f16(weights);
     let staging = StagingDir::new_replacing(out)?;
     let dir = staging.path().to_path_buf();
     make_public_dir(&dir).map_err(|e| ExportError::io(&dir, e))?;

@@ -170,6 +170,16 @@ fn external_data_and_half_precision_variants_run_everywhere() {
         let out = dir.path().join(format!("{precision:?}"));
         let exported = export_tiny(Regularizer::Kl, TEXT, &options, &out);
         assert_eq!(exported.manifest.precision, precision);
+        if precision == Precision::F16Weights {
+            // The reference runs the same f16-rounded weights, so with f32 arithmetic on both
+            // sides the check sees the engines' rounding, not the weights'.
+            let worst = exported
+                .parity
+                .iter()
+                .map(|r| r.max_rel)
+                .fold(0.0, f32::max);
+            assert!(worst < 5e-5, "f16 weights: max relative error {worst}");
+        }
         assert!(
             exported.parity.len() >= 8,
             "{precision:?}: {:?}",
