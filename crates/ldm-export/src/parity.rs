@@ -127,7 +127,6 @@ fn from_tch(t: &Tensor) -> Result<RtTensor, ExportError> {
     Ok(RtTensor::f32(&shape, data)?)
 }
 
-/// The tch interpretation holding `weights`, frozen: the reference a graph is compared with.
 /// `weights` rounded to f16 and back: what a graph storing f16 weights holds, so that a parity
 /// check against it measures the engines rather than the rounding.
 pub fn rounded_to_f16(weights: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
@@ -137,6 +136,7 @@ pub fn rounded_to_f16(weights: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// The tch interpretation holding `weights`, frozen: the reference a graph is compared with.
 pub fn reference_ops(weights: &[(String, Tensor)]) -> Result<TchOps, ExportError> {
     let mut ops = TchOps::new(tch::Device::Cpu);
     ops.load_params(

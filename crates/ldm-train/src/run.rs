@@ -276,13 +276,12 @@ pub fn weights_source(
     match (start, init_from) {
         (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
         (Start::Fresh, None) => Ok(None),
-        (Start::Fresh, Some(source)) => match weights_folder(source)? {
-            Some(folder) => Ok(Some(folder)),
-            None => Err(TrainError::Run(format!(
+        (Start::Fresh, Some(source)) => weights_folder(source)?.map(Some).ok_or_else(|| {
+            TrainError::Run(format!(
                 "--init-from {}: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)",
                 source.display()
-            ))),
-        },
+            ))
+        }),
     }
 }
 
