@@ -10,6 +10,7 @@ use ldm_nn::{ClassifierConfig, ModelConfig};
 use ldm_train::classifier::{heads_from_data, train_classifier, ClassifierOptions};
 use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions};
 use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
+use ldm_train::optim::LrDecay;
 use ldm_train::run::Cadence;
 
 #[derive(Args)]
@@ -52,12 +53,16 @@ struct RunArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Steps to train to (with --resume: the new total).
     #[arg(long)]
     steps: Option<u64>,
+    /// Images per optimisation step.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Peak learning rate of AdamW.
     #[arg(long)]
     lr: Option<f64>,
+    /// Seed of the initialisation, the batch order and the noise.
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long, default_value_t = 50)]
@@ -124,8 +129,14 @@ struct DiffusionArgs {
     /// Use this tokenizer.json instead of training one on the captions.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Steps of linear learning-rate warm-up.
     #[arg(long)]
     warmup: Option<u64>,
+    /// After warm-up: constant, or cosine (down to 0 at --steps; a resume that raises --steps
+    /// stretches the curve).
+    #[arg(long)]
+    lr_decay: Option<LrDecay>,
+    /// Decay of the weights' exponential moving average, which releases use.
     #[arg(long)]
     ema_decay: Option<f64>,
     /// Probability of dropping the condition (classifier-free guidance).
@@ -307,6 +318,7 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         learning_rate: c.run.lr.unwrap_or(d.learning_rate),
         seed: c.run.seed.unwrap_or(d.seed),
         warmup: a.warmup.unwrap_or(d.warmup),
+        lr_decay: a.lr_decay.unwrap_or(d.lr_decay),
         ema_decay: a.ema_decay.unwrap_or(d.ema_decay),
         condition_dropout: a.condition_dropout.unwrap_or(d.condition_dropout),
         init_from: c.init_from.clone(),

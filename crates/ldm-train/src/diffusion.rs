@@ -18,7 +18,7 @@ use crate::denoiser::{encoder_name, expected_params, split_named, token_ids, Con
 use crate::ema::Ema;
 use crate::first_stage::{encode_mode, images_tensor, load_autoencoder, non_finite, shallow};
 use crate::latents::LatentCache;
-use crate::optim::{warmup_lr, AdamConfig, AdamW};
+use crate::optim::{scheduled_lr, AdamConfig, AdamW, LrDecay};
 use crate::preview::Preview;
 use crate::release;
 use crate::run::{self, Cadence, RunLog, Start};
@@ -32,6 +32,9 @@ pub struct DiffusionOptions {
     pub learning_rate: f64,
     /// Steps of linear learning-rate warm-up.
     pub warmup: u64,
+    /// What the learning rate does after warm-up (runs saved before it existed: constant).
+    #[serde(default)]
+    pub lr_decay: LrDecay,
     pub weight_decay: f64,
     /// Global gradient-norm bound.
     pub grad_clip: f64,
@@ -56,6 +59,7 @@ impl Default for DiffusionOptions {
             batch_size: 32,
             learning_rate: 2e-4,
             warmup: 500,
+            lr_decay: LrDecay::Constant,
             weight_decay: 0.01,
             grad_clip: 1.0,
             ema_decay: 0.999,
@@ -351,7 +355,13 @@ pub fn train_diffusion(
         if !norm.is_finite() {
             return Err(non_finite("gradient norm", norm, step, &latest));
         }
-        let lr = warmup_lr(options.learning_rate, options.warmup, step);
+        let lr = scheduled_lr(
+            options.learning_rate,
+            options.warmup,
+            options.lr_decay,
+            step,
+            options.steps,
+        );
         opt.step(lr);
         ema.update(&params);
         step_time += started.elapsed();

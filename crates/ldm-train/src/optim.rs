@@ -158,6 +158,45 @@ pub fn warmup_lr(lr: f64, warmup: u64, step: u64) -> f64 {
     }
 }
 
+/// What the learning rate does after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrDecay {
+    /// Stays at the peak (the reference LDM's choice).
+    #[default]
+    Constant,
+    /// Half a cosine from the peak down to 0 at the run's last step: a run that ends on a
+    /// small learning rate settles into a minimum instead of wandering around it.
+    Cosine,
+}
+
+impl std::str::FromStr for LrDecay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            _ => Err(format!(
+                "unknown learning-rate decay '{s}' (constant or cosine)"
+            )),
+        }
+    }
+}
+
+/// The learning rate of update `step` (0-based) of a `steps`-long run peaking at `lr`.
+pub fn scheduled_lr(lr: f64, warmup: u64, decay: LrDecay, step: u64, steps: u64) -> f64 {
+    let warmed = warmup_lr(lr, warmup, step);
+    match decay {
+        LrDecay::Constant => warmed,
+        LrDecay::Cosine if step < warmup => warmed,
+        LrDecay::Cosine => {
+            let span = steps.saturating_sub(warmup).max(1) as f64;
+            let progress = ((step - warmup) as f64 / span).min(1.0);
+            warmed * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +253,23 @@ mod tests {
         );
         assert_eq!(warmup_lr(1e-3, 10, 0), 1e-4);
         assert_eq!(warmup_lr(1e-3, 10, 50), 1e-3);
+    }
+
+    #[test]
+    fn cosine_decay_falls_from_the_peak_to_zero_after_warm_up() {
+        let lr = |step| scheduled_lr(1e-3, 10, LrDecay::Cosine, step, 110);
+        assert_eq!(lr(0), 1e-4, "warm-up is unchanged");
+        assert_eq!(lr(10), 1e-3, "the peak right after warm-up");
+        assert!((lr(60) - 5e-4).abs() < 1e-12, "half way: {}", lr(60));
+        assert!(lr(109) < 1e-6 && lr(109) > 0.0, "{}", lr(109));
+        assert_eq!(lr(500), 0.0, "steps past the end stay at 0");
+        let falling: Vec<f64> = (10..110).map(lr).collect();
+        assert!(falling.windows(2).all(|w| w[1] <= w[0]));
+        assert_eq!(scheduled_lr(1e-3, 10, LrDecay::Constant, 60, 110), 1e-3);
+        assert_eq!("cosine".parse(), Ok(LrDecay::Cosine));
+        assert!("linear"
+            .parse::<LrDecay>()
+            .unwrap_err()
+            .contains("constant or cosine"));
     }
 }
