@@ -24,6 +24,7 @@ pub struct SampleArgs {
     /// Images to draw: each prompt in turn, or rows of --prompts-from.
     #[arg(long, default_value_t = 8)]
     count: usize,
+    /// DDIM sampling steps.
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// DDIM eta: 1 draws fresh noise at every step (DDPM's variance), 0 is deterministic.
@@ -33,11 +34,13 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale (1: none).
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
+    /// Seed of the noise (chunk i of the grid uses seed + i).
     #[arg(long, default_value_t = 0)]
     seed: i64,
     /// The grid PNG to write.
     #[arg(long)]
     out: PathBuf,
+    /// Images per row of the grid.
     #[arg(long, default_value_t = 8)]
     columns: usize,
     /// Read each image back with the procedural-shapes pixel judge and compare with its

@@ -65,8 +65,10 @@ struct RunArgs {
     /// Seed of the initialisation, the batch order and the noise.
     #[arg(long)]
     seed: Option<u64>,
+    /// Steps between rows of log.csv.
     #[arg(long, default_value_t = 50)]
     log_every: u64,
+    /// Steps between checkpoints (older ones are pruned).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: u64,
     /// No progress bar.
