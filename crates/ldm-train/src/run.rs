@@ -77,14 +77,7 @@ impl RunLog {
 
     pub fn push(&mut self, step: u64, values: Vec<f64>) -> Result<(), TrainError> {
         debug_assert_eq!(values.len(), self.columns.len());
-        let line = format!(
-            "{step},{}\n",
-            values
-                .iter()
-                .map(|v| format!("{v:.6}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let line = csv_row(step, &values);
         self.rows.push((step, values));
         let mut file = std::fs::OpenOptions::new()
             .append(true)
@@ -97,8 +90,7 @@ impl RunLog {
     fn write(&self) -> Result<(), TrainError> {
         let mut text = format!("step,{}\n", self.columns.join(","));
         for (step, values) in &self.rows {
-            let v: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();
-            text.push_str(&format!("{step},{}\n", v.join(",")));
+            text.push_str(&csv_row(*step, values));
         }
         write_atomic(&self.path, text.as_bytes()).map_err(|e| TrainError::io(&self.path, e))
     }
@@ -170,6 +162,22 @@ impl RunLog {
             .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
         write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
     }
+}
+
+/// One log row. Values below 1e-3 (the tail of a learning-rate decay) are written in
+/// scientific notation, so that six decimals do not round them to 0.
+fn csv_row(step: u64, values: &[f64]) -> String {
+    let fields: Vec<String> = values
+        .iter()
+        .map(|&v| {
+            if v != 0.0 && v.abs() < 1e-3 {
+                format!("{v:.6e}")
+            } else {
+                format!("{v:.6}")
+            }
+        })
+        .collect();
+    format!("{step},{}\n", fields.join(","))
 }
 
 /// Four significant digits, in scientific notation for small or large magnitudes.
@@ -359,7 +367,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RunLog::open(dir.path(), "log.csv", &["loss", "lr"], 0).unwrap();
         for step in 1..=4 {
-            log.push(step, vec![1.0 / step as f64, 1e-4]).unwrap();
+            // The end of a cosine decay: six decimals would write 0.000000.
+            let lr = if step == 1 { 1e-2 } else { 2.5e-7 };
+            log.push(step, vec![1.0 / step as f64, lr]).unwrap();
         }
         log.plot(&dir.path().join("loss.png")).unwrap();
         let png = image::open(dir.path().join("loss.png")).unwrap();
@@ -371,7 +381,11 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("log.csv")).unwrap();
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
-            ["step,loss,lr", "1,1.000000,0.000100", "2,0.500000,0.000100"]
+            [
+                "step,loss,lr",
+                "1,1.000000,0.010000",
+                "2,0.500000,2.500000e-7"
+            ]
         );
         assert!(step_seed(0, 1) != step_seed(0, 2) && step_seed(0, 1) != step_seed(1, 1));
     }
