@@ -449,7 +449,7 @@ fn plot(report: &Report, targets: &[Target], path: &Path) -> anyhow::Result<()> 
         entry[index] = row.median_ms.unwrap_or(f64::NAN);
     }
     let title = format!("{}: median latency, batch 1", report.bundle);
-    let (w, h, rgb) = ldm_eval::plot::grouped_bars(&title, "milliseconds (log)", &groups, &series)
+    let (w, h, rgb) = ldm_plot::grouped_bars(&title, "milliseconds (log)", &groups, &series)
         .map_err(anyhow::Error::msg)?;
     crate::generate::write_png(
         path,
@@ -497,23 +497,27 @@ mod tch_eager {
                     })
                     .collect();
                 super::median_ms(task.runs, task.warmup, || {
-                    ldm_export::graphs::forward(role, &release.config, &mut ops, &inputs)?;
+                    ldm_nn::graphs::forward(role, &release.config, &mut ops, &inputs)?;
                     Ok(())
                 })
             }
             Target::TextToImage => {
                 let mut model =
                     ldm_train::trained::TrainedModel::load(&task.release, tch::Device::Cpu)?;
-                let defaults = Bundle::load(&task.bundle)?.manifest.defaults;
-                let guidance = defaults.guidance;
+                // The request the runtime side of the benchmark runs, as its plan resolves it.
+                let manifest = Bundle::load(&task.bundle)?.manifest;
+                let request =
+                    ldm_runtime::Generate::new(vec![BENCH_PROMPT.into()]).steps(task.steps);
+                let schedule = manifest.schedule.noise_schedule()?;
+                let plan = ldm_runtime::plan::plan(&request, &manifest, &schedule, 0, u64::MAX)?;
+                let options = ldm_train::trained::SampleOptions {
+                    sampler: plan.sampling.sampler,
+                    steps: plan.sampling.steps,
+                    guidance: plan.sampling.guidance,
+                    seed: 0,
+                };
                 super::median_ms(task.runs.div_ceil(3), task.warmup.min(1), || {
-                    let _image = model.generate(
-                        &[BENCH_PROMPT.to_string()],
-                        task.steps,
-                        defaults.eta,
-                        guidance,
-                        0,
-                    )?;
+                    let _image = model.generate(&[BENCH_PROMPT.to_string()], "", &options)?;
                     Ok(())
                 })
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use image::RgbImage;
-use ldm_eval::plot::grouped_bars;
+use ldm_plot::grouped_bars;
 
 use crate::eval::{FeatureScores, Report};
 

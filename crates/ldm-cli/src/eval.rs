@@ -334,27 +334,31 @@ fn generate(
         return Ok(None);
     };
     let sampling = &a.sampling;
-    let sampler = match sampling.sampler {
-        Some(s) => s,
-        None => m.defaults.sampler.parse().map_err(anyhow::Error::msg)?,
+    let request = |prompts: Vec<String>, seed: u64| {
+        let mut request = Generate::new(prompts).seed(seed).size(m.resolution);
+        request.sampler = sampling.sampler;
+        request.steps = sampling.steps;
+        request.guidance = sampling.guidance;
+        request.eta = sampling.eta;
+        request
     };
-    let (steps, guidance, eta) = (
-        sampling.steps.unwrap_or(m.defaults.steps),
-        sampling.guidance.unwrap_or(m.defaults.guidance),
-        sampling.eta.unwrap_or(m.defaults.eta),
+    // The settings every chunk runs with, as the bundle's defaults resolve them.
+    let plan = pipeline.plan(&request(
+        prompts.iter().take(1).cloned().collect(),
+        sampling.seed,
+    ))?;
+    let (sampler, steps, guidance, eta) = (
+        plan.sampling.sampler,
+        plan.sampling.steps,
+        plan.sampling.guidance,
+        plan.eta,
     );
     let bar = crate::progress::bar("generating");
     bar.set_length(prompts.len() as u64);
     let started = Instant::now();
     let mut generated = Vec::with_capacity(prompts.len());
     for (i, chunk) in prompts.chunks(BATCH).enumerate() {
-        let mut request = Generate::new(chunk.to_vec())
-            .sampler(sampler)
-            .steps(steps)
-            .guidance(guidance)
-            .eta(eta)
-            .seed(sampling.seed + (i * BATCH) as u64);
-        request.size = Some(m.resolution);
+        let request = request(chunk.to_vec(), sampling.seed + (i * BATCH) as u64);
         let images = pipeline.generate(&request, &mut |_| true)?;
         generated.extend(images.into_iter().map(to_rgb));
         bar.inc(chunk.len() as u64);

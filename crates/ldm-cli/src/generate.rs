@@ -32,9 +32,16 @@ pub struct GenerateArgs {
     /// What guidance steers away from (text models).
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Image side in pixels (default: the training resolution).
-    #[arg(long)]
+    /// Square image side in pixels (default: the input image's size, else the training
+    /// resolution).
+    #[arg(long, conflicts_with_all = ["width", "height"])]
     size: Option<usize>,
+    /// Image width in pixels (default as --size).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels (default as --size).
+    #[arg(long)]
+    height: Option<usize>,
     /// Images of the prompt to generate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     batch: u16,
@@ -103,27 +110,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     request.steps = args.sampling.steps;
     request.guidance = args.sampling.guidance;
     request.eta = args.sampling.eta;
-    request.size = args.size;
+    request.width = args.width.or(args.size);
+    request.height = args.height.or(args.size);
     request.strength = args.strength;
     request.init_image = args.init_image.as_deref().map(read_png).transpose()?;
     request.mask = args.mask.as_deref().map(read_png).transpose()?;
-    if let (None, Some(image)) = (request.size, &request.init_image) {
-        // The output size follows the input image (f times it for super-resolution).
-        let m = &pipeline.bundle().manifest;
-        let super_resolution = matches!(
-            m.conditioning,
-            ldm_core::manifest::BundleConditioning::Concat {
-                task: ldm_core::manifest::ConcatKind::SuperResolution,
-                ..
-            }
-        );
-        let factor = if super_resolution {
-            m.downsampling_factor
-        } else {
-            1
-        };
-        request.size = Some(image.width * factor);
-    }
 
     for warning in pipeline.warnings(&request)? {
         eprintln!("warning: {warning}");

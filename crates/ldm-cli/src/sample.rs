@@ -1,42 +1,51 @@
-//! `ldm train sample`: images from a diffusion run's EMA weights on tch, before export; with
-//! `--judge-shapes`, how often they show the colour, shape, size and position asked for.
+//! `ldm train sample`: images from a diffusion run's EMA weights on tch, before export, with
+//! the samplers, noise and conditioning of `ldm generate` (the same seed draws the same image
+//! from a release and from its exported bundle); with `--judge-shapes`, how often they show
+//! the colour, shape, size and position asked for.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use ldm_core::SamplerKind;
 use ldm_data::judge::judge;
 use ldm_data::{ImageFolder, Record};
 use ldm_train::images::{save_grid, to_rgb_images};
-use ldm_train::trained::TrainedModel;
+use ldm_train::trained::{SampleOptions, TrainedModel};
 
 #[derive(Args)]
 pub struct SampleArgs {
     /// Run folder of `ldm train diffusion`, or a release (models/NAME).
     #[arg(long)]
     run: PathBuf,
-    /// A caption (text models) or class name (class models); repeat for several.
+    /// A caption (text models) or class name or id (class models); repeat for several.
     #[arg(long = "prompt")]
     prompts: Vec<String>,
+    /// What guidance steers away from (text models).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
     /// Take the prompts from the first --count rows of this image folder instead.
     #[arg(long)]
     prompts_from: Option<PathBuf>,
     /// Images to draw: each prompt in turn, or rows of --prompts-from.
     #[arg(long, default_value_t = 8)]
     count: usize,
-    /// DDIM sampling steps.
+    /// ddpm, ddim, plms, dpm++2m, euler or euler-a.
+    #[arg(long, default_value = "ddim")]
+    sampler: SamplerKind,
+    /// Sampling steps.
     #[arg(long, default_value_t = 50)]
     steps: usize,
-    /// DDIM eta: 1 draws fresh noise at every step (DDPM's variance), 0 is deterministic.
+    /// DDIM's eta: 1 draws fresh noise at every step (DDPM's variance), 0 is deterministic.
     /// Early checkpoints sample cleanly only with fresh noise.
     #[arg(long, default_value_t = 1.0)]
     eta: f64,
     /// Classifier-free guidance scale (1: none).
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
-    /// Seed of the noise (chunk i of the grid uses seed + i).
+    /// Seed of the first image; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
-    seed: i64,
+    seed: u64,
     /// The grid PNG to write.
     #[arg(long)]
     out: PathBuf,
@@ -86,9 +95,19 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let device = ldm_train::parse_device(&a.device)?;
     let mut model = TrainedModel::load(&a.run, device)
         .with_context(|| format!("loading {}", a.run.display()))?;
+    let sampler = match a.sampler {
+        SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta: a.eta },
+        other => other,
+    };
     let mut images = Vec::new();
     for (i, chunk) in prompts.chunks(BATCH).enumerate() {
-        images.push(model.generate(chunk, a.steps, a.eta, a.guidance, a.seed + i as i64)?);
+        let options = SampleOptions {
+            sampler,
+            steps: a.steps,
+            guidance: a.guidance,
+            seed: a.seed + (i * BATCH) as u64,
+        };
+        images.push(model.generate(chunk, &a.negative_prompt, &options)?);
     }
     let images = tch::Tensor::cat(&images, 0);
     save_grid(&images, a.columns, &a.out)

@@ -12,6 +12,7 @@ use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions};
 use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
 use ldm_train::optim::LrDecay;
 use ldm_train::run::Cadence;
+use ldm_train::trainer::StageOptions;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -221,6 +222,32 @@ impl Common {
     }
 }
 
+impl RunArgs {
+    /// `defaults` with the options every stage shares set where the command line gives them.
+    fn options<O: StageOptions>(&self, mut defaults: O) -> anyhow::Result<O> {
+        let common = defaults.common();
+        *common.steps = self.steps.unwrap_or(*common.steps);
+        *common.batch_size = self.batch_size.unwrap_or(*common.batch_size);
+        *common.learning_rate = self.lr.unwrap_or(*common.learning_rate);
+        *common.seed = self.seed.unwrap_or(*common.seed);
+        check_positive("--lr", *common.learning_rate)?;
+        anyhow::ensure!(*common.batch_size >= 1, "--batch-size must be at least 1");
+        Ok(defaults)
+    }
+
+    /// The lines every stage prints when it stops: how far it got, then where its run is.
+    fn report(&self, interrupted: bool, step: u64, figures: &str, checkpoint: &Path) {
+        let ended = if interrupted { "stopped" } else { "done" };
+        println!("{ended} at step {step}: {figures}");
+        println!("checkpoint: {}", checkpoint.display());
+        println!(
+            "log: {} (loss curve: {})",
+            self.out.join("log.csv").display(),
+            self.out.join("loss.png").display()
+        );
+    }
+}
+
 /// The `validation` folder next to a `train` folder, when there is one.
 fn sibling_validation(data: &Path) -> Option<PathBuf> {
     let sibling = data.parent()?.join("validation");
@@ -261,12 +288,8 @@ fn check_positive(name: &str, value: f64) -> anyhow::Result<()> {
 fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let config = c.config()?;
-    let d = AutoencoderOptions::default();
+    let d = c.run.options(AutoencoderOptions::default())?;
     let options = AutoencoderOptions {
-        steps: c.run.steps.unwrap_or(d.steps),
-        batch_size: c.run.batch_size.unwrap_or(d.batch_size),
-        learning_rate: c.run.lr.unwrap_or(d.learning_rate),
-        seed: c.run.seed.unwrap_or(d.seed),
         flip: !a.no_flip,
         kl_weight: a.kl_weight.unwrap_or(d.kl_weight),
         perceptual_weight: a.perceptual_weight.unwrap_or(d.perceptual_weight),
@@ -275,7 +298,6 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         init_from: c.init_from.clone(),
         ..d
     };
-    check_positive("--lr", options.learning_rate)?;
     let validation = c.validation();
     let summary = train_autoencoder(
         &config,
@@ -293,32 +315,24 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(n, v)| format!("{n} {v:.4}"))
         .collect();
-    println!(
-        "{} at step {}: {}",
-        if summary.interrupted {
-            "stopped"
-        } else {
-            "done"
-        },
+    let validation = summary.validation.map_or(String::new(), |(psnr, ssim)| {
+        format!("; validation: PSNR {psnr:.2} dB, SSIM {ssim:.4}")
+    });
+    let figures = format!("{}{validation}", losses.join(", "));
+    c.run.report(
+        summary.interrupted,
         summary.step,
-        losses.join(", ")
+        &figures,
+        &summary.checkpoint,
     );
-    if let Some((psnr, ssim)) = summary.validation {
-        println!("validation: PSNR {psnr:.2} dB, SSIM {ssim:.4}");
-    }
-    print_outputs(&c.run.out, &summary.checkpoint);
     Ok(())
 }
 
 fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let config = c.config()?;
-    let d = DiffusionOptions::default();
+    let d = c.run.options(DiffusionOptions::default())?;
     let options = DiffusionOptions {
-        steps: c.run.steps.unwrap_or(d.steps),
-        batch_size: c.run.batch_size.unwrap_or(d.batch_size),
-        learning_rate: c.run.lr.unwrap_or(d.learning_rate),
-        seed: c.run.seed.unwrap_or(d.seed),
         warmup: a.warmup.unwrap_or(d.warmup),
         lr_decay: a.lr_decay.unwrap_or(d.lr_decay),
         ema_decay: a.ema_decay.unwrap_or(d.ema_decay),
@@ -326,7 +340,6 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         init_from: c.init_from.clone(),
         ..d
     };
-    check_positive("--lr", options.learning_rate)?;
     anyhow::ensure!(
         (0.0..1.0).contains(&options.ema_decay),
         "--ema-decay must be in [0, 1)"
@@ -352,18 +365,17 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         c.run.resume,
     )
     .with_context(|| format!("training the diffusion model in {}", c.run.out.display()))?;
-    println!(
-        "{} at step {}: loss {}, latent scale factor {:.5}",
-        if summary.interrupted {
-            "stopped"
-        } else {
-            "done"
-        },
-        summary.step,
+    let figures = format!(
+        "loss {}, latent scale factor {:.5}",
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
         summary.scale_factor
     );
-    print_outputs(&c.run.out, &summary.checkpoint);
+    c.run.report(
+        summary.interrupted,
+        summary.step,
+        &figures,
+        &summary.checkpoint,
+    );
     Ok(())
 }
 
@@ -376,16 +388,7 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
     let folder = ldm_data::ImageFolder::open(&a.data)?;
     let heads = heads_from_data(&folder, &a.columns)?;
     let config = ClassifierConfig::new(a.resolution, heads);
-    let d = ClassifierOptions::default();
-    let options = ClassifierOptions {
-        steps: a.run.steps.unwrap_or(d.steps),
-        batch_size: a.run.batch_size.unwrap_or(d.batch_size),
-        learning_rate: a.run.lr.unwrap_or(d.learning_rate),
-        seed: a.run.seed.unwrap_or(d.seed),
-        ..d
-    };
-    check_positive("--lr", options.learning_rate)?;
-    anyhow::ensure!(options.batch_size >= 1, "--batch-size must be at least 1");
+    let options = a.run.options(ClassifierOptions::default())?;
     let summary = train_classifier(
         &config,
         &a.data,
@@ -408,18 +411,17 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
         .zip(&summary.accuracy)
         .map(|(h, acc)| format!("{} {:.1}%", h.column, 100.0 * acc))
         .collect();
-    println!(
-        "{} at step {}: loss {:.4}; validation accuracy: {}",
-        if summary.interrupted {
-            "stopped"
-        } else {
-            "done"
-        },
-        summary.step,
+    let figures = format!(
+        "loss {:.4}; validation accuracy: {}",
         summary.loss,
         accuracy.join(", ")
     );
-    print_outputs(&a.run.out, &summary.checkpoint);
+    a.run.report(
+        summary.interrupted,
+        summary.step,
+        &figures,
+        &summary.checkpoint,
+    );
     if summary.interrupted {
         return Ok(());
     }
@@ -439,13 +441,4 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
         exported.max_rel
     );
     Ok(())
-}
-
-fn print_outputs(out: &Path, checkpoint: &Path) {
-    println!("checkpoint: {}", checkpoint.display());
-    println!(
-        "log: {} (loss curve: {})",
-        out.join("log.csv").display(),
-        out.join("loss.png").display()
-    );
 }

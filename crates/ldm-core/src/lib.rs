@@ -1,12 +1,16 @@
 //! Engine-free pieces shared by training (tch) and the runtime (tract, ONNX Runtime).
 
+pub mod conditions;
 mod ddim;
+pub mod guided;
 pub mod manifest;
 pub mod samplers;
 mod schedule;
 mod tokenizer;
 
+pub use conditions::ConditionError;
 pub use ddim::{ddim_step, ddim_timesteps};
+pub use guided::{GuidedSampling, KnownLatent, SamplingSetup};
 pub use manifest::{Manifest, ManifestError};
 pub use samplers::{Sampler, SamplerKind};
 pub use schedule::{NoiseSchedule, ScheduleError};

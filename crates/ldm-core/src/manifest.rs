@@ -65,12 +65,17 @@ pub enum Precision {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// How the first stage regularises its latent space (paper 3.1): a model configuration's
+/// `autoencoder.regularizer` and a manifest's `first_stage`.
 pub enum FirstStage {
-    /// The encoder outputs mean and log-variance (`moments`); samples use the mean.
+    /// Slight KL penalty towards a standard normal: the encoder outputs mean and log-variance
+    /// (`moments`); samples use the mean.
     Kl,
-    /// The encoder outputs the pre-quantisation latent; the decoder quantises.
+    /// Vector quantisation with a learned codebook: the encoder outputs the pre-quantisation
+    /// latent; the decoder quantises.
     Vq,
-    /// No first stage: the "latent" is the image.
+    /// No first stage (f = 1): diffusion runs on pixels (the paper's LDM-1 baseline); the
+    /// "latent" is the image.
     Identity,
 }
 
@@ -99,10 +104,13 @@ pub enum BundleConditioning {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// What a concatenation-conditioned model sees next to its latent (paper 4.4, 4.5).
 pub enum ConcatKind {
-    /// The low-resolution image resized to the latent's size.
+    /// The low-resolution image, at the latent's size (the image downsampled f times): image
+    /// channels.
     SuperResolution,
-    /// The encoded masked image (scaled) and the mask (1 = to fill) at the latent's size.
+    /// The encoded masked image (scaled) and the mask (1 = to fill) at the latent's size:
+    /// latent channels + 1.
     Inpainting,
 }
 

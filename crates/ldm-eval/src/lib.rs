@@ -8,7 +8,6 @@
 pub mod distribution;
 pub mod evaluator;
 pub mod image_quality;
-pub mod plot;
 
 pub use distribution::{fid, kid, precision_recall, Kid, PrecisionRecall};
 pub use evaluator::{Evaluator, EvaluatorError, EvaluatorManifest, Judged};

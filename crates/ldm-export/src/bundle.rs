@@ -7,23 +7,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ldm_core::manifest::{
-    BundleConditioning, ConcatKind, FirstStage, GraphRole, GraphSpec, Manifest, Precision,
-    SamplerDefaults, Schedule, MANIFEST_FILE, MANIFEST_FORMAT,
+    BundleConditioning, GraphRole, GraphSpec, Manifest, Precision, SamplerDefaults, Schedule,
+    MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use ldm_data::{make_public_dir, write_atomic, StagingDir};
-use ldm_nn::{ConcatTask, Conditioning, ModelConfig, Regularizer};
+use ldm_nn::{Conditioning, ModelConfig};
 use ldm_train::release::{load_release_or_run, Release};
 use prost::Message;
 use tch::Tensor;
 
 use crate::external::{externalize, PROTOBUF_LIMIT};
-use crate::graphs::{self, io_specs};
 use crate::onnx_ops::{OnnxOps, Weight};
 use crate::parity::{
     compare_run, engines, f32_values, random_inputs, reference_ops, reference_outputs,
     rounded_to_f16, ParityRow,
 };
 use crate::ExportError;
+use ldm_nn::graphs::{self, io_specs};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -157,11 +157,7 @@ pub fn export_release(
         resolution: config.resolution,
         size_multiple: size_multiple(config),
         image_channels: config.autoencoder.in_channels,
-        first_stage: match config.autoencoder.regularizer {
-            Regularizer::Kl => FirstStage::Kl,
-            Regularizer::Vq => FirstStage::Vq,
-            Regularizer::Identity => FirstStage::Identity,
-        },
+        first_stage: config.autoencoder.regularizer,
         latent_channels: config.autoencoder.latent_channels,
         downsampling_factor: config.autoencoder.factor,
         latent_scale_factor: release.info.scale_factor,
@@ -237,10 +233,7 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
             class_names: release.info.class_names.clone(),
         },
         Conditioning::Concat { task } => BundleConditioning::Concat {
-            task: match task {
-                ConcatTask::SuperResolution => ConcatKind::SuperResolution,
-                ConcatTask::Inpainting => ConcatKind::Inpainting,
-            },
+            task,
             channels: release.config.unet_in_channels()
                 - release.config.autoencoder.latent_channels,
         },

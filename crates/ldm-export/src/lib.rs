@@ -2,16 +2,15 @@
 //!
 //! [`OnnxOps`] is the ONNX interpretation of the networks written once in `ldm-nn`: running
 //! a network's forward code on it builds the graph, with the checkpoint's parameter names as
-//! initializer names. [`graphs`] fixes which graphs a model has and their inputs and outputs;
-//! [`export`] writes a bundle (graphs, tokenizer, `manifest.json`) and [`parity`] checks the
-//! files against tch on tract and ONNX Runtime. [`evaluator`] writes the evaluation network's
+//! initializer names, for the graphs `ldm_nn::graphs` describes (which graphs a model has,
+//! their inputs, outputs and composition). [`export`] writes a bundle (graphs, tokenizer,
+//! `manifest.json`) and [`parity`] checks the files against tch on tract and ONNX Runtime. [`evaluator`] writes the evaluation network's
 //! folder for `ldm eval`.
 
 mod bundle;
 mod error;
 pub mod evaluator;
 mod external;
-pub mod graphs;
 mod onnx_ops;
 pub mod parity;
 mod proto;

@@ -13,8 +13,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use tch::{Kind, Tensor};
 
-use crate::graphs::{self, io_specs};
 use crate::ExportError;
+use ldm_nn::graphs::{self, io_specs};
 
 /// Differences of one graph on one engine, for one input size.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use image::RgbImage;
 use ldm_eval::evaluator::{Evaluator, EVALUATOR_FILE};
 use ldm_export::evaluator::export_evaluator;
 use ldm_nn::classifier::{self, ClassifierConfig, Head};
-use ldm_train::first_stage::sorted_params;
+use ldm_train::tensors::sorted_params;
 use ldm_train::TchOps;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};

@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION, TEXT};
 use ldm_core::manifest::{GraphRole, Manifest, Precision};
 use ldm_export::parity::{random_inputs, reference_ops, reference_outputs};
-use ldm_export::{export_release, graphs, ExportOptions, Exported};
-use ldm_nn::Regularizer;
+use ldm_export::{export_release, ExportOptions, Exported};
+use ldm_nn::graphs;
+use ldm_nn::FirstStage;
 use ldm_runtime::TensorData;
 use serde_json::json;
 
@@ -21,7 +22,7 @@ use serde_json::json;
 static TORCH_RNG: Mutex<()> = Mutex::new(());
 
 fn export_tiny(
-    regularizer: Regularizer,
+    regularizer: FirstStage,
     conditioning: &str,
     options: &ExportOptions,
     out: &Path,
@@ -57,7 +58,7 @@ fn python() -> String {
 }
 
 /// Writes tch reference cases for every graph of `bundle` and runs check_bundle.py on them.
-fn check_with_python(bundle: &Path, regularizer: Regularizer, conditioning: &str) {
+fn check_with_python(bundle: &Path, regularizer: FirstStage, conditioning: &str) {
     let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let release = random_release(&config(regularizer, conditioning), 7);
     let manifest = Manifest::load(bundle).unwrap();
@@ -110,12 +111,12 @@ fn check_with_python(bundle: &Path, regularizer: Regularizer, conditioning: &str
 fn every_conditioning_kind_and_first_stage_exports_with_parity() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("kl-text", Regularizer::Kl, TEXT),
-        ("vq-class", Regularizer::Vq, CLASS),
-        ("kl-unconditional", Regularizer::Kl, NONE),
-        ("kl-super-resolution", Regularizer::Kl, SUPER_RESOLUTION),
-        ("vq-inpainting", Regularizer::Vq, INPAINTING),
-        ("pixels-unconditional", Regularizer::Identity, NONE),
+        ("kl-text", FirstStage::Kl, TEXT),
+        ("vq-class", FirstStage::Vq, CLASS),
+        ("kl-unconditional", FirstStage::Kl, NONE),
+        ("kl-super-resolution", FirstStage::Kl, SUPER_RESOLUTION),
+        ("vq-inpainting", FirstStage::Vq, INPAINTING),
+        ("pixels-unconditional", FirstStage::Identity, NONE),
     ];
     for (name, regularizer, conditioning) in cases {
         let out = dir.path().join(name);
@@ -150,7 +151,7 @@ fn external_data_and_half_precision_variants_run_everywhere() {
         ..ExportOptions::default()
     };
     let out = dir.path().join("external");
-    let exported = export_tiny(Regularizer::Kl, TEXT, &external, &out);
+    let exported = export_tiny(FirstStage::Kl, TEXT, &external, &out);
     assert_parity(&exported, "external data");
     assert!(out.join("unet.onnx.data").is_file());
     let graph_bytes = std::fs::metadata(out.join("unet.onnx")).unwrap().len();
@@ -160,7 +161,7 @@ fn external_data_and_half_precision_variants_run_everywhere() {
         graph_bytes < data_bytes / 2,
         "the weights moved out: {graph_bytes} vs {data_bytes}"
     );
-    check_with_python(&out, Regularizer::Kl, TEXT);
+    check_with_python(&out, FirstStage::Kl, TEXT);
 
     for precision in [Precision::F16Weights, Precision::F16] {
         let options = ExportOptions {
@@ -168,7 +169,7 @@ fn external_data_and_half_precision_variants_run_everywhere() {
             ..ExportOptions::default()
         };
         let out = dir.path().join(format!("{precision:?}"));
-        let exported = export_tiny(Regularizer::Kl, TEXT, &options, &out);
+        let exported = export_tiny(FirstStage::Kl, TEXT, &options, &out);
         assert_eq!(exported.manifest.precision, precision);
         if precision == Precision::F16Weights {
             // The reference runs the same f16-rounded weights, so with f32 arithmetic on both

@@ -8,12 +8,12 @@ use std::sync::Mutex;
 
 use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION};
 use ldm_export::{export_release, ExportOptions};
-use ldm_nn::Regularizer;
+use ldm_nn::FirstStage;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
 static TORCH_RNG: Mutex<()> = Mutex::new(());
 
-fn pipeline(regularizer: Regularizer, conditioning: &str, dir: &std::path::Path) -> Pipeline {
+fn pipeline(regularizer: FirstStage, conditioning: &str, dir: &std::path::Path) -> Pipeline {
     let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let release = random_release(&config(regularizer, conditioning), 3);
     let options = ExportOptions {
@@ -45,7 +45,7 @@ fn concatenation_class_and_pixel_models_generate() {
     let one = || Generate::new(vec![String::new()]).steps(3);
 
     // Super-resolution (f = 2): an 8x8 image becomes 16x16.
-    let mut sr = pipeline(Regularizer::Kl, SUPER_RESOLUTION, &dir.path().join("sr"));
+    let mut sr = pipeline(FirstStage::Kl, SUPER_RESOLUTION, &dir.path().join("sr"));
     let out = run(&mut sr, &one().size(16).init_image(grey(8), 1.0)).unwrap();
     assert_eq!((out[0].width, out[0].height), (16, 16));
     let err = run(&mut sr, &one()).unwrap_err();
@@ -57,7 +57,7 @@ fn concatenation_class_and_pixel_models_generate() {
     );
 
     // Inpainting by concatenation (VQ): image and mask in, the mask channels fed.
-    let mut inpaint = pipeline(Regularizer::Vq, INPAINTING, &dir.path().join("inpaint"));
+    let mut inpaint = pipeline(FirstStage::Vq, INPAINTING, &dir.path().join("inpaint"));
     let right_half = Image {
         width: 16,
         height: 16,
@@ -71,7 +71,7 @@ fn concatenation_class_and_pixel_models_generate() {
     assert!(err.contains("an input image and a mask"), "{err}");
 
     // Class-conditional: names or ids; an unknown one is named.
-    let mut class = pipeline(Regularizer::Kl, CLASS, &dir.path().join("class"));
+    let mut class = pipeline(FirstStage::Kl, CLASS, &dir.path().join("class"));
     let request = Generate::new(vec!["0".into(), "4".into()])
         .steps(3)
         .guidance(2.0);
@@ -80,7 +80,7 @@ fn concatenation_class_and_pixel_models_generate() {
     assert!(err.contains("'cat' is neither a class name"), "{err}");
 
     // Pixel space (f = 1), at twice the training size.
-    let mut pixels = pipeline(Regularizer::Identity, NONE, &dir.path().join("pixels"));
+    let mut pixels = pipeline(FirstStage::Identity, NONE, &dir.path().join("pixels"));
     let out = run(&mut pixels, &one().size(32)).unwrap();
     assert_eq!((out[0].width, out[0].height), (32, 32));
 }

@@ -2,7 +2,7 @@
 //! (CompVis/latent-diffusion `ldm/modules/diffusionmodules/model.py`): ResNet blocks per level,
 //! a middle block with self-attention, KL or VQ regularisation of the latent.
 
-use crate::config::{AutoencoderConfig, Regularizer};
+use crate::config::{AutoencoderConfig, FirstStage};
 use crate::layers::{conv1x1, conv2d, conv3x3, from_tokens, group_norm, to_tokens, Path};
 use crate::ops::{Dim, Init, Ops, Result};
 
@@ -70,7 +70,7 @@ pub fn encode<O: Ops>(
     resolution: usize,
     image: &O::T,
 ) -> Result<O::T> {
-    if cfg.regularizer == Regularizer::Identity {
+    if cfg.regularizer == FirstStage::Identity {
         return Ok(o.alias(image));
     }
     let p = Path::root("encoder");
@@ -109,7 +109,7 @@ pub fn encode<O: Ops>(
     h = o.silu(&h)?;
     let c = cfg.latent_channels;
     match cfg.regularizer {
-        Regularizer::Kl => {
+        FirstStage::Kl => {
             let h = conv3x3(o, &p.pp("conv_out"), &h, block_in, 2 * c)?;
             let moments = conv1x1(o, &Path::root("quant_conv"), &h, 2 * c, 2 * c)?;
             let mean = o.narrow(&moments, 1, 0, c)?;
@@ -117,11 +117,11 @@ pub fn encode<O: Ops>(
             let logvar = o.clamp(&logvar, -30.0, 20.0)?;
             o.concat(&[&mean, &logvar], 1)
         }
-        Regularizer::Vq => {
+        FirstStage::Vq => {
             let h = conv3x3(o, &p.pp("conv_out"), &h, block_in, c)?;
             conv1x1(o, &Path::root("quant_conv"), &h, c, c)
         }
-        Regularizer::Identity => unreachable!("handled above"),
+        FirstStage::Identity => unreachable!("handled above"),
     }
 }
 
@@ -170,12 +170,12 @@ pub fn decode<O: Ops>(
     latent: &O::T,
 ) -> Result<O::T> {
     match cfg.regularizer {
-        Regularizer::Identity => Ok(o.alias(latent)),
-        Regularizer::Vq => {
+        FirstStage::Identity => Ok(o.alias(latent)),
+        FirstStage::Vq => {
             let quantized = quantize(o, cfg, latent)?;
             decode_quantized(o, cfg, resolution, &quantized.latent)
         }
-        Regularizer::Kl => decode_quantized(o, cfg, resolution, latent),
+        FirstStage::Kl => decode_quantized(o, cfg, resolution, latent),
     }
 }
 

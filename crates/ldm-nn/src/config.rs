@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+pub use ldm_core::manifest::{ConcatKind, FirstStage};
 use ldm_core::NoiseSchedule;
 use serde::{Deserialize, Serialize};
 
@@ -21,22 +22,10 @@ pub struct ModelConfig {
     pub diffusion: DiffusionConfig,
 }
 
-/// How the first stage regularises its latent space (paper 3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Regularizer {
-    /// Slight KL penalty towards a standard normal; the encoder outputs mean and log-variance.
-    Kl,
-    /// Vector quantisation with a learned codebook, absorbed into the decoder.
-    Vq,
-    /// No first stage (f = 1): diffusion runs on pixels, the paper's LDM-1 baseline.
-    Identity,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoencoderConfig {
-    pub regularizer: Regularizer,
+    pub regularizer: FirstStage,
     /// Downsampling factor f = 2^m; must equal 2^(levels - 1).
     pub factor: usize,
     /// Latent channels c (for VQ also the codebook vector size).
@@ -114,18 +103,7 @@ pub enum Conditioning {
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
     /// Extra input channels concatenated to the latent (paper 4.4, 4.5).
-    Concat { task: ConcatTask },
-}
-
-/// What a concatenation-conditioned model sees next to its latent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConcatTask {
-    /// The low-resolution image, at the latent's size (the image downsampled f times): image
-    /// channels.
-    SuperResolution,
-    /// The encoded masked image and the mask at the latent's size: latent channels + 1.
-    Inpainting,
+    Concat { task: ConcatKind },
 }
 
 /// The forward process: a "linear" schedule of T steps, in the reference implementation's
@@ -246,10 +224,10 @@ impl ModelConfig {
         ae.latent_channels
             + match self.conditioning {
                 Conditioning::Concat {
-                    task: ConcatTask::SuperResolution,
+                    task: ConcatKind::SuperResolution,
                 } => ae.in_channels,
                 Conditioning::Concat {
-                    task: ConcatTask::Inpainting,
+                    task: ConcatKind::Inpainting,
                 } => ae.latent_channels + 1,
                 _ => 0,
             }
@@ -271,7 +249,7 @@ impl AutoencoderConfig {
             "autoencoder.latent_channels",
             || "must be at least 1".into(),
         )?;
-        if self.regularizer == Regularizer::Identity {
+        if self.regularizer == FirstStage::Identity {
             check(self.factor == 1, "autoencoder.factor", || {
                 format!(
                     "{} with regularizer = \"identity\" (no first stage means f = 1)",
@@ -324,11 +302,11 @@ impl AutoencoderConfig {
             })?;
         }
         match (self.regularizer, self.codebook_size) {
-            (Regularizer::Vq, None | Some(0)) => Err(NnError::config(
+            (FirstStage::Vq, None | Some(0)) => Err(NnError::config(
                 "autoencoder.codebook_size",
                 "a VQ autoencoder needs codebook_size >= 1",
             )),
-            (Regularizer::Kl, Some(_)) => Err(NnError::config(
+            (FirstStage::Kl, Some(_)) => Err(NnError::config(
                 "autoencoder.codebook_size",
                 "only a VQ autoencoder has a codebook",
             )),

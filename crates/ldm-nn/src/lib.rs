@@ -10,6 +10,7 @@ pub mod conditioning;
 pub mod config;
 mod cost;
 mod error;
+pub mod graphs;
 pub mod layers;
 pub mod ops;
 pub mod shape;
@@ -17,7 +18,7 @@ pub mod unet;
 
 pub use classifier::{ClassifierConfig, Head};
 pub use config::{
-    AutoencoderConfig, ConcatTask, Conditioning, DiffusionConfig, ModelConfig, Regularizer,
+    AutoencoderConfig, ConcatKind, Conditioning, DiffusionConfig, FirstStage, ModelConfig,
     UnetConfig,
 };
 pub use cost::NetworkCost;

@@ -30,7 +30,7 @@ fn every_shipped_configuration_loads_and_counts() {
         if path.extension().is_some_and(|e| e == "toml") {
             let config =
                 ModelConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let identity = config.autoencoder.regularizer == ldm_nn::Regularizer::Identity;
+            let identity = config.autoencoder.regularizer == ldm_nn::FirstStage::Identity;
             for cost in config.costs().unwrap() {
                 let first_stage = cost.network == "encoder" || cost.network == "decoder";
                 assert!(

@@ -55,6 +55,8 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// The prompt tokenizer of a text-conditioned bundle.
     pub tokenizer: Option<TextTokenizer>,
+    /// Bytes of its graph files together.
+    graph_bytes: u64,
 }
 
 impl Bundle {
@@ -63,14 +65,16 @@ impl Bundle {
     /// loads the tokenizer of a text model.
     pub fn load(dir: &Path) -> Result<Self, RuntimeError> {
         let manifest = Manifest::load(dir)?;
+        let mut graph_bytes = 0u64;
         for spec in manifest.graphs.values() {
             let path = dir.join(&spec.file);
-            if !path.exists() {
+            let Ok(metadata) = std::fs::metadata(&path) else {
                 return Err(RuntimeError::Bundle {
                     path,
                     message: "listed in manifest.json but missing".into(),
                 });
-            }
+            };
+            graph_bytes = graph_bytes.saturating_add(metadata.len());
             let graph = crate::untrusted::read_checked(dir, &path)?;
             crate::contract::check_io(&path, spec, &graph)?;
         }
@@ -84,11 +88,17 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
             tokenizer,
+            graph_bytes,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Bytes of the bundle's graph files together (their weights, as stored).
+    pub fn graph_bytes(&self) -> u64 {
+        self.graph_bytes
     }
 
     /// A session on `role`'s graph (whose inputs and outputs [`Bundle::load`] checked against

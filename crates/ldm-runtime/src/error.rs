@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use ldm_core::ConditionError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{path}: {engine} cannot load the graph: {message}")]
@@ -35,12 +37,79 @@ pub enum RuntimeError {
     #[error("{path}: {message}")]
     Bundle { path: PathBuf, message: String },
     /// A request the bundle cannot serve (wrong size, unknown class, ...).
-    #[error("{0}")]
-    Request(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("the {graph} graph's output '{output}' is not float32")]
+    NotF32 { graph: &'static str, output: String },
+    #[error("the {graph} graph: {source}")]
+    Prediction {
+        graph: &'static str,
+        source: ldm_core::guided::PredictionSizeError,
+    },
+    #[error("the {graph} graph returned shape {shape:?}, not an image batch")]
+    NotImages {
+        graph: &'static str,
+        shape: Vec<usize>,
+    },
     #[error("backend '{name}' is not available: {reason}")]
     BackendUnavailable { name: String, reason: String },
     #[error("cancelled")]
     Cancelled,
     #[error("the ONNX Runtime library was not found (looked at: {searched}); run scripts/setup.sh, or set ORT_DYLIB_PATH to a libonnxruntime.so of version 1.24 or later")]
     OrtLibraryMissing { searched: String },
+}
+
+/// Why a request was refused before anything ran: each names the field or input at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no prompts")]
+    NoPrompts,
+    #[error("image {what} {side} is not a multiple of {multiple} up to {max}")]
+    Size {
+        what: &'static str,
+        side: usize,
+        multiple: usize,
+        max: usize,
+    },
+    #[error("{steps} steps (expected 1 to {max})")]
+    Steps { steps: usize, max: usize },
+    #[error("guidance {guidance} must be a number and eta {eta} within 0..1")]
+    Guidance { guidance: f64, eta: f64 },
+    #[error("manifest.json defaults.sampler: {0}")]
+    DefaultSampler(String),
+    #[error("this bundle's task needs {0}")]
+    TaskNeeds(&'static str),
+    #[error("a mask needs an input image")]
+    MaskWithoutImage,
+    #[error("strength {0} is not within 0..1")]
+    Strength(f64),
+    #[error("the {what} is {}x{}; this request needs {}x{}", got.0, got.1, needed.0, needed.1)]
+    ImageSize {
+        what: &'static str,
+        got: (usize, usize),
+        needed: (usize, usize),
+    },
+    #[error("a {width}x{height} image needs {expected} bytes, got {got}")]
+    ImageBytes {
+        width: usize,
+        height: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("the mask has {0} grey values; paint it black (keep) and white (draw) only")]
+    GreyMask(usize),
+    #[error("reconstruction takes images with sides divisible by {factor}, not {width}x{height}")]
+    ReconstructionSize {
+        factor: usize,
+        width: usize,
+        height: usize,
+    },
+    #[error("{what} need(s) an estimated {}, above the memory budget of {}; lower the batch or the size", crate::plan::gigabytes(*needed), crate::plan::gigabytes(*budget))]
+    OverBudget {
+        what: String,
+        needed: u64,
+        budget: u64,
+    },
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
 }

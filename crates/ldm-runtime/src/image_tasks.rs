@@ -1,17 +1,19 @@
-//! What the image tasks need besides sampling: images as model tensors, masks at the latent's
-//! size, and the known region of an inpainting blended back after every step.
+//! What the image tasks need besides sampling: images as model tensors and masks at the
+//! latent's size.
 
-use crate::{Image, RuntimeError, Tensor};
+use crate::{Image, RequestError, RuntimeError, Tensor};
 
 /// An RGB image as [1, channels, H, W] in [-1, 1] (grey repeated when one channel is asked).
 pub fn image_tensor(image: &Image, channels: usize) -> Result<Tensor, RuntimeError> {
     let (w, h) = (image.width, image.height);
     if image.rgb.len() != w * h * 3 {
-        return Err(RuntimeError::Request(format!(
-            "a {w}x{h} image needs {} bytes, got {}",
-            w * h * 3,
-            image.rgb.len()
-        )));
+        return Err(RequestError::ImageBytes {
+            width: w,
+            height: h,
+            expected: w * h * 3,
+            got: image.rgb.len(),
+        }
+        .into());
     }
     let mut data = Vec::with_capacity(channels * w * h);
     for c in 0..channels {
@@ -22,12 +24,10 @@ pub fn image_tensor(image: &Image, channels: usize) -> Result<Tensor, RuntimeErr
 
 /// Refuses a mask with grey pixels: black keeps, white draws, nothing in between (a little
 /// compression noise aside).
-pub fn check_binary(mask: &Image) -> Result<(), RuntimeError> {
+pub fn check_binary(mask: &Image) -> Result<(), RequestError> {
     let grey = mask.rgb.iter().filter(|&&v| (16..240).contains(&v)).count();
     if grey > 0 {
-        return Err(RuntimeError::Request(format!(
-            "the mask has {grey} grey values; paint it black (keep) and white (draw) only"
-        )));
+        return Err(RequestError::GreyMask(grey));
     }
     Ok(())
 }
@@ -65,29 +65,4 @@ pub fn masked(image: &Tensor, mask: &[f32]) -> Result<Tensor, RuntimeError> {
         .map(|(i, v)| v * (1.0 - mask[i % plane]))
         .collect();
     Tensor::f32(image.shape(), kept)
-}
-
-/// x where the mask is 1, `known` where it is 0 (soft in between), per channel plane.
-pub fn blend(x: &mut [f32], known: &[f32], mask: &[f32]) {
-    let plane = mask.len();
-    for (i, (v, k)) in x.iter_mut().zip(known).enumerate() {
-        let m = mask[i % plane];
-        *v = m * *v + (1.0 - m) * k;
-    }
-}
-
-/// `data` of one batch row (an image, a prompt's ids) repeated `n` times.
-pub fn repeat<T: Copy>(data: &[T], n: usize) -> Vec<T> {
-    (0..n).flat_map(|_| data.iter().copied()).collect()
-}
-
-/// The check every input image goes through: the size the task needs.
-pub fn expect_size(image: &Image, what: &str, side: usize) -> Result<(), RuntimeError> {
-    if image.width != side || image.height != side {
-        return Err(RuntimeError::Request(format!(
-            "the {what} is {}x{}; this request needs {side}x{side}",
-            image.width, image.height
-        )));
-    }
-    Ok(())
 }

@@ -12,16 +12,18 @@ mod image_tasks;
 #[cfg(feature = "ort")]
 mod onnxruntime;
 mod pipeline;
+pub mod plan;
 mod session;
 mod tensor;
 mod tract;
 mod untrusted;
 
 pub use bundle::{Backend, Bundle};
-pub use error::RuntimeError;
+pub use error::{RequestError, RuntimeError};
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession, Provider};
 pub use pipeline::{Generate, Image, Pipeline, Progress};
+pub use plan::{MemoryEstimate, Plan, Task};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;

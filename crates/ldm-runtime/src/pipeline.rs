@@ -19,18 +19,14 @@
 //! # Ok::<(), ldm_runtime::RuntimeError>(())
 //! ```
 
-use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
-use ldm_core::{NoiseSchedule, Sampler, SamplerKind};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
+use ldm_core::conditions::{class_ids, text_ids};
+use ldm_core::guided::repeat;
+use ldm_core::manifest::{BundleConditioning, FirstStage, GraphRole};
+use ldm_core::{GuidedSampling, KnownLatent, NoiseSchedule, SamplerKind};
 
-use crate::image_tasks::{blend, check_binary, expect_size, image_tensor, mask_at, masked, repeat};
-
-/// Pixels of all images of one call at most: a guard against sizes that would exhaust memory
-/// (the UNet's activations grow with it; 16.8 megapixels is 64 images of 512x512).
-pub const MAX_PIXELS: usize = 1 << 24;
-use crate::{Backend, Bundle, RuntimeError, Session, Tensor};
+use crate::image_tasks::{image_tensor, mask_at, masked};
+use crate::plan::{self, Plan, Task, DEFAULT_MEMORY_BUDGET};
+use crate::{Backend, Bundle, RequestError, RuntimeError, Session, Tensor};
 
 /// What to generate. Built with [`Generate::new`] and its setters; unset values take the
 /// bundle's defaults.
@@ -48,11 +44,13 @@ pub struct Generate {
     pub eta: Option<f64>,
     /// Image i uses seed + i, so an image does not depend on the others in its batch.
     pub seed: u64,
-    /// Square image side in pixels (a multiple of the manifest's `size_multiple`); the
-    /// training resolution by default. Larger sizes sample convolutionally (paper Fig. 9).
-    pub size: Option<usize>,
+    /// Image width and height in pixels, each a multiple of the manifest's `size_multiple`:
+    /// the input image's size when there is one (f times it for super-resolution), else the
+    /// training resolution. Larger sizes sample convolutionally (paper Fig. 9).
+    pub width: Option<usize>,
+    pub height: Option<usize>,
     /// Image-to-image (SDEdit, Meng et al. 2022) and inpainting start from this image, of the
-    /// output size; super-resolution bundles upsample it (its side times f).
+    /// output size; super-resolution bundles upsample it (its sides times f).
     pub init_image: Option<Image>,
     /// How much of the sampling image-to-image redoes: 1 starts from pure noise, 0 returns
     /// the image (default 0.75; inpainting 1).
@@ -73,7 +71,8 @@ impl Generate {
             guidance: None,
             eta: None,
             seed: 0,
-            size: None,
+            width: None,
+            height: None,
             init_image: None,
             strength: None,
             mask: None,
@@ -99,8 +98,13 @@ impl Generate {
         self.seed = seed;
         self
     }
-    pub fn size(mut self, size: usize) -> Self {
-        self.size = Some(size);
+    /// A square image of `side` pixels.
+    pub fn size(self, side: usize) -> Self {
+        self.dimensions(side, side)
+    }
+    pub fn dimensions(mut self, width: usize, height: usize) -> Self {
+        self.width = Some(width);
+        self.height = Some(height);
         self
     }
     pub fn init_image(mut self, image: Image, strength: f64) -> Self {
@@ -141,6 +145,9 @@ pub struct Pipeline {
     backend: Backend,
     threads: usize,
     schedule: NoiseSchedule,
+    /// Bytes of the weights of the graphs this pipeline opens.
+    weight_bytes: u64,
+    memory_budget: u64,
     unet: Box<dyn Session>,
     /// Text encoder or class embedder.
     conditioner: Option<Box<dyn Session>>,
@@ -151,10 +158,7 @@ pub struct Pipeline {
 
 /// What an input image contributes to a generation, at the latent's size.
 struct ImageInputs {
-    /// The encoded image (scaled), and the step sampling starts from.
-    start: Option<(Vec<f32>, usize)>,
-    /// Latent-size mask (1 = generate) for blending the known region back.
-    blend: Option<Vec<f32>>,
+    known: Option<KnownLatent>,
     /// The UNet's `concat` input of one image.
     concat: Option<Vec<f32>>,
 }
@@ -166,7 +170,10 @@ impl Pipeline {
         let schedule = m
             .schedule
             .noise_schedule()
-            .map_err(|e| RuntimeError::Request(e.to_string()))?;
+            .map_err(|e| RuntimeError::Bundle {
+                path: bundle.dir().join(ldm_core::manifest::MANIFEST_FILE),
+                message: format!("schedule: {e}"),
+            })?;
         let unet = bundle.session(GraphRole::Unet, backend, threads)?;
         let conditioner = match m.conditioning {
             BundleConditioning::Text { .. } => {
@@ -181,11 +188,14 @@ impl Pipeline {
             FirstStage::Identity => None,
             _ => Some(bundle.session(GraphRole::Decoder, backend, threads)?),
         };
+        let weight_bytes = plan::loaded_weight_bytes(bundle.graph_bytes(), m);
         Ok(Self {
             bundle,
             backend,
             threads,
             schedule,
+            weight_bytes,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
             unet,
             conditioner,
             image_encoder: None,
@@ -197,6 +207,24 @@ impl Pipeline {
         &self.bundle
     }
 
+    /// The bytes one request may be estimated to need (see [`plan::MemoryEstimate`]); larger
+    /// requests are refused before anything runs.
+    pub fn set_memory_budget(&mut self, bytes: u64) {
+        self.memory_budget = bytes;
+    }
+
+    /// Resolves `request` against the bundle's defaults and checks it, without running
+    /// anything: the sizes, sampler settings, task and memory estimate it would run with.
+    pub fn plan(&self, request: &Generate) -> Result<Plan, RuntimeError> {
+        Ok(plan::plan(
+            request,
+            &self.bundle.manifest,
+            &self.schedule,
+            self.weight_bytes,
+            self.memory_budget,
+        )?)
+    }
+
     /// Generates one image per prompt. `progress` is called after every step with the
     /// latents so far; returning false cancels.
     pub fn generate(
@@ -204,105 +232,23 @@ impl Pipeline {
         request: &Generate,
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<Image>, RuntimeError> {
-        let m = self.bundle.manifest.clone();
-        let n = request.prompts.len();
-        if n == 0 {
-            return Err(RuntimeError::Request("no prompts".into()));
-        }
-        let size = request.size.unwrap_or(m.resolution);
-        if size == 0 || !size.is_multiple_of(m.size_multiple) || size > 4096 {
-            return Err(RuntimeError::Request(format!(
-                "image size {size} is not a multiple of {} up to 4096",
-                m.size_multiple
-            )));
-        }
-        if n * size * size > MAX_PIXELS {
-            return Err(RuntimeError::Request(format!(
-                "{n} images of {size}x{size} are {:.1} megapixels, above the {:.1} of one call; lower the batch or the size",
-                (n * size * size) as f64 / 1e6,
-                MAX_PIXELS as f64 / 1e6
-            )));
-        }
-        if let Some(mask) = &request.mask {
-            check_binary(mask)?;
-        }
-        let steps = request.steps.unwrap_or(m.defaults.steps);
-        if !(1..=self.schedule.timesteps()).contains(&steps) {
-            return Err(RuntimeError::Request(format!(
-                "{steps} steps (expected 1 to {})",
-                self.schedule.timesteps()
-            )));
-        }
-        let guidance = request.guidance.unwrap_or(m.defaults.guidance);
-        let eta = request.eta.unwrap_or(m.defaults.eta);
-        if !guidance.is_finite() || !(0.0..=1.0).contains(&eta) {
-            return Err(RuntimeError::Request(format!(
-                "guidance {guidance} must be a number and eta {eta} within 0..1"
-            )));
-        }
-        // Conditional and unconditional halves in one batch, when guidance needs both.
-        let guided = self.conditioner.is_some() && guidance != 1.0;
-        let context = self.context(request, guided)?;
-
-        let sampler = match request.sampler {
-            Some(kind) => kind,
-            None => m.defaults.sampler.parse::<SamplerKind>().map_err(|e| {
-                RuntimeError::Request(format!("manifest.json defaults.sampler: {e}"))
-            })?,
-        };
-        let sampler = match sampler {
-            SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta },
-            other => other,
-        };
-        let mut sampler = sampler.build(&self.schedule, steps);
-
-        let (c, side) = (m.latent_channels, m.latent_size(size));
-        let per_image = c * side * side;
-        let images = self.image_inputs(request, size, steps)?;
-        let mut rngs: Vec<ChaCha8Rng> = (0..n)
-            .map(|i| ChaCha8Rng::seed_from_u64(request.seed.wrapping_add(i as u64)))
-            .collect();
-        let noise0: Vec<f32> = rngs
-            .iter_mut()
-            .flat_map(|r| gaussian(r, per_image))
-            .collect();
-        // x at step i of the known latent, noised with the initial noise.
-        let noised_known = |sampler: &dyn Sampler, known: &[f32], i: usize| -> Vec<f32> {
-            match sampler.timesteps().get(i) {
-                Some(&t) => sampler
-                    .sample_from_xt(i, &self.schedule.add_noise(&repeat(known, n), &noise0, t)),
-                None => repeat(known, n),
-            }
-        };
-        let first = images.start.as_ref().map_or(0, |(_, first)| *first);
-        let mut x: Vec<f32> = match &images.start {
-            Some((known, first)) => noised_known(sampler.as_ref(), known, *first),
-            None => noise0
-                .iter()
-                .map(|v| v * sampler.init_noise_scale())
-                .collect(),
-        };
-        let concat = match &images.concat {
+        let plan = self.plan(request)?;
+        let setup = &plan.sampling;
+        let inputs = self.image_inputs(request, &plan)?;
+        let context = self.context(request, setup.guided)?;
+        let mut sampling = GuidedSampling::new(&self.schedule, setup.clone(), inputs.known);
+        let [c, h, w] = setup.latent_shape;
+        let rows = sampling.batch();
+        let concat = match &inputs.concat {
             Some(one) => {
-                let k = one.len() / (side * side);
-                let batch = if guided { 2 * n } else { n };
-                Some(Tensor::f32(&[batch, k, side, side], repeat(one, batch))?)
+                let k = one.len() / (h * w);
+                Some(Tensor::f32(&[rows, k, h, w], repeat(one, rows))?)
             }
             None => None,
         };
-        let total = sampler.timesteps().len();
-        for i in first..total {
-            let t = sampler.timesteps()[i];
-            let scale = sampler.input_scale(i);
-            let input: Vec<f32> = x.iter().map(|v| v * scale).collect();
-            let batch = if guided { 2 * n } else { n };
-            let sample_data = if guided {
-                [input.clone(), input].concat()
-            } else {
-                input
-            };
-            let sample = Tensor::f32(&[batch, c, side, side], sample_data)?;
-            let timestep = Tensor::f32(&[batch], vec![t as f32; batch])?;
+        while !sampling.is_done() {
+            let sample = Tensor::f32(&[rows, c, h, w], sampling.model_input())?;
+            let timestep = Tensor::f32(&[rows], vec![sampling.timestep() as f32; rows])?;
             let mut inputs = vec![("sample", &sample), ("timestep", &timestep)];
             if let Some(context) = &context {
                 inputs.push(("context", context));
@@ -310,41 +256,29 @@ impl Pipeline {
             if let Some(concat) = &concat {
                 inputs.push(("concat", concat));
             }
-            let eps = self.unet.run(&inputs)?;
-            let eps = eps[0]
-                .as_f32()
-                .ok_or_else(|| RuntimeError::Request("eps is not f32".into()))?;
-            let eps: Vec<f32> = if guided {
-                let (cond, uncond) = eps.split_at(n * per_image);
-                uncond
-                    .iter()
-                    .zip(cond)
-                    .map(|(u, c)| u + (guidance as f32) * (c - u))
-                    .collect()
-            } else {
-                eps.to_vec()
-            };
-            let noise: Option<Vec<f32>> = sampler.needs_noise().then(|| {
-                rngs.iter_mut()
-                    .flat_map(|r| gaussian(r, per_image))
-                    .collect()
-            });
-            x = sampler.step(i, &x, &eps, noise.as_deref());
-            if let (Some(mask), Some((known, _))) = (&images.blend, &images.start) {
-                blend(&mut x, &noised_known(sampler.as_ref(), known, i + 1), mask);
-            }
+            let eps = self.unet.run(&inputs)?.remove(0);
+            let eps = eps.as_f32().ok_or_else(|| RuntimeError::NotF32 {
+                graph: "unet",
+                output: "eps".into(),
+            })?;
+            sampling
+                .advance(eps)
+                .map_err(|source| RuntimeError::Prediction {
+                    graph: "unet",
+                    source,
+                })?;
+            let (step, total) = sampling.progress();
             let report = Progress {
-                step: i + 1 - first,
-                total: total - first,
-                latents: &x,
+                step,
+                total,
+                latents: sampling.latents(),
             };
             if !progress(report) {
                 return Err(RuntimeError::Cancelled);
             }
         }
-        self.decode(x, n, side)
+        self.decode(sampling.into_latents(), setup.images, h, w)
     }
-
     /// Warnings about the request that do not stop it: prompts longer than the text
     /// encoder's context, which are cut to fit.
     pub fn warnings(&self, request: &Generate) -> Result<Vec<String>, RuntimeError> {
@@ -364,114 +298,85 @@ impl Pipeline {
         Ok(warnings)
     }
 
-    /// The input image, mask and concatenated channels a request brings, checked against the
-    /// bundle's task.
+    /// The known latent or the concatenated channels the planned task brings.
     fn image_inputs(
         &mut self,
         request: &Generate,
-        size: usize,
-        steps: usize,
+        plan: &Plan,
     ) -> Result<ImageInputs, RuntimeError> {
-        let m = self.bundle.manifest.clone();
-        let f = m.downsampling_factor;
-        let none = ImageInputs {
-            start: None,
-            blend: None,
-            concat: None,
+        let m = &self.bundle.manifest;
+        let (f, channels) = (m.downsampling_factor, m.image_channels);
+        let image = || {
+            request
+                .init_image
+                .as_ref()
+                .expect("the plan checked the image")
         };
-        let need = |what: &str| RuntimeError::Request(format!("this bundle's task needs {what}"));
-        match (&m.conditioning, &request.init_image, &request.mask) {
-            (
-                BundleConditioning::Concat {
-                    task: ConcatKind::SuperResolution,
-                    ..
-                },
-                image,
-                _,
-            ) => {
-                let image = image
-                    .as_ref()
-                    .ok_or_else(|| need("an input image (the low-resolution one)"))?;
-                expect_size(image, "low-resolution image", size / f)?;
-                let low = image_tensor(image, m.image_channels)?;
-                Ok(ImageInputs {
-                    concat: low.as_f32().map(<[f32]>::to_vec),
-                    ..none
-                })
-            }
-            (
-                BundleConditioning::Concat {
-                    task: ConcatKind::Inpainting,
-                    ..
-                },
-                image,
-                mask,
-            ) => {
-                let (Some(image), Some(mask)) = (image, mask) else {
-                    return Err(need("an input image and a mask"));
-                };
-                expect_size(image, "input image", size)?;
-                expect_size(mask, "mask", size)?;
-                let (small, full) = (mask_at(mask, f), mask_at(mask, 1));
-                let kept = masked(&image_tensor(image, m.image_channels)?, &full)?;
+        let mask = || request.mask.as_ref().expect("the plan checked the mask");
+        Ok(match plan.task {
+            Task::Generate => ImageInputs {
+                known: None,
+                concat: None,
+            },
+            Task::SuperResolution => ImageInputs {
+                known: None,
+                concat: image_tensor(image(), channels)?
+                    .as_f32()
+                    .map(<[f32]>::to_vec),
+            },
+            Task::Inpainting => {
+                let (small, full) = (mask_at(mask(), f), mask_at(mask(), 1));
+                let kept = masked(&image_tensor(image(), channels)?, &full)?;
                 let mut concat = self.encode(&kept)?;
                 concat.extend_from_slice(&small);
-                Ok(ImageInputs {
+                ImageInputs {
+                    known: None,
                     concat: Some(concat),
-                    ..none
-                })
-            }
-            (_, Some(image), mask) => {
-                expect_size(image, "input image", size)?;
-                let default = if mask.is_some() { 1.0 } else { 0.75 };
-                let strength = request.strength.unwrap_or(default);
-                if !(0.0..=1.0).contains(&strength) {
-                    return Err(RuntimeError::Request(format!(
-                        "strength {strength} is not within 0..1"
-                    )));
                 }
-                let known = self.encode(&image_tensor(image, m.image_channels)?)?;
-                // SDEdit: noise the image to the step `strength` of the way back, sample from there.
-                let first = steps - ((steps as f64 * strength).round() as usize).min(steps);
-                let blend = match mask {
-                    Some(mask) => {
-                        expect_size(mask, "mask", size)?;
-                        Some(mask_at(mask, f))
-                    }
-                    None => None,
-                };
-                Ok(ImageInputs {
-                    start: Some((known, first)),
-                    blend,
-                    concat: None,
-                })
             }
-            (_, None, Some(_)) => Err(RuntimeError::Request("a mask needs an input image".into())),
-            (_, None, None) => Ok(none),
-        }
+            Task::ImageToImage {
+                first_step, masked, ..
+            } => {
+                let latent = self.encode(&image_tensor(image(), channels)?)?;
+                ImageInputs {
+                    known: Some(KnownLatent {
+                        latent,
+                        first_step,
+                        blend: masked.then(|| mask_at(mask(), f)),
+                    }),
+                    concat: None,
+                }
+            }
+        })
     }
 
-    /// The first stage's reconstruction of a square `image`: encoded (KL: the posterior's
-    /// mean; VQ: quantised inside the decoder) and decoded at the same size. Pixel-space
-    /// bundles return the image unchanged.
+    /// The first stage's reconstruction of `image`: encoded (KL: the posterior's mean; VQ:
+    /// quantised inside the decoder) and decoded at the same size. Pixel-space bundles return
+    /// the image unchanged.
     pub fn reconstruct(&mut self, image: &Image) -> Result<Image, RuntimeError> {
-        let m = &self.bundle.manifest;
-        let f = m.downsampling_factor;
-        if image.width != image.height || !image.width.is_multiple_of(f) || image.width == 0 {
-            return Err(RuntimeError::Request(format!(
-                "reconstruction takes square images with a side divisible by {f}, not {}x{}",
-                image.width, image.height
-            )));
+        let f = self.bundle.manifest.downsampling_factor;
+        let (width, height) = (image.width, image.height);
+        if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
+            return Err(RequestError::ReconstructionSize {
+                factor: f,
+                width,
+                height,
+            }
+            .into());
         }
-        if image.width * image.height > MAX_PIXELS {
-            return Err(RuntimeError::Request(format!(
-                "{}x{} is above the {MAX_PIXELS}-pixel budget",
-                image.width, image.height
-            )));
+        let pixels = (width * height) as u64;
+        let needed = self.weight_bytes + plan::activation_bytes(0, 0, 1, pixels);
+        if needed > self.memory_budget {
+            return Err(RequestError::OverBudget {
+                what: format!("reconstructing a {width}x{height} image"),
+                needed,
+                budget: self.memory_budget,
+            }
+            .into());
         }
-        let pixels = image_tensor(image, m.image_channels)?;
-        let latent = self.encode(&pixels)?;
-        Ok(self.decode(latent, 1, image.width / f)?.remove(0))
+        let tensor = image_tensor(image, self.bundle.manifest.image_channels)?;
+        let latent = self.encode(&tensor)?;
+        Ok(self.decode(latent, 1, height / f, width / f)?.remove(0))
     }
 
     /// One image [1, C, H, W] to its scaled latent (KL: the mean; VQ: before quantisation).
@@ -489,9 +394,10 @@ impl Pipeline {
         }
         let encoder = self.image_encoder.as_mut().expect("opened above");
         let out = encoder.run(&[("image", image)])?.remove(0);
-        let data = out
-            .as_f32()
-            .ok_or_else(|| RuntimeError::Request("the encoder's output is not f32".into()))?;
+        let data = out.as_f32().ok_or_else(|| RuntimeError::NotF32 {
+            graph: "encoder",
+            output: "moments".into(),
+        })?;
         let latent = match m.first_stage {
             // Moments are mean then log-variance along the channels.
             FirstStage::Kl => &data[..m.latent_channels * out.shape()[2] * out.shape()[3]],
@@ -521,29 +427,23 @@ impl Pipeline {
                     .tokenizer
                     .as_ref()
                     .expect("text bundles load their tokenizer");
-                let encode = |text: &str| tokenizer.encode(text, *max_length).map(|e| e.ids);
-                let mut ids = Vec::with_capacity(rows * max_length);
-                for prompt in &request.prompts {
-                    ids.extend(encode(prompt)?);
-                }
-                if guided {
-                    ids.extend(repeat(&encode(&request.negative_prompt)?, n));
-                }
+                let ids = text_ids(
+                    tokenizer,
+                    &request.prompts,
+                    &request.negative_prompt,
+                    *max_length,
+                    guided,
+                )
+                .map_err(RequestError::from)?;
                 Tensor::i64(&[rows, *max_length], ids)?
             }
             BundleConditioning::Class {
                 classes,
                 class_names,
             } => {
-                let mut labels = request
-                    .prompts
-                    .iter()
-                    .map(|p| class_id(p, *classes, class_names))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if guided {
-                    labels.extend(std::iter::repeat_n(*classes as i64, n));
-                }
-                Tensor::i64(&[rows], labels)?
+                let ids = class_ids(&request.prompts, *classes, class_names, guided)
+                    .map_err(RequestError::from)?;
+                Tensor::i64(&[rows], ids)?
             }
             _ => return Ok(None),
         };
@@ -555,47 +455,32 @@ impl Pipeline {
         &mut self,
         latents: Vec<f32>,
         n: usize,
-        side: usize,
+        height: usize,
+        width: usize,
     ) -> Result<Vec<Image>, RuntimeError> {
         let m = &self.bundle.manifest;
-        let c = m.latent_channels;
+        let shape = [n, m.latent_channels, height, width];
         let pixels = match self.decoder.as_mut() {
             Some(decoder) => {
                 let scale = m.latent_scale_factor as f32;
                 let unscaled: Vec<f32> = latents.iter().map(|v| v / scale).collect();
-                let latent = Tensor::f32(&[n, c, side, side], unscaled)?;
+                let latent = Tensor::f32(&shape, unscaled)?;
                 decoder.run(&[("latent", &latent)])?.remove(0)
             }
-            None => Tensor::f32(&[n, c, side, side], latents)?,
+            None => Tensor::f32(&shape, latents)?,
         };
         to_images(&pixels)
     }
-}
-
-fn class_id(prompt: &str, classes: usize, names: &[String]) -> Result<i64, RuntimeError> {
-    if let Some(i) = names.iter().position(|n| n == prompt) {
-        return Ok(i as i64);
-    }
-    match prompt.parse::<usize>() {
-        Ok(id) if id < classes => Ok(id as i64),
-        _ => Err(RuntimeError::Request(format!(
-            "'{prompt}' is neither a class name of this bundle nor an id below {classes}"
-        ))),
-    }
-}
-
-fn gaussian(rng: &mut ChaCha8Rng, count: usize) -> Vec<f32> {
-    (0..count).map(|_| StandardNormal.sample(rng)).collect()
 }
 
 /// [N, 3, H, W] in [-1, 1] to 8-bit RGB images (channels beyond three are dropped, one
 /// channel is shown as grey).
 fn to_images(pixels: &Tensor) -> Result<Vec<Image>, RuntimeError> {
     let (&[n, c, h, w], Some(data)) = (pixels.shape(), pixels.as_f32()) else {
-        return Err(RuntimeError::Request(format!(
-            "decoded shape {:?} is not an image batch",
-            pixels.shape()
-        )));
+        return Err(RuntimeError::NotImages {
+            graph: "decoder",
+            shape: pixels.shape().to_vec(),
+        });
     };
     let byte = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
     Ok((0..n)

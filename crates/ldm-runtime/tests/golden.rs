@@ -23,22 +23,31 @@ const BUNDLES: [(&str, [&str; 2]); 2] = [
     ),
 ];
 
-/// The latents after every step, and the images.
-fn run(
+/// The latents after every step, and the images, at the training resolution.
+fn run(shipped: (&str, [&str; 2]), backend: Backend, sampler: &str) -> (Vec<Vec<f32>>, Vec<Image>) {
+    run_at(shipped, backend, sampler, None)
+}
+
+/// As [`run`], at `dimensions` (width, height) when given.
+fn run_at(
     (bundle, prompts): (&str, [&str; 2]),
     backend: Backend,
     sampler: &str,
+    dimensions: Option<(usize, usize)>,
 ) -> (Vec<Vec<f32>>, Vec<Image>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../export")
         .join(bundle);
     let mut pipeline = Pipeline::new(Bundle::load(&dir).unwrap(), backend, 1).unwrap();
-    let request = Generate::new(prompts.iter().map(|p| p.to_string()).collect())
+    let mut request = Generate::new(prompts.iter().map(|p| p.to_string()).collect())
         .sampler(sampler.parse::<SamplerKind>().unwrap())
         .steps(6)
         .guidance(3.0)
         .eta(0.0)
         .seed(42);
+    if let Some((width, height)) = dimensions {
+        request = request.dimensions(width, height);
+    }
     let mut trajectory = Vec::new();
     let images = pipeline
         .generate(&request, &mut |p| {
@@ -96,12 +105,31 @@ fn tract_generation_matches_its_snapshot() {
     }
 }
 
+/// A non-square request (64x96, the UNet sampling convolutionally beyond its square training
+/// size) on every shipped bundle.
+const NON_SQUARE: (usize, usize) = (64, 96);
+
+#[test]
+fn tract_non_square_generation_matches_its_snapshot() {
+    for shipped in BUNDLES {
+        let (trajectory, images) = run_at(shipped, Backend::Tract, "ddim", Some(NON_SQUARE));
+        assert_eq!((images[0].width, images[0].height), NON_SQUARE);
+        insta::assert_snapshot!(
+            format!("{}_tract_ddim_64x96", shipped.0),
+            summary(&trajectory, &images)
+        );
+    }
+}
+
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_follows_tract_step_by_step() {
-    for shipped in BUNDLES {
-        let (tract, tract_images) = run(shipped, Backend::Tract, "ddim");
-        let (ort, ort_images) = run(shipped, Backend::OrtCpu, "ddim");
+    for (shipped, dimensions) in BUNDLES
+        .iter()
+        .flat_map(|b| [(*b, None), (*b, Some(NON_SQUARE))])
+    {
+        let (tract, tract_images) = run_at(shipped, Backend::Tract, "ddim", dimensions);
+        let (ort, ort_images) = run_at(shipped, Backend::OrtCpu, "ddim", dimensions);
         assert_eq!(tract.len(), ort.len());
         for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
             let worst = a
@@ -126,8 +154,9 @@ fn onnxruntime_follows_tract_step_by_step() {
                 .unwrap();
             assert!(worst <= 2, "{}: pixels differ by {worst} of 255", shipped.0);
         }
+        let size = dimensions.map_or(String::new(), |(w, h)| format!("_{w}x{h}"));
         insta::assert_snapshot!(
-            format!("{}_ort_ddim", shipped.0),
+            format!("{}_ort_ddim{size}", shipped.0),
             summary(&ort, &ort_images)
         );
     }

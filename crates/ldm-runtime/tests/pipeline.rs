@@ -462,7 +462,7 @@ fn graphs_reaching_outside_the_bundle_or_absurdly_large_are_refused() {
 }
 
 #[test]
-fn reconstruction_round_trips_an_image_and_refuses_other_sizes() {
+fn reconstruction_round_trips_an_image_of_any_fitting_size_and_refuses_others() {
     let bundle = Bundle::load(&default_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let original = circle();
@@ -470,14 +470,117 @@ fn reconstruction_round_trips_an_image_and_refuses_other_sizes() {
     assert_eq!((rec.width, rec.height), (64, 64));
     // The first stage keeps a generated scene close (mean error under 10 of 255).
     assert!(difference_where(&original, &rec, |_| true) < 10.0);
-    let mut refuse = |width: usize, height: usize| {
-        let image = Image {
-            width,
-            height,
-            rgb: vec![255; width * height * 3],
-        };
-        pipeline.reconstruct(&image).unwrap_err().to_string()
+    let white = |width: usize, height: usize| Image {
+        width,
+        height,
+        rgb: vec![255; width * height * 3],
     };
-    assert!(refuse(64, 32).contains("square images"));
-    assert!(refuse(30, 30).contains("divisible by 4"));
+    let wide = pipeline.reconstruct(&white(64, 32)).unwrap();
+    assert_eq!((wide.width, wide.height), (64, 32));
+    let err = pipeline
+        .reconstruct(&white(30, 30))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("divisible by 4"), "{err}");
+    pipeline.set_memory_budget(1 << 20);
+    let err = pipeline
+        .reconstruct(&white(64, 64))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("above the memory budget of 0.0 GB"), "{err}");
+}
+
+#[test]
+fn the_plan_resolves_defaults_sizes_and_memory_before_anything_runs() {
+    use ldm_runtime::Task;
+    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
+    let plan = pipeline
+        .plan(&Generate::new(vec![PROMPT.into(); 2]).dimensions(64, 96))
+        .unwrap();
+    let m = &pipeline.bundle().manifest;
+    assert_eq!((plan.width, plan.height), (64, 96));
+    assert_eq!((plan.latent_width, plan.latent_height), (16, 24));
+    assert_eq!(plan.sampling.latent_shape, [m.latent_channels, 24, 16]);
+    assert_eq!(plan.sampling.steps, m.defaults.steps);
+    assert_eq!(plan.sampling.sampler.name(), m.defaults.sampler);
+    assert!(plan.sampling.guided && plan.task == Task::Generate);
+    assert!(plan.memory.weights > 10_000_000 && plan.memory.activations > 0);
+
+    // An input image sets the size when none is asked; each side is checked on its own.
+    let image = Image {
+        width: 48,
+        height: 80,
+        rgb: vec![255; 48 * 80 * 3],
+    };
+    let plan = pipeline
+        .plan(&Generate::new(vec![PROMPT.into()]).init_image(image, 0.5))
+        .unwrap();
+    assert_eq!((plan.width, plan.height), (48, 80));
+    assert!(matches!(plan.task, Task::ImageToImage { first_step, .. } if first_step > 0));
+    let refused =
+        |pipeline: &Pipeline, request: Generate| pipeline.plan(&request).unwrap_err().to_string();
+    let one = || Generate::new(vec![PROMPT.into()]);
+    assert!(refused(&pipeline, one().dimensions(64, 70))
+        .contains("image height 70 is not a multiple of 16"));
+    assert!(refused(&pipeline, one().dimensions(0, 64)).contains("image width 0"));
+    // The budget is checked against the estimate, not a fixed size cap.
+    let big = one().size(512);
+    assert!(pipeline.plan(&big).is_ok());
+    pipeline.set_memory_budget(1 << 30);
+    assert!(refused(&pipeline, big).contains("above the memory budget of 1.1 GB"));
+}
+
+#[test]
+fn non_square_images_work_for_every_task_on_both_engines() {
+    let request = Generate::new(vec![PROMPT.into()])
+        .dimensions(64, 96)
+        .steps(3)
+        .seed(4);
+    let tract = generate(Backend::Tract, &request).unwrap();
+    assert_eq!((tract[0].width, tract[0].height), (64, 96));
+    #[cfg(feature = "ort")]
+    {
+        let ort = generate(Backend::OrtCpu, &request).unwrap();
+        let worst = tract[0]
+            .rgb
+            .iter()
+            .zip(&ort[0].rgb)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 2,
+            "tract and ONNX Runtime differ by {worst} of 255"
+        );
+    }
+    // Image-to-image and inpainting take a non-square input of the same size.
+    let wide = Image {
+        width: 96,
+        height: 64,
+        rgb: vec![255; 96 * 64 * 3],
+    };
+    let mut mask = wide.clone();
+    mask.rgb[..48 * 64 * 3].fill(0);
+    let edited = generate(
+        Backend::Tract,
+        &Generate::new(vec![PROMPT.into()])
+            .steps(3)
+            .init_image(wide.clone(), 1.0)
+            .mask(mask),
+    )
+    .unwrap();
+    assert_eq!((edited[0].width, edited[0].height), (96, 64));
+    let err = generate(
+        Backend::Tract,
+        &Generate::new(vec![PROMPT.into()])
+            .dimensions(64, 96)
+            .init_image(wide, 0.5),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the input image is 96x64; this request needs 64x96"),
+        "{err}"
+    );
 }

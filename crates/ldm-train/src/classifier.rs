@@ -3,7 +3,6 @@
 //! the same crash-safe, resumable runs as the generative models.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use ldm_data::{ImageFolder, Loader, LoaderConfig};
 use ldm_nn::classifier::{self, ClassifierConfig, Head};
@@ -11,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint;
-use crate::first_stage::{detached, images_tensor, non_finite, shallow, sorted_params};
 use crate::optim::{warmup_lr, AdamConfig, AdamW};
-use crate::run::{self, Cadence, RunLog, Start};
+use crate::run::{Cadence, RunLog, Start};
+use crate::tensors::{detached, images_tensor, shallow, sorted_params, NamedWeights};
+use crate::trainer::{self, stage_records, Begun, Lifecycle, Stage, StepReport, Summary};
 use crate::{TchOps, TrainError};
 
 /// Hyper-parameters of a classifier run (saved with every checkpoint).
@@ -50,6 +50,8 @@ pub struct ClassifierState {
     pub accuracy: Option<Vec<f64>>,
 }
 
+stage_records!(ClassifierOptions, ClassifierState, ClassifierConfig);
+
 /// What a finished (or interrupted) run reports.
 #[derive(Debug)]
 pub struct ClassifierSummary {
@@ -60,7 +62,7 @@ pub struct ClassifierSummary {
     pub checkpoint: PathBuf,
     pub interrupted: bool,
     /// The trained weights, on the CPU, by name.
-    pub weights: Vec<(String, Tensor)>,
+    pub weights: NamedWeights,
 }
 
 /// Checkpoint file of the classifier's weights.
@@ -78,7 +80,7 @@ pub fn heads_from_data(folder: &ImageFolder, columns: &[String]) -> Result<Vec<H
             classes.sort();
             classes.dedup();
             if classes.len() < 2 {
-                return Err(TrainError::Run(format!(
+                return Err(TrainError::Mismatch(format!(
                     "column '{column}' of {} has {} distinct values; a classifier head needs at least two",
                     folder.root().display(),
                     classes.len()
@@ -208,137 +210,152 @@ pub fn train_classifier(
     resume: bool,
 ) -> Result<ClassifierSummary, TrainError> {
     config.validate()?;
-    let stop = run::stop_requested();
-    let fingerprint = run::data_fingerprint(data)?;
-    let start = run::start(out, resume)?;
-    let (mut step, options) = match &start {
-        Start::Fresh => (0, options),
-        Start::Resume(checkpoint) => {
-            let state: ClassifierState = checkpoint::load_state(checkpoint)?;
-            let same_options = ClassifierOptions {
-                steps: state.options.steps,
-                ..options.clone()
-            } == state.options;
-            if state.config != *config || state.data_fingerprint != fingerprint || !same_options {
-                return Err(TrainError::Run(format!(
-                    "{} was trained with another configuration, data or options; resume with the same --data, --columns and options (only --steps may change)",
-                    checkpoint.display()
-                )));
-            }
-            (state.step, options)
-        }
-    };
-    let folder = ImageFolder::open(data)?;
-    let train_targets = targets(&folder, &config.heads);
-    let size = config.resolution as u32;
-    let loader = loader(folder, size, options.batch_size, true, options.seed)?;
-    let validation = ImageFolder::open(validation)?;
+    let begun: Begun<ClassifierState> = trainer::begin(out, data, config, options, resume)?;
+    let mut stage = ClassifierStage::new(config, data, validation, &begun, out, device)?;
+    let steps = begun.options.steps;
+    let finished = trainer::train(
+        &mut stage,
+        &begun,
+        Lifecycle {
+            out,
+            steps,
+            cadence,
+        },
+    )?;
+    Ok(ClassifierSummary {
+        step: finished.step,
+        loss: finished
+            .last_logged
+            .first()
+            .map_or(f64::NAN, |(_, loss)| *loss),
+        accuracy: stage.accuracy.unwrap_or_default(),
+        checkpoint: finished.checkpoint,
+        interrupted: finished.interrupted,
+        weights: detached(&stage.params),
+    })
+}
 
-    tch::manual_seed(options.seed as i64);
-    let mut ops = TchOps::new(device);
-    if let Start::Resume(checkpoint) = &start {
-        ops.load_params(checkpoint::load_weights(checkpoint, CLASSIFIER, None)?)?;
-    }
-    let probe = Tensor::zeros([1, 3, size as i64, size as i64], (Kind::Float, device));
-    let _ = classifier::forward(&mut ops, config, &probe)?;
-    ops.freeze();
-    let params = sorted_params(&ops);
-    let mut opt = AdamW::new(
-        shallow(&params),
-        AdamConfig::with_weight_decay(options.weight_decay),
-    );
-    if let Start::Resume(checkpoint) = &start {
-        opt.load_state(&checkpoint::load_weights(checkpoint, OPTIMIZER, None)?)
-            .map_err(TrainError::Run)?;
-    }
+/// The classifier in training.
+struct ClassifierStage<'a> {
+    config: &'a ClassifierConfig,
+    options: ClassifierOptions,
+    data_fingerprint: String,
+    loader: Loader,
+    /// Every training row's class per head.
+    targets: Vec<Vec<i64>>,
+    validation: ImageFolder,
+    validation_log: RunLog,
+    accuracy: Option<Vec<f64>>,
+    ops: TchOps,
+    params: NamedWeights,
+    opt: AdamW,
+    device: Device,
+}
 
-    let mut log = RunLog::open(out, "log.csv", &["loss", "train_accuracy"], step)?;
-    let mut validation_log = RunLog::open(out, "validation.csv", &["accuracy"], step)?;
-    let bar = run::progress(options.steps, step, cadence.quiet);
-    let mut latest = checkpoint::latest(out)?;
-    let mut accuracy = None;
-    let (mut loss_sum, mut hit_sum, mut seen) = (0.0, 0i64, 0usize);
-    let mut last_loss = f64::NAN;
-    let save =
-        |step: u64, accuracy: Option<Vec<f64>>, opt: &AdamW| -> Result<PathBuf, TrainError> {
-            let state = ClassifierState {
-                step,
-                options: options.clone(),
-                config: config.clone(),
-                data_fingerprint: fingerprint.clone(),
-                accuracy,
-            };
-            let weights = detached(&params);
-            let dir = checkpoint::save(
-                out,
-                step,
-                &[
-                    (CLASSIFIER, weights.as_slice()),
-                    (OPTIMIZER, opt.state().as_slice()),
-                ],
-                &state,
-            )?;
-            checkpoint::prune(out, cadence.keep_checkpoints + 1)?;
-            Ok(dir)
-        };
-    let mut interrupted = false;
-    while step < options.steps {
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
+impl<'a> ClassifierStage<'a> {
+    fn new(
+        config: &'a ClassifierConfig,
+        data: &Path,
+        validation: &Path,
+        begun: &Begun<ClassifierState>,
+        out: &Path,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let options = begun.options.clone();
+        let folder = ImageFolder::open(data)?;
+        let targets = targets(&folder, &config.heads);
+        let size = config.resolution as u32;
+        let loader = loader(folder, size, options.batch_size, true, options.seed)?;
+        let validation = ImageFolder::open(validation)?;
+        tch::manual_seed(options.seed as i64);
+        let mut ops = TchOps::new(device);
+        if let Start::Resume(checkpoint) = &begun.start {
+            ops.load_params(checkpoint::load_weights(checkpoint, CLASSIFIER, None)?)?;
         }
-        let batch = loader.batch(step)?;
-        let x = images_tensor(&batch.images, batch.shape, device);
-        let out_ = classifier::forward(&mut ops, config, &x)?;
+        let probe = Tensor::zeros([1, 3, size as i64, size as i64], (Kind::Float, device));
+        let _ = classifier::forward(&mut ops, config, &probe)?;
+        ops.freeze();
+        let params = sorted_params(&ops);
+        let mut opt = AdamW::new(
+            shallow(&params),
+            AdamConfig::with_weight_decay(options.weight_decay),
+        );
+        if let Start::Resume(checkpoint) = &begun.start {
+            opt.load_saved(checkpoint, OPTIMIZER)?;
+        }
+        Ok(Self {
+            config,
+            options,
+            data_fingerprint: begun.data_fingerprint.clone(),
+            loader,
+            targets,
+            validation,
+            validation_log: RunLog::open(out, "validation.csv", &["accuracy"], begun.step)?,
+            accuracy: None,
+            ops,
+            params,
+            opt,
+            device,
+        })
+    }
+}
+
+impl Stage for ClassifierStage<'_> {
+    type State = ClassifierState;
+    const COLUMNS: &'static [(&'static str, Summary)] =
+        &[("loss", Summary::Mean), ("train_accuracy", Summary::Mean)];
+
+    fn step(&mut self, step: u64) -> Result<StepReport, TrainError> {
+        let batch = self.loader.batch(step)?;
+        let x = images_tensor(&batch.images, batch.shape, self.device);
+        let out = classifier::forward(&mut self.ops, self.config, &x)?;
         let (loss, hits) = loss_and_hits(
-            &out_.logits,
-            &batch_targets(&train_targets, &batch.rows, device),
+            &out.logits,
+            &batch_targets(&self.targets, &batch.rows, self.device),
         );
         let value = loss.double_value(&[]);
         if !value.is_finite() {
-            return Err(non_finite("classifier loss", value, step, &latest));
+            return Ok(StepReport::NonFinite {
+                what: "classifier loss",
+                value,
+            });
         }
-        opt.zero_grad();
+        self.opt.zero_grad();
         loss.backward();
-        opt.step(warmup_lr(options.learning_rate, options.warmup, step));
-        step += 1;
-        bar.set_position(step);
-        loss_sum += value;
-        hit_sum += hits[0];
-        seen += 1;
-        if step % cadence.log_every == 0 || step == options.steps {
-            last_loss = loss_sum / seen as f64;
-            let train_accuracy = hit_sum as f64 / (seen * options.batch_size) as f64;
-            bar.set_message(format!("loss {last_loss:.3} accuracy {train_accuracy:.3}"));
-            log.push(step, vec![last_loss, train_accuracy])?;
-            (loss_sum, hit_sum, seen) = (0.0, 0, 0);
-        }
-        if step % cadence.validate_every == 0 || step == options.steps {
-            let scores = validate(&mut ops, config, &validation)?;
-            validation_log.push(step, vec![scores[0]])?;
-            accuracy = Some(scores);
-        }
-        if step % cadence.checkpoint_every == 0 {
-            latest = Some(save(step, accuracy.clone(), &opt)?);
-            log.plot(&out.join("loss.png"))?;
-        }
+        let options = &self.options;
+        self.opt
+            .step(warmup_lr(options.learning_rate, options.warmup, step));
+        let accuracy = hits[0] as f64 / options.batch_size as f64;
+        Ok(StepReport::Values(vec![value, accuracy]))
     }
-    let accuracy = match accuracy {
-        Some(a) => a,
-        None => validate(&mut ops, config, &validation)?,
-    };
-    let checkpoint = match &latest {
-        Some(dir) if dir.ends_with(format!("step-{step:08}")) => dir.clone(),
-        _ => save(step, Some(accuracy.clone()), &opt)?,
-    };
-    log.plot(&out.join("loss.png"))?;
-    bar.finish();
-    Ok(ClassifierSummary {
-        step,
-        loss: last_loss,
-        accuracy,
-        checkpoint,
-        interrupted,
-        weights: detached(&params),
-    })
+
+    fn validate(&mut self, step: u64) -> Result<(), TrainError> {
+        let scores = validate(&mut self.ops, self.config, &self.validation)?;
+        self.validation_log.push(step, vec![scores[0]])?;
+        self.accuracy = Some(scores);
+        Ok(())
+    }
+
+    /// A run that ends without a validation (interrupted early) still reports its accuracy.
+    fn finish(&mut self) -> Result<(), TrainError> {
+        if self.accuracy.is_none() {
+            self.accuracy = Some(validate(&mut self.ops, self.config, &self.validation)?);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, step: u64) -> (Vec<(&'static str, NamedWeights)>, ClassifierState) {
+        let state = ClassifierState {
+            step,
+            options: self.options.clone(),
+            config: self.config.clone(),
+            data_fingerprint: self.data_fingerprint.clone(),
+            accuracy: self.accuracy.clone(),
+        };
+        let files = vec![
+            (CLASSIFIER, detached(&self.params)),
+            (OPTIMIZER, self.opt.state()),
+        ];
+        (files, state)
+    }
 }

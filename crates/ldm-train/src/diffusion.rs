@@ -5,87 +5,26 @@
 //! classifier-free guidance works.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use ldm_core::{NoiseSchedule, TextTokenizer};
-use ldm_data::{Batch, ImageFolder, Loader, LoaderConfig};
-use ldm_nn::{ConcatTask, Conditioning, ModelConfig, Regularizer};
-use serde::{Deserialize, Serialize};
+use ldm_data::{ImageFolder, Loader, LoaderConfig};
+use ldm_nn::{ConcatKind, Conditioning, FirstStage, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::autoencoder::load_autoencoder;
 use crate::checkpoint;
-use crate::denoiser::{encoder_name, expected_params, split_named, token_ids, Condition, Denoiser};
+use crate::conditioner::Conditioner;
+use crate::denoiser::{encoder_name, expected_params, split_named, Denoiser};
 use crate::ema::Ema;
-use crate::first_stage::{encode_mode, images_tensor, load_autoencoder, non_finite, shallow};
 use crate::latents::LatentCache;
-use crate::optim::{scheduled_lr, AdamConfig, AdamW, LrDecay};
+use crate::optim::{scheduled_lr, AdamConfig, AdamW};
 use crate::preview::Preview;
-use crate::release;
-use crate::run::{self, Cadence, RunLog, Start};
+pub use crate::records::{DiffusionOptions, DiffusionState};
+use crate::release::{self, TOKENIZER_FILE};
+use crate::run::{self, Cadence, Start};
+use crate::tensors::{detached, shallow, NamedWeights};
+use crate::trainer::{self, Begun, Lifecycle, Stage, StepReport, Summary};
 use crate::{TchOps, TrainError};
-
-/// Hyper-parameters of a diffusion run (saved with every checkpoint).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DiffusionOptions {
-    pub steps: u64,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    /// Steps of linear learning-rate warm-up.
-    pub warmup: u64,
-    /// What the learning rate does after warm-up (runs saved before it existed: constant).
-    #[serde(default)]
-    pub lr_decay: LrDecay,
-    pub weight_decay: f64,
-    /// Global gradient-norm bound.
-    pub grad_clip: f64,
-    pub ema_decay: f64,
-    /// Probability that a caption is replaced by "" or a label by the null class, so the
-    /// model also learns the unconditional prediction that guidance needs.
-    pub condition_dropout: f64,
-    pub seed: u64,
-    /// Guidance scale and DDIM steps of the periodic sample grids.
-    pub sample_guidance: f64,
-    pub sample_steps: usize,
-    /// Fine-tuning: the run whose latest UNet and conditioning encoder this run starts from
-    /// (fresh optimiser and average, step 0; a text model keeps that run's tokenizer).
-    #[serde(default)]
-    pub init_from: Option<PathBuf>,
-}
-
-impl Default for DiffusionOptions {
-    fn default() -> Self {
-        Self {
-            steps: 20_000,
-            batch_size: 32,
-            learning_rate: 2e-4,
-            warmup: 500,
-            lr_decay: LrDecay::Constant,
-            weight_decay: 0.01,
-            grad_clip: 1.0,
-            ema_decay: 0.999,
-            condition_dropout: 0.1,
-            seed: 0,
-            sample_guidance: 3.0,
-            sample_steps: 25,
-            init_from: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiffusionState {
-    pub step: u64,
-    pub options: DiffusionOptions,
-    pub config: ModelConfig,
-    pub data_fingerprint: String,
-    /// The first-stage checkpoint (or release) the latents come from (none for f = 1).
-    pub autoencoder_checkpoint: Option<PathBuf>,
-    /// Latents are multiplied by this before diffusion (1 / std of the first batch).
-    pub scale_factor: f64,
-    /// Class names of a class-conditional model: id i is `class_names[i]`.
-    pub class_names: Vec<String>,
-    pub ema_updates: u64,
-}
 
 #[derive(Debug, Clone)]
 pub struct DiffusionSummary {
@@ -108,29 +47,9 @@ pub struct DiffusionInputs<'a> {
     pub tokenizer: Option<&'a Path>,
 }
 
-/// `steps_per_second` counts optimisation steps only (not previews or checkpoints): the
-/// training throughput that the compression trade-off study compares.
-const LOG_COLUMNS: [&str; 4] = ["loss", "grad_norm", "lr", "steps_per_second"];
 const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
 const UNET: &str = "unet";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-
-/// The conditioning side of training: how a batch's captions, labels or images become the
-/// denoiser's [`Condition`].
-pub(crate) enum Conditioner {
-    None,
-    Text {
-        // Boxed: the tokenizer is large next to the other variants.
-        tokenizer: Box<TextTokenizer>,
-        max_length: usize,
-    },
-    Class {
-        classes: usize,
-    },
-    SuperResolution,
-    Inpainting,
-}
 
 /// Trains the latent diffusion model of `config`, writing the run to `out`.
 pub fn train_diffusion(
@@ -142,9 +61,6 @@ pub fn train_diffusion(
     device: Device,
     resume: bool,
 ) -> Result<DiffusionSummary, TrainError> {
-    // Ctrl-C from here on saves a checkpoint instead of killing the run.
-    let stop = run::stop_requested();
-    let schedule = config.diffusion.schedule()?;
     let mut folder = ImageFolder::open(inputs.data)?;
     folder = match config.conditioning {
         Conditioning::Text { .. } => folder.require_text()?,
@@ -152,208 +68,242 @@ pub fn train_diffusion(
         _ => folder,
     };
     run::check_data(&folder, config)?;
-    let fingerprint = run::data_fingerprint(inputs.data)?;
-    let start = run::start(out, resume)?;
-    let resumed: Option<DiffusionState> = match &start {
-        Start::Fresh => None,
-        Start::Resume(checkpoint) => {
-            let state: DiffusionState = checkpoint::load_state(checkpoint)?;
-            let asked = DiffusionOptions {
-                steps: state.options.steps,
-                init_from: state.options.init_from.clone(),
-                ..options.clone()
-            };
-            run::check_resumable(
-                checkpoint,
-                (&state.config, &state.data_fingerprint, &state.options),
-                (config, &fingerprint, &asked),
-            )?;
-            Some(state)
-        }
-    };
-    let options = match &resumed {
-        Some(state) => DiffusionOptions {
-            steps: options.steps,
-            ..state.options.clone()
-        },
-        None => options,
-    };
+    let begun: Begun<DiffusionState> = trainer::begin(out, inputs.data, config, options, resume)?;
     run::write_config(out, config)?;
-
-    // The frozen first stage and the cached latents.
-    let autoencoder_checkpoint = match &resumed {
-        Some(state) => state.autoencoder_checkpoint.clone(),
-        None => first_stage_checkpoint(config, inputs.autoencoder_run)?,
-    };
-    let mut first_stage = match &autoencoder_checkpoint {
-        Some(checkpoint) => Some(load_autoencoder(checkpoint, config, device)?),
-        None => None,
-    };
-    let bar = run::progress(options.steps, 0, cadence.quiet);
-    let cache = LatentCache::open(
-        &folder,
-        config,
-        first_stage.as_mut(),
-        &fingerprint,
-        &autoencoder_checkpoint
-            .as_ref()
-            .map_or("none".into(), |p| p.display().to_string()),
-        out,
-        &bar,
-    )?;
-    let loader = Loader::new(
-        folder,
-        LoaderConfig {
-            size: config.resolution as u32,
-            batch_size: options.batch_size,
-            flip: false,
-            shuffle: true,
-            seed: options.seed,
+    let mut stage = DiffusionStage::new(config, folder, &inputs, &begun, out, cadence, device)?;
+    let steps = begun.options.steps;
+    let finished = trainer::train(
+        &mut stage,
+        &begun,
+        Lifecycle {
+            out,
+            steps,
+            cadence,
         },
     )?;
-    let scale_factor = match &resumed {
-        Some(state) => state.scale_factor,
-        None => first_batch_scale(config, &cache, &loader, options.seed)?,
-    };
-    let weights_from = run::weights_source(&start, options.init_from.as_deref())?;
-    // A fine-tuned text encoder only understands its own token ids.
-    let source_tokenizer = match (&resumed, &options.init_from) {
-        (None, Some(source)) => Some(source.join(TOKENIZER_FILE)),
-        _ => None,
-    };
-    let tokenizer = inputs.tokenizer.or(source_tokenizer.as_deref());
-    let (conditioner, class_names) =
-        conditioner(config, &loader, tokenizer, resumed.as_ref(), out)?;
+    Ok(DiffusionSummary {
+        step: finished.step,
+        last_loss: finished.last_logged.first().map(|(_, loss)| *loss),
+        scale_factor: stage.scale_factor,
+        checkpoint: finished.checkpoint,
+        interrupted: finished.interrupted,
+    })
+}
 
-    // The trainable networks, their optimiser and average.
-    tch::manual_seed(options.seed as i64);
-    let mut step = resumed.as_ref().map_or(0, |s| s.step);
-    let mut model = match &weights_from {
-        None => Denoiser::new(config, device, None)?,
-        Some(checkpoint) => {
-            let (unet_expected, encoder_expected) = expected_params(config)?;
-            let unet = checkpoint::load_weights_as_f32(checkpoint, UNET, Some(&unet_expected))?;
-            let encoder = match (encoder_name(config), encoder_expected) {
-                (Some(name), Some(expected)) => Some(checkpoint::load_weights_as_f32(
-                    checkpoint,
-                    name,
-                    Some(&expected),
-                )?),
-                _ => None,
-            };
-            Denoiser::new(config, device, Some((unet, encoder)))?
-        }
-    };
-    let params = model.named_params();
-    let mut opt = AdamW::new(
-        shallow(&params),
-        AdamConfig::with_weight_decay(options.weight_decay),
-    );
-    let mut ema = Ema::new(&params, options.ema_decay);
-    if let (Start::Resume(checkpoint), Some(state)) = (&start, &resumed) {
-        opt.load_state(&checkpoint::load_weights(checkpoint, OPTIMIZER, None)?)
-            .map_err(TrainError::Run)?;
-        ema.restore(
-            &checkpoint::load_weights(checkpoint, EMA, None)?,
-            state.ema_updates,
-        )
-        .map_err(TrainError::Run)?;
-    }
+/// The diffusion model in training, with the frozen first stage and cached latents it learns
+/// on.
+struct DiffusionStage<'a> {
+    config: &'a ModelConfig,
+    options: DiffusionOptions,
+    data_fingerprint: String,
+    out: PathBuf,
+    schedule: NoiseSchedule,
+    /// sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) for every t.
+    sqrt_alpha_bar: Tensor,
+    sqrt_one_minus_alpha_bar: Tensor,
+    autoencoder_checkpoint: Option<PathBuf>,
+    first_stage: Option<TchOps>,
+    cache: LatentCache,
+    loader: Loader,
+    scale_factor: f64,
+    conditioner: Conditioner,
+    class_names: Vec<String>,
+    model: Denoiser,
+    params: NamedWeights,
+    opt: AdamW,
+    ema: Ema,
+    preview: Preview,
+    device: Device,
+}
 
-    let preview = Preview::new(
-        config,
-        inputs.validation.unwrap_or(inputs.data),
-        &conditioner,
-        first_stage.as_mut(),
-        scale_factor,
-        device,
-    )?;
-    let sqrt_ab = alpha_bar_tensor(&schedule, false, device);
-    let sqrt_1m_ab = alpha_bar_tensor(&schedule, true, device);
-    let mut log = RunLog::open(out, "log.csv", &LOG_COLUMNS, step)?;
-    bar.set_length(options.steps);
-    bar.set_position(step);
-    bar.reset_eta();
-    bar.set_message("");
-    let mut latest = checkpoint::latest(out)?;
-    let save =
-        |step: u64, opt: &AdamW, ema: &Ema, model: &Denoiser| -> Result<PathBuf, TrainError> {
-            let state = DiffusionState {
-                step,
-                options: options.clone(),
-                config: config.clone(),
-                data_fingerprint: fingerprint.clone(),
-                autoencoder_checkpoint: autoencoder_checkpoint.clone(),
-                scale_factor,
-                class_names: class_names.clone(),
-                ema_updates: ema.updates(),
-            };
-            let cpu = |w: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
-                w.iter()
-                    .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu)))
-                    .collect()
-            };
-            let (unet, encoder) = split_named(config, &model.named_params());
-            let (unet, encoder, ema_weights) =
-                (cpu(&unet), encoder.map(|e| cpu(&e)), cpu(ema.weights()));
-            let optimizer = opt.state();
-            let mut files: Vec<(&str, &[(String, Tensor)])> = vec![
-                (UNET, unet.as_slice()),
-                (EMA, ema_weights.as_slice()),
-                (OPTIMIZER, optimizer.as_slice()),
-            ];
-            if let (Some(name), Some(encoder)) = (encoder_name(config), encoder.as_ref()) {
-                files.push((name, encoder.as_slice()));
-            }
-            let dir = checkpoint::save(out, step, &files, &state)?;
-            checkpoint::prune(out, cadence.keep_checkpoints + 1)?;
-            Ok(dir)
+impl<'a> DiffusionStage<'a> {
+    fn new(
+        config: &'a ModelConfig,
+        folder: ImageFolder,
+        inputs: &DiffusionInputs,
+        begun: &Begun<DiffusionState>,
+        out: &Path,
+        cadence: Cadence,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let (options, resumed) = (begun.options.clone(), begun.resumed.as_ref());
+        let schedule = config.diffusion.schedule()?;
+        // The frozen first stage and the cached latents.
+        let autoencoder_checkpoint = match resumed {
+            Some(state) => state.autoencoder_checkpoint.clone(),
+            None => first_stage_checkpoint(config, inputs.autoencoder_run)?,
         };
-
-    let (mut sum, mut norm_sum, mut counted) = (0.0, 0.0, 0u64);
-    let mut step_time = std::time::Duration::ZERO;
-    let mut last_loss = None;
-    let mut interrupted = false;
-    while step < options.steps {
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
-        }
-        let started = std::time::Instant::now();
-        let batch = loader.batch(step)?;
-        tch::manual_seed(run::step_seed(options.seed, step));
-        let b = batch.shape[0] as i64;
-        let x0 = cache.latents(&batch.rows, device) * scale_factor;
-        let t = Tensor::randint(schedule.timesteps() as i64, [b], (Kind::Int64, device));
-        let noise = x0.randn_like();
-        let xt = sqrt_ab.index_select(0, &t).view([-1, 1, 1, 1]) * &x0
-            + sqrt_1m_ab.index_select(0, &t).view([-1, 1, 1, 1]) * &noise;
-        let dropped: Vec<bool> =
-            Vec::<f32>::try_from(Tensor::rand([b], (Kind::Float, Device::Cpu)))
-                .expect("f32")
-                .into_iter()
-                .map(|u| (u as f64) < options.condition_dropout)
-                .collect();
-        let condition = conditioner.condition(
-            &batch,
-            &dropped,
-            &cache,
-            first_stage.as_mut(),
+        let mut first_stage = match &autoencoder_checkpoint {
+            Some(checkpoint) => Some(load_autoencoder(checkpoint, config, device)?),
+            None => None,
+        };
+        let encoding = run::progress(folder.len() as u64, 0, cadence.quiet);
+        let cache = LatentCache::open(
+            &folder,
             config,
+            first_stage.as_mut(),
+            &begun.data_fingerprint,
+            &autoencoder_checkpoint
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string()),
+            out,
+            &encoding,
+        )?;
+        encoding.finish_and_clear();
+        let loader = Loader::new(
+            folder,
+            LoaderConfig {
+                size: config.resolution as u32,
+                batch_size: options.batch_size,
+                flip: false,
+                shuffle: true,
+                seed: options.seed,
+            },
+        )?;
+        let scale_factor = match resumed {
+            Some(state) => state.scale_factor,
+            None => first_batch_scale(config, &cache, &loader, options.seed)?,
+        };
+        // A fine-tuned text encoder only understands its own token ids.
+        let source_tokenizer = match (resumed, &options.init_from) {
+            (None, Some(source)) => Some(source.join(TOKENIZER_FILE)),
+            _ => None,
+        };
+        let tokenizer = inputs.tokenizer.or(source_tokenizer.as_deref());
+        let (conditioner, class_names) = conditioner(config, &loader, tokenizer, resumed, out)?;
+
+        // The trainable networks, their optimiser and average.
+        tch::manual_seed(options.seed as i64);
+        let weights_from = run::weights_source(&begun.start, options.init_from.as_deref())?;
+        let model = match &weights_from {
+            None => Denoiser::new(config, device, None)?,
+            Some(checkpoint) => {
+                Denoiser::new(config, device, Some(trained_weights(checkpoint, config)?))?
+            }
+        };
+        let params = model.named_params();
+        let mut opt = AdamW::new(
+            shallow(&params),
+            AdamConfig::with_weight_decay(options.weight_decay),
+        );
+        let mut ema = Ema::new(&params, options.ema_decay);
+        if let (Start::Resume(checkpoint), Some(state)) = (&begun.start, resumed) {
+            opt.load_saved(checkpoint, OPTIMIZER)?;
+            ema.restore(
+                &checkpoint::load_weights(checkpoint, EMA, None)?,
+                state.ema_updates,
+            )
+            .map_err(|message| TrainError::SavedState {
+                checkpoint: checkpoint.clone(),
+                file: EMA,
+                message,
+            })?;
+        }
+        let preview = Preview::new(
+            config,
+            inputs.validation.unwrap_or(inputs.data),
+            &conditioner,
+            first_stage.as_mut(),
             scale_factor,
             device,
         )?;
-        let eps = model.forward(&xt, &t, &condition)?;
+        Ok(Self {
+            config,
+            options,
+            data_fingerprint: begun.data_fingerprint.clone(),
+            out: out.to_path_buf(),
+            sqrt_alpha_bar: alpha_bar_tensor(&schedule, false, device),
+            sqrt_one_minus_alpha_bar: alpha_bar_tensor(&schedule, true, device),
+            schedule,
+            autoencoder_checkpoint,
+            first_stage,
+            cache,
+            loader,
+            scale_factor,
+            conditioner,
+            class_names,
+            model,
+            params,
+            opt,
+            ema,
+            preview,
+            device,
+        })
+    }
+}
+
+/// The UNet and conditioning encoder of a checkpoint or release, checked against `config`.
+fn trained_weights(
+    checkpoint: &Path,
+    config: &ModelConfig,
+) -> Result<(NamedWeights, Option<NamedWeights>), TrainError> {
+    let (unet_expected, encoder_expected) = expected_params(config)?;
+    let unet = checkpoint::load_weights_as_f32(checkpoint, UNET, Some(&unet_expected))?;
+    let encoder = match (encoder_name(config), encoder_expected) {
+        (Some(name), Some(expected)) => Some(checkpoint::load_weights_as_f32(
+            checkpoint,
+            name,
+            Some(&expected),
+        )?),
+        _ => None,
+    };
+    Ok((unet, encoder))
+}
+
+impl Stage for DiffusionStage<'_> {
+    type State = DiffusionState;
+    const COLUMNS: &'static [(&'static str, Summary)] = &[
+        ("loss", Summary::Mean),
+        ("grad_norm", Summary::Mean),
+        ("lr", Summary::Last),
+    ];
+    const THROUGHPUT: bool = true;
+
+    fn step(&mut self, step: u64) -> Result<StepReport, TrainError> {
+        let (options, device) = (&self.options, self.device);
+        let batch = self.loader.batch(step)?;
+        tch::manual_seed(run::step_seed(options.seed, step));
+        let b = batch.shape[0] as i64;
+        let x0 = self.cache.latents(&batch.rows, device) * self.scale_factor;
+        let t = Tensor::randint(self.schedule.timesteps() as i64, [b], (Kind::Int64, device));
+        let noise = x0.randn_like();
+        let xt = self.sqrt_alpha_bar.index_select(0, &t).view([-1, 1, 1, 1]) * &x0
+            + self
+                .sqrt_one_minus_alpha_bar
+                .index_select(0, &t)
+                .view([-1, 1, 1, 1])
+                * &noise;
+        let dropped: Vec<bool> =
+            Vec::<f32>::try_from(Tensor::rand([b], (Kind::Float, Device::Cpu)))?
+                .into_iter()
+                .map(|u| (u as f64) < options.condition_dropout)
+                .collect();
+        let condition = self.conditioner.batch(
+            &batch,
+            &dropped,
+            &self.cache,
+            self.first_stage.as_mut(),
+            self.config,
+            self.scale_factor,
+            device,
+        )?;
+        let eps = self.model.forward(&xt, &t, &condition)?;
         let loss = eps.mse_loss(&noise, tch::Reduction::Mean);
         let value = loss.double_value(&[]);
         if !value.is_finite() {
-            return Err(non_finite("diffusion loss", value, step, &latest));
+            return Ok(StepReport::NonFinite {
+                what: "diffusion loss",
+                value,
+            });
         }
-        opt.zero_grad();
+        self.opt.zero_grad();
         loss.backward();
-        let norm = opt.clip_grad_norm(options.grad_clip);
+        let norm = self.opt.clip_grad_norm(options.grad_clip);
         if !norm.is_finite() {
-            return Err(non_finite("gradient norm", norm, step, &latest));
+            return Ok(StepReport::NonFinite {
+                what: "gradient norm",
+                value: norm,
+            });
         }
         let lr = scheduled_lr(
             options.learning_rate,
@@ -362,51 +312,47 @@ pub fn train_diffusion(
             step,
             options.steps,
         );
-        opt.step(lr);
-        ema.update(&params);
-        step_time += started.elapsed();
-        step += 1;
-        bar.set_position(step);
-        (sum, norm_sum, counted) = (sum + value, norm_sum + norm, counted + 1);
-        if step.is_multiple_of(cadence.log_every) || step == options.steps {
-            let mean = sum / counted as f64;
-            let rate = counted as f64 / step_time.as_secs_f64();
-            bar.set_message(format!("loss {mean:.4}"));
-            log.push(step, vec![mean, norm_sum / counted as f64, lr, rate])?;
-            last_loss = Some(mean);
-            (sum, norm_sum, counted) = (0.0, 0.0, 0);
-            step_time = std::time::Duration::ZERO;
-        }
-        if step.is_multiple_of(cadence.validate_every) || step == options.steps {
-            let grid = out.join("samples").join(format!("step-{step:08}.png"));
-            preview.render(
-                config,
-                ema.weights(),
-                first_stage.as_mut(),
-                &schedule,
-                &options,
-                &grid,
-                device,
-            )?;
-        }
-        if step.is_multiple_of(cadence.checkpoint_every) {
-            latest = Some(save(step, &opt, &ema, &model)?);
-            log.plot(&out.join("loss.png"))?;
-        }
+        self.opt.step(lr);
+        self.ema.update(&self.params);
+        Ok(StepReport::Values(vec![value, norm, lr]))
     }
-    let checkpoint = match &latest {
-        Some(dir) if dir.ends_with(format!("step-{step:08}")) => dir.clone(),
-        _ => save(step, &opt, &ema, &model)?,
-    };
-    log.plot(&out.join("loss.png"))?;
-    bar.finish();
-    Ok(DiffusionSummary {
-        step,
-        last_loss,
-        scale_factor,
-        checkpoint,
-        interrupted,
-    })
+
+    fn validate(&mut self, step: u64) -> Result<(), TrainError> {
+        let grid = self.out.join("samples").join(format!("step-{step:08}.png"));
+        self.preview.render(
+            self.config,
+            self.ema.weights(),
+            &self.conditioner,
+            self.first_stage.as_mut(),
+            &self.schedule,
+            &self.options,
+            &grid,
+            self.device,
+        )
+    }
+
+    fn checkpoint(&self, step: u64) -> (Vec<(&'static str, NamedWeights)>, DiffusionState) {
+        let state = DiffusionState {
+            step,
+            options: self.options.clone(),
+            config: self.config.clone(),
+            data_fingerprint: self.data_fingerprint.clone(),
+            autoencoder_checkpoint: self.autoencoder_checkpoint.clone(),
+            scale_factor: self.scale_factor,
+            class_names: self.class_names.clone(),
+            ema_updates: self.ema.updates(),
+        };
+        let (unet, encoder) = split_named(self.config, &self.model.named_params());
+        let mut files = vec![
+            (UNET, detached(&unet)),
+            (EMA, detached(self.ema.weights())),
+            (OPTIMIZER, self.opt.state()),
+        ];
+        if let (Some(name), Some(encoder)) = (encoder_name(self.config), encoder) {
+            files.push((name, detached(&encoder)));
+        }
+        (files, state)
+    }
 }
 
 /// sqrt(alpha_bar_t) (or sqrt(1 - alpha_bar_t)) for every t, as an f32 tensor.
@@ -426,18 +372,18 @@ fn first_stage_checkpoint(
     config: &ModelConfig,
     source: Option<&Path>,
 ) -> Result<Option<PathBuf>, TrainError> {
-    if config.autoencoder.regularizer == Regularizer::Identity {
+    if config.autoencoder.regularizer == FirstStage::Identity {
         return Ok(None);
     }
     let source = source.ok_or_else(|| {
-        TrainError::Run("this model has a first stage: pass --autoencoder runs/NAME (a run of `ldm train autoencoder`, or a release)".into())
+        TrainError::Mismatch("this model has a first stage: pass --autoencoder runs/NAME (a run of `ldm train autoencoder`, or a release)".into())
     })?;
-    let folder = run::weights_folder(source)?.ok_or_else(|| {
-        TrainError::Run(format!(
-            "{} holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",
-            source.display(),
+    let folder = run::weights_folder(source)?.ok_or_else(|| TrainError::NoWeights {
+        path: source.to_path_buf(),
+        what: format!(
+            "holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",
             source.display()
-        ))
+        ),
     })?;
     // Absolute, so the run reads its first stage from any working directory.
     let folder = std::fs::canonicalize(&folder).map_err(|e| TrainError::io(&folder, e))?;
@@ -445,7 +391,7 @@ fn first_stage_checkpoint(
     if trained_with.autoencoder != config.autoencoder
         || trained_with.resolution != config.resolution
     {
-        return Err(TrainError::Run(format!(
+        return Err(TrainError::Mismatch(format!(
             "{} was trained with another first stage (its [autoencoder] section or resolution differs from this configuration's)",
             folder.display()
         )));
@@ -460,7 +406,7 @@ fn first_batch_scale(
     loader: &Loader,
     seed: u64,
 ) -> Result<f64, TrainError> {
-    if config.autoencoder.regularizer == Regularizer::Identity {
+    if config.autoencoder.regularizer == FirstStage::Identity {
         return Ok(1.0);
     }
     tch::manual_seed(seed as i64);
@@ -470,9 +416,7 @@ fn first_batch_scale(
         .std(true)
         .double_value(&[]);
     if !(std.is_finite() && std > 0.0) {
-        return Err(TrainError::Run(format!(
-            "the first batch's latents have std {std}; the first stage is degenerate"
-        )));
+        return Err(TrainError::DegenerateLatents(std));
     }
     Ok(1.0 / std)
 }
@@ -488,10 +432,10 @@ fn conditioner(
     Ok(match config.conditioning {
         Conditioning::None => (Conditioner::None, vec![]),
         Conditioning::Concat {
-            task: ConcatTask::SuperResolution,
+            task: ConcatKind::SuperResolution,
         } => (Conditioner::SuperResolution, vec![]),
         Conditioning::Concat {
-            task: ConcatTask::Inpainting,
+            task: ConcatKind::Inpainting,
         } => (Conditioner::Inpainting, vec![]),
         Conditioning::Text {
             vocab_size,
@@ -508,7 +452,7 @@ fn conditioner(
                 }
             };
             if tokenizer.vocab_size() > vocab_size {
-                return Err(TrainError::Run(format!(
+                return Err(TrainError::Mismatch(format!(
                     "the tokenizer has {} entries but conditioning.vocab_size = {vocab_size}; raise vocab_size or use a smaller tokenizer",
                     tokenizer.vocab_size()
                 )));
@@ -527,126 +471,25 @@ fn conditioner(
         Conditioning::Class { classes, .. } => {
             let names = loader.folder().labels();
             if names.len() > classes {
-                return Err(TrainError::Run(format!(
+                return Err(TrainError::Mismatch(format!(
                     "{} holds {} distinct labels but conditioning.classes = {classes}",
                     loader.folder().root().display(),
                     names.len()
                 )));
             }
             if let Some(state) = resumed.filter(|s| s.class_names != names) {
-                return Err(TrainError::Run(format!(
+                return Err(TrainError::Mismatch(format!(
                     "the data's labels differ from the run's ({:?})",
                     state.class_names
                 )));
             }
-            (Conditioner::Class { classes }, names)
+            (
+                Conditioner::Class {
+                    classes,
+                    names: names.clone(),
+                },
+                names,
+            )
         }
     })
-}
-
-impl Conditioner {
-    /// The condition of a training batch; `dropped[i]` replaces image i's caption or label by
-    /// the unconditional one.
-    #[allow(clippy::too_many_arguments)]
-    fn condition(
-        &self,
-        batch: &Batch,
-        dropped: &[bool],
-        cache: &LatentCache,
-        first_stage: Option<&mut TchOps>,
-        config: &ModelConfig,
-        scale_factor: f64,
-        device: Device,
-    ) -> Result<Condition, TrainError> {
-        Ok(match self {
-            Conditioner::None => Condition::None,
-            Conditioner::Text {
-                tokenizer,
-                max_length,
-            } => {
-                let texts: Vec<&str> = batch
-                    .texts
-                    .iter()
-                    .zip(dropped)
-                    .map(|(t, &d)| if d { "" } else { t.as_str() })
-                    .collect();
-                Condition::Tokens(token_ids(tokenizer, &texts, *max_length, device)?)
-            }
-            Conditioner::Class { classes } => {
-                let ids: Vec<i64> = batch
-                    .labels
-                    .iter()
-                    .zip(dropped)
-                    .map(|(l, &d)| {
-                        if d {
-                            *classes as i64
-                        } else {
-                            l.map_or(*classes as i64, |l| l as i64)
-                        }
-                    })
-                    .collect();
-                Condition::Classes(Tensor::from_slice(&ids).to_device(device))
-            }
-            Conditioner::SuperResolution => {
-                Condition::Concat(cache.low_resolution(&batch.rows, device))
-            }
-            Conditioner::Inpainting => {
-                let images = images_tensor(&batch.images, batch.shape, device);
-                let mask = random_boxes(batch.shape[0], config.resolution, device);
-                Condition::Concat(inpainting_condition(
-                    &images,
-                    &mask,
-                    first_stage,
-                    config,
-                    scale_factor,
-                )?)
-            }
-        })
-    }
-}
-
-/// One random rectangle per image, 1 inside (the region to fill): sides from a quarter to
-/// three quarters of the image.
-fn random_boxes(count: usize, size: usize, device: Device) -> Tensor {
-    let draws: Vec<f32> = Tensor::rand([count as i64, 4], (Kind::Float, Device::Cpu))
-        .flatten(0, -1)
-        .try_into()
-        .expect("f32");
-    let mut mask = vec![0f32; count * size * size];
-    for (i, d) in draws.chunks(4).enumerate() {
-        let (w, h) = (
-            ((0.25 + 0.5 * d[0]) * size as f32) as usize,
-            ((0.25 + 0.5 * d[1]) * size as f32) as usize,
-        );
-        let (x0, y0) = (
-            (d[2] * (size - w) as f32) as usize,
-            (d[3] * (size - h) as f32) as usize,
-        );
-        for y in y0..y0 + h {
-            mask[i * size * size + y * size + x0..i * size * size + y * size + x0 + w].fill(1.0);
-        }
-    }
-    Tensor::from_slice(&mask)
-        .reshape([count as i64, 1, size as i64, size as i64])
-        .to_device(device)
-}
-
-/// The inpainting model's extra channels: the encoded masked image (scaled) and the mask at
-/// the latent's size (1 where the model must fill in).
-pub fn inpainting_condition(
-    images: &Tensor,
-    mask: &Tensor,
-    first_stage: Option<&mut TchOps>,
-    config: &ModelConfig,
-    scale_factor: f64,
-) -> Result<Tensor, TrainError> {
-    let _guard = tch::no_grad_guard();
-    let masked = images * (1.0 - mask);
-    let latent = match first_stage {
-        Some(ops) => encode_mode(ops, config, &masked)? * scale_factor,
-        None => masked,
-    };
-    let f = config.autoencoder.factor as i64;
-    let small = mask.avg_pool2d([f, f], [f, f], [0, 0], false, true, None::<i64>);
-    Ok(Tensor::cat(&[latent, small], 1))
 }

@@ -28,7 +28,8 @@ pub fn to_rgb_images(images: &Tensor) -> Vec<RgbImage> {
 }
 
 /// Lays out `images` [B, 3, H, W] in [-1, 1] as a grid of `columns` columns with a 2-pixel
-/// white gutter, and writes it as PNG.
+/// white gutter, and writes it as PNG; a single image is written as it is, as `ldm generate`
+/// writes one.
 pub fn save_grid(images: &Tensor, columns: usize, path: &Path) -> std::io::Result<()> {
     let tiles = to_rgb_images(images);
     let Some(first) = tiles.first() else {
@@ -37,7 +38,7 @@ pub fn save_grid(images: &Tensor, columns: usize, path: &Path) -> std::io::Resul
     let (w, h) = first.dimensions();
     let columns = columns.clamp(1, tiles.len());
     let rows = tiles.len().div_ceil(columns) as u32;
-    let gap = 2;
+    let gap = if tiles.len() == 1 { 0 } else { 2 };
     let mut grid = RgbImage::from_pixel(
         columns as u32 * (w + gap) + gap,
         rows * (h + gap) + gap,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use indicatif::ProgressBar;
 use ldm_data::ImageFolder;
-use ldm_nn::{autoencoder, ModelConfig, Regularizer};
+use ldm_nn::{autoencoder, FirstStage, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -31,7 +31,7 @@ pub struct LatentCache {
     encoded: Tensor,
     /// Per image, the image downsampled f times (super-resolution conditioning).
     low_resolution: Tensor,
-    regularizer: Regularizer,
+    regularizer: FirstStage,
 }
 
 impl LatentCache {
@@ -72,7 +72,7 @@ impl LatentCache {
         })
     }
 
-    fn load(run_dir: &Path, provenance: &Provenance, regularizer: Regularizer) -> Option<Self> {
+    fn load(run_dir: &Path, provenance: &Provenance, regularizer: FirstStage) -> Option<Self> {
         let saved: Provenance =
             serde_json::from_slice(&std::fs::read(run_dir.join(ABOUT)).ok()?).ok()?;
         if saved != *provenance {
@@ -104,7 +104,7 @@ impl LatentCache {
     pub fn latents(&self, rows: &[usize], device: Device) -> Tensor {
         let picked = self.pick(&self.encoded, rows, device);
         match self.regularizer {
-            Regularizer::Kl => gaussian::sample(&picked),
+            FirstStage::Kl => gaussian::sample(&picked),
             _ => picked,
         }
     }

@@ -3,7 +3,11 @@
 //! Written here rather than taken from `tch::nn::Optimizer` because that optimiser keeps its
 //! moment buffers inside libtorch, out of reach: an exact `--resume` must save and restore them.
 
+use std::path::Path;
+
 use tch::{Kind, Tensor};
+
+use crate::TrainError;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
@@ -127,6 +131,17 @@ impl AdamW {
     }
 
     /// Restores what [`AdamW::state`] saved; every parameter's moments must be present.
+    /// Restores the state a checkpoint saved as `file`.
+    pub fn load_saved(&mut self, checkpoint: &Path, file: &'static str) -> Result<(), TrainError> {
+        let state = crate::checkpoint::load_weights(checkpoint, file, None)?;
+        self.load_state(&state)
+            .map_err(|message| TrainError::SavedState {
+                checkpoint: checkpoint.to_path_buf(),
+                file,
+                message,
+            })
+    }
+
     pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
         let find = |key: &str| state.iter().find(|(n, _)| n == key).map(|(_, t)| t);
         for (((name, p), m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {

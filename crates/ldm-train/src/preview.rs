@@ -4,16 +4,18 @@
 
 use std::path::Path;
 
-use ldm_core::NoiseSchedule;
+use ldm_core::{NoiseSchedule, SamplerKind, SamplingSetup};
 use ldm_data::ImageFolder;
-use ldm_nn::{autoencoder, ModelConfig};
+use ldm_nn::ModelConfig;
 use tch::{Device, Kind, Tensor};
 
-use crate::denoiser::{split_named, token_ids, Condition, Denoiser};
-use crate::diffusion::{inpainting_condition, Conditioner, DiffusionOptions};
-use crate::first_stage::images_tensor;
+use crate::autoencoder::decode_sampled;
+use crate::conditioner::{inpainting_condition, Conditioner};
+use crate::denoiser::{split_named, Condition, Denoiser};
 use crate::images::save_grid;
-use crate::sampling::ddim_sample;
+use crate::records::DiffusionOptions;
+use crate::sampling::sample_latents;
+use crate::tensors::images_tensor;
 use crate::{TchOps, TrainError};
 
 /// The sample grids draw fresh noise at every step (eta = 1): early in training, deterministic
@@ -22,11 +24,18 @@ const PREVIEW_ETA: f64 = 1.0;
 /// Images per sample grid.
 const GRID: usize = 8;
 
-/// The fixed conditions of the periodic sample grids: validation captions, the first
-/// classes, or validation images (low resolution, masked), with their unconditional twin.
+/// What the grid's images are conditioned on.
+enum Inputs {
+    None,
+    /// Validation captions, or class ids.
+    Prompts(Vec<String>),
+    /// Validation images (low resolution, or encoded with a hole) as extra channels.
+    Concat(Tensor),
+}
+
+/// The fixed conditions of the periodic sample grids.
 pub(crate) struct Preview {
-    condition: Condition,
-    unconditional: Option<Condition>,
+    inputs: Inputs,
     count: usize,
     /// Sampled latents are divided by it before decoding.
     scale_factor: f64,
@@ -42,55 +51,22 @@ impl Preview {
         device: Device,
     ) -> Result<Self, TrainError> {
         let folder = ImageFolder::open(folder)?;
-        let count = GRID.min(folder.len());
-        Ok(match conditioner {
-            Conditioner::None => Self {
-                condition: Condition::None,
-                unconditional: None,
-                count: GRID,
-                scale_factor,
-            },
-            Conditioner::Text {
-                tokenizer,
-                max_length,
-            } => {
+        let (inputs, count) = match conditioner {
+            Conditioner::None => (Inputs::None, GRID),
+            Conditioner::Text { .. } => {
                 let mut prompts: Vec<String> =
                     folder.records().filter_map(|r| r.text.clone()).collect();
                 prompts.dedup();
                 prompts.truncate(GRID);
-                let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-                let empty = vec![""; texts.len()];
-                Self {
-                    condition: Condition::Tokens(token_ids(
-                        tokenizer,
-                        &texts,
-                        *max_length,
-                        device,
-                    )?),
-                    unconditional: Some(Condition::Tokens(token_ids(
-                        tokenizer,
-                        &empty,
-                        *max_length,
-                        device,
-                    )?)),
-                    count: texts.len(),
-                    scale_factor,
-                }
+                let count = prompts.len();
+                (Inputs::Prompts(prompts), count)
             }
-            Conditioner::Class { classes } => {
-                let ids: Vec<i64> = (0..GRID as i64).map(|i| i % *classes as i64).collect();
-                Self {
-                    condition: Condition::Classes(Tensor::from_slice(&ids).to_device(device)),
-                    unconditional: Some(Condition::Classes(Tensor::full(
-                        [GRID as i64],
-                        *classes as i64,
-                        (Kind::Int64, device),
-                    ))),
-                    count: GRID,
-                    scale_factor,
-                }
+            Conditioner::Class { classes, .. } => {
+                let ids = (0..GRID).map(|i| (i % classes).to_string()).collect();
+                (Inputs::Prompts(ids), GRID)
             }
             Conditioner::SuperResolution | Conditioner::Inpainting => {
+                let count = GRID.min(folder.len());
                 let size = config.resolution as u32;
                 let mut pixels = Vec::new();
                 for row in 0..count {
@@ -111,22 +87,24 @@ impl Preview {
                         .fill_(1.0);
                     inpainting_condition(&images, &mask, first_stage, config, scale_factor)?
                 };
-                Self {
-                    condition: Condition::Concat(extra),
-                    unconditional: None,
-                    count,
-                    scale_factor,
-                }
+                (Inputs::Concat(extra), count)
             }
+        };
+        Ok(Self {
+            inputs,
+            count,
+            scale_factor,
         })
     }
 
-    /// Samples the grid with the EMA weights and writes it as PNG.
+    /// Samples the grid with the EMA weights (DDIM with fresh noise, the run's guidance and
+    /// steps) and writes it as PNG.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn render(
         &self,
         config: &ModelConfig,
         ema: &[(String, Tensor)],
+        conditioner: &Conditioner,
         first_stage: Option<&mut TchOps>,
         schedule: &NoiseSchedule,
         options: &DiffusionOptions,
@@ -140,32 +118,24 @@ impl Preview {
                 .collect::<Vec<_>>()
         };
         let mut model = Denoiser::new(config, device, Some((copy(unet), encoder.map(copy))))?;
-        let (r, c) = (
-            config.latent_resolution() as i64,
-            config.autoencoder.latent_channels as i64,
-        );
-        let latents = ddim_sample(
-            &mut model,
-            schedule,
-            [self.count as i64, c, r, r],
-            &self.condition,
-            self.unconditional.as_ref(),
-            options.sample_guidance,
-            options.sample_steps,
-            PREVIEW_ETA,
-            options.seed as i64,
-            device,
-        )?;
-        let _guard = tch::no_grad_guard();
-        let images = match first_stage {
-            Some(ops) => autoencoder::decode(
-                ops,
-                &config.autoencoder,
-                config.resolution,
-                &(latents / self.scale_factor),
-            )?,
-            None => latents,
+        let guided = conditioner.guides() && options.sample_guidance != 1.0;
+        let condition = match &self.inputs {
+            Inputs::None => Condition::None,
+            Inputs::Prompts(prompts) => conditioner.prompts(prompts, "", guided, device)?,
+            Inputs::Concat(extra) => Condition::Concat(extra.shallow_clone()),
         };
+        let r = config.latent_resolution();
+        let setup = SamplingSetup {
+            sampler: SamplerKind::Ddim { eta: PREVIEW_ETA },
+            steps: options.sample_steps,
+            guidance: options.sample_guidance,
+            guided,
+            seed: options.seed,
+            images: self.count,
+            latent_shape: [config.autoencoder.latent_channels, r, r],
+        };
+        let latents = sample_latents(&mut model, schedule, setup, &condition, device)?;
+        let images = decode_sampled(first_stage, config, &latents, self.scale_factor)?;
         save_grid(&images, GRID, path).map_err(|e| TrainError::io(path, e))
     }
 }

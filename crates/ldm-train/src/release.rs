@@ -21,14 +21,17 @@ use ldm_nn::ModelConfig;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::autoencoder::{self, AUTOENCODER};
 use crate::checkpoint;
 use crate::denoiser::{encoder_name, expected_params, split_named};
-use crate::diffusion::{DiffusionOptions, DiffusionState, TOKENIZER_FILE};
-use crate::first_stage::{self, AutoencoderOptions, AutoencoderState};
+use crate::records::{AutoencoderOptions, AutoencoderState, DiffusionOptions, DiffusionState};
+use crate::tensors::NamedWeights;
 use crate::TrainError;
 use ldm_data::write_atomic;
 
 pub const RELEASE_FILE: &str = "release.json";
+/// The caption tokenizer of a text model, in run folders and releases.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const CONFIG_FILE: &str = "model.toml";
 const FORMAT: u32 = 1;
 
@@ -55,9 +58,9 @@ pub struct ReleaseInfo {
 pub struct Release {
     pub config: ModelConfig,
     pub info: ReleaseInfo,
-    pub unet: Vec<(String, Tensor)>,
-    pub encoder: Option<Vec<(String, Tensor)>>,
-    pub autoencoder: Option<Vec<(String, Tensor)>>,
+    pub unet: NamedWeights,
+    pub encoder: Option<NamedWeights>,
+    pub autoencoder: Option<NamedWeights>,
     pub tokenizer: Option<TextTokenizer>,
 }
 
@@ -77,11 +80,11 @@ fn save(dir: &Path, name: &str, weights: &[(String, Tensor)]) -> Result<(), Trai
 /// The latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first stage,
 /// as a release in memory.
 pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
-    let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| {
-        TrainError::Run(format!(
-            "{} is neither a release (no {RELEASE_FILE}) nor a run of `ldm train diffusion` (no checkpoint)",
-            run_dir.display()
-        ))
+    let checkpoint = checkpoint::latest(run_dir)?.ok_or_else(|| TrainError::NoWeights {
+        path: run_dir.to_path_buf(),
+        what: format!(
+            "it is neither a release (no {RELEASE_FILE}) nor a run of `ldm train diffusion` (no checkpoint)"
+        ),
     })?;
     let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
     let config = state.config.clone();
@@ -105,8 +108,8 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
             let trained = first_stage_record(ae)?;
             let weights = checkpoint::load_weights_as_f32(
                 ae,
-                first_stage::AUTOENCODER,
-                Some(&first_stage::expected_params(&config)?),
+                AUTOENCODER,
+                Some(&autoencoder::expected_params(&config)?),
             )?;
             Some((trained, weights))
         }
@@ -154,11 +157,9 @@ pub struct FirstStageRecord {
 pub fn first_stage_record(folder: &Path) -> Result<FirstStageRecord, TrainError> {
     if is_release(folder) {
         let info = read_info(folder)?;
-        let missing = || {
-            TrainError::Run(format!(
-                "{}: the release records no first-stage training",
-                folder.display()
-            ))
+        let missing = || TrainError::Release {
+            path: folder.join(RELEASE_FILE),
+            message: "the release records no first-stage training".into(),
         };
         return Ok(FirstStageRecord {
             config: ModelConfig::load(&folder.join(CONFIG_FILE))?,
@@ -197,13 +198,12 @@ pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> 
         save(dir, name, encoder)?;
     }
     if let Some(weights) = &release.autoencoder {
-        save(dir, first_stage::AUTOENCODER, weights)?;
+        save(dir, AUTOENCODER, weights)?;
     }
     if let Some(tokenizer) = &release.tokenizer {
         tokenizer.save(&dir.join(TOKENIZER_FILE))?;
     }
-    let toml =
-        toml::to_string(config).map_err(|e| TrainError::Run(format!("configuration: {e}")))?;
+    let toml = toml::to_string(config)?;
     write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
     let json = serde_json::to_vec_pretty(&release.info).expect("release info serialises");
     write_atomic(&dir.join(RELEASE_FILE), &json).map_err(|e| TrainError::io(dir, e))?;
@@ -219,14 +219,18 @@ pub fn is_release(dir: &Path) -> bool {
 fn read_info(dir: &Path) -> Result<ReleaseInfo, TrainError> {
     let info_path = dir.join(RELEASE_FILE);
     let text = std::fs::read(&info_path).map_err(|e| TrainError::io(&info_path, e))?;
-    let info: ReleaseInfo = serde_json::from_slice(&text)
-        .map_err(|e| TrainError::Run(format!("{}: {e}", info_path.display())))?;
+    let info: ReleaseInfo = serde_json::from_slice(&text).map_err(|e| TrainError::Release {
+        path: info_path.clone(),
+        message: e.to_string(),
+    })?;
     if info.format != FORMAT {
-        return Err(TrainError::Run(format!(
-            "{}: release format {} (this build reads format {FORMAT})",
-            info_path.display(),
-            info.format
-        )));
+        return Err(TrainError::Release {
+            path: info_path,
+            message: format!(
+                "release format {} (this build reads format {FORMAT})",
+                info.format
+            ),
+        });
     }
     Ok(info)
 }
@@ -235,7 +239,7 @@ fn read_info(dir: &Path) -> Result<ReleaseInfo, TrainError> {
 pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
     let info = read_info(dir)?;
     let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
-    let f32_weights = |name: &str, expected| -> Result<Vec<(String, Tensor)>, TrainError> {
+    let f32_weights = |name: &str, expected| -> Result<NamedWeights, TrainError> {
         Ok(checkpoint::load_weights_as_f32(dir, name, Some(expected))?)
     };
     let (unet_expected, encoder_expected) = expected_params(&config)?;
@@ -245,10 +249,10 @@ pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
         _ => None,
     };
     let autoencoder = match config.autoencoder.regularizer {
-        ldm_nn::Regularizer::Identity => None,
+        ldm_nn::FirstStage::Identity => None,
         _ => Some(f32_weights(
-            first_stage::AUTOENCODER,
-            &first_stage::expected_params(&config)?,
+            AUTOENCODER,
+            &autoencoder::expected_params(&config)?,
         )?),
     };
     let tokenizer = match config.text_encoder_shape() {

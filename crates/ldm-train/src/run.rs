@@ -1,5 +1,6 @@
-//! What every training run shares: the run folder, the CSV log and its loss-curve PNG, the
-//! progress bar, Ctrl-C, and the data fingerprint that `--resume` checks.
+//! The pieces of a run folder every stage shares: the CSV log and its loss-curve PNG, the
+//! progress bar, Ctrl-C, the data fingerprint that `--resume` checks, and where a run's
+//! weights start from (see `trainer` for the lifecycle that uses them).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use plotters::prelude::*;
+use ldm_data::write_atomic;
 
 use crate::TrainError;
-use ldm_data::write_atomic;
-use ldm_eval::plot::font_available;
 
 /// Set by Ctrl-C (SIGINT/SIGTERM): the loop saves a checkpoint and returns.
 pub fn stop_requested() -> Arc<AtomicBool> {
@@ -95,64 +94,12 @@ impl RunLog {
         write_atomic(&self.path, text.as_bytes()).map_err(|e| TrainError::io(&self.path, e))
     }
 
-    /// `loss.png`: one panel per column, value against step. Titles and axis labels are drawn
-    /// when a system font is found (see [`font_available`]); the numbers are in the CSV.
+    /// `loss.png`: one panel per column, value against step (the numbers are in the CSV).
     pub fn plot(&self, path: &Path) -> Result<(), TrainError> {
-        let text = font_available();
-        let (panel_w, panel_h) = (400u32, 260u32);
-        let width = panel_w * self.columns.len() as u32;
-        let mut buffer = vec![255u8; (width * panel_h * 3) as usize];
-        {
-            let root =
-                BitMapBackend::with_buffer(&mut buffer, (width, panel_h)).into_drawing_area();
-            let panels = root.split_evenly((1, self.columns.len()));
-            let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-            for (i, panel) in panels.iter().enumerate() {
-                let points: Vec<(f64, f64)> = self
-                    .rows
-                    .iter()
-                    .map(|(s, v)| (*s as f64, v[i]))
-                    .filter(|(_, v)| v.is_finite())
-                    .collect();
-                if points.len() < 2 {
-                    continue;
-                }
-                let (x0, x1) = (
-                    points[0].0,
-                    points[points.len() - 1].0.max(points[0].0 + 1.0),
-                );
-                let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-                    (lo.min(p.1), hi.max(p.1))
-                });
-                let pad = ((hi - lo) * 0.05).max(1e-6);
-                let mut builder = ChartBuilder::on(panel);
-                builder.margin(10);
-                if text {
-                    builder
-                        .caption(self.columns[i], ("sans-serif", 18))
-                        .x_label_area_size(28)
-                        .y_label_area_size(64);
-                }
-                let mut chart = builder
-                    .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
-                    .map_err(plot_error)?;
-                if text {
-                    chart
-                        .configure_mesh()
-                        .x_labels(4)
-                        .y_labels(5)
-                        .y_label_formatter(&|v| axis_label(*v))
-                        .draw()
-                        .map_err(plot_error)?;
-                }
-                chart
-                    .draw_series(LineSeries::new(points, &colours[i % colours.len()]))
-                    .map_err(plot_error)?;
-            }
-            root.present().map_err(plot_error)?;
-        }
-        let image =
-            image::RgbImage::from_raw(width, panel_h, buffer).expect("buffer sized to the image");
+        let (width, height, pixels) =
+            ldm_plot::line_panels(&self.columns, &self.rows).map_err(TrainError::Plot)?;
+        let image = image::RgbImage::from_raw(width, height, pixels)
+            .expect("the chart is sized to its pixels");
         let mut bytes = Vec::new();
         image
             .write_to(
@@ -180,19 +127,6 @@ fn csv_row(step: u64, values: &[f64]) -> String {
     format!("{step},{}\n", fields.join(","))
 }
 
-/// Four significant digits, in scientific notation for small or large magnitudes.
-fn axis_label(v: f64) -> String {
-    if v != 0.0 && !(1e-2..1e4).contains(&v.abs()) {
-        format!("{v:.3e}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
-fn plot_error<E: std::fmt::Display>(e: E) -> TrainError {
-    TrainError::Plot(e.to_string())
-}
-
 /// A progress bar over the run's steps, with rate and ETA; hidden when `quiet`.
 pub fn progress(total: u64, start: u64, quiet: bool) -> ProgressBar {
     let bar = if quiet {
@@ -214,8 +148,7 @@ pub fn progress(total: u64, start: u64, quiet: bool) -> ProgressBar {
 /// it trains and `--resume` can be given the same file.
 pub fn write_config(out: &Path, config: &ldm_nn::ModelConfig) -> Result<(), TrainError> {
     let path = out.join("config.toml");
-    let text =
-        toml::to_string(config).map_err(|e| TrainError::Run(format!("configuration: {e}")))?;
+    let text = toml::to_string(config)?;
     write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))
 }
 
@@ -228,14 +161,14 @@ pub fn check_data(
 ) -> Result<(), TrainError> {
     let root = folder.root().display();
     if config.autoencoder.in_channels != 3 {
-        return Err(TrainError::Run(format!(
+        return Err(TrainError::Mismatch(format!(
             "autoencoder.in_channels = {} but {root} is read as RGB images (3 channels)",
             config.autoencoder.in_channels
         )));
     }
     let (w, h) = folder.dimensions(0)?;
     if w.min(h) < config.resolution as u32 {
-        return Err(TrainError::Run(format!(
+        return Err(TrainError::Mismatch(format!(
             "{root} holds {w}x{h} images but the configuration trains at resolution = {r}; use images of at least {r} pixels or lower resolution",
             r = config.resolution
         )));
@@ -256,11 +189,10 @@ pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
     match (crate::checkpoint::latest(out)?, resume) {
         (Some(checkpoint), true) => Ok(Start::Resume(checkpoint)),
         (None, _) => Ok(Start::Fresh),
-        (Some(checkpoint), false) => Err(TrainError::Run(format!(
-            "{} already holds a run (latest checkpoint {}); pass --resume to continue it, or choose another --out",
-            out.display(),
-            checkpoint.display()
-        ))),
+        (Some(checkpoint), false) => Err(TrainError::ExistingRun {
+            out: out.to_path_buf(),
+            checkpoint,
+        }),
     }
 }
 
@@ -285,41 +217,12 @@ pub fn weights_source(
         (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
         (Start::Fresh, None) => Ok(None),
         (Start::Fresh, Some(source)) => weights_folder(source)?.map(Some).ok_or_else(|| {
-            TrainError::Run(format!(
-                "--init-from {}: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)",
-                source.display()
-            ))
+            TrainError::NoWeights {
+                path: source.to_path_buf(),
+                what: "--init-from: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)".into(),
+            }
         }),
     }
-}
-
-/// A resumed run must continue the same experiment: the configuration, data fingerprint and
-/// options it was started with (`saved`) against those asked for now (options with the saved
-/// step count, since only the number of steps may change).
-pub fn check_resumable<O: PartialEq + std::fmt::Debug>(
-    checkpoint: &Path,
-    saved: (&ldm_nn::ModelConfig, &str, &O),
-    asked: (&ldm_nn::ModelConfig, &str, &O),
-) -> Result<(), TrainError> {
-    let at = checkpoint.display();
-    if saved.0 != asked.0 {
-        return Err(TrainError::Run(format!(
-            "{at} was trained with another model configuration; resume with the run's own config.toml"
-        )));
-    }
-    if saved.1 != asked.1 {
-        return Err(TrainError::Run(format!(
-            "{at} was trained on other data ({}; this folder is {})",
-            saved.1, asked.1
-        )));
-    }
-    if saved.2 != asked.2 {
-        return Err(TrainError::Run(format!(
-            "{at} was started with other options ({:?}); pass the same ones (only --steps may change)",
-            saved.2
-        )));
-    }
-    Ok(())
 }
 
 /// The libtorch seed of one training step: each step draws its noise from its own stream, so

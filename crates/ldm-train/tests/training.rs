@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use ldm_core::SamplerKind;
 use ldm_data::shapes::{self, ShapesConfig};
 use ldm_nn::ModelConfig;
 use ldm_train::checkpoint;
@@ -15,7 +16,7 @@ use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions, AutoencoderS
 use ldm_train::optim::LrDecay;
 use ldm_train::release;
 use ldm_train::run::Cadence;
-use ldm_train::trained::TrainedModel;
+use ldm_train::trained::{SampleOptions, TrainedModel};
 use ldm_train::TrainError;
 use tch::{Device, Tensor};
 
@@ -302,13 +303,19 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     let unet = checkpoint::load_weights(&release, "unet", None).unwrap();
     assert!(unet.iter().all(|(_, t)| t.kind() == tch::Kind::Half));
     let prompts = vec!["a large red star at the top left on a white background".to_string(); 2];
+    let options = SampleOptions {
+        sampler: SamplerKind::Ddim { eta: 0.0 },
+        steps: 3,
+        guidance: 2.0,
+        seed: 7,
+    };
     let from_run = TrainedModel::load(&ldm, Device::Cpu)
         .unwrap()
-        .generate(&prompts, 3, 0.0, 2.0, 7)
+        .generate(&prompts, "", &options)
         .unwrap();
     let from_release = TrainedModel::load(&release, Device::Cpu)
         .unwrap()
-        .generate(&prompts, 3, 0.0, 2.0, 7)
+        .generate(&prompts, "", &options)
         .unwrap();
     assert_eq!(from_run.size(), [2, 3, 16, 16]);
     let gap = (&from_run - &from_release).abs().max().double_value(&[]);
@@ -418,7 +425,7 @@ fn bad_input_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint() {
     };
     let err = autoencoder(&cfg, &data, &ae, wild.clone(), 1, true).unwrap_err();
     assert!(
-        matches!(err, TrainError::Run(_)),
+        matches!(err, TrainError::NotResumable { .. }),
         "options differ from the run's: {err}"
     );
     let fresh = tmp.path().join("ae-wild");
@@ -511,7 +518,7 @@ fn every_first_stage_and_conditioning_trains_and_samples() {
     for (i, (regularizer, conditioning)) in kinds.into_iter().enumerate() {
         let mut cfg = config(conditioning);
         if regularizer == "vq" {
-            cfg.autoencoder.regularizer = ldm_nn::Regularizer::Vq;
+            cfg.autoencoder.regularizer = ldm_nn::FirstStage::Vq;
             cfg.autoencoder.codebook_size = Some(16);
         }
         let ae = tmp.path().join(format!("ae-{i}"));
@@ -540,17 +547,33 @@ fn every_first_stage_and_conditioning_trains_and_samples() {
             "{conditioning}"
         );
     }
-    // A class model samples by class name, and names an unknown one.
+    // A class model samples by class name or id, with every sampler, and names an unknown
+    // class.
     let mut model = TrainedModel::load(&tmp.path().join("ldm-0"), Device::Cpu).unwrap();
-    let images = model
-        .generate(&["red circle".into()], 2, 1.0, 3.0, 0)
-        .unwrap();
-    assert_eq!(images.size(), [1, 3, 16, 16]);
+    for sampler in ["ddim", "ddpm", "plms", "dpm++2m", "euler", "euler-a"] {
+        let options = SampleOptions {
+            sampler: sampler.parse().unwrap(),
+            steps: 2,
+            guidance: 3.0,
+            seed: 0,
+        };
+        let images = model
+            .generate(&["red circle".into(), "0".into()], "", &options)
+            .unwrap();
+        assert_eq!(images.size(), [2, 3, 16, 16], "{sampler}");
+    }
+    let options = SampleOptions {
+        sampler: SamplerKind::Ddim { eta: 1.0 },
+        steps: 2,
+        guidance: 3.0,
+        seed: 0,
+    };
     let err = model
-        .generate(&["plaid hexagon".into()], 2, 1.0, 3.0, 0)
+        .generate(&["plaid hexagon".into()], "", &options)
         .unwrap_err();
     assert!(
-        err.to_string().contains("unknown class 'plaid hexagon'"),
+        err.to_string()
+            .contains("'plaid hexagon' is neither a class name"),
         "{err}"
     );
 }

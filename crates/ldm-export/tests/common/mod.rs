@@ -2,11 +2,11 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use ldm_core::TextTokenizer;
-use ldm_nn::{autoencoder, ModelConfig, Regularizer};
+use ldm_nn::{autoencoder, FirstStage, ModelConfig};
 use ldm_train::denoiser::{split_named, Denoiser};
 use ldm_train::diffusion::DiffusionOptions;
-use ldm_train::first_stage::sorted_params;
 use ldm_train::release::{Release, ReleaseInfo};
+use ldm_train::tensors::sorted_params;
 use ldm_train::TchOps;
 use tch::{Device, Kind, Tensor};
 
@@ -20,11 +20,11 @@ const KL: &str = "regularizer = \"kl\"\nfactor = 2\nlatent_channels = 3\nchannel
 const VQ: &str = "regularizer = \"vq\"\nfactor = 2\nlatent_channels = 3\ncodebook_size = 16\nchannels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\ngroups = 4";
 const IDENTITY: &str = "regularizer = \"identity\"\nfactor = 1\nlatent_channels = 3";
 
-pub fn config(regularizer: Regularizer, conditioning: &str) -> ModelConfig {
+pub fn config(regularizer: FirstStage, conditioning: &str) -> ModelConfig {
     let ae = match regularizer {
-        Regularizer::Kl => KL,
-        Regularizer::Vq => VQ,
-        Regularizer::Identity => IDENTITY,
+        FirstStage::Kl => KL,
+        FirstStage::Vq => VQ,
+        FirstStage::Identity => IDENTITY,
     };
     ModelConfig::parse(&format!(
         "resolution = 16\n[autoencoder]\n{ae}\n\
@@ -48,7 +48,7 @@ pub fn random_release(config: &ModelConfig, seed: i64) -> Release {
     tch::manual_seed(seed);
     let denoiser = Denoiser::new(config, Device::Cpu, None).unwrap();
     let (unet, encoder) = split_named(config, &randomised(denoiser.named_params()));
-    let autoencoder = (config.autoencoder.regularizer != Regularizer::Identity).then(|| {
+    let autoencoder = (config.autoencoder.regularizer != FirstStage::Identity).then(|| {
         let mut ops = TchOps::new(Device::Cpu);
         let r = config.resolution as i64;
         let image = Tensor::zeros([1, 3, r, r], (Kind::Float, Device::Cpu));

@@ -1,6 +1,7 @@
-//! The exported graphs: which networks a model has, the fixed names, dtypes and shapes of each
-//! graph's inputs and outputs, and each graph's computation over any interpretation of the ops
-//! (tch for the reference outputs, ONNX for the file).
+//! A model's graphs, engine-free: which networks a model has, the fixed names, dtypes and
+//! shapes of each graph's inputs and outputs, each graph's computation over any
+//! interpretation of the ops (tch for training and the reference outputs, ONNX for the file,
+//! shapes for parameter names), and the parameters each graph holds.
 //!
 //! | graph            | inputs                                                    | outputs |
 //! |------------------|-----------------------------------------------------------|---------|
@@ -12,25 +13,67 @@
 //!
 //! Inputs and outputs are f32 in every precision; an f16 graph converts inside.
 
+use std::collections::BTreeMap;
+
 use ldm_core::manifest::{DType, DimSpec, GraphRole, TensorSpec};
-use ldm_nn::ops::Result;
-use ldm_nn::{
-    autoencoder, conditioning, unet, Conditioning, ModelConfig, NnError, Ops, Regularizer,
+
+use crate::ops::Result;
+use crate::{
+    autoencoder, conditioning, unet, Conditioning, FirstStage, ModelConfig, NnError, Ops, ShapeOps,
 };
 
 /// The graphs a model exports, in the order they are written.
 pub fn roles(config: &ModelConfig) -> Vec<GraphRole> {
     let mut roles = Vec::new();
-    if config.autoencoder.regularizer != Regularizer::Identity {
+    if config.autoencoder.regularizer != FirstStage::Identity {
         roles.extend([GraphRole::Encoder, GraphRole::Decoder]);
     }
     roles.push(GraphRole::Unet);
-    match config.conditioning {
-        Conditioning::Text { .. } => roles.push(GraphRole::TextEncoder),
-        Conditioning::Class { .. } => roles.push(GraphRole::ClassEmbedder),
-        Conditioning::None | Conditioning::Concat { .. } => {}
-    }
+    roles.extend(conditioner_role(config));
     roles
+}
+
+/// The conditioning encoder of a model (text transformer or class embedder), trained jointly
+/// with the UNet; its role's name is its checkpoint and release file name.
+pub fn conditioner_role(config: &ModelConfig) -> Option<GraphRole> {
+    match config.conditioning {
+        Conditioning::Text { .. } => Some(GraphRole::TextEncoder),
+        Conditioning::Class { .. } => Some(GraphRole::ClassEmbedder),
+        Conditioning::None | Conditioning::Concat { .. } => None,
+    }
+}
+
+/// Names and shapes of the parameters of `role`'s graph, from the shape interpretation at the
+/// training resolution and batch 1.
+pub fn expected_params(
+    role: GraphRole,
+    config: &ModelConfig,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    let (inputs, _) = io_specs(role, config);
+    let f = config.autoencoder.factor;
+    let side = |name: &str| {
+        if name.starts_with("latent_") {
+            config.resolution / f
+        } else {
+            config.resolution
+        }
+    };
+    let shapes: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|spec| {
+            spec.shape
+                .iter()
+                .map(|d| match d {
+                    DimSpec::Fixed(n) => *n,
+                    DimSpec::Symbol(s) if s == "batch" => 1,
+                    DimSpec::Symbol(s) => side(s),
+                })
+                .collect()
+        })
+        .collect();
+    let mut ops = ShapeOps::default();
+    forward(role, config, &mut ops, &shapes)?;
+    Ok(ops.params)
 }
 
 fn sym(name: &str) -> DimSpec {
@@ -59,7 +102,7 @@ pub fn io_specs(role: GraphRole, config: &ModelConfig) -> (Vec<TensorSpec>, Vec<
     match role {
         GraphRole::Encoder => {
             let output = match ae.regularizer {
-                Regularizer::Kl => image_like("moments", 2 * c, "latent_"),
+                FirstStage::Kl => image_like("moments", 2 * c, "latent_"),
                 _ => image_like("latent", c, "latent_"),
             };
             (vec![image_like("image", ae.in_channels, "")], vec![output])

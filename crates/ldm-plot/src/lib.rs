@@ -1,4 +1,5 @@
-//! PNG charts: the text font, and the grouped bar chart of `ldm bench`.
+//! Charts as RGB pixels, for PNG files: the loss curves of training runs, the grouped bar
+//! chart of `ldm bench` and `ldm compare`, and the system font their text is drawn in.
 
 use std::sync::OnceLock;
 
@@ -109,4 +110,74 @@ pub fn grouped_bars(
         root.present().map_err(|e| e.to_string())?;
     }
     Ok((width, height, buffer))
+}
+
+/// One panel per column of `rows` (value against step), side by side, as an RGB image:
+/// the loss curves of a run's log. Titles and axis labels are drawn when a system font is
+/// found (see [`font_available`]). Returns (width, height, pixels).
+pub fn line_panels(
+    columns: &[&str],
+    rows: &[(u64, Vec<f64>)],
+) -> Result<(u32, u32, Vec<u8>), String> {
+    let text = font_available();
+    let (panel_w, panel_h) = (400u32, 260u32);
+    let width = panel_w * columns.len() as u32;
+    let mut buffer = vec![255u8; (width * panel_h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, panel_h)).into_drawing_area();
+        let panels = root.split_evenly((1, columns.len()));
+        let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+        for (i, panel) in panels.iter().enumerate() {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|(s, v)| (*s as f64, v[i]))
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            if points.len() < 2 {
+                continue;
+            }
+            let (x0, x1) = (
+                points[0].0,
+                points[points.len() - 1].0.max(points[0].0 + 1.0),
+            );
+            let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
+            let pad = ((hi - lo) * 0.05).max(1e-6);
+            let mut builder = ChartBuilder::on(panel);
+            builder.margin(10);
+            if text {
+                builder
+                    .caption(columns[i], ("sans-serif", 18))
+                    .x_label_area_size(28)
+                    .y_label_area_size(64);
+            }
+            let mut chart = builder
+                .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
+                .map_err(|e| e.to_string())?;
+            if text {
+                chart
+                    .configure_mesh()
+                    .x_labels(4)
+                    .y_labels(5)
+                    .y_label_formatter(&|v| axis_label(*v))
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+            }
+            chart
+                .draw_series(LineSeries::new(points, &colours[i % colours.len()]))
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok((width, panel_h, buffer))
+}
+
+/// Four significant digits, in scientific notation for small or large magnitudes.
+fn axis_label(v: f64) -> String {
+    if v != 0.0 && !(1e-2..1e4).contains(&v.abs()) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
 }
