@@ -114,25 +114,45 @@ pub enum ConcatKind {
     Inpainting,
 }
 
-/// The reference implementation's "linear" schedule (sqrt(beta) evenly spaced).
+/// The forward process of a model: its configuration's `[diffusion]` section and its
+/// manifest's `schedule`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Schedule {
-    Linear {
-        timesteps: usize,
-        beta_start: f64,
-        beta_end: f64,
-    },
+    Linear(LinearSchedule),
+}
+
+/// The reference implementation's "linear" schedule of T steps: betas linear in sqrt
+/// (sqrt(beta) evenly spaced from sqrt(beta_start) to sqrt(beta_end)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearSchedule {
+    pub timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+}
+
+impl LinearSchedule {
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule, crate::ScheduleError> {
+        NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)
+    }
+}
+
+impl Default for LinearSchedule {
+    /// T = 1000 and the 0.0015..0.0195 range of the paper's LDM configurations.
+    fn default() -> Self {
+        Self {
+            timesteps: 1000,
+            beta_start: 0.0015,
+            beta_end: 0.0195,
+        }
+    }
 }
 
 impl Schedule {
     pub fn noise_schedule(&self) -> Result<NoiseSchedule, crate::ScheduleError> {
-        match *self {
-            Schedule::Linear {
-                timesteps,
-                beta_start,
-                beta_end,
-            } => NoiseSchedule::linear(timesteps, beta_start, beta_end),
+        match self {
+            Schedule::Linear(linear) => linear.noise_schedule(),
         }
     }
 }
@@ -394,6 +414,14 @@ mod tests {
             "missing field `latent_scale_factor`",
         );
         refuse(&|v| v["colour"] = "red".into(), "unknown field `colour`");
+        refuse(
+            &|v| v["schedule"]["offset"] = 1.into(),
+            "unknown field `offset`",
+        );
+        refuse(
+            &|v| v["schedule"]["kind"] = "cosine".into(),
+            "unknown variant `cosine`",
+        );
         refuse(&|v| v["first_stage"] = "kl".into(), "no `encoder` graph");
         refuse(
             &|v| v["downsampling_factor"] = 3.into(),

@@ -162,11 +162,7 @@ pub fn export_release(
         downsampling_factor: config.autoencoder.factor,
         latent_scale_factor: release.info.scale_factor,
         conditioning,
-        schedule: Schedule::Linear {
-            timesteps: config.diffusion.timesteps,
-            beta_start: config.diffusion.beta_start,
-            beta_end: config.diffusion.beta_end,
-        },
+        schedule: Schedule::Linear(config.diffusion.clone()),
         defaults: SamplerDefaults {
             sampler: "ddim".into(),
             steps: release.info.diffusion_options.sample_steps,

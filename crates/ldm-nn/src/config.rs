@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-pub use ldm_core::manifest::{ConcatKind, FirstStage};
+pub use ldm_core::manifest::{ConcatKind, FirstStage, LinearSchedule};
 use ldm_core::NoiseSchedule;
 use serde::{Deserialize, Serialize};
 
@@ -106,34 +106,9 @@ pub enum Conditioning {
     Concat { task: ConcatKind },
 }
 
-/// The forward process: a "linear" schedule of T steps, in the reference implementation's
-/// sense (betas linear in sqrt: sqrt(beta) from sqrt(beta_start) to sqrt(beta_end)).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiffusionConfig {
-    pub timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-}
-
-impl DiffusionConfig {
-    /// The noise schedule this configuration describes.
-    pub fn schedule(&self) -> Result<NoiseSchedule, NnError> {
-        NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)
-            .map_err(|e| NnError::config("diffusion", e.to_string()))
-    }
-}
-
-impl Default for DiffusionConfig {
-    /// T = 1000 and the 0.0015..0.0195 range of the paper's LDM configurations.
-    fn default() -> Self {
-        Self {
-            timesteps: 1000,
-            beta_start: 0.0015,
-            beta_end: 0.0195,
-        }
-    }
-}
+/// The forward process: the reference implementation's "linear" schedule (see
+/// [`LinearSchedule`]), written without a `kind` in a configuration's `[diffusion]` section.
+pub type DiffusionConfig = LinearSchedule;
 
 fn default_ae_channels() -> usize {
     128
@@ -163,6 +138,13 @@ fn check(ok: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), 
 }
 
 impl ModelConfig {
+    /// The noise schedule of the `[diffusion]` section.
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule, NnError> {
+        self.diffusion
+            .noise_schedule()
+            .map_err(|e| NnError::config("diffusion", e.to_string()))
+    }
+
     /// Reads and validates a TOML configuration.
     pub fn load(path: &Path) -> Result<Self, NnError> {
         let text = std::fs::read_to_string(path).map_err(|e| NnError::ConfigFile {
@@ -210,7 +192,7 @@ impl ModelConfig {
         ae.validate(self.resolution)?;
         self.unet.validate(self.latent_resolution())?;
         self.conditioning.validate()?;
-        self.diffusion.schedule().map(|_| ())
+        self.noise_schedule().map(|_| ())
     }
 
     /// Side of the latent: resolution / f.

@@ -13,7 +13,7 @@ use crate::{Generate, Image, RequestError};
 pub const MAX_SIDE: usize = 4096;
 /// Memory a pipeline lets one request use unless told otherwise
 /// ([`crate::Pipeline::set_memory_budget`]).
-pub const DEFAULT_MEMORY_BUDGET: u64 = 16 << 30;
+pub const DEFAULT_MEMORY_BUDGET: u64 = 16_000_000_000;
 
 /// What a request does with its input image, if any.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@ use crate::checkpoint;
 use crate::optim::{warmup_lr, AdamConfig, AdamW};
 use crate::run::{Cadence, RunLog, Start};
 use crate::tensors::{detached, images_tensor, shallow, sorted_params, NamedWeights};
-use crate::trainer::{self, stage_records, Begun, Lifecycle, Stage, StepReport, Summary};
+use crate::trainer::{self, stage_records, Begun, Stage, StepReport, Summary};
 use crate::{TchOps, TrainError};
 
 /// Hyper-parameters of a classifier run (saved with every checkpoint).
@@ -212,16 +212,7 @@ pub fn train_classifier(
     config.validate()?;
     let begun: Begun<ClassifierState> = trainer::begin(out, data, config, options, resume)?;
     let mut stage = ClassifierStage::new(config, data, validation, &begun, out, device)?;
-    let steps = begun.options.steps;
-    let finished = trainer::train(
-        &mut stage,
-        &begun,
-        Lifecycle {
-            out,
-            steps,
-            cadence,
-        },
-    )?;
+    let finished = trainer::train(&mut stage, &begun, out, cadence)?;
     Ok(ClassifierSummary {
         step: finished.step,
         loss: finished

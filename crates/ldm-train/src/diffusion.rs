@@ -23,7 +23,7 @@ pub use crate::records::{DiffusionOptions, DiffusionState};
 use crate::release::{self, TOKENIZER_FILE};
 use crate::run::{self, Cadence, Start};
 use crate::tensors::{detached, shallow, NamedWeights};
-use crate::trainer::{self, Begun, Lifecycle, Stage, StepReport, Summary};
+use crate::trainer::{self, Begun, Stage, StepReport, Summary};
 use crate::{TchOps, TrainError};
 
 #[derive(Debug, Clone)]
@@ -71,16 +71,7 @@ pub fn train_diffusion(
     let begun: Begun<DiffusionState> = trainer::begin(out, inputs.data, config, options, resume)?;
     run::write_config(out, config)?;
     let mut stage = DiffusionStage::new(config, folder, &inputs, &begun, out, cadence, device)?;
-    let steps = begun.options.steps;
-    let finished = trainer::train(
-        &mut stage,
-        &begun,
-        Lifecycle {
-            out,
-            steps,
-            cadence,
-        },
-    )?;
+    let finished = trainer::train(&mut stage, &begun, out, cadence)?;
     Ok(DiffusionSummary {
         step: finished.step,
         last_loss: finished.last_logged.first().map(|(_, loss)| *loss),
@@ -127,7 +118,7 @@ impl<'a> DiffusionStage<'a> {
         device: Device,
     ) -> Result<Self, TrainError> {
         let (options, resumed) = (begun.options.clone(), begun.resumed.as_ref());
-        let schedule = config.diffusion.schedule()?;
+        let schedule = config.noise_schedule()?;
         // The frozen first stage and the cached latents.
         let autoencoder_checkpoint = match resumed {
             Some(state) => state.autoencoder_checkpoint.clone(),

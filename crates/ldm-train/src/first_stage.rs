@@ -18,7 +18,7 @@ use crate::optim::{AdamConfig, AdamW};
 pub use crate::records::{AutoencoderOptions, AutoencoderState};
 use crate::run::{self, Cadence, RunLog, Start};
 use crate::tensors::{detached, images_tensor, shallow, sorted_params, NamedWeights};
-use crate::trainer::{self, Begun, Lifecycle, Stage, StepReport, Summary};
+use crate::trainer::{self, Begun, Stage, StepReport, Summary};
 use crate::{gaussian, TchOps, TrainError};
 
 /// What a finished (or interrupted) run reports.
@@ -62,16 +62,7 @@ pub fn train_autoencoder(
     run::check_data(&folder, config)?;
     let validation = validation_batch(validation.unwrap_or(data), config.resolution, device)?;
     let mut stage = AutoencoderStage::new(config, folder, validation, &begun, out, device)?;
-    let steps = begun.options.steps;
-    let finished = trainer::train(
-        &mut stage,
-        &begun,
-        Lifecycle {
-            out,
-            steps,
-            cadence,
-        },
-    )?;
+    let finished = trainer::train(&mut stage, &begun, out, cadence)?;
     Ok(AutoencoderSummary {
         step: finished.step,
         last_losses: finished.last_logged,

@@ -69,7 +69,7 @@ impl TrainedModel {
             },
             Conditioning::Concat { .. } => return Err(TrainError::NeedsImage),
         };
-        let schedule = config.diffusion.schedule()?;
+        let schedule = config.noise_schedule()?;
         Ok(Self {
             step: release.info.diffusion_steps,
             scale_factor: release.info.scale_factor,

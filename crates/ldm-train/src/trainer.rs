@@ -215,13 +215,6 @@ pub trait Stage {
     }
 }
 
-/// Where the loop ran and where it ended.
-pub struct Lifecycle<'a> {
-    pub out: &'a Path,
-    pub steps: u64,
-    pub cadence: Cadence,
-}
-
 /// How a run ended.
 pub struct Finished {
     pub step: u64,
@@ -232,18 +225,16 @@ pub struct Finished {
     pub last_logged: Vec<(&'static str, f64)>,
 }
 
-/// Runs `stage` from `begun.step` to `lifecycle.steps`: logs, validates and checkpoints at the
-/// cadence, stops on Ctrl-C with a checkpoint, and on a non-finite value without one.
+/// Runs `stage` in the run folder `out` from `begun.step` to the steps of `begun.options`:
+/// logs, validates and checkpoints at the cadence, stops on Ctrl-C with a checkpoint, and on a
+/// non-finite value without one.
 pub fn train<S: Stage, St: StageState>(
     stage: &mut S,
     begun: &Begun<St>,
-    lifecycle: Lifecycle,
+    out: &Path,
+    cadence: Cadence,
 ) -> Result<Finished, TrainError> {
-    let Lifecycle {
-        out,
-        steps,
-        cadence,
-    } = lifecycle;
+    let steps = steps_of(&begun.options);
     let mut columns: Vec<&'static str> = S::COLUMNS.iter().map(|c| c.0).collect();
     if S::THROUGHPUT {
         columns.push("steps_per_second");
