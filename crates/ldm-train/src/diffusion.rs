@@ -165,7 +165,7 @@ impl<'a> DiffusionStage<'a> {
 
         // The trainable networks, their optimiser and average.
         tch::manual_seed(options.seed as i64);
-        let weights_from = run::weights_source(&begun.start, options.init_from.as_deref())?;
+        let weights_from = release::weights_source(&begun.start, options.init_from.as_deref())?;
         let model = match &weights_from {
             None => Denoiser::new(config, device, None)?,
             Some(checkpoint) => {
@@ -369,7 +369,7 @@ fn first_stage_checkpoint(
     let source = source.ok_or_else(|| {
         TrainError::Mismatch("this model has a first stage: pass --autoencoder runs/NAME (a run of `ldm train autoencoder`, or a release)".into())
     })?;
-    let folder = run::weights_folder(source)?.ok_or_else(|| TrainError::NoWeights {
+    let folder = release::weights_folder(source)?.ok_or_else(|| TrainError::NoWeights {
         path: source.to_path_buf(),
         what: format!(
             "holds no autoencoder checkpoint; train one first with `ldm train autoencoder --out {}`",

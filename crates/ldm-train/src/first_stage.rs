@@ -16,6 +16,7 @@ use crate::losses::{kl_divergence, vq_losses};
 use crate::metrics::{psnr, ssim, ssim_map};
 use crate::optim::{AdamConfig, AdamW};
 pub use crate::records::{AutoencoderOptions, AutoencoderState};
+use crate::release;
 use crate::run::{self, Cadence, RunLog, Start};
 use crate::tensors::{detached, images_tensor, shallow, sorted_params, NamedWeights};
 use crate::trainer::{self, Begun, Stage, StepReport, Summary};
@@ -125,7 +126,7 @@ impl<'a> AutoencoderStage<'a> {
             options.disc_channels,
             options.disc_layers,
         );
-        if let Some(source) = run::weights_source(&begun.start, options.init_from.as_deref())? {
+        if let Some(source) = release::weights_source(&begun.start, options.init_from.as_deref())? {
             let expected = expected_params(config)?;
             ops.load_params(checkpoint::load_weights_as_f32(
                 &source,
@@ -134,7 +135,7 @@ impl<'a> AutoencoderStage<'a> {
             )?)?;
             ops.freeze();
             // A release ships no discriminator: fine-tuning one starts a fresh discriminator.
-            if !crate::release::is_release(&source) {
+            if !release::is_release(&source) {
                 load_var_store(&disc_vs, &source, DISCRIMINATOR)?;
             }
         }

@@ -25,6 +25,7 @@ use crate::autoencoder::{self, AUTOENCODER};
 use crate::checkpoint;
 use crate::denoiser::{encoder_name, expected_params, split_named};
 use crate::records::{AutoencoderOptions, AutoencoderState, DiffusionOptions, DiffusionState};
+use crate::run::Start;
 use crate::tensors::NamedWeights;
 use crate::TrainError;
 use ldm_data::write_atomic;
@@ -267,4 +268,33 @@ pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
         autoencoder,
         tokenizer,
     })
+}
+
+/// The folder that holds a trained model's `<network>.safetensors`: a release (`models/NAME`)
+/// as it is, its weights f16 (read them with `checkpoint::load_weights_as_f32`), or the latest
+/// checkpoint of a run folder (none while it has none).
+pub fn weights_folder(source: &Path) -> Result<Option<PathBuf>, TrainError> {
+    if is_release(source) {
+        return Ok(Some(source.to_path_buf()));
+    }
+    Ok(checkpoint::latest(source)?)
+}
+
+/// The folder whose `<network>.safetensors` the networks start from: the run's own checkpoint
+/// when resuming; for a new run fine-tuned with `--init-from`, the [`weights_folder`] of that
+/// run or release; none otherwise.
+pub fn weights_source(
+    start: &Start,
+    init_from: Option<&Path>,
+) -> Result<Option<PathBuf>, TrainError> {
+    match (start, init_from) {
+        (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
+        (Start::Fresh, None) => Ok(None),
+        (Start::Fresh, Some(source)) => weights_folder(source)?.map(Some).ok_or_else(|| {
+            TrainError::NoWeights {
+                path: source.to_path_buf(),
+                what: "--init-from: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)".into(),
+            }
+        }),
+    }
 }

@@ -1,6 +1,6 @@
 //! The pieces of a run folder every stage shares: the CSV log and its loss-curve PNG, the
-//! progress bar, Ctrl-C, the data fingerprint that `--resume` checks, and where a run's
-//! weights start from (see `trainer` for the lifecycle that uses them).
+//! progress bar, Ctrl-C, the data fingerprint that `--resume` checks, and how a run starts
+//! (see `trainer` for the lifecycle that uses them).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -192,35 +192,6 @@ pub fn start(out: &Path, resume: bool) -> Result<Start, TrainError> {
         (Some(checkpoint), false) => Err(TrainError::ExistingRun {
             out: out.to_path_buf(),
             checkpoint,
-        }),
-    }
-}
-
-/// The folder that holds a trained model's `<network>.safetensors`: a release (`models/NAME`)
-/// as it is, its weights f16 (read them with `checkpoint::load_weights_as_f32`), or the latest
-/// checkpoint of a run folder (none while it has none).
-pub fn weights_folder(source: &Path) -> Result<Option<PathBuf>, TrainError> {
-    if crate::release::is_release(source) {
-        return Ok(Some(source.to_path_buf()));
-    }
-    Ok(crate::checkpoint::latest(source)?)
-}
-
-/// The folder whose `<network>.safetensors` the networks start from: the run's own checkpoint
-/// when resuming; for a new run fine-tuned with `--init-from`, the [`weights_folder`] of that
-/// run or release; none otherwise.
-pub fn weights_source(
-    start: &Start,
-    init_from: Option<&Path>,
-) -> Result<Option<PathBuf>, TrainError> {
-    match (start, init_from) {
-        (Start::Resume(checkpoint), _) => Ok(Some(checkpoint.clone())),
-        (Start::Fresh, None) => Ok(None),
-        (Start::Fresh, Some(source)) => weights_folder(source)?.map(Some).ok_or_else(|| {
-            TrainError::NoWeights {
-                path: source.to_path_buf(),
-                what: "--init-from: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)".into(),
-            }
         }),
     }
 }
