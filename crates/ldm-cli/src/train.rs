@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ldm_core::SamplerKind;
 use ldm_export::evaluator::export_evaluator;
 use ldm_nn::{ClassifierConfig, ModelConfig};
 use ldm_train::classifier::{heads_from_data, train_classifier, ClassifierOptions};
@@ -145,6 +146,19 @@ struct DiffusionArgs {
     /// Probability of dropping the condition (classifier-free guidance).
     #[arg(long)]
     condition_dropout: Option<f64>,
+    /// Sampler of the sample grids, which the exported bundle takes as its default: ddpm,
+    /// ddim, plms, dpm++2m, euler or euler-a (default ddim).
+    #[arg(long)]
+    sample_sampler: Option<SamplerKind>,
+    /// DDIM's eta in the sample grids (default 1: fresh noise at every step).
+    #[arg(long)]
+    sample_eta: Option<f64>,
+    /// Steps of the sample grids (default 25).
+    #[arg(long)]
+    sample_steps: Option<usize>,
+    /// Classifier-free guidance of the sample grids (default 3).
+    #[arg(long)]
+    sample_guidance: Option<f64>,
 }
 
 #[derive(Args)]
@@ -337,6 +351,12 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         lr_decay: a.lr_decay.unwrap_or(d.lr_decay),
         ema_decay: a.ema_decay.unwrap_or(d.ema_decay),
         condition_dropout: a.condition_dropout.unwrap_or(d.condition_dropout),
+        sample_sampler: a
+            .sample_sampler
+            .map_or(d.sample_sampler.clone(), |s| s.name().into()),
+        sample_eta: a.sample_eta.unwrap_or(d.sample_eta),
+        sample_steps: a.sample_steps.unwrap_or(d.sample_steps),
+        sample_guidance: a.sample_guidance.unwrap_or(d.sample_guidance),
         init_from: c.init_from.clone(),
         ..d
     };
@@ -347,6 +367,19 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&options.condition_dropout),
         "--condition-dropout must be in [0, 1]"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&options.sample_eta),
+        "--sample-eta must be in [0, 1]"
+    );
+    anyhow::ensure!(
+        (1..=config.diffusion.timesteps).contains(&options.sample_steps),
+        "--sample-steps must be 1 to the schedule's {} timesteps",
+        config.diffusion.timesteps
+    );
+    anyhow::ensure!(
+        options.sample_guidance.is_finite(),
+        "--sample-guidance must be a number"
     );
     let validation = c.validation();
     let inputs = DiffusionInputs {

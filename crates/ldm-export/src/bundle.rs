@@ -147,6 +147,7 @@ pub fn export_release(
         );
     }
     let conditioning = bundle_conditioning(release)?;
+    let options_of_run = &release.info.diffusion_options;
     if let Some(tokenizer) = &release.tokenizer {
         tokenizer.save(&dir.join(TOKENIZER_FILE))?;
     }
@@ -163,13 +164,12 @@ pub fn export_release(
         latent_scale_factor: release.info.scale_factor,
         conditioning,
         schedule: Schedule::Linear(config.diffusion.clone()),
+        // The run's sample grids: what its samples were judged by (see models/README.md).
         defaults: SamplerDefaults {
-            sampler: "ddim".into(),
-            steps: release.info.diffusion_options.sample_steps,
-            guidance: release.info.diffusion_options.sample_guidance,
-            // Stochastic DDIM: deterministic DDIM drifts off the latent manifold on small,
-            // briefly trained models (see models/README.md).
-            eta: 1.0,
+            sampler: options_of_run.sample_sampler.clone(),
+            steps: options_of_run.sample_steps,
+            guidance: options_of_run.sample_guidance,
+            eta: options_of_run.sample_eta,
         },
         graphs: graph_specs,
     };

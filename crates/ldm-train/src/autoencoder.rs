@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ldm_nn::{autoencoder, FirstStage, ModelConfig, ShapeOps};
+use ldm_core::manifest::GraphRole;
+use ldm_nn::{autoencoder, graphs, FirstStage, ModelConfig};
 use tch::{Device, Tensor};
 
 use crate::{checkpoint, gaussian, TchOps, TrainError};
@@ -12,14 +13,12 @@ use crate::{checkpoint, gaussian, TchOps, TrainError};
 /// Checkpoint (and release) file of the first stage's weights.
 pub const AUTOENCODER: &str = "autoencoder";
 
-/// Names and shapes of the first stage's parameters, from the shape interpretation.
+/// Names and shapes of the first stage's parameters: its encoder's and decoder's graphs
+/// together (one file holds both).
 pub fn expected_params(config: &ModelConfig) -> Result<BTreeMap<String, Vec<usize>>, TrainError> {
-    let (ae, res) = (&config.autoencoder, config.resolution);
-    let mut o = ShapeOps::default();
-    let moments = autoencoder::encode(&mut o, ae, res, &vec![1, ae.in_channels, res, res])?;
-    let latent = vec![1, ae.latent_channels, moments[2], moments[3]];
-    autoencoder::decode(&mut o, ae, res, &latent)?;
-    Ok(o.params)
+    let mut params = graphs::expected_params(GraphRole::Encoder, config)?;
+    params.extend(graphs::expected_params(GraphRole::Decoder, config)?);
+    Ok(params)
 }
 
 /// The encoder's latent as the decoder takes it: the posterior's mode (KL), the

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ldm_core::{NoiseSchedule, SamplerKind, SamplingSetup};
+use ldm_core::{NoiseSchedule, SamplingSetup};
 use ldm_data::ImageFolder;
 use ldm_nn::ModelConfig;
 use tch::{Device, Kind, Tensor};
@@ -18,9 +18,6 @@ use crate::sampling::sample_latents;
 use crate::tensors::images_tensor;
 use crate::{TchOps, TrainError};
 
-/// The sample grids draw fresh noise at every step (eta = 1): early in training, deterministic
-/// DDIM (eta = 0) drifts off the latent manifold for many seeds and decodes to noise.
-const PREVIEW_ETA: f64 = 1.0;
 /// Images per sample grid.
 const GRID: usize = 8;
 
@@ -97,8 +94,8 @@ impl Preview {
         })
     }
 
-    /// Samples the grid with the EMA weights (DDIM with fresh noise, the run's guidance and
-    /// steps) and writes it as PNG.
+    /// Samples the grid with the EMA weights (the run's sampler, guidance and steps) and
+    /// writes it as PNG.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn render(
         &self,
@@ -126,7 +123,7 @@ impl Preview {
         };
         let r = config.latent_resolution();
         let setup = SamplingSetup {
-            sampler: SamplerKind::Ddim { eta: PREVIEW_ETA },
+            sampler: options.sample_sampler()?,
             steps: options.sample_steps,
             guidance: options.sample_guidance,
             guided,

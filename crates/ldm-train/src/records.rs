@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 
+use ldm_core::SamplerKind;
 use ldm_nn::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::LrDecay;
 use crate::trainer::stage_records;
+use crate::TrainError;
 
 /// Hyper-parameters of a first-stage run (saved with every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,9 +90,16 @@ pub struct DiffusionOptions {
     /// model also learns the unconditional prediction that guidance needs.
     pub condition_dropout: f64,
     pub seed: u64,
-    /// Guidance scale and DDIM steps of the periodic sample grids.
+    /// Guidance scale and steps of the periodic sample grids.
     pub sample_guidance: f64,
     pub sample_steps: usize,
+    /// Sampler of the sample grids (a `--sampler` name) and DDIM's eta; an export makes
+    /// them, the steps and the guidance the bundle's defaults (runs saved before they existed:
+    /// DDIM with eta 1).
+    #[serde(default = "default_sample_sampler")]
+    pub sample_sampler: String,
+    #[serde(default = "default_sample_eta")]
+    pub sample_eta: f64,
     /// Fine-tuning: the run whose latest UNet and conditioning encoder this run starts from
     /// (fresh optimiser and average, step 0; a text model keeps that run's tokenizer).
     #[serde(default)]
@@ -112,9 +121,37 @@ impl Default for DiffusionOptions {
             seed: 0,
             sample_guidance: 3.0,
             sample_steps: 25,
+            sample_sampler: default_sample_sampler(),
+            sample_eta: default_sample_eta(),
             init_from: None,
         }
     }
+}
+
+impl DiffusionOptions {
+    /// The sampler of the sample grids, DDIM's eta set.
+    pub fn sample_sampler(&self) -> Result<SamplerKind, TrainError> {
+        let kind = self
+            .sample_sampler
+            .parse::<SamplerKind>()
+            .map_err(TrainError::Mismatch)?;
+        Ok(match kind {
+            SamplerKind::Ddim { .. } => SamplerKind::Ddim {
+                eta: self.sample_eta,
+            },
+            other => other,
+        })
+    }
+}
+
+fn default_sample_sampler() -> String {
+    "ddim".into()
+}
+
+/// Fresh noise at every step: early in training, and on small models, deterministic DDIM
+/// (eta = 0) drifts off the latent manifold for many seeds and decodes to noise.
+fn default_sample_eta() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -528,15 +528,14 @@ fn every_first_stage_and_conditioning_trains_and_samples() {
             logged(&ae, 2).iter().all(|v| v.is_finite() && *v > 0.0),
             "{regularizer} term"
         );
-        let summary = diffusion(
-            &cfg,
-            (&data, &ae, None),
-            &ldm,
-            diffusion_options(3),
-            3,
-            false,
-        )
-        .unwrap_or_else(|e| panic!("{conditioning}: {e}"));
+        // The sample grids take any sampler.
+        let samplers = ["dpm++2m", "ddim", "euler-a", "plms"];
+        let options = DiffusionOptions {
+            sample_sampler: samplers[i].into(),
+            ..diffusion_options(3)
+        };
+        let summary = diffusion(&cfg, (&data, &ae, None), &ldm, options, 3, false)
+            .unwrap_or_else(|e| panic!("{conditioning}: {e}"));
         assert!(
             logged(&ldm, 1).iter().all(|v| v.is_finite()),
             "{conditioning}"
