@@ -137,7 +137,7 @@ pub fn begin<S: StageState>(
             if state.config() != config {
                 return Err(TrainError::NotResumable {
                     checkpoint: at,
-                    reason: "it was trained with another configuration; resume with the run's own configuration".into(),
+                    reason: "it was trained with another model configuration; resume with the run's own (config.toml)".into(),
                 });
             }
             if state.data_fingerprint() != data_fingerprint {
