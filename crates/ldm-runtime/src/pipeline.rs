@@ -365,7 +365,9 @@ impl Pipeline {
             .into());
         }
         let pixels = (width * height) as u64;
-        let needed = self.weight_bytes + plan::activation_bytes(0, 0, 1, pixels);
+        let needed =
+            plan::MemoryEstimate::of(self.weight_bytes, plan::activation_bytes(0, 0, 1, pixels))
+                .total();
         if needed > self.memory_budget {
             return Err(RequestError::OverBudget {
                 what: format!("reconstructing a {width}x{height} image"),

@@ -48,27 +48,43 @@ pub struct Plan {
     pub memory: MemoryEstimate,
 }
 
-/// Bytes a request is estimated to need at its peak: the weights of the graphs it opens and
-/// the activations of the largest network call.
+/// Bytes a request is estimated to need at its peak: the process and its engine, the weights
+/// of the graphs it opens, and the activations of the largest network call.
 ///
 /// The activation model is a coarse upper bound that needs only the manifest: per latent
 /// pixel of a UNet row, [`UNET_BYTES_PER_LATENT_PIXEL`]; per pair of latent pixels,
 /// [`ATTENTION_BYTES_PER_PAIR`] (self-attention at the full latent resolution, whose score
 /// matrices grow with the square of the latent's area and dominate large images); per output
-/// pixel of the decoder, [`DECODER_BYTES_PER_PIXEL`]. Measured on the shipped emoji bundle on
-/// tract: 8.5 GB at 512x512 (the estimate: 8.9 GB).
+/// pixel of the decoder, [`DECODER_BYTES_PER_PIXEL`]. Against the peak resident memory of
+/// `ldm generate` with the shipped emoji bundle on tract (one guided image, see
+/// BENCHMARKS.md): 246 MB measured / 253 MB estimated at 64x64, 270 / 297 MB at 128x128,
+/// 825 / 851 MB at 256x256, 8.95 / 9.11 GB at 512x512.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
+    pub engine: u64,
     pub weights: u64,
     pub activations: u64,
 }
 
 impl MemoryEstimate {
+    /// The estimate of a call with `weights` bytes of weights and `activations` bytes of
+    /// activations at its peak.
+    pub fn of(weights: u64, activations: u64) -> Self {
+        Self {
+            engine: ENGINE_BYTES,
+            weights,
+            activations,
+        }
+    }
+
     pub fn total(&self) -> u64 {
-        self.weights + self.activations
+        self.engine + self.weights + self.activations
     }
 }
 
+/// The process, the engine and its optimised plans, without weights or activations (the
+/// emoji bundle's peak at 64x64, less its weights and activations, rounded up).
+pub const ENGINE_BYTES: u64 = 200_000_000;
 /// Live feature maps of one UNet row per latent pixel: about 32 tensors of 64 f32 channels.
 pub const UNET_BYTES_PER_LATENT_PIXEL: u64 = 32 * 64 * 4;
 /// Attention scores and their softmax, f32, for two heads, per pair of latent pixels.
@@ -182,15 +198,15 @@ pub fn plan(
         latent_shape: [m.latent_channels, latent_height, latent_width],
     };
     let rows = images as u64 * if guided { 2 } else { 1 };
-    let memory = MemoryEstimate {
-        weights: weight_bytes,
-        activations: activation_bytes(
+    let memory = MemoryEstimate::of(
+        weight_bytes,
+        activation_bytes(
             rows,
             (latent_width * latent_height) as u64,
             images as u64,
             (width * height) as u64,
         ),
-    };
+    );
     if memory.total() > budget {
         return Err(RequestError::OverBudget {
             what: format!(
