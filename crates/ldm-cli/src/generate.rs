@@ -171,8 +171,10 @@ pub fn grid(images: &[Image]) -> Image {
     Image { width, height, rgb }
 }
 
+/// An input image or mask, refused before decoding when its header declares a side above
+/// what a request may ask for.
 fn read_png(path: &Path) -> anyhow::Result<Image> {
-    let image = image::open(path)
+    let image = ldm_data::open_image(path, ldm_runtime::plan::MAX_SIDE as u32)
         .with_context(|| format!("cannot read the image {}", path.display()))?
         .to_rgb8();
     Ok(Image {

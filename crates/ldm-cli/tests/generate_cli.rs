@@ -61,6 +61,53 @@ fn generate_writes_a_grid_from_the_default_bundle() {
     assert!(!text.contains("panicked"), "{text}");
 }
 
+#[test]
+fn hostile_options_and_input_images_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small PNG whose header claims 100,000 x 100,000 pixels.
+    let bomb = dir.path().join("bomb.png");
+    image::RgbImage::new(8, 8).save(&bomb).unwrap();
+    let mut bytes = std::fs::read(&bomb).unwrap();
+    bytes[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
+    let crc = crc32fast::hash(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&bomb, &bytes).unwrap();
+    let out = dir.path().join("out.png");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--threads", "100000"], "100000 threads: at most"),
+        (&["--threads", "0"], "0 threads: at most"),
+        (
+            &["--init-image", bomb.to_str().unwrap()],
+            "declares 100000x100000 pixels, above the 4096",
+        ),
+        (
+            &[
+                "--init-image",
+                bomb.to_str().unwrap(),
+                "--mask",
+                bomb.to_str().unwrap(),
+            ],
+            "declares 100000x100000",
+        ),
+        (&["--guidance", "1e300"], "must be within -100..=100"),
+        (
+            &["--width", "1000000"],
+            "image width 1000000 is not a multiple of 16 up to 4096",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, text) = output(
+            ldm()
+                .current_dir(repo_root())
+                .args(["generate", "x", "--steps", "1", "--out", out])
+                .args(args),
+        );
+        assert!(!ok && text.contains(expected), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
 #[cfg(feature = "train")]
 #[test]
 fn export_prints_parity_and_writes_the_bundle() {

@@ -1,12 +1,13 @@
 //! Engine-free pieces shared by training (tch) and the runtime (tract, ONNX Runtime).
 
 pub mod conditions;
+pub mod confined;
 mod ddim;
 pub mod guided;
 pub mod manifest;
 pub mod samplers;
 mod schedule;
-mod tokenizer;
+pub mod tokenizer;
 
 pub use conditions::ConditionError;
 pub use ddim::{ddim_step, ddim_timesteps};

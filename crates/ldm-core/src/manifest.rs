@@ -15,6 +15,16 @@ use crate::NoiseSchedule;
 /// The format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// A manifest is a few kilobytes; a class model's names make it longer, not this long.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Bounds of the numbers that size work and memory: far above any model served here, far
+/// below what would exhaust a machine before the request plan's estimate is consulted.
+const MAX_SIDE: usize = 4096;
+const MAX_CHANNELS: usize = 1024;
+const MAX_TOKENS: usize = 4096;
+const MAX_VOCABULARY: usize = 1 << 22;
+const MAX_CLASSES: usize = 1 << 20;
+const MAX_TIMESTEPS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -236,10 +246,13 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Read {
+        let read_error = |message: String| ManifestError::Read {
             path: shown.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes = crate::confined::read_confined(dir, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+            .map_err(|e| read_error(e.reason))?;
+        let text = String::from_utf8(bytes).map_err(|e| read_error(e.to_string()))?;
         Self::parse(&text).map_err(|e| match e {
             ManifestError::Newer { found, .. } => ManifestError::Newer {
                 path: shown.clone(),
@@ -336,14 +349,212 @@ impl Manifest {
         }
         for (role, graph) in &self.graphs {
             // Plain relative file names only: a manifest must not point outside its bundle.
-            if graph.file.is_empty()
-                || graph.file.contains(['/', '\\'])
-                || graph.file.starts_with('.')
-            {
+            if !crate::confined::is_plain_relative(&graph.file) || graph.file.contains('/') {
                 return Err(format!(
                     "graph `{}` file {:?} is not a plain file name",
                     role.as_str(),
                     graph.file
+                ));
+            }
+        }
+        if let BundleConditioning::Text { tokenizer, .. } = &self.conditioning {
+            if !crate::confined::is_plain_relative(tokenizer) || tokenizer.contains('/') {
+                return Err(format!(
+                    "conditioning.tokenizer {tokenizer:?} is not a plain file name"
+                ));
+            }
+        }
+        self.check_bounds()?;
+        self.check_dimensions()
+    }
+
+    /// Every number that sizes work or memory, within bounds.
+    fn check_bounds(&self) -> Result<(), String> {
+        let mut bounded = vec![
+            ("resolution", self.resolution, MAX_SIDE),
+            ("size_multiple", self.size_multiple, MAX_SIDE),
+            ("image_channels", self.image_channels, MAX_CHANNELS),
+            ("latent_channels", self.latent_channels, MAX_CHANNELS),
+            ("defaults.steps", self.defaults.steps, MAX_TIMESTEPS),
+        ];
+        let Schedule::Linear(linear) = &self.schedule;
+        bounded.push(("schedule.timesteps", linear.timesteps, MAX_TIMESTEPS));
+        match &self.conditioning {
+            BundleConditioning::Text {
+                max_length,
+                vocab_size,
+                ..
+            } => {
+                bounded.push(("conditioning.max_length", *max_length, MAX_TOKENS));
+                bounded.push(("conditioning.vocab_size", *vocab_size, MAX_VOCABULARY));
+            }
+            BundleConditioning::Class { classes, .. } => {
+                bounded.push(("conditioning.classes", *classes, MAX_CLASSES));
+            }
+            BundleConditioning::Concat { channels, .. } => {
+                bounded.push(("conditioning.channels", *channels, MAX_CHANNELS));
+            }
+            BundleConditioning::None => {}
+        }
+        for (field, value, max) in bounded {
+            if !(1..=max).contains(&value) {
+                return Err(format!("{field} = {value} is not within 1..={max}"));
+            }
+        }
+        if self.defaults.steps > linear.timesteps {
+            return Err(format!(
+                "defaults.steps = {} is above schedule.timesteps = {}",
+                self.defaults.steps, linear.timesteps
+            ));
+        }
+        if !self.defaults.guidance.is_finite() || !(0.0..=1.0).contains(&self.defaults.eta) {
+            return Err(format!(
+                "defaults.guidance = {} must be a number and defaults.eta = {} within 0..1",
+                self.defaults.guidance, self.defaults.eta
+            ));
+        }
+        for spec in self.graphs.values() {
+            for tensor in spec.inputs.iter().chain(&spec.outputs) {
+                for dim in &tensor.shape {
+                    if let DimSpec::Fixed(n) = dim {
+                        if !(1..=MAX_SIDE.max(MAX_VOCABULARY)).contains(n) {
+                            return Err(format!(
+                                "graph input/output '{}' has a dimension of {n}",
+                                tensor.name
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every dimension the manifest states at its top level against the graphs' inputs and
+    /// outputs that carry it, so that a disagreement names the manifest field, not an engine's
+    /// node.
+    fn check_dimensions(&self) -> Result<(), String> {
+        let c = self.latent_channels;
+        let mut expected: Vec<(GraphRole, &str, usize, usize, &str)> = vec![
+            (GraphRole::Unet, "sample", 1, c, "latent_channels"),
+            (GraphRole::Unet, "eps", 1, c, "latent_channels"),
+        ];
+        if self.first_stage != FirstStage::Identity {
+            let moments = match self.first_stage {
+                FirstStage::Kl => ("moments", 2 * c),
+                _ => ("latent", c),
+            };
+            expected.extend([
+                (
+                    GraphRole::Encoder,
+                    "image",
+                    1,
+                    self.image_channels,
+                    "image_channels",
+                ),
+                (
+                    GraphRole::Encoder,
+                    moments.0,
+                    1,
+                    moments.1,
+                    "latent_channels",
+                ),
+                (GraphRole::Decoder, "latent", 1, c, "latent_channels"),
+                (
+                    GraphRole::Decoder,
+                    "image",
+                    1,
+                    self.image_channels,
+                    "image_channels",
+                ),
+            ]);
+        }
+        match &self.conditioning {
+            BundleConditioning::Text { max_length, .. } => expected.extend([
+                (
+                    GraphRole::TextEncoder,
+                    "input_ids",
+                    1,
+                    *max_length,
+                    "conditioning.max_length",
+                ),
+                (
+                    GraphRole::TextEncoder,
+                    "context",
+                    1,
+                    *max_length,
+                    "conditioning.max_length",
+                ),
+                (
+                    GraphRole::Unet,
+                    "context",
+                    1,
+                    *max_length,
+                    "conditioning.max_length",
+                ),
+            ]),
+            BundleConditioning::Class { .. } => expected.push((
+                GraphRole::Unet,
+                "context",
+                1,
+                1,
+                "a class model's context length",
+            )),
+            BundleConditioning::Concat { channels, .. } => expected.push((
+                GraphRole::Unet,
+                "concat",
+                1,
+                *channels,
+                "conditioning.channels",
+            )),
+            BundleConditioning::None => {}
+        }
+        for (role, name, axis, value, field) in expected {
+            let spec = self.graphs.get(&role).expect("required graphs are present");
+            let tensor = spec
+                .inputs
+                .iter()
+                .chain(&spec.outputs)
+                .find(|t| t.name == name)
+                .ok_or_else(|| {
+                    format!(
+                        "the `{}` graph has no input or output '{name}'",
+                        role.as_str()
+                    )
+                })?;
+            match tensor.shape.get(axis) {
+                Some(DimSpec::Fixed(n)) if *n == value => {}
+                other => {
+                    return Err(format!(
+                        "{field} = {value} but the `{}` graph's '{name}' has {} along axis {axis}",
+                        role.as_str(),
+                        other.map_or("no dimension".into(), |d| match d {
+                            DimSpec::Fixed(n) => n.to_string(),
+                            DimSpec::Symbol(s) => format!("'{s}'"),
+                        })
+                    ))
+                }
+            }
+        }
+        // The context width the conditioner produces is the one the UNet reads.
+        if let Some(conditioner) = [GraphRole::TextEncoder, GraphRole::ClassEmbedder]
+            .into_iter()
+            .find_map(|r| self.graphs.get(&r).map(|g| (r, g)))
+        {
+            let width = |spec: &GraphSpec| {
+                spec.inputs
+                    .iter()
+                    .chain(&spec.outputs)
+                    .find(|t| t.name == "context")
+                    .and_then(|t| t.shape.get(2).cloned())
+            };
+            let unet = self.graphs.get(&GraphRole::Unet).expect("required");
+            if width(conditioner.1) != width(unet) {
+                return Err(format!(
+                    "the `{}` graph's context width {:?} is not the `unet` graph's {:?}",
+                    conditioner.0.as_str(),
+                    width(conditioner.1),
+                    width(unet)
                 ));
             }
         }
@@ -434,6 +645,100 @@ mod tests {
         refuse(
             &|v| v["graphs"]["unet"]["file"] = "../unet.onnx".into(),
             "not a plain file name",
+        );
+        for file in ["/etc/passwd", "sub/unet.onnx", "", "..", "a\\b"] {
+            refuse(
+                &|v| v["graphs"]["unet"]["file"] = file.into(),
+                "not a plain file name",
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_that_size_work_are_bounded_and_dimensions_agree_with_the_graphs() {
+        let refuse = |edit: &dyn Fn(&mut serde_json::Value), expect: &str| {
+            let mut v = minimal();
+            edit(&mut v);
+            let err = Manifest::parse(&v.to_string()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err} (expected {expect})");
+        };
+        // A top-level number that disagrees with the graph names the field.
+        refuse(
+            &|v| v["latent_channels"] = 7.into(),
+            "latent_channels = 7 but the `unet` graph's 'sample' has 3 along axis 1",
+        );
+        refuse(
+            &|v| v["graphs"]["unet"]["outputs"][0]["shape"][1] = 4.into(),
+            "latent_channels = 3 but the `unet` graph's 'eps' has 4",
+        );
+        refuse(
+            &|v| v["graphs"]["unet"]["inputs"][0]["shape"][1] = "channels".into(),
+            "has 'channels' along axis 1",
+        );
+        for (field, value) in [
+            ("resolution", 1u64 << 40),
+            ("size_multiple", 1 << 30),
+            ("latent_channels", 1 << 40),
+            ("image_channels", 0),
+        ] {
+            refuse(&|v| v[field] = value.into(), field);
+        }
+        refuse(
+            &|v| v["schedule"]["timesteps"] = (1u64 << 40).into(),
+            "1099511627776 timesteps (expected 2 to 100000)",
+        );
+        refuse(
+            &|v| v["defaults"]["steps"] = 1000.into(),
+            "defaults.steps = 1000 is above",
+        );
+        refuse(&|v| v["defaults"]["eta"] = 5.into(), "defaults.eta = 5");
+        refuse(
+            &|v| v["graphs"]["unet"]["inputs"][0]["shape"][2] = (1u64 << 40).into(),
+            "has a dimension of",
+        );
+        fn text<'a>(
+            edit: &'a dyn Fn(&mut serde_json::Value),
+        ) -> impl Fn(&mut serde_json::Value) + 'a {
+            move |v: &mut serde_json::Value| {
+                v["conditioning"] = serde_json::json!({
+                    "kind": "text", "tokenizer": "tokenizer.json", "max_length": 8, "vocab_size": 100
+                });
+                v["graphs"]["text_encoder"] = serde_json::json!({
+                    "file": "text_encoder.onnx",
+                    "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", 8]}],
+                    "outputs": [{"name": "context", "dtype": "float32", "shape": ["batch", 8, 32]}]
+                });
+                v["graphs"]["unet"]["inputs"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!(
+                        {"name": "context", "dtype": "float32", "shape": ["batch", 8, 32]}
+                    ));
+                edit(v);
+            }
+        }
+        let mut v = minimal();
+        text(&|_| {})(&mut v);
+        Manifest::parse(&v.to_string()).unwrap();
+        refuse(
+            &text(&|v| v["conditioning"]["tokenizer"] = "../../home/tokenizer.json".into()),
+            "conditioning.tokenizer \"../../home/tokenizer.json\" is not a plain file name",
+        );
+        refuse(
+            &text(&|v| v["conditioning"]["max_length"] = 9.into()),
+            "conditioning.max_length = 9 but the `text_encoder` graph's 'input_ids' has 8",
+        );
+        refuse(
+            &text(&|v| v["conditioning"]["max_length"] = (1u64 << 40).into()),
+            "conditioning.max_length",
+        );
+        refuse(
+            &text(&|v| v["conditioning"]["vocab_size"] = (1u64 << 40).into()),
+            "conditioning.vocab_size",
+        );
+        refuse(
+            &text(&|v| v["graphs"]["unet"]["inputs"][1]["shape"][2] = 64.into()),
+            "context width",
         );
     }
 }

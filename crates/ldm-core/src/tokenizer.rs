@@ -1,6 +1,8 @@
 //! The caption tokenizer: BERT-style WordPiece (the paper's text-to-image model uses the BERT
 //! tokenizer, E.2.1), trained on the data set's own captions, stored as `tokenizer.json`.
-//! Any other `tokenizer.json` can be loaded in its place.
+//! Another WordPiece `tokenizer.json` can be loaded in its place; as untrusted input, a file
+//! is read only if every component is of a kind this module writes (none runs a regular
+//! expression), its vocabulary is bounded, and prompts are bounded in length.
 
 use std::path::Path;
 
@@ -15,6 +17,24 @@ pub const PAD: &str = "[PAD]";
 pub const UNK: &str = "[UNK]";
 pub const CLS: &str = "[CLS]";
 pub const SEP: &str = "[SEP]";
+/// A `tokenizer.json` larger than this is refused (the shipped ones are 43 kB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+/// Vocabulary entries a tokenizer may have (BERT's has 30,522, CLIP's 49,408).
+const MAX_VOCABULARY: usize = 1 << 20;
+/// Longest prompt, in bytes: far beyond any text encoder's context, short enough to tokenize
+/// in microseconds.
+pub const MAX_PROMPT_BYTES: usize = 16 << 10;
+/// The component types a loaded `tokenizer.json` may use, by JSON key (null: none).
+const ACCEPTED: [(&str, &[&str]); 5] = [
+    ("model", &["WordPiece"]),
+    ("normalizer", &["BertNormalizer"]),
+    (
+        "pre_tokenizer",
+        &["BertPreTokenizer", "Whitespace", "WhitespaceSplit"],
+    ),
+    ("post_processor", &["BertProcessing"]),
+    ("decoder", &["WordPiece"]),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -102,10 +122,52 @@ impl TextTokenizer {
     }
 
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
-        let inner = Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Load {
+            path: shown.clone(),
             message: e.to_string(),
         })?;
+        Self::from_bytes(&bytes, &shown)
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json` (`source` names it in errors), checked
+    /// as untrusted input: bounded in size and vocabulary, and built only of the component
+    /// types this module writes.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self, TokenizerError> {
+        let refuse = |message: String| TokenizerError::Load {
+            path: source.to_string(),
+            message,
+        };
+        if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
+            return Err(refuse(format!(
+                "{} bytes, above the {MAX_TOKENIZER_BYTES} a tokenizer.json may have",
+                bytes.len()
+            )));
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| refuse(format!("not JSON: {e}")))?;
+        for (key, kinds) in ACCEPTED {
+            let kind = match json.get(key) {
+                None | Some(serde_json::Value::Null) if key != "model" => continue,
+                Some(component) => component.get("type").and_then(|t| t.as_str()),
+                None => None,
+            };
+            if !kind.is_some_and(|k| kinds.contains(&k)) {
+                return Err(refuse(format!(
+                    "its {key} is {}; this runtime reads {key}s of type {}",
+                    kind.map_or("missing or untyped".into(), |k| format!("of type {k}")),
+                    kinds.join(", ")
+                )));
+            }
+        }
+        let entries = json["model"]["vocab"].as_object().map_or(0, |v| v.len())
+            + json["added_tokens"].as_array().map_or(0, |a| a.len());
+        if entries > MAX_VOCABULARY {
+            return Err(refuse(format!(
+                "{entries} vocabulary entries, above the {MAX_VOCABULARY} a tokenizer may have"
+            )));
+        }
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
         Self::from_tokenizer(inner)
     }
 
@@ -136,26 +198,42 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest id the tokenizer can produce (ids need not be dense).
+    pub fn max_id(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize)
+    }
+
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }
 
     /// Number of tokens of `text`, special tokens included, before padding or truncation.
     pub fn token_count(&self, text: &str) -> Result<usize, TokenizerError> {
+        Ok(self.ids(text)?.len())
+    }
+
+    /// The ids of a prompt of at most [`MAX_PROMPT_BYTES`], special tokens included.
+    fn ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(TokenizerError::Encode(format!(
+                "the prompt is {} bytes long, above the {MAX_PROMPT_BYTES} a prompt may have",
+                text.len()
+            )));
+        }
         let encoding = self
             .inner
             .encode(text, true)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(encoding.get_ids().len())
+        Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
     }
 
     /// Token ids of `text` with the special tokens, cut or padded to `max_length`.
     pub fn encode(&self, text: &str, max_length: usize) -> Result<Encoded, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i as i64).collect();
+        let mut ids = self.ids(text)?;
         let truncated = ids.len() > max_length;
         if truncated {
             // Keep the closing [SEP] (when there is one) so the sequence still ends as trained.

@@ -36,6 +36,23 @@ pub enum DataError {
         line: usize,
         file_name: String,
     },
+    #[error("{path} line {line}: {reason}")]
+    Unconfined {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "{path}: the image declares {width}x{height} pixels, above the {max_side} a side may have"
+    )]
+    ImageTooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
+    #[error("{0}")]
+    Confined(#[from] ldm_core::confined::Unconfined),
     #[error("{dir} has no metadata.jsonl{hint}; an image folder holds images and a metadata.jsonl with one JSON row per image: {{\"file_name\": \"a.png\", \"text\": \"a caption\"}}")]
     MissingMetadata { dir: PathBuf, hint: String },
     #[error("{path} lists no images")]

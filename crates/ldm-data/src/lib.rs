@@ -6,6 +6,7 @@
 //! `train/` and `validation/`; [`ImageFolder`] and [`Loader`] read any folder that follows it.
 
 mod atomic;
+pub mod decode;
 pub mod emoji;
 mod error;
 pub mod judge;
@@ -16,6 +17,7 @@ pub mod shapes;
 mod split;
 
 pub use atomic::{make_public_dir, write_atomic, StagingDir};
+pub use decode::{open_image, MAX_DATA_SIDE};
 pub use error::DataError;
 pub use loader::{push_chw, Batch, ImageFolder, Loader, LoaderConfig};
 pub use metadata::{Record, METADATA_FILE};

@@ -3,17 +3,18 @@
 //! Batch `k` is a pure function of (seed, k): the order of epoch `e` is a permutation drawn
 //! from the generator's stream `e`, so a resumed run sees exactly the batches it would have.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use image::RgbImage;
+use ldm_core::confined::{confined, is_plain_relative};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::metadata::read_metadata;
 use crate::pixels::{resize_center_crop, rgb_on_white};
-use crate::{DataError, Record, METADATA_FILE};
+use crate::{open_image, DataError, Record, MAX_DATA_SIDE, METADATA_FILE};
 
 /// The rows of a folder's `metadata.jsonl`, checked against the files on disk.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ impl ImageFolder {
                 hint: split_hint(dir),
             });
         }
+        // The one confinement rule of every file read from a folder: no link leads out of it.
+        confined(dir, METADATA_FILE)?;
         let rows = read_metadata(&metadata)?;
         if rows.is_empty() {
             return Err(DataError::EmptyFolder { path: metadata });
@@ -46,21 +49,25 @@ impl ImageFolder {
                     column: "file_name",
                 });
             }
-            let unsafe_name = Path::new(name)
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_)));
-            if unsafe_name {
+            if !is_plain_relative(name) {
                 return Err(DataError::UnsafeFileName {
                     path: metadata,
                     line: *line,
                     file_name: name.to_string(),
                 });
             }
-            if !dir.join(name).is_file() {
+            if std::fs::symlink_metadata(dir.join(name)).is_err() {
                 return Err(DataError::MissingImage {
                     path: metadata,
                     line: *line,
                     file_name: name.to_string(),
+                });
+            }
+            if let Err(e) = confined(dir, name) {
+                return Err(DataError::Unconfined {
+                    path: metadata,
+                    line: *line,
+                    reason: e.to_string(),
                 });
             }
         }
@@ -135,7 +142,7 @@ impl ImageFolder {
     /// centre-cropped.
     pub fn load(&self, index: usize, size: u32) -> Result<RgbImage, DataError> {
         let path = self.root.join(&self.rows[index].1.file_name);
-        let image = image::open(&path).map_err(|source| DataError::Image { path, source })?;
+        let image = open_image(&path, MAX_DATA_SIDE)?;
         Ok(resize_center_crop(rgb_on_white(image), size))
     }
 

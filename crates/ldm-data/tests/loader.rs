@@ -267,3 +267,74 @@ fn a_corrupt_image_is_named_when_loaded() {
         "{msg}"
     );
 }
+
+#[test]
+fn no_row_reads_a_file_outside_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    folder(&dir, &[r#"{"file_name": "0.png", "text": "x"}"#], 1);
+    let outside = tmp.path().join("outside.png");
+    RgbImage::new(8, 6).save(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("link.png")).unwrap();
+    std::os::unix::fs::symlink(tmp.path(), dir.join("up")).unwrap();
+    let row = |name: &str| {
+        std::fs::write(
+            dir.join("metadata.jsonl"),
+            format!(r#"{{"file_name": {name:?}, "text": "x"}}"#),
+        )
+        .unwrap();
+        error_of(&dir)
+    };
+    for name in [
+        "../outside.png",
+        "/etc/passwd",
+        "./0.png",
+        "a/../../outside.png",
+        "a\\b.png",
+    ] {
+        let msg = row(name);
+        assert!(
+            msg.contains("must be a relative path inside the folder"),
+            "{name}: {msg}"
+        );
+    }
+    for name in ["link.png", "up/outside.png"] {
+        let msg = row(name);
+        assert!(
+            msg.contains("line 1") && msg.contains("is a symbolic link"),
+            "{name}: {msg}"
+        );
+    }
+    // metadata.jsonl itself may not lead elsewhere.
+    std::fs::write(tmp.path().join("rows.jsonl"), r#"{"file_name": "0.png"}"#).unwrap();
+    std::fs::remove_file(dir.join("metadata.jsonl")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("rows.jsonl"), dir.join("metadata.jsonl")).unwrap();
+    let msg = error_of(&dir);
+    assert!(msg.contains("metadata.jsonl: is a symbolic link"), "{msg}");
+}
+
+#[test]
+fn an_image_declaring_enormous_dimensions_is_refused_before_it_is_decoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A valid 8x6 PNG whose header then claims 100,000 x 100,000 pixels (10 gigapixels).
+    RgbImage::new(8, 6)
+        .save(tmp.path().join("bomb.png"))
+        .unwrap();
+    let mut bytes = std::fs::read(tmp.path().join("bomb.png")).unwrap();
+    bytes[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
+    let crc = crc32fast::hash(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(tmp.path().join("bomb.png"), &bytes).unwrap();
+    std::fs::write(
+        tmp.path().join("metadata.jsonl"),
+        r#"{"file_name": "bomb.png", "text": "x"}"#,
+    )
+    .unwrap();
+    let loader = Loader::new(ImageFolder::open(tmp.path()).unwrap(), config(1)).unwrap();
+    let msg = loader.batch(0).unwrap_err().to_string();
+    assert!(
+        msg.contains("bomb.png: the image declares 100000x100000 pixels, above the 8192"),
+        "{msg}"
+    );
+}

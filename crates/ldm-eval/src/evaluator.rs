@@ -69,13 +69,15 @@ impl Evaluator {
             path: path.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            invalid(format!(
-                "{e} (an evaluator folder holds {EVALUATOR_FILE} and {GRAPH_FILE})"
-            ))
-        })?;
+        let text =
+            ldm_core::confined::read_confined(dir, EVALUATOR_FILE, 1 << 20).map_err(|e| {
+                invalid(format!(
+                    "{} (an evaluator folder holds {EVALUATOR_FILE} and {GRAPH_FILE})",
+                    e.reason
+                ))
+            })?;
         let manifest: EvaluatorManifest =
-            serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+            serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
         if manifest.format != EVALUATOR_FORMAT {
             return Err(invalid(format!(
                 "format {} is not the supported {EVALUATOR_FORMAT}",
@@ -86,8 +88,8 @@ impl Evaluator {
             .config
             .validate()
             .map_err(|e| invalid(e.to_string()))?;
+        ldm_runtime::check_graph(dir, &manifest.graph)?;
         let graph = dir.join(&manifest.graph);
-        ldm_runtime::check_graph(dir, &graph)?;
         let session = TractSession::with_threads(&graph, threads)?;
         let mut expected = vec!["features".to_string()];
         expected.extend(manifest.config.heads.iter().map(|h| logits_name(&h.column)));

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use ldm_core::confined::read_confined;
 use ldm_core::manifest::{BundleConditioning, GraphRole};
+use ldm_core::tokenizer::MAX_TOKENIZER_BYTES;
 use ldm_core::{Manifest, TextTokenizer};
 
 use crate::{RuntimeError, Session, TractSession};
@@ -68,20 +70,23 @@ impl Bundle {
         let mut graph_bytes = 0u64;
         for spec in manifest.graphs.values() {
             let path = dir.join(&spec.file);
-            let Ok(metadata) = std::fs::metadata(&path) else {
+            if std::fs::symlink_metadata(&path).is_err() {
                 return Err(RuntimeError::Bundle {
                     path,
                     message: "listed in manifest.json but missing".into(),
                 });
-            };
-            graph_bytes = graph_bytes.saturating_add(metadata.len());
-            let graph = crate::untrusted::read_checked(dir, &path)?;
+            }
+            let graph = crate::untrusted::read_checked(dir, &spec.file)?;
+            graph_bytes =
+                graph_bytes.saturating_add(std::fs::metadata(&path).map_or(0, |m| m.len()));
             crate::contract::check_io(&path, spec, &graph)?;
         }
         let tokenizer = match &manifest.conditioning {
-            BundleConditioning::Text { tokenizer, .. } => {
-                Some(TextTokenizer::load(&dir.join(tokenizer))?)
-            }
+            BundleConditioning::Text {
+                tokenizer,
+                vocab_size,
+                ..
+            } => Some(load_tokenizer(dir, tokenizer, *vocab_size)?),
             _ => None,
         };
         Ok(Self {
@@ -119,6 +124,46 @@ impl Bundle {
         let path = self.dir.join(&spec.file);
         open(&path, backend, threads)
     }
+}
+
+/// Threads a session may be asked for, per core of the machine: more only slows it down, and
+/// an unbounded count exhausts the system's threads.
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// `threads` if the machine can run that many, at least 1.
+pub fn check_threads(threads: usize) -> Result<usize, RuntimeError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max = cores * MAX_THREADS_PER_CORE;
+    if !(1..=max).contains(&threads) {
+        return Err(RuntimeError::Threads {
+            asked: threads,
+            max,
+            per_core: MAX_THREADS_PER_CORE,
+        });
+    }
+    Ok(threads)
+}
+
+/// The bundle's tokenizer, read under the confinement rule; its ids must index the text
+/// encoder's embedding (`vocab_size` rows).
+fn load_tokenizer(
+    dir: &Path,
+    file: &str,
+    vocab_size: usize,
+) -> Result<TextTokenizer, RuntimeError> {
+    let bytes = read_confined(dir, file, MAX_TOKENIZER_BYTES)?;
+    let path = dir.join(file);
+    let tokenizer = TextTokenizer::from_bytes(&bytes, &path.display().to_string())?;
+    if tokenizer.max_id() >= vocab_size {
+        return Err(RuntimeError::Bundle {
+            path,
+            message: format!(
+                "token id {} is beyond the text encoder's {vocab_size} embeddings (conditioning.vocab_size)",
+                tokenizer.max_id()
+            ),
+        });
+    }
+    Ok(tokenizer)
 }
 
 #[cfg(feature = "ort")]

@@ -41,6 +41,18 @@ pub enum RuntimeError {
     Request(#[from] RequestError),
     #[error("the {graph} graph's output '{output}' is not float32")]
     NotF32 { graph: &'static str, output: String },
+    #[error("the {graph} graph returned {bad} non-finite values (NaN or infinity) of {total}: its weights are likely damaged (re-export the bundle), or the request drives it out of range (an extreme guidance scale)")]
+    NonFinite {
+        graph: &'static str,
+        bad: usize,
+        total: usize,
+    },
+    #[error("{asked} threads: at most {max} ({per_core} per core of this machine)")]
+    Threads {
+        asked: usize,
+        max: usize,
+        per_core: usize,
+    },
     #[error("the {graph} graph: {source}")]
     Prediction {
         graph: &'static str,
@@ -73,7 +85,7 @@ pub enum RequestError {
     },
     #[error("{steps} steps (expected 1 to {max})")]
     Steps { steps: usize, max: usize },
-    #[error("guidance {guidance} must be a number and eta {eta} within 0..1")]
+    #[error("guidance {guidance} must be within -{max}..={max} and eta {eta} within 0..=1", max = crate::plan::MAX_GUIDANCE)]
     Guidance { guidance: f64, eta: f64 },
     #[error("manifest.json defaults.sampler: {0}")]
     DefaultSampler(String),

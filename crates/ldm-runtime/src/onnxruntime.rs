@@ -118,6 +118,7 @@ impl OrtSession {
     /// Loads a graph on `provider`, refusing (with the reason) a provider this ONNX Runtime
     /// build or machine cannot start.
     pub fn load_on(path: &Path, threads: usize, provider: &Provider) -> Result<Self, RuntimeError> {
+        let threads = crate::bundle::check_threads(threads)?;
         let environment = environment()?;
         let load_error = |e: &dyn std::fmt::Display| RuntimeError::Load {
             engine: "onnxruntime",
@@ -126,7 +127,7 @@ impl OrtSession {
         };
         let mut builder = OrtInner::builder(environment)
             .map_err(|e| load_error(&e))?
-            .with_intra_threads(threads.max(1))
+            .with_intra_threads(threads)
             .map_err(|e| load_error(&e))?;
         if let Some((name, available, dispatch)) = provider.dispatch() {
             let unavailable = |reason: String| RuntimeError::BackendUnavailable {

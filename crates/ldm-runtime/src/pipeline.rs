@@ -256,13 +256,9 @@ impl Pipeline {
             if let Some(concat) = &concat {
                 inputs.push(("concat", concat));
             }
-            let eps = self.unet.run(&inputs)?.remove(0);
-            let eps = eps.as_f32().ok_or_else(|| RuntimeError::NotF32 {
-                graph: "unet",
-                output: "eps".into(),
-            })?;
+            let eps = run_finite(self.unet.as_mut(), "unet", &inputs)?;
             sampling
-                .advance(eps)
+                .advance(eps.as_f32().expect("checked f32"))
                 .map_err(|source| RuntimeError::Prediction {
                     graph: "unet",
                     source,
@@ -395,11 +391,8 @@ impl Pipeline {
             )?);
         }
         let encoder = self.image_encoder.as_mut().expect("opened above");
-        let out = encoder.run(&[("image", image)])?.remove(0);
-        let data = out.as_f32().ok_or_else(|| RuntimeError::NotF32 {
-            graph: "encoder",
-            output: "moments".into(),
-        })?;
+        let out = run_finite(encoder.as_mut(), "encoder", &[("image", image)])?;
+        let data = out.as_f32().expect("checked f32");
         let latent = match m.first_stage {
             // Moments are mean then log-variance along the channels.
             FirstStage::Kl => &data[..m.latent_channels * out.shape()[2] * out.shape()[3]],
@@ -450,7 +443,15 @@ impl Pipeline {
             _ => return Ok(None),
         };
         let name = encoder.input_names()[0].clone();
-        Ok(Some(encoder.run(&[(&name, &ids)])?.remove(0)))
+        let role = match self.bundle.manifest.conditioning {
+            BundleConditioning::Text { .. } => GraphRole::TextEncoder,
+            _ => GraphRole::ClassEmbedder,
+        };
+        Ok(Some(run_finite(
+            encoder.as_mut(),
+            role.as_str(),
+            &[(&name, &ids)],
+        )?))
     }
 
     fn decode(
@@ -467,7 +468,7 @@ impl Pipeline {
                 let scale = m.latent_scale_factor as f32;
                 let unscaled: Vec<f32> = latents.iter().map(|v| v / scale).collect();
                 let latent = Tensor::f32(&shape, unscaled)?;
-                decoder.run(&[("latent", &latent)])?.remove(0)
+                run_finite(decoder.as_mut(), "decoder", &[("latent", &latent)])?
             }
             None => Tensor::f32(&shape, latents)?,
         };
@@ -477,6 +478,30 @@ impl Pipeline {
 
 /// [N, 3, H, W] in [-1, 1] to 8-bit RGB images (channels beyond three are dropped, one
 /// channel is shown as grey).
+/// Runs `session` and returns its first output, refused when it is not f32 or holds a NaN or
+/// an infinity: every network's output is checked, so damaged weights stop the request with
+/// the network's name instead of producing an image.
+fn run_finite(
+    session: &mut dyn Session,
+    graph: &'static str,
+    inputs: &[(&str, &Tensor)],
+) -> Result<Tensor, RuntimeError> {
+    let output = session.run(inputs)?.remove(0);
+    let values = output.as_f32().ok_or_else(|| RuntimeError::NotF32 {
+        graph,
+        output: session.output_names()[0].clone(),
+    })?;
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(RuntimeError::NonFinite {
+            graph,
+            bad,
+            total: values.len(),
+        });
+    }
+    Ok(output)
+}
+
 fn to_images(pixels: &Tensor) -> Result<Vec<Image>, RuntimeError> {
     let (&[n, c, h, w], Some(data)) = (pixels.shape(), pixels.as_f32()) else {
         return Err(RuntimeError::NotImages {

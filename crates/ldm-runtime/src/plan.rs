@@ -11,6 +11,9 @@ use crate::{Generate, Image, RequestError};
 
 /// Largest image side a request may ask for, in pixels.
 pub const MAX_SIDE: usize = 4096;
+/// Largest classifier-free guidance scale (in magnitude): practical scales are 1 to 20, and far
+/// larger ones only push the latents out of the range the decoder knows.
+pub const MAX_GUIDANCE: f64 = 100.0;
 /// Memory a pipeline lets one request use unless told otherwise
 /// ([`crate::Pipeline::set_memory_budget`]).
 pub const DEFAULT_MEMORY_BUDGET: u64 = 16_000_000_000;
@@ -164,7 +167,7 @@ pub fn plan(
     }
     let guidance = request.guidance.unwrap_or(m.defaults.guidance);
     let eta = request.eta.unwrap_or(m.defaults.eta);
-    if !guidance.is_finite() || !(0.0..=1.0).contains(&eta) {
+    if !(-MAX_GUIDANCE..=MAX_GUIDANCE).contains(&guidance) || !(0.0..=1.0).contains(&eta) {
         return Err(RequestError::Guidance { guidance, eta });
     }
     let sampler = match request.sampler {

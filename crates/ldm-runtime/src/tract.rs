@@ -36,6 +36,7 @@ impl TractSession {
 
     /// Loads a graph whose matrix products use `threads` threads.
     pub fn with_threads(path: &Path, threads: usize) -> Result<Self, RuntimeError> {
+        let threads = crate::bundle::check_threads(threads)?;
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| RuntimeError::Load {

@@ -1,10 +1,11 @@
-//! A bundle is untrusted input. Before an engine reads a graph, its initializers are checked:
-//! external data must name a plain file inside the bundle (no `..`, no absolute path, no
-//! symbolic link: the path-traversal class of CVE-2022-25882, CVE-2024-27318 and
-//! CVE-2026-27489) whose bytes cover the tensor, and no tensor may declare an absurd size.
+//! A bundle is untrusted input. Before an engine reads a graph, the file and its initializers
+//! are checked: the graph and its external data are read under the one confinement rule of
+//! `ldm_core::confined` (plain names inside the bundle, no symbolic links), external data
+//! must cover the tensor, and no tensor may declare an absurd size.
 
 use std::path::Path;
 
+use ldm_core::confined::{confined, read_confined, Unconfined};
 use prost::Message;
 use tract_onnx::pb;
 
@@ -12,6 +13,8 @@ use crate::RuntimeError;
 
 /// More elements than any tensor of a model this runtime serves (16 GiB of f32).
 const MAX_ELEMENTS: u64 = 1 << 32;
+/// Protobuf's own limit: larger graphs keep their weights in external data.
+const MAX_GRAPH_BYTES: u64 = 2 << 30;
 
 fn refuse(path: &Path, message: String) -> RuntimeError {
     RuntimeError::Bundle {
@@ -20,19 +23,34 @@ fn refuse(path: &Path, message: String) -> RuntimeError {
     }
 }
 
-/// Checks the graph file at `path`, whose bundle folder is `dir`.
-pub fn check_graph(dir: &Path, path: &Path) -> Result<(), RuntimeError> {
-    read_checked(dir, path).map(drop)
+impl From<Unconfined> for RuntimeError {
+    fn from(e: Unconfined) -> Self {
+        refuse(&e.path, e.reason)
+    }
 }
 
-/// The graph at `path`, decoded once its initializers passed the checks of [`check_graph`].
-pub(crate) fn read_checked(dir: &Path, path: &Path) -> Result<pb::GraphProto, RuntimeError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(path, e.to_string()))?;
-    if !meta.file_type().is_file() {
-        return Err(refuse(path, "not a plain file (a link or a folder)".into()));
-    }
-    let bytes = std::fs::read(path).map_err(|e| refuse(path, e.to_string()))?;
-    let model = pb::ModelProto::decode(bytes.as_slice())
+/// Checks the graph file `file` of the bundle folder `dir`.
+pub fn check_graph(dir: &Path, file: &str) -> Result<(), RuntimeError> {
+    check_bytes(
+        dir,
+        &dir.join(file),
+        &read_confined(dir, file, MAX_GRAPH_BYTES)?,
+    )
+    .map(drop)
+}
+
+/// The graph `file` of `dir`, decoded once it passed the checks of [`check_graph`].
+pub(crate) fn read_checked(dir: &Path, file: &str) -> Result<pb::GraphProto, RuntimeError> {
+    check_bytes(
+        dir,
+        &dir.join(file),
+        &read_confined(dir, file, MAX_GRAPH_BYTES)?,
+    )
+}
+
+/// Decodes the graph bytes read from `path` and checks its initializers.
+pub fn check_bytes(dir: &Path, path: &Path, bytes: &[u8]) -> Result<pb::GraphProto, RuntimeError> {
+    let model = pb::ModelProto::decode(bytes)
         .map_err(|e| refuse(path, format!("not an ONNX model: {e}")))?;
     let graph = model.graph.unwrap_or_default();
     for tensor in &graph.initializer {
@@ -63,28 +81,14 @@ pub(crate) fn read_checked(dir: &Path, path: &Path) -> Result<pb::GraphProto, Ru
                 .map(|e| e.value.as_str())
         };
         let location = field("location").unwrap_or_default();
-        let plain = !location.is_empty()
-            && Path::new(location).components().count() == 1
-            && !location.starts_with(['/', '\\', '.'])
-            && !location.contains(['/', '\\']);
-        if !plain {
-            return Err(refuse(
-                path,
-                format!(
-                    "tensor '{}' points its data at '{location}', outside the bundle",
-                    tensor.name
-                ),
-            ));
-        }
-        let data = dir.join(location);
-        let data_meta = std::fs::symlink_metadata(&data)
-            .map_err(|e| refuse(&data, format!("external data of '{}': {e}", tensor.name)))?;
-        if !data_meta.file_type().is_file() {
-            return Err(refuse(
-                &data,
-                "external data must be a plain file, not a link".into(),
-            ));
-        }
+        let data = confined(dir, location).map_err(|e| {
+            refuse(
+                &e.path,
+                format!("external data of tensor '{}': {}", tensor.name, e.reason),
+            )
+        })?;
+        let data_meta =
+            std::fs::metadata(&data).map_err(|e| refuse(&data, format!("external data: {e}")))?;
         let number = |key: &str| field(key).map_or(Ok(0), |v| v.parse::<u64>());
         let (offset, length) = match (number("offset"), number("length")) {
             (Ok(o), Ok(l)) => (o, l),

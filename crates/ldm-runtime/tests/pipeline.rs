@@ -109,7 +109,15 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
     let renamed = edited_bundle(dir.path(), |t| t.replacen("\"sample\"", "\"latents\"", 1));
     let err = open_error(&renamed);
     assert!(
-        err.contains("unet.onnx") && err.contains("\"latents\""),
+        err.contains("manifest.json")
+            && err.contains("the `unet` graph has no input or output 'sample'"),
+        "{err}"
+    );
+    // An input the manifest invents is checked against the graph file.
+    let invented = edited_bundle(dir.path(), |t| t.replacen("\"timestep\"", "\"time\"", 1));
+    let err = open_error(&invented);
+    assert!(
+        err.contains("unet.onnx") && err.contains("\"time\""),
         "{err}"
     );
 
@@ -135,7 +143,7 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
     });
     let err = Bundle::load(&resized).err().unwrap().to_string();
     assert!(
-        err.contains("'context': axis 1 is 16 in the graph but 17"),
+        err.contains("conditioning.max_length = 16 but the `unet` graph's 'context' has 17"),
         "{err}"
     );
     let fixed = edited_bundle(dir.path(), |t| t.replacen("\"latent_height\"", "16", 1));
@@ -432,13 +440,24 @@ fn graphs_reaching_outside_the_bundle_or_absurdly_large_are_refused() {
     let cases = [
         (
             graph_with_external_data("../secret", &[4], 16),
-            "outside the bundle",
+            "'../secret' is not a relative path inside",
         ),
         (
             graph_with_external_data("/etc/passwd", &[4], 16),
-            "outside the bundle",
+            "'/etc/passwd' is not a relative path inside",
         ),
-        (graph_with_external_data("link.bin", &[4], 16), "not a link"),
+        (
+            graph_with_external_data("sub/../../secret", &[4], 16),
+            "is not a relative path inside",
+        ),
+        (
+            graph_with_external_data("", &[4], 16),
+            "is not a relative path inside",
+        ),
+        (
+            graph_with_external_data("link.bin", &[4], 16),
+            "link.bin: external data of tensor 'w': is a symbolic link",
+        ),
         (
             graph_with_external_data("weights.bin", &[4], 4096),
             "beyond the file",
