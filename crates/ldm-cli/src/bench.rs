@@ -30,7 +30,7 @@ pub struct BenchArgs {
     /// Timed runs per measurement (the median is reported), after --warmup untimed ones.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     runs: u32,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
     warmup: u32,
     /// N of the multi-threaded columns (default: the machine's cores).
     #[arg(long)]

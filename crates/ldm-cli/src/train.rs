@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ldm_core::guided::MAX_GUIDANCE;
 use ldm_core::SamplerKind;
 use ldm_export::evaluator::export_evaluator;
 use ldm_nn::{ClassifierConfig, ModelConfig};
@@ -236,6 +237,11 @@ impl Common {
     }
 }
 
+/// Images per optimisation step: memory, not the flag, is the real bound; this one keeps a
+/// typo from allocating terabytes.
+const MAX_BATCH: usize = 4096;
+const MAX_STEPS: u64 = 1_000_000_000;
+
 impl RunArgs {
     /// `defaults` with the options every stage shares set where the command line gives them.
     fn options<O: StageOptions>(&self, mut defaults: O) -> anyhow::Result<O> {
@@ -245,7 +251,14 @@ impl RunArgs {
         *common.learning_rate = self.lr.unwrap_or(*common.learning_rate);
         *common.seed = self.seed.unwrap_or(*common.seed);
         check_positive("--lr", *common.learning_rate)?;
-        anyhow::ensure!(*common.batch_size >= 1, "--batch-size must be at least 1");
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(common.batch_size),
+            "--batch-size must be 1 to {MAX_BATCH}"
+        );
+        anyhow::ensure!(
+            *common.steps <= MAX_STEPS,
+            "--steps must be at most {MAX_STEPS}"
+        );
         Ok(defaults)
     }
 
@@ -312,6 +325,16 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         init_from: c.init_from.clone(),
         ..d
     };
+    for (name, weight) in [
+        ("--kl-weight", options.kl_weight),
+        ("--perceptual-weight", options.perceptual_weight),
+        ("--disc-weight", options.disc_weight),
+    ] {
+        anyhow::ensure!(
+            weight.is_finite() && weight >= 0.0,
+            "{name} must be a non-negative number, not {weight}"
+        );
+    }
     let validation = c.validation();
     let summary = train_autoencoder(
         &config,
@@ -378,8 +401,8 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         config.diffusion.timesteps
     );
     anyhow::ensure!(
-        options.sample_guidance.is_finite(),
-        "--sample-guidance must be a number"
+        options.sample_guidance.abs() <= MAX_GUIDANCE,
+        "--sample-guidance must be within -{MAX_GUIDANCE}..={MAX_GUIDANCE}"
     );
     let validation = c.validation();
     let inputs = DiffusionInputs {

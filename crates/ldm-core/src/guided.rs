@@ -16,6 +16,10 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::{NoiseSchedule, Sampler, SamplerKind};
 
+/// Largest classifier-free guidance scale (in magnitude): practical scales are 1 to 20, and far
+/// larger ones only push the latents out of the range the decoder knows.
+pub const MAX_GUIDANCE: f64 = 100.0;
+
 /// A network output of the wrong size for the batch that was asked for.
 #[derive(Debug, thiserror::Error)]
 #[error("the network returned {got} values for a batch that needs {expected}")]

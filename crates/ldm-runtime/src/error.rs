@@ -85,7 +85,7 @@ pub enum RequestError {
     },
     #[error("{steps} steps (expected 1 to {max})")]
     Steps { steps: usize, max: usize },
-    #[error("guidance {guidance} must be within -{max}..={max} and eta {eta} within 0..=1", max = crate::plan::MAX_GUIDANCE)]
+    #[error("guidance {guidance} must be within -{max}..={max} and eta {eta} within 0..=1", max = ldm_core::guided::MAX_GUIDANCE)]
     Guidance { guidance: f64, eta: f64 },
     #[error("manifest.json defaults.sampler: {0}")]
     DefaultSampler(String),

@@ -3,6 +3,7 @@
 //! runs. Every front end (the CLI, eval, a server, bindings) plans through
 //! [`crate::Pipeline::plan`], so they all refuse the same requests with the same messages.
 
+use ldm_core::guided::MAX_GUIDANCE;
 use ldm_core::manifest::{BundleConditioning, ConcatKind};
 use ldm_core::{Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
 
@@ -11,9 +12,6 @@ use crate::{Generate, Image, RequestError};
 
 /// Largest image side a request may ask for, in pixels.
 pub const MAX_SIDE: usize = 4096;
-/// Largest classifier-free guidance scale (in magnitude): practical scales are 1 to 20, and far
-/// larger ones only push the latents out of the range the decoder knows.
-pub const MAX_GUIDANCE: f64 = 100.0;
 /// Memory a pipeline lets one request use unless told otherwise
 /// ([`crate::Pipeline::set_memory_budget`]).
 pub const DEFAULT_MEMORY_BUDGET: u64 = 16_000_000_000;

@@ -49,6 +49,8 @@ pub enum TrainError {
     DegenerateLatents(f64),
     #[error("concatenation models sample from an input image; export the run and use the runtime")]
     NeedsImage,
+    #[error("sampling: {0}")]
+    Sampling(String),
     #[error("the condition given does not match the model's conditioning")]
     ConditionMismatch,
     #[error("the {what} became {value} at step {step}; stopped without saving it (the last good checkpoint is {last_good}); lower --lr or check the data")]

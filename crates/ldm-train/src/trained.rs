@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use ldm_core::guided::MAX_GUIDANCE;
 use ldm_core::{NoiseSchedule, SamplerKind, SamplingSetup};
 use ldm_nn::{Conditioning, ModelConfig};
 use tch::{Device, Tensor};
@@ -91,6 +92,13 @@ impl TrainedModel {
         negative_prompt: &str,
         options: &SampleOptions,
     ) -> Result<Tensor, TrainError> {
+        let timesteps = self.schedule.timesteps();
+        if !(1..=timesteps).contains(&options.steps) || options.guidance.abs() > MAX_GUIDANCE {
+            return Err(TrainError::Sampling(format!(
+                "{} steps and guidance {}: steps must be 1 to {timesteps}, guidance within -{MAX_GUIDANCE}..={MAX_GUIDANCE}",
+                options.steps, options.guidance
+            )));
+        }
         let guided = self.conditioner.guides() && options.guidance != 1.0;
         let condition = self
             .conditioner
