@@ -118,6 +118,10 @@ struct AutoencoderArgs {
     disc_start: Option<u64>,
     #[arg(long)]
     disc_weight: Option<f64>,
+    /// Stride-2 stages of the patch discriminator (default 3; images need at least 3 * 2^N
+    /// pixels a side).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
+    disc_layers: Option<u8>,
     /// Do not mirror training images.
     #[arg(long)]
     no_flip: bool,
@@ -322,6 +326,7 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         perceptual_weight: a.perceptual_weight.unwrap_or(d.perceptual_weight),
         disc_start: a.disc_start.unwrap_or(d.disc_start),
         disc_weight: a.disc_weight.unwrap_or(d.disc_weight),
+        disc_layers: a.disc_layers.map_or(d.disc_layers, usize::from),
         init_from: c.init_from.clone(),
         ..d
     };

@@ -177,4 +177,32 @@ fn bad_training_options_are_refused_by_name() {
         run.to_str().unwrap(),
     ]));
     assert!(!ok && text.contains("--config is required"), "{text}");
+    // Numbers that size memory or work, and a discriminator deeper than the images allow.
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--batch-size", "100000"],
+            "--batch-size must be 1 to 4096",
+        ),
+        (
+            &["--steps", "99999999999"],
+            "--steps must be at most 1000000000",
+        ),
+        (
+            &["--kl-weight", "NaN"],
+            "--kl-weight must be a non-negative number",
+        ),
+        (&["--disc-start", "0"], "need images of at least 24 pixels"),
+        (&["--disc-layers", "99"], "99 is not in 1..=8"),
+    ];
+    for (args, expected) in cases {
+        let out = run.to_str().unwrap();
+        let (ok, text) = output(
+            ldm()
+                .args(["train", "autoencoder", "--config", &config, "--data", &data])
+                .args(["--out", out, "--quiet"])
+                .args(args),
+        );
+        assert!(!ok && text.contains(expected), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
 }

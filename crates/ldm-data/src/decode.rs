@@ -2,6 +2,7 @@
 //! read first and refused above a side limit, so a small file that declares an enormous image
 //! (a decompression bomb) costs nothing; the decoder then runs under the same limits.
 
+use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageReader, Limits};
@@ -13,17 +14,21 @@ pub const MAX_DATA_SIDE: u32 = 8192;
 
 /// Decodes the image at `path` if neither side exceeds `max_side`.
 pub fn open_image(path: &Path, max_side: u32) -> Result<DynamicImage, DataError> {
+    let bytes = std::fs::read(path).map_err(DataError::io(path))?;
+    decode_image(&bytes, max_side, path)
+}
+
+/// Decodes image `bytes` (read from `path`, which errors name) if neither side its header
+/// declares exceeds `max_side`.
+pub fn decode_image(bytes: &[u8], max_side: u32, path: &Path) -> Result<DynamicImage, DataError> {
     let image_error = |source| DataError::Image {
         path: path.to_path_buf(),
         source,
     };
-    let reader = || -> Result<ImageReader<_>, DataError> {
-        ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|source| DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(DataError::io(path))
     };
     let (width, height) = reader()?.into_dimensions().map_err(image_error)?;
     if width > max_side || height > max_side {

@@ -17,8 +17,8 @@ pub mod shapes;
 mod split;
 
 pub use atomic::{make_public_dir, write_atomic, StagingDir};
-pub use decode::{open_image, MAX_DATA_SIDE};
+pub use decode::{decode_image, open_image, MAX_DATA_SIDE};
 pub use error::DataError;
 pub use loader::{push_chw, Batch, ImageFolder, Loader, LoaderConfig};
-pub use metadata::{Record, METADATA_FILE};
+pub use metadata::{parse_metadata, Record, METADATA_FILE};
 pub use split::{Split, SplitWriter};

@@ -58,8 +58,17 @@ fn label_as_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 /// Reads the rows with their 1-based line numbers, skipping blank lines.
 pub(crate) fn read_metadata(path: &Path) -> Result<Vec<(usize, Record)>, DataError> {
     let file = std::fs::File::open(path).map_err(DataError::io(path))?;
+    parse_metadata(BufReader::new(file), path)
+}
+
+/// The rows of `metadata.jsonl` text read from `reader` (`path` names it in errors), with
+/// their 1-based line numbers, blank lines skipped.
+pub fn parse_metadata(
+    reader: impl BufRead,
+    path: &Path,
+) -> Result<Vec<(usize, Record)>, DataError> {
     let mut rows = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
+    for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(DataError::io(path))?;
         if line.trim().is_empty() {
             continue;

@@ -27,4 +27,4 @@ pub use plan::{MemoryEstimate, Plan, Task};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;
-pub use untrusted::check_graph;
+pub use untrusted::{check_bytes, check_graph};

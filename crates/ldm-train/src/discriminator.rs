@@ -62,6 +62,12 @@ impl PatchDiscriminator {
         Self { net }
     }
 
+    /// The smallest image side `layers` stages take: every stride-2 stage halves it and the
+    /// two stride-1 stages (kernel 4, padding 1) each need at least 3 pixels in.
+    pub fn smallest_side(layers: usize) -> usize {
+        3 << layers.min(16)
+    }
+
     /// Logits per patch, [B, 1, h, w].
     pub fn forward(&self, images: &Tensor, train: bool) -> Tensor {
         self.net.forward_t(images, train)

@@ -57,6 +57,13 @@ pub fn train_autoencoder(
             "autoencoder.regularizer = \"identity\" has no first stage to train (f = 1 runs diffusion on pixels)".into(),
         ));
     }
+    let smallest = PatchDiscriminator::smallest_side(options.disc_layers);
+    if options.disc_start < options.steps && config.resolution < smallest {
+        return Err(TrainError::Mismatch(format!(
+            "the patch discriminator's {} layers need images of at least {smallest} pixels, and this model trains at resolution = {}; use fewer discriminator layers (--disc-layers)",
+            options.disc_layers, config.resolution
+        )));
+    }
     let begun: Begun<AutoencoderState> = trainer::begin(out, data, config, options, resume)?;
     run::write_config(out, config)?;
     let folder = ImageFolder::open(data)?;
