@@ -62,37 +62,75 @@ impl StagingDir {
             .path()
     }
 
-    /// Moves the finished folder into place.
+    /// Moves the finished folder into place. A folder it replaces is swapped with it in one
+    /// atomic exchange (Linux), so the destination always holds the old folder or the new one;
+    /// elsewhere the old one moves aside first, and a crash in between leaves it whole beside
+    /// the new.
     pub fn commit(mut self) -> Result<PathBuf, DataError> {
         let staging = self.staging.take().expect("commit runs once").keep();
-        // The old folder moves aside first: a crash in between leaves it whole, beside the new.
-        let old = self.destination.with_file_name(format!(
-            ".{}.old",
-            self.destination
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ));
         let replaced = self.replace && self.destination.exists();
-        if replaced {
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&self.destination, &old).map_err(DataError::io(&self.destination))?;
-        }
-        std::fs::rename(&staging, &self.destination).map_err(|source| {
+        let moved = if replaced {
+            replace_dir(&staging, &self.destination)
+        } else {
+            std::fs::rename(&staging, &self.destination)
+        };
+        if let Err(source) = moved {
             let _ = std::fs::remove_dir_all(&staging);
-            if replaced {
-                let _ = std::fs::rename(&old, &self.destination);
-            }
-            DataError::Io {
+            return Err(DataError::Io {
                 path: self.destination.clone(),
                 source,
-            }
-        })?;
+            });
+        }
         if replaced {
-            let _ = std::fs::remove_dir_all(&old);
+            // The exchange left the old folder at the staging name.
+            let _ = std::fs::remove_dir_all(&staging);
         }
         Ok(self.destination.clone())
     }
+}
+
+/// Puts the folder `new` at `destination`, whose old folder ends up at `new`'s name.
+#[cfg(target_os = "linux")]
+fn replace_dir(new: &Path, destination: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let (from, to) = (c(new)?, c(destination)?);
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let status = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn replace_dir(new: &Path, destination: &Path) -> std::io::Result<()> {
+    let old = destination.with_file_name(format!(
+        ".{}.old",
+        destination
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(destination, &old)?;
+    if let Err(e) = std::fs::rename(new, destination) {
+        let _ = std::fs::rename(&old, destination);
+        return Err(e);
+    }
+    std::fs::rename(&old, new)
 }
 
 /// Writes a file that is either whole or absent: a temporary name, synced, then renamed.
