@@ -13,7 +13,7 @@ cd "$root"
 runs=${1:-2000000}
 targets=${TARGETS:-manifest tokenizer metadata image onnx}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-cargo +nightly fuzz build -O $targets >/dev/null
+cargo +nightly fuzz build -O >/dev/null
 total=0
 for target in $targets; do
   work=$(mktemp -d)

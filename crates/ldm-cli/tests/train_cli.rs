@@ -206,3 +206,66 @@ fn bad_training_options_are_refused_by_name() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// Runs as root only (a private mount namespace with a small tmpfs, by `unshare -m`), as CI
+/// and the development machines do; elsewhere it says so and passes.
+#[test]
+fn a_full_disk_during_a_checkpoint_is_named_and_keeps_the_last_good_one() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a tmpfs in a private mount namespace needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, data) = setup(tmp.path());
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let run = disk.join("run");
+    let train = |steps: u32, resume: &str| {
+        format!(
+            "{} train autoencoder --config {config} --data {data} --out {} --steps {steps} --batch-size 4 --checkpoint-every 1 --log-every 1 --quiet {resume}",
+            env!("CARGO_BIN_EXE_ldm"),
+            run.display()
+        )
+    };
+    // A tiny-model checkpoint is about 8.6 MB: 20 MB hold two, not the third the run needs.
+    let script = format!(
+        "mount -t tmpfs -o size=20m tmpfs {disk} || exit 97
+         {first} 2>&1; echo \"status=$?\"
+         echo \"latest=$(cat {run}/checkpoints/latest)\"
+         ls -a {run}/checkpoints
+         mount -o remount,size=256m {disk}
+         {resumed} 2>&1; echo \"resumed=$?\"",
+        disk = disk.display(),
+        run = run.display(),
+        first = train(40, ""),
+        resumed = train(6, "--resume"),
+    );
+    let (ok, text) = output(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(ok, "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(
+        text.contains("status=1"),
+        "the full disk stops the run: {text}"
+    );
+    assert!(text.contains("No space left on device"), "{text}");
+    // The pointer names a complete checkpoint written before the disk filled, no half-written
+    // one is left, and the run resumes from it once there is room.
+    let latest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("latest=step-"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(latest.parse::<u32>().unwrap() >= 1, "{text}");
+    assert!(!text.contains(".partial-"), "{text}");
+    assert!(
+        text.contains("resumed=0") && text.contains("done at step 6"),
+        "{text}"
+    );
+}
