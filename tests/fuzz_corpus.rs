@@ -5,8 +5,10 @@
 
 use std::path::Path;
 
-/// Each target's name and the call its libFuzzer target makes.
-fn targets() -> Vec<(&'static str, fn(&[u8]))> {
+/// A target's name and the call its libFuzzer target makes.
+type Target = (&'static str, fn(&[u8]));
+
+fn targets() -> Vec<Target> {
     vec![
         ("manifest", |data| {
             if let Ok(text) = std::str::from_utf8(data) {

@@ -598,6 +598,14 @@ mod tests {
         })
     }
 
+    /// Refuses the minimal manifest edited by `edit` with a message containing `expect`.
+    fn refuse(edit: &dyn Fn(&mut serde_json::Value), expect: &str) {
+        let mut v = minimal();
+        edit(&mut v);
+        let err = Manifest::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(err.contains(expect), "{err} (expected {expect})");
+    }
+
     #[test]
     fn a_minimal_manifest_round_trips() {
         let m = Manifest::parse(&minimal().to_string()).unwrap();
@@ -611,12 +619,6 @@ mod tests {
 
     #[test]
     fn newer_missing_unknown_and_inconsistent_are_refused() {
-        let refuse = |edit: &dyn Fn(&mut serde_json::Value), expect: &str| {
-            let mut v = minimal();
-            edit(&mut v);
-            let err = Manifest::parse(&v.to_string()).unwrap_err().to_string();
-            assert!(err.contains(expect), "{err} (expected {expect})");
-        };
         refuse(&|v| v["format"] = 2.into(), "bundle format 2 is newer");
         refuse(
             &|v| {
@@ -656,12 +658,6 @@ mod tests {
 
     #[test]
     fn numbers_that_size_work_are_bounded_and_dimensions_agree_with_the_graphs() {
-        let refuse = |edit: &dyn Fn(&mut serde_json::Value), expect: &str| {
-            let mut v = minimal();
-            edit(&mut v);
-            let err = Manifest::parse(&v.to_string()).unwrap_err().to_string();
-            assert!(err.contains(expect), "{err} (expected {expect})");
-        };
         // A top-level number that disagrees with the graph names the field.
         refuse(
             &|v| v["latent_channels"] = 7.into(),

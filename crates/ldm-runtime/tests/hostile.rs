@@ -3,30 +3,15 @@
 //! disagrees with its graphs, tokenizers the text encoder cannot take, weights that are not
 //! finite, and thread counts the machine cannot run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{edited_bundle, shipped_bundle};
 
 use ldm_runtime::{Backend, Bundle, Generate, Pipeline};
 use prost::Message;
 use tract_onnx::pb;
-
-fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/shapes-text")
-}
-
-/// A copy of the shipped bundle in `dir`, its manifest edited by `edit`.
-fn copy(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let bundle = dir.join("bundle");
-    let _ = std::fs::remove_dir_all(&bundle);
-    std::fs::create_dir(&bundle).unwrap();
-    for entry in std::fs::read_dir(shipped()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
-    }
-    let manifest = bundle.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, edit(text)).unwrap();
-    bundle
-}
 
 fn load_error(bundle: &Path) -> String {
     Bundle::load(bundle).err().expect("refused").to_string()
@@ -44,7 +29,7 @@ fn no_file_is_read_from_outside_the_bundle() {
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     for file in ["manifest.json", "tokenizer.json", "unet.onnx"] {
-        std::fs::copy(shipped().join(file), outside.join(file)).unwrap();
+        std::fs::copy(shipped_bundle().join(file), outside.join(file)).unwrap();
     }
     // Each file the bundle holds, replaced by a link to a copy elsewhere.
     for file in [
@@ -53,11 +38,11 @@ fn no_file_is_read_from_outside_the_bundle() {
         "unet.onnx",
         "decoder.onnx",
     ] {
-        let bundle = copy(dir.path(), |t| t);
+        let bundle = edited_bundle(dir.path(), |t| t);
         std::fs::remove_file(bundle.join(file)).unwrap();
         let target = outside.join(file);
         if !target.exists() {
-            std::fs::copy(shipped().join(file), &target).unwrap();
+            std::fs::copy(shipped_bundle().join(file), &target).unwrap();
         }
         std::os::unix::fs::symlink(&target, bundle.join(file)).unwrap();
         assert_contains(&load_error(&bundle), &[file, "symbolic link"]);
@@ -69,7 +54,7 @@ fn no_file_is_read_from_outside_the_bundle() {
         "sub/tokenizer.json",
         "..",
     ] {
-        let bundle = copy(dir.path(), |t| {
+        let bundle = edited_bundle(dir.path(), |t| {
             t.replace("\"tokenizer.json\"", &format!("{name:?}"))
         });
         assert_contains(
@@ -77,7 +62,7 @@ fn no_file_is_read_from_outside_the_bundle() {
             &["conditioning.tokenizer", "not a plain file name"],
         );
     }
-    let bundle = copy(dir.path(), |t| {
+    let bundle = edited_bundle(dir.path(), |t| {
         t.replace("\"unet.onnx\"", "\"../outside/unet.onnx\"")
     });
     assert_contains(
@@ -127,14 +112,14 @@ fn numbers_that_size_work_are_bounded_and_must_agree_with_the_graphs() {
         ),
     ];
     for (from, to, expected) in cases {
-        let bundle = copy(dir.path(), |t| {
+        let bundle = edited_bundle(dir.path(), |t| {
             assert!(t.contains(from), "{from}");
             t.replace(from, to)
         });
         assert_contains(&load_error(&bundle), expected);
     }
     // The graphs' own declared shapes are checked against the manifest's specs, too.
-    let bundle = copy(dir.path(), |t| {
+    let bundle = edited_bundle(dir.path(), |t| {
         t.replacen("\n            4,\n", "\n            5,\n", 1)
     });
     assert_contains(&load_error(&bundle), &["manifest.json"]);
@@ -144,11 +129,12 @@ fn numbers_that_size_work_are_bounded_and_must_agree_with_the_graphs() {
 fn tokenizers_the_text_encoder_cannot_take_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let original: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shipped().join("tokenizer.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(shipped_bundle().join("tokenizer.json")).unwrap())
+            .unwrap();
     let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut json = original.clone();
         edit(&mut json);
-        let bundle = copy(dir.path(), |t| t);
+        let bundle = edited_bundle(dir.path(), |t| t);
         std::fs::write(bundle.join("tokenizer.json"), json.to_string()).unwrap();
         load_error(&bundle)
     };
@@ -175,7 +161,7 @@ fn tokenizers_the_text_encoder_cannot_take_are_refused() {
     let err = edited(&|j| j["normalizer"] = serde_json::json!({"type": "Replace"}));
     assert_contains(&err, &["its normalizer is of type Replace"]);
     // Not JSON, or a vocabulary far beyond any model's.
-    let bundle = copy(dir.path(), |t| t);
+    let bundle = edited_bundle(dir.path(), |t| t);
     std::fs::write(bundle.join("tokenizer.json"), b"\xff\xfe{").unwrap();
     assert_contains(&load_error(&bundle), &["tokenizer.json", "not JSON"]);
     let err = edited(&|j| {
@@ -186,7 +172,8 @@ fn tokenizers_the_text_encoder_cannot_take_are_refused() {
     });
     assert_contains(&err, &["vocabulary entries, above the"]);
     // A prompt far longer than any context.
-    let mut pipeline = Pipeline::new(Bundle::load(&shipped()).unwrap(), Backend::Tract, 1).unwrap();
+    let mut pipeline =
+        Pipeline::new(Bundle::load(&shipped_bundle()).unwrap(), Backend::Tract, 1).unwrap();
     let err = pipeline
         .generate(&Generate::new(vec!["a".repeat(1 << 20)]), &mut |_| true)
         .unwrap_err()
@@ -196,7 +183,7 @@ fn tokenizers_the_text_encoder_cannot_take_are_refused() {
 
 /// The shipped bundle with every weight of `graph` replaced by `value`.
 fn with_weights(dir: &Path, graph: &str, value: f32) -> PathBuf {
-    let bundle = copy(dir, |t| t);
+    let bundle = edited_bundle(dir, |t| t);
     let path = bundle.join(graph);
     let mut model = pb::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
     for tensor in &mut model.graph.as_mut().unwrap().initializer {
@@ -242,7 +229,8 @@ fn a_network_that_outputs_nan_or_infinity_is_named_instead_of_making_an_image() 
         );
     }
     // Guidance scales that would push a healthy network out of range are refused first.
-    let pipeline = Pipeline::new(Bundle::load(&shipped()).unwrap(), Backend::Tract, 1).unwrap();
+    let pipeline =
+        Pipeline::new(Bundle::load(&shipped_bundle()).unwrap(), Backend::Tract, 1).unwrap();
     for guidance in [1e38, -1e3, f64::INFINITY] {
         let err = pipeline
             .plan(&request.clone().guidance(guidance))
@@ -254,10 +242,14 @@ fn a_network_that_outputs_nan_or_infinity_is_named_instead_of_making_an_image() 
 #[test]
 fn thread_counts_are_bounded_by_the_machine() {
     for threads in [0, 100_000, usize::MAX] {
-        let err = Pipeline::new(Bundle::load(&shipped()).unwrap(), Backend::Tract, threads)
-            .err()
-            .expect("refused")
-            .to_string();
+        let err = Pipeline::new(
+            Bundle::load(&shipped_bundle()).unwrap(),
+            Backend::Tract,
+            threads,
+        )
+        .err()
+        .expect("refused")
+        .to_string();
         assert_contains(&err, &[&format!("{threads} threads: at most")]);
     }
 }

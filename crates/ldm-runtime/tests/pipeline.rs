@@ -2,16 +2,15 @@
 //! not depend on the batch, the same images on tract and ONNX Runtime, and bundles or requests
 //! that do not fit refused with a message that names the problem.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{edited_bundle, shipped_bundle};
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, RuntimeError};
 
-fn default_bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/shapes-text")
-}
-
 fn generate(backend: Backend, request: &Generate) -> Result<Vec<Image>, RuntimeError> {
-    let bundle = Bundle::load(&default_bundle())?;
+    let bundle = Bundle::load(&shipped_bundle())?;
     Pipeline::new(bundle, backend, 2)?.generate(request, &mut |_| true)
 }
 
@@ -84,20 +83,6 @@ fn tract_and_onnxruntime_make_the_same_images() {
 }
 
 /// A copy of the default bundle with `edit` applied to its manifest text.
-fn edited_bundle(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let copy = dir.join("bundle");
-    let _ = std::fs::remove_dir_all(&copy);
-    std::fs::create_dir(&copy).unwrap();
-    for entry in std::fs::read_dir(default_bundle()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-    }
-    let manifest = copy.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, edit(text)).unwrap();
-    copy
-}
-
 fn open_error(dir: &Path) -> String {
     let result = Bundle::load(dir).and_then(|b| Pipeline::new(b, Backend::Tract, 1));
     result.err().expect("refused").to_string()
@@ -206,7 +191,7 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
         }),
         "a mask needs an input image",
     );
-    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let bundle = Bundle::load(&shipped_bundle()).unwrap();
     let pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let long = Generate::new(vec![["a large red circle"; 8].join(" and ")]);
     let warnings = pipeline.warnings(&long).unwrap();
@@ -223,7 +208,7 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
 
 #[test]
 fn cancelling_stops_between_steps() {
-    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let bundle = Bundle::load(&shipped_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let mut seen = 0;
     let result = pipeline.generate(&Generate::new(vec![PROMPT.into()]).steps(10), &mut |p| {
@@ -238,7 +223,7 @@ fn cancelling_stops_between_steps() {
 #[test]
 fn every_sampler_runs_through_the_pipeline() {
     use ldm_core::SamplerKind;
-    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let bundle = Bundle::load(&shipped_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let mut images = Vec::new();
     for name in ["ddpm", "ddim", "plms", "dpm++2m", "euler", "euler-a"] {
@@ -314,7 +299,7 @@ fn image_to_image_keeps_what_strength_leaves() {
     let init = circle();
     let blue = "a large blue circle in the center on a white background";
     let mut steps_run = 0;
-    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let bundle = Bundle::load(&shipped_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let request = Generate::new(vec![blue.into()])
         .steps(10)
@@ -386,7 +371,7 @@ fn a_gpu_provider_that_cannot_start_is_reported_not_replaced() {
         (Backend::OrtCuda, "CUDAExecutionProvider"),
         (Backend::OrtTensorRt, "TensorrtExecutionProvider"),
     ] {
-        let bundle = Bundle::load(&default_bundle()).unwrap();
+        let bundle = Bundle::load(&shipped_bundle()).unwrap();
         match Pipeline::new(bundle, backend, 1) {
             // A machine with onnxruntime-gpu and a GPU runs it.
             Ok(_) => {}
@@ -482,7 +467,7 @@ fn graphs_reaching_outside_the_bundle_or_absurdly_large_are_refused() {
 
 #[test]
 fn reconstruction_round_trips_an_image_of_any_fitting_size_and_refuses_others() {
-    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let bundle = Bundle::load(&shipped_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let original = circle();
     let rec = pipeline.reconstruct(&original).unwrap();
@@ -512,7 +497,7 @@ fn reconstruction_round_trips_an_image_of_any_fitting_size_and_refuses_others() 
 #[test]
 fn the_plan_resolves_defaults_sizes_and_memory_before_anything_runs() {
     use ldm_runtime::Task;
-    let bundle = Bundle::load(&default_bundle()).unwrap();
+    let bundle = Bundle::load(&shipped_bundle()).unwrap();
     let mut pipeline = Pipeline::new(bundle, Backend::Tract, 1).unwrap();
     let plan = pipeline
         .plan(&Generate::new(vec![PROMPT.into(); 2]).dimensions(64, 96))
