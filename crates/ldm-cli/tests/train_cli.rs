@@ -36,6 +36,9 @@ fn train(config: &str, data: &str, out: &Path, steps: u64, every: u64, resume: b
         &steps.to_string(),
         "--batch-size",
         "4",
+        // Two stages: a 16-pixel image is too small for the default three.
+        "--disc-layers",
+        "2",
         "--quiet",
     ])
     .args(["--checkpoint-every", &every.to_string(), "--log-every", "1"]);
