@@ -224,7 +224,7 @@ fn draw(rngs: &mut [ChaCha8Rng], per_image: usize) -> Vec<f32> {
 }
 
 /// x where the mask is 1, `known` where it is 0 (soft in between), per channel plane.
-pub fn blend(x: &mut [f32], known: &[f32], mask: &[f32]) {
+fn blend(x: &mut [f32], known: &[f32], mask: &[f32]) {
     let plane = mask.len();
     for (i, (v, k)) in x.iter_mut().zip(known).enumerate() {
         let m = mask[i % plane];
