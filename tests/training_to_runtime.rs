@@ -30,10 +30,7 @@ fn a_release_on_tch_and_its_bundle_on_tract_draw_the_same_images_with_every_samp
         ("euler", 0.0),
         ("euler-a", 0.0),
     ] {
-        let sampler = match name.parse::<SamplerKind>().unwrap() {
-            SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta },
-            other => other,
-        };
+        let sampler = name.parse::<SamplerKind>().unwrap().with_eta(eta);
         let options = SampleOptions {
             sampler,
             steps: 8,

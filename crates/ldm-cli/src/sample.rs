@@ -93,10 +93,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let device = ldm_train::parse_device(&a.device)?;
     let mut model = TrainedModel::load(&a.run, device)
         .with_context(|| format!("loading {}", a.run.display()))?;
-    let sampler = match a.sampler {
-        SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta: a.eta },
-        other => other,
-    };
+    let sampler = a.sampler.with_eta(a.eta);
     let mut images = Vec::new();
     for (i, chunk) in prompts.chunks(BATCH).enumerate() {
         let options = SampleOptions {

@@ -176,10 +176,7 @@ pub fn plan(
             .parse::<SamplerKind>()
             .map_err(RequestError::DefaultSampler)?,
     };
-    let sampler = match sampler {
-        SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta },
-        other => other,
-    };
+    let sampler = sampler.with_eta(eta);
     let task = check_images(request, task, m.downsampling_factor, (width, height), steps)?;
 
     let has_conditioner = matches!(

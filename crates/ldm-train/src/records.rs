@@ -135,12 +135,7 @@ impl DiffusionOptions {
             .sample_sampler
             .parse::<SamplerKind>()
             .map_err(TrainError::Mismatch)?;
-        Ok(match kind {
-            SamplerKind::Ddim { .. } => SamplerKind::Ddim {
-                eta: self.sample_eta,
-            },
-            other => other,
-        })
+        Ok(kind.with_eta(self.sample_eta))
     }
 }
 

@@ -29,6 +29,8 @@ pub struct CommonOptions<'a> {
 
 /// A stage's hyper-parameters, saved with every checkpoint.
 pub trait StageOptions: Clone + PartialEq + Debug + Serialize + DeserializeOwned {
+    /// Steps the run trains to.
+    fn steps(&self) -> u64;
     fn common(&mut self) -> CommonOptions<'_>;
     /// The run this one was fine-tuned from (`--init-from`), for stages that can be.
     fn init_from(&mut self) -> Option<&mut Option<PathBuf>> {
@@ -53,6 +55,9 @@ pub trait StageState: Serialize + DeserializeOwned {
 macro_rules! stage_records {
     ($options:ty, $state:ty, $config:ty $(, $init_from:ident)?) => {
         impl $crate::trainer::StageOptions for $options {
+            fn steps(&self) -> u64 {
+                self.steps
+            }
             fn common(&mut self) -> $crate::trainer::CommonOptions<'_> {
                 $crate::trainer::CommonOptions {
                     steps: &mut self.steps,
@@ -88,14 +93,10 @@ macro_rules! stage_records {
 }
 pub(crate) use stage_records;
 
-fn steps_of<O: StageOptions>(options: &O) -> u64 {
-    *options.clone().common().steps
-}
-
 /// `options` with the steps and fine-tuning source of `from`: what must match on resume.
 fn with_run_of<O: StageOptions>(mut options: O, from: &O) -> O {
+    *options.common().steps = from.steps();
     let mut from = from.clone();
-    *options.common().steps = *from.common().steps;
     if let (Some(mine), Some(theirs)) = (options.init_from(), from.init_from()) {
         *mine = theirs.clone();
     }
@@ -164,7 +165,7 @@ pub fn begin<S: StageState>(
     let (options, step) = match &resumed {
         Some(state) => {
             let mut kept = state.options().clone();
-            *kept.common().steps = steps_of(&options);
+            *kept.common().steps = options.steps();
             (kept, state.step())
         }
         None => (options, 0),
@@ -234,7 +235,7 @@ pub fn train<S: Stage, St: StageState>(
     out: &Path,
     cadence: Cadence,
 ) -> Result<Finished, TrainError> {
-    let steps = steps_of(&begun.options);
+    let steps = begun.options.steps();
     let mut columns: Vec<&'static str> = S::COLUMNS.iter().map(|c| c.0).collect();
     if S::THROUGHPUT {
         columns.push("steps_per_second");

@@ -86,6 +86,14 @@ impl SamplerKind {
         }
     }
 
+    /// This sampler, with DDIM's stochasticity set to `eta` (the others have none).
+    pub fn with_eta(self, eta: f64) -> Self {
+        match self {
+            SamplerKind::Ddim { .. } => SamplerKind::Ddim { eta },
+            other => other,
+        }
+    }
+
     /// The sampler over `steps` of `schedule`'s timesteps (1 ≤ steps ≤ T).
     pub fn build(self, schedule: &NoiseSchedule, steps: usize) -> Box<dyn Sampler> {
         let timesteps: Vec<usize> = ddim_timesteps(schedule, steps).into_iter().rev().collect();
