@@ -3,6 +3,8 @@
 #   torch==2.13.0        the libtorch that tch 0.26 links (training, export, reference outputs)
 #   onnxruntime==1.31.1  the shared library that `ort` loads at run time (load-dynamic)
 #   onnx                 the reference checker used by the export tests
+#   diffusers, transformers  the reference software that writes and runs the checkpoints the
+#                        import tests read (offline: tiny random models, nothing downloaded)
 # and links them under .ldm/ where .cargo/config.toml points cargo, so plain
 # `cargo build` / `cargo test` work afterwards. Idempotent: a second run takes a second.
 #
@@ -15,6 +17,8 @@ venv=${LDM_VENV:-$root/.venv}
 torch_version=2.13.0
 ort_version=1.31.1
 onnx_version=1.23.2
+diffusers_version=0.42.1
+transformers_version=5.23.0
 
 flavour=cpu
 case "${1:-auto}" in
@@ -26,16 +30,17 @@ esac
 ort_package=onnxruntime
 [ "$flavour" = gpu ] && ort_package=onnxruntime-gpu
 
-stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version"
+stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version-diffusers$diffusers_version-transformers$transformers_version"
 if [ ! -f "$stamp" ]; then
   command -v python3 >/dev/null || { echo "setup.sh: python3 is missing; install it (apt-get install python3 python3-venv)" >&2; exit 1; }
-  echo "setup.sh: creating $venv (torch $torch_version, $ort_package $ort_version, onnx $onnx_version; about 5 GB, a few minutes)"
+  echo "setup.sh: creating $venv (torch $torch_version, $ort_package $ort_version, onnx $onnx_version, diffusers $diffusers_version, transformers $transformers_version; about 5 GB, a few minutes)"
   python3 -m venv "$venv" || { echo "setup.sh: python3 cannot create a virtualenv; install venv support (apt-get install python3-venv) and run again" >&2; rm -rf "$venv"; exit 1; }
   "$venv/bin/pip" install --quiet --upgrade pip
   # onnxruntime and onnxruntime-gpu install the same module: keep exactly one.
   other=onnxruntime-gpu; [ "$ort_package" = onnxruntime-gpu ] && other=onnxruntime
   "$venv/bin/pip" uninstall --quiet --yes "$other" >/dev/null 2>&1 || true
-  "$venv/bin/pip" install --quiet "torch==$torch_version" "$ort_package==$ort_version" "onnx==$onnx_version" numpy
+  "$venv/bin/pip" install --quiet "torch==$torch_version" "$ort_package==$ort_version" "onnx==$onnx_version" numpy \
+    "diffusers==$diffusers_version" "transformers==$transformers_version"
   rm -f "$venv"/.ldm-setup-*
   touch "$stamp"
 fi

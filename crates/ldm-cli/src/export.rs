@@ -29,6 +29,19 @@ pub struct ExportArgs {
     no_parity: bool,
 }
 
+impl ExportArgs {
+    /// An export of `model` to `out` in `precision`, parity checked.
+    pub fn new(model: PathBuf, out: PathBuf, precision: Precision) -> Self {
+        Self {
+            model,
+            out,
+            fp16: precision == Precision::F16,
+            fp16_weights: precision == Precision::F16Weights,
+            no_parity: false,
+        }
+    }
+}
+
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let options = ExportOptions {
         precision: match (args.fp16, args.fp16_weights) {

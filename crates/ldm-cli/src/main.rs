@@ -7,6 +7,8 @@ mod eval;
 #[cfg(feature = "train")]
 mod export;
 mod generate;
+#[cfg(feature = "train")]
+mod import;
 mod model;
 mod progress;
 #[cfg(feature = "train")]
@@ -51,6 +53,10 @@ enum Command {
     /// Export a trained model to an ONNX bundle (needs the `train` feature).
     #[cfg(feature = "train")]
     Export(export::ExportArgs),
+    /// Import a Stable Diffusion checkpoint (diffusers folder, .safetensors or .ckpt) as a
+    /// release, and optionally a bundle (needs the `train` feature).
+    #[cfg(feature = "train")]
+    Import(import::ImportArgs),
 }
 
 /// Errors are printed as one line with their causes (no backtrace: they are the user's to fix).
@@ -88,5 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         #[cfg(feature = "train")]
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "train")]
+        Command::Import(args) => import::run(args),
     }
 }

@@ -1,8 +1,9 @@
 //! The caption tokenizer: BERT-style WordPiece (the paper's text-to-image model uses the BERT
-//! tokenizer, E.2.1), trained on the data set's own captions, stored as `tokenizer.json`.
-//! Another WordPiece `tokenizer.json` can be loaded in its place; as untrusted input, a file
-//! is read only if every component is of a kind this module writes (none runs a regular
-//! expression), its vocabulary is bounded, and prompts are bounded in length.
+//! tokenizer, E.2.1), trained on the data set's own captions, stored as `tokenizer.json`; or
+//! CLIP's byte-level BPE, for imported Stable Diffusion models. As untrusted input, a file is
+//! read only if every component is of a kind these two use (the only regular expressions
+//! allowed are CLIP's own two, compared as text), its vocabulary is bounded, and prompts are
+//! bounded in length.
 
 use std::path::Path;
 
@@ -26,15 +27,56 @@ const MAX_VOCABULARY: usize = 1 << 20;
 pub const MAX_PROMPT_BYTES: usize = 16 << 10;
 /// The component types a loaded `tokenizer.json` may use, by JSON key (null: none).
 const ACCEPTED: [(&str, &[&str]); 5] = [
-    ("model", &["WordPiece"]),
-    ("normalizer", &["BertNormalizer"]),
+    ("model", &["WordPiece", "BPE"]),
+    ("normalizer", &["BertNormalizer", "Sequence", "NFC", "Lowercase", "Replace"]),
     (
         "pre_tokenizer",
-        &["BertPreTokenizer", "Whitespace", "WhitespaceSplit"],
+        &["BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Sequence", "Split", "ByteLevel"],
     ),
-    ("post_processor", &["BertProcessing"]),
-    ("decoder", &["WordPiece"]),
+    ("post_processor", &["BertProcessing", "RobertaProcessing"]),
+    ("decoder", &["WordPiece", "ByteLevel"]),
 ];
+/// CLIP's word splitting: its special tokens, English contractions, letter runs, single
+/// digits, runs of other non-space characters (the pattern `transformers` writes).
+pub const CLIP_SPLIT: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+/// CLIP's whitespace clean-up: runs of whitespace become one space.
+pub const CLIP_WHITESPACE: &str = r"\s+";
+
+/// Whether `component` (a normalizer or pre-tokenizer, possibly a `Sequence`) is built only of
+/// `kinds`, with regular expressions only where they equal CLIP's.
+fn accepted(component: &serde_json::Value, kinds: &[&str], depth: usize) -> Result<(), String> {
+    let kind = component.get("type").and_then(|t| t.as_str());
+    let Some(kind) = kind.filter(|k| kinds.contains(k)) else {
+        return Err(format!(
+            "{}; this runtime reads types {}",
+            kind.map_or("missing or untyped".into(), |k| format!("of type {k}")),
+            kinds.join(", ")
+        ));
+    };
+    if kind == "Sequence" {
+        let parts = component
+            .get("normalizers")
+            .or_else(|| component.get("pretokenizers"))
+            .and_then(|p| p.as_array())
+            .ok_or("a Sequence without parts")?;
+        if depth > 0 || parts.len() > 8 {
+            return Err("a Sequence nested or longer than 8".into());
+        }
+        return parts.iter().try_for_each(|p| accepted(p, kinds, depth + 1));
+    }
+    let regex = component.get("pattern").and_then(|p| p.get("Regex"));
+    let allowed = match kind {
+        "Split" => Some(CLIP_SPLIT),
+        "Replace" => Some(CLIP_WHITESPACE),
+        _ => None,
+    };
+    match (regex, allowed) {
+        (None, _) => Ok(()),
+        (Some(r), Some(a)) if r.as_str() == Some(a) => Ok(()),
+        (Some(r), _) => Err(format!("a {kind} with the regular expression {r}, which is not CLIP's")),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -61,6 +103,42 @@ pub struct Encoded {
 pub struct TextTokenizer {
     inner: Tokenizer,
     pad_id: u32,
+    /// The special token that ends every encoded prompt, if any.
+    closing: Option<u32>,
+}
+
+/// Checks the bytes of a `tokenizer.json` (`source` names it in errors) as untrusted input:
+/// bounded in size and vocabulary, and built only of the component types this module knows.
+pub fn check_untrusted(bytes: &[u8], source: &str) -> Result<(), TokenizerError> {
+    let refuse = |message: String| TokenizerError::Load {
+        path: source.to_string(),
+        message,
+    };
+    if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, above the {MAX_TOKENIZER_BYTES} a tokenizer.json may have",
+            bytes.len()
+        )));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| refuse(format!("not JSON: {e}")))?;
+    for (key, kinds) in ACCEPTED {
+        match json.get(key) {
+            None | Some(serde_json::Value::Null) if key != "model" => continue,
+            None => return Err(refuse(format!("its {key} is missing"))),
+            Some(component) => {
+                accepted(component, kinds, 0).map_err(|m| refuse(format!("its {key} is {m}")))?
+            }
+        }
+    }
+    let entries = json["model"]["vocab"].as_object().map_or(0, |v| v.len())
+        + json["added_tokens"].as_array().map_or(0, |a| a.len());
+    if entries > MAX_VOCABULARY {
+        return Err(refuse(format!(
+            "{entries} vocabulary entries, above the {MAX_VOCABULARY} a tokenizer may have"
+        )));
+    }
+    Ok(())
 }
 
 impl TextTokenizer {
@@ -131,51 +209,39 @@ impl TextTokenizer {
     }
 
     /// A tokenizer from the bytes of a `tokenizer.json` (`source` names it in errors), checked
-    /// as untrusted input: bounded in size and vocabulary, and built only of the component
-    /// types this module writes.
+    /// as untrusted input by [`check_untrusted`].
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self, TokenizerError> {
-        let refuse = |message: String| TokenizerError::Load {
+        check_untrusted(bytes, source)?;
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Load {
             path: source.to_string(),
-            message,
-        };
-        if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
-            return Err(refuse(format!(
-                "{} bytes, above the {MAX_TOKENIZER_BYTES} a tokenizer.json may have",
-                bytes.len()
-            )));
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| refuse(format!("not JSON: {e}")))?;
-        for (key, kinds) in ACCEPTED {
-            let kind = match json.get(key) {
-                None | Some(serde_json::Value::Null) if key != "model" => continue,
-                Some(component) => component.get("type").and_then(|t| t.as_str()),
-                None => None,
-            };
-            if !kind.is_some_and(|k| kinds.contains(&k)) {
-                return Err(refuse(format!(
-                    "its {key} is {}; this runtime reads {key}s of type {}",
-                    kind.map_or("missing or untyped".into(), |k| format!("of type {k}")),
-                    kinds.join(", ")
-                )));
-            }
-        }
-        let entries = json["model"]["vocab"].as_object().map_or(0, |v| v.len())
-            + json["added_tokens"].as_array().map_or(0, |a| a.len());
-        if entries > MAX_VOCABULARY {
-            return Err(refuse(format!(
-                "{entries} vocabulary entries, above the {MAX_VOCABULARY} a tokenizer may have"
-            )));
-        }
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
+            message: e.to_string(),
+        })?;
         Self::from_tokenizer(inner)
     }
 
-    fn from_tokenizer(inner: Tokenizer) -> Result<Self, TokenizerError> {
-        let pad_id = inner
-            .token_to_id(PAD)
-            .ok_or_else(|| TokenizerError::MissingPad(PAD.into()))?;
-        Ok(Self { inner, pad_id })
+    fn from_tokenizer(mut inner: Tokenizer) -> Result<Self, TokenizerError> {
+        // The pad token is the file's padding token where it names one (CLIP), else [PAD]:
+        // padding and truncation are done here, so the file's own are switched off.
+        let pad_id = match inner.get_padding() {
+            Some(padding) => padding.pad_id,
+            None => inner
+                .token_to_id(PAD)
+                .ok_or_else(|| TokenizerError::MissingPad(PAD.into()))?,
+        };
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        // What closes every sequence ([SEP], CLIP's end token): kept when a prompt is cut.
+        let framing = inner
+            .encode("", true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let closing = framing.get_ids().last().copied();
+        Ok(Self {
+            inner,
+            pad_id,
+            closing,
+        })
     }
 
     /// Writes `tokenizer.json` atomically (temporary file, then rename).
@@ -236,11 +302,10 @@ impl TextTokenizer {
         let mut ids = self.ids(text)?;
         let truncated = ids.len() > max_length;
         if truncated {
-            // Keep the closing [SEP] (when there is one) so the sequence still ends as trained.
-            let last = *ids.last().expect("longer than max_length");
+            // Keep the closing token (when there is one) so the sequence still ends as trained.
             ids.truncate(max_length);
-            if self.inner.id_to_token(last as u32).as_deref() == Some(SEP) {
-                ids[max_length - 1] = last;
+            if let (Some(closing), Some(last)) = (self.closing, ids.last_mut()) {
+                *last = closing as i64;
             }
         }
         ids.resize(max_length, self.pad_id as i64);

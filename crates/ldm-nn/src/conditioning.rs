@@ -1,7 +1,8 @@
-//! The conditioning encoders tau_theta of paper 3.3: the text transformer of E.2.1 and the
-//! class embedder.
+//! The conditioning encoders tau_theta of paper 3.3: the text transformer of E.2.1 (or CLIP's,
+//! for imported Stable Diffusion models) and the class embedder.
 
-use crate::layers::{layer_norm, linear, multi_head_attention, Path};
+use crate::config::{Activation, TextEncoderKind};
+use crate::layers::{layer_norm, linear, merge_heads, multi_head_attention, split_heads, Path};
 use crate::ops::{Dim, Init, Ops, Result};
 
 /// The sizes of a text encoder (from [`crate::Conditioning::Text`]).
@@ -13,37 +14,117 @@ pub struct TextEncoderShape {
     pub depth: usize,
     pub heads: usize,
     pub head_dim: usize,
+    pub encoder: TextEncoderKind,
+    pub activation: Activation,
+    pub mlp_width: usize,
+    /// Rows of the position table (at least max_length; the first max_length are used).
+    pub positions: usize,
 }
 
-/// Token ids [B, L] (int64) -> context [B, L, width]: token + learned position embedding,
-/// `depth` pre-LayerNorm blocks (self-attention, GELU MLP of 4·width), final LayerNorm.
-/// Unmasked, as in the paper: padding tokens are part of the sequence.
+/// Added to attention scores a position may not see: exp() of it is 0 in f32 and f16.
+const MASKED: f32 = -1e9;
+
+/// Token ids [B, L] (int64) -> context [B, L, width].
 pub fn text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> Result<O::T> {
-    let TextEncoderShape {
-        vocab_size,
-        max_length,
-        width,
-        depth,
-        heads,
-        head_dim,
-    } = shape;
-    let token = o.param("token_emb.weight", &[vocab_size, width], Init::Normal(0.02))?;
-    let position = o.param("pos_emb.weight", &[max_length, width], Init::Normal(0.02))?;
+    match shape.encoder {
+        TextEncoderKind::Ldm => ldm_text_encoder(o, ids, shape),
+        TextEncoderKind::Clip => clip_text_encoder(o, ids, shape),
+    }
+}
+
+fn activation<O: Ops>(o: &mut O, x: &O::T, activation: Activation) -> Result<O::T> {
+    match activation {
+        Activation::Gelu => o.gelu(x),
+        Activation::QuickGelu => {
+            let s = o.scale(x, 1.702)?;
+            let s = o.sigmoid(&s)?;
+            o.mul(x, &s)
+        }
+    }
+}
+
+/// Token embeddings plus the first max_length rows of the position table.
+fn embed<O: Ops>(
+    o: &mut O,
+    ids: &O::T,
+    shape: TextEncoderShape,
+    token: &str,
+    position: &str,
+) -> Result<O::T> {
+    let token = o.param(token, &[shape.vocab_size, shape.width], Init::Normal(0.02))?;
+    let table = o.param(position, &[shape.positions, shape.width], Init::Normal(0.02))?;
     let x = o.embedding(&token, ids)?;
-    // All max_length positions: sequences are always padded to the full length.
-    let mut x = o.add(&x, &position)?;
-    for i in 0..depth {
+    // Sequences are always padded to the full length.
+    let used = if shape.positions == shape.max_length {
+        table
+    } else {
+        o.narrow(&table, 0, 0, shape.max_length)?
+    };
+    o.add(&x, &used)
+}
+
+/// The paper's encoder: token + learned position embedding, `depth` pre-LayerNorm blocks
+/// (self-attention, MLP), final LayerNorm. Unmasked, as in the paper: padding tokens are part
+/// of the sequence.
+fn ldm_text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> Result<O::T> {
+    let (width, heads, head_dim) = (shape.width, shape.heads, shape.head_dim);
+    let mut x = embed(o, ids, shape, "token_emb.weight", "pos_emb.weight")?;
+    for i in 0..shape.depth {
         let p = Path::root("layers").pp(i);
         let n = layer_norm(o, &p.pp("attn_norm"), &x, width)?;
         let a = multi_head_attention(o, &p.pp("attn"), &n, &n, width, width, heads, head_dim)?;
         x = o.add(&x, &a)?;
         let n = layer_norm(o, &p.pp("ff_norm"), &x, width)?;
-        let h = linear(o, &p.pp("ff").pp(0), &n, width, 4 * width, true)?;
-        let h = o.gelu(&h)?;
-        let h = linear(o, &p.pp("ff").pp(2), &h, 4 * width, width, true)?;
+        let h = linear(o, &p.pp("ff").pp(0), &n, width, shape.mlp_width, true)?;
+        let h = activation(o, &h, shape.activation)?;
+        let h = linear(o, &p.pp("ff").pp(2), &h, shape.mlp_width, width, true)?;
         x = o.add(&x, &h)?;
     }
     layer_norm(o, &Path::root("norm"), &x, width)
+}
+
+/// CLIP's text transformer (Radford et al. 2021), as `transformers`' `CLIPTextModel` computes
+/// its last hidden state: causal self-attention with biased q/k/v/out projections, MLP fc1 ->
+/// activation -> fc2, final LayerNorm.
+fn clip_text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> Result<O::T> {
+    let (width, heads, head_dim, l) = (shape.width, shape.heads, shape.head_dim, shape.max_length);
+    let mut x = embed(
+        o,
+        ids,
+        shape,
+        "embeddings.token_embedding.weight",
+        "embeddings.position_embedding.weight",
+    )?;
+    let causal: Vec<f32> = (0..l * l)
+        .map(|i| if i % l > i / l { MASKED } else { 0.0 })
+        .collect();
+    let causal = o.constant(&causal, &[1, 1, l, l])?;
+    let inner = heads * head_dim;
+    for i in 0..shape.depth {
+        let p = Path::root("encoder").pp("layers").pp(i);
+        let n = layer_norm(o, &p.pp("layer_norm1"), &x, width)?;
+        let a = p.pp("self_attn");
+        let project = |o: &mut O, name: &str| -> Result<O::T> {
+            let t = linear(o, &a.pp(name), &n, width, inner, true)?;
+            split_heads(o, &t, heads, head_dim)
+        };
+        let (q, k, v) = (project(o, "q_proj")?, project(o, "k_proj")?, project(o, "v_proj")?);
+        let kt = o.transpose_last(&k)?;
+        let scores = o.matmul(&q, &kt)?;
+        let scores = o.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;
+        let scores = o.add(&scores, &causal)?;
+        let weights = o.softmax(&scores)?;
+        let h = o.matmul(&weights, &v)?;
+        let h = merge_heads(o, &h, inner)?;
+        let h = linear(o, &a.pp("out_proj"), &h, inner, width, true)?;
+        x = o.add(&x, &h)?;
+        let n = layer_norm(o, &p.pp("layer_norm2"), &x, width)?;
+        let h = linear(o, &p.pp("mlp").pp("fc1"), &n, width, shape.mlp_width, true)?;
+        let h = activation(o, &h, shape.activation)?;
+        let h = linear(o, &p.pp("mlp").pp("fc2"), &h, shape.mlp_width, width, true)?;
+        x = o.add(&x, &h)?;
+    }
+    layer_norm(o, &Path::root("final_layer_norm"), &x, width)
 }
 
 /// Class ids [B] (int64) -> context [B, 1, width]. Id `classes` is the extra "no class"

@@ -74,6 +74,10 @@ pub struct UnetConfig {
     /// Transformer blocks per SpatialTransformer.
     #[serde(default = "default_one")]
     pub transformer_depth: usize,
+    /// SpatialTransformer projections in and out as linear layers on tokens instead of 1x1
+    /// convolutions (the reference's `use_linear_in_transformer`, Stable Diffusion 2.x).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linear_projection: bool,
     #[serde(default = "default_groups")]
     pub groups: usize,
 }
@@ -99,11 +103,61 @@ pub enum Conditioning {
         /// encoder follows, uses 64).
         #[serde(default)]
         head_channels: Option<usize>,
+        /// Which transformer: the paper's, trained jointly (the default), or CLIP's, as
+        /// Stable Diffusion uses it (imported).
+        #[serde(default, skip_serializing_if = "TextEncoderKind::is_ldm")]
+        encoder: TextEncoderKind,
+        /// The MLP's activation (CLIP: `quick_gelu` in ViT-L/14, `gelu` in OpenCLIP ViT-H/14).
+        #[serde(default, skip_serializing_if = "Activation::is_gelu")]
+        activation: Activation,
+        /// The MLP's hidden width; 4 x width when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mlp_width: Option<usize>,
+        /// Rows of the position table; max_length when absent (CLIP may hold more).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        positions: Option<usize>,
     },
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
     /// Extra input channels concatenated to the latent (paper 4.4, 4.5).
     Concat { task: ConcatKind },
+}
+
+/// The text transformer of a text-conditioned model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TextEncoderKind {
+    /// The paper's (E.2.1): unmasked pre-LayerNorm blocks over token + position embeddings,
+    /// parameters `token_emb`, `pos_emb`, `layers.N.*`, `norm`.
+    #[default]
+    Ldm,
+    /// CLIP's text transformer as `transformers` names it (`embeddings.*`,
+    /// `encoder.layers.N.*`, `final_layer_norm`): causal self-attention with biased
+    /// projections; its last hidden state is the context.
+    Clip,
+}
+
+impl TextEncoderKind {
+    fn is_ldm(&self) -> bool {
+        *self == TextEncoderKind::Ldm
+    }
+}
+
+/// The activation of a transformer's MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// GELU in its erf form.
+    #[default]
+    Gelu,
+    /// x · sigmoid(1.702 x), OpenAI CLIP's approximation.
+    QuickGelu,
+}
+
+impl Activation {
+    fn is_gelu(&self) -> bool {
+        *self == Activation::Gelu
+    }
 }
 
 /// The forward process: the reference implementation's "linear" schedule (see
@@ -370,7 +424,18 @@ impl Conditioning {
                 depth,
                 heads,
                 head_channels,
+                mlp_width,
+                positions,
+                ..
             } => {
+                check(mlp_width != Some(0), "conditioning.mlp_width", || {
+                    "must be at least 1".into()
+                })?;
+                check(
+                    positions.is_none_or(|p| p >= max_length),
+                    "conditioning.positions",
+                    || format!("{positions:?} is fewer than max_length = {max_length}"),
+                )?;
                 check(vocab_size >= 2, "conditioning.vocab_size", || {
                     format!("{vocab_size} is too small")
                 })?;

@@ -86,6 +86,10 @@ impl ModelConfig {
                 depth,
                 heads,
                 head_channels,
+                encoder,
+                activation,
+                mlp_width,
+                positions,
             } => Some(TextEncoderShape {
                 vocab_size,
                 max_length,
@@ -93,6 +97,10 @@ impl ModelConfig {
                 depth,
                 heads,
                 head_dim: head_channels.unwrap_or(width / heads),
+                encoder,
+                activation,
+                mlp_width: mlp_width.unwrap_or(4 * width),
+                positions: positions.unwrap_or(max_length),
             }),
             _ => None,
         }

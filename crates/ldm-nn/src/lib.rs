@@ -18,8 +18,8 @@ pub mod unet;
 
 pub use classifier::{ClassifierConfig, Head};
 pub use config::{
-    AutoencoderConfig, ConcatKind, Conditioning, DiffusionConfig, FirstStage, ModelConfig,
-    UnetConfig,
+    Activation, AutoencoderConfig, ConcatKind, Conditioning, DiffusionConfig, FirstStage,
+    ModelConfig, TextEncoderKind, UnetConfig,
 };
 pub use cost::NetworkCost;
 pub use error::NnError;

@@ -152,8 +152,14 @@ fn spatial_transformer<O: Ops>(
         .map_err(|m| crate::NnError::config("unet", m))?;
     let inner = heads * head_dim;
     let h = group_norm(o, &p.pp("norm"), x, c, cfg.groups, TRANSFORMER_EPS)?;
-    let h = conv2d(o, &p.pp("proj_in"), &h, c, inner, 1, 1, 0, false)?;
-    let mut t = to_tokens(o, &h)?;
+    // The convolutional projection's output gives the token grid's shape back at the end.
+    let (mut t, projected) = if cfg.linear_projection {
+        let t = to_tokens(o, &h)?;
+        (linear(o, &p.pp("proj_in"), &t, c, inner, true)?, None)
+    } else {
+        let h = conv2d(o, &p.pp("proj_in"), &h, c, inner, 1, 1, 0, false)?;
+        (to_tokens(o, &h)?, Some(h))
+    };
     for d in 0..cfg.transformer_depth {
         let b = p.pp("transformer_blocks").pp(d);
         let n = layer_norm(o, &b.pp("norm1"), &t, inner)?;
@@ -175,8 +181,16 @@ fn spatial_transformer<O: Ops>(
         let f = feed_forward(o, &b.pp("ff"), &n, inner)?;
         t = o.add(&t, &f)?;
     }
-    let h = from_tokens(o, &t, &h)?;
-    let h = conv2d(o, &p.pp("proj_out"), &h, inner, c, 1, 1, 0, true)?;
+    let h = match projected {
+        None => {
+            let t = linear(o, &p.pp("proj_out"), &t, inner, c, true)?;
+            from_tokens(o, &t, x)?
+        }
+        Some(like) => {
+            let h = from_tokens(o, &t, &like)?;
+            conv2d(o, &p.pp("proj_out"), &h, inner, c, 1, 1, 0, true)?
+        }
+    };
     o.add(x, &h)
 }
 

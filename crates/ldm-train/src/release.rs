@@ -53,6 +53,81 @@ pub struct ReleaseInfo {
     pub autoencoder_validation: Option<(f64, f64)>,
     /// CRC-32 of the diffusion data's metadata.jsonl.
     pub data_fingerprint: String,
+    /// Where an imported model came from (`ldm import`); absent for trained ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportRecord>,
+}
+
+/// The origin of an imported release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// The checkpoint it was read from, as given.
+    pub source: String,
+    /// Whether the UNet's weights are the checkpoint's EMA copy.
+    pub ema: bool,
+}
+
+/// A model read from someone else's checkpoint, to be written as a release.
+pub struct ImportedRelease {
+    pub config: ModelConfig,
+    pub scale_factor: f64,
+    pub record: ImportRecord,
+    pub unet: NamedWeights,
+    pub text_encoder: Option<NamedWeights>,
+    pub autoencoder: Option<NamedWeights>,
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+/// Writes an imported model as a release in `out`, weights in the element type the
+/// checkpoint stored (an f32 checkpoint stays exact), replacing what was there only once the
+/// new release is complete. Its sampling defaults are the reference text-to-image script's:
+/// DDIM, eta 0, 50 steps, guidance 7.5.
+pub fn write_imported(imported: &ImportedRelease, out: &Path) -> Result<PathBuf, TrainError> {
+    let config = &imported.config;
+    let staging = StagingDir::new_replacing(out)?;
+    let dir = staging.path();
+    let exact = |name: &str, weights: &NamedWeights| -> Result<(), TrainError> {
+        Tensor::write_safetensors(weights, dir.join(format!("{name}.safetensors")))?;
+        Ok(())
+    };
+    exact("unet", &imported.unet)?;
+    if let (Some(name), Some(weights)) = (encoder_name(config), &imported.text_encoder) {
+        exact(name, weights)?;
+    }
+    if let Some(weights) = &imported.autoencoder {
+        exact(AUTOENCODER, weights)?;
+    }
+    if let Some(tokenizer) = &imported.tokenizer {
+        tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    }
+    let options = DiffusionOptions {
+        steps: 0,
+        sample_sampler: "ddim".into(),
+        sample_eta: 0.0,
+        sample_steps: 50,
+        sample_guidance: 7.5,
+        ..DiffusionOptions::default()
+    };
+    let info = ReleaseInfo {
+        format: FORMAT,
+        scale_factor: imported.scale_factor,
+        class_names: Vec::new(),
+        diffusion_steps: 0,
+        diffusion_options: options,
+        autoencoder_steps: None,
+        autoencoder_options: None,
+        autoencoder_validation: None,
+        data_fingerprint: String::new(),
+        imported: Some(imported.record.clone()),
+    };
+    let toml = toml::to_string(config)?;
+    write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
+    let json = serde_json::to_vec_pretty(&info).expect("release info serialises");
+    write_atomic(&dir.join(RELEASE_FILE), &json).map_err(|e| TrainError::io(dir, e))?;
+    // What was written must load as a release: names and shapes against the configuration.
+    load_release(dir)?;
+    Ok(staging.commit()?)
 }
 
 /// A loaded release, weights as f32 on the CPU.
@@ -131,6 +206,7 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
         autoencoder_options: trained.map(|t| t.options.clone()),
         autoencoder_validation: trained.and_then(|t| t.validation),
         data_fingerprint: state.data_fingerprint.clone(),
+        imported: None,
     };
     Ok(Release {
         config,

@@ -80,6 +80,7 @@ pub fn random_release(config: &ModelConfig, seed: i64) -> Release {
             autoencoder_options: None,
             autoencoder_validation: None,
             data_fingerprint: "test".into(),
+            imported: None,
         },
         unet,
         encoder,

@@ -1,0 +1,686 @@
+//! A pickle reader that never executes anything: enough of the pickle machine (protocols 0 to
+//! 5) to rebuild what `torch.save` writes — tensors, their storages, plain containers — and
+//! the harmless data Lightning checkpoints carry beside them.
+//!
+//! Python's unpickler looks up every `GLOBAL` and calls it on `REDUCE`/`NEWOBJ`; that is how a
+//! checkpoint runs `os.system`. Here a global is only a name: a known tensor rebuilder becomes
+//! a [`Value::Tensor`], a known container becomes a list or dict, a name on the list of data
+//! classes (numpy scalars, Lightning callbacks, omegaconf containers) becomes an opaque
+//! [`Value::Object`] that is kept as data and never run, and any other name is refused with
+//! that name before anything else is read. Written by hand because the Rust pickle crates
+//! either reject torch's persistent ids or leave deciding what a global may be to the caller.
+
+use std::collections::HashMap;
+
+/// The most values the stack, the mark stack and the memo may hold together: a state dict of
+/// a few thousand tensors needs tens of thousands; this bounds memory on hostile input.
+const MAX_VALUES: usize = 1 << 22;
+/// The deepest nesting of containers accepted.
+const MAX_DEPTH: usize = 256;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PickleError {
+    #[error("the pickle calls `{0}`, which a checkpoint does not need; refusing it (nothing was run)")]
+    Forbidden(String),
+    #[error("the pickle uses opcode 0x{0:02x} ({1}), which a checkpoint does not need")]
+    Opcode(u8, &'static str),
+    #[error("the pickle is malformed at byte {at}: {message}")]
+    Malformed { at: usize, message: String },
+    #[error("the pickle is too large or too deeply nested (more than {0} values or {MAX_DEPTH} levels)")]
+    TooLarge(usize),
+}
+
+/// A reference to a storage of the archive, from torch's persistent id
+/// `('storage', <StorageType>, key, location, numel)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageRef {
+    /// `FloatStorage`, `HalfStorage`, `BFloat16Storage`, ... (the type's name).
+    pub storage_type: String,
+    /// Its file in the archive: `<archive>/data/<key>`.
+    pub key: String,
+    pub numel: u64,
+}
+
+/// A tensor as `torch._utils._rebuild_tensor_v2` describes it: a view into a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRef {
+    pub storage: StorageRef,
+    pub offset: u64,
+    pub shape: Vec<u64>,
+    pub stride: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An integer beyond i64 (kept as its little-endian bytes; never needed as a number).
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    /// A name from `GLOBAL` that has not been applied to anything.
+    Global(String),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+    /// An instance of a data class (numpy scalar, Lightning callback state, ...), kept as the
+    /// class name and the arguments and state it was given, never constructed.
+    Object {
+        class: String,
+        args: Vec<Value>,
+        state: Option<Box<Value>>,
+    },
+    Mark,
+}
+
+/// Tensor rebuilders: `REDUCE` of these makes a [`Value::Tensor`].
+const TENSOR_REBUILDERS: [&str; 3] = [
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_parameter",
+];
+/// Storage classes named in persistent ids (never called).
+const STORAGE_MODULE: &str = "torch";
+/// How protocol 2 writes a `bytes` object: `_codecs.encode(text, "latin1")`, evaluated here
+/// (it only maps characters to bytes).
+const CODECS_ENCODE: &str = "_codecs.encode";
+/// Containers rebuilt as lists and dicts.
+const CONTAINERS: [&str; 4] = [
+    "collections.OrderedDict",
+    "builtins.set",
+    "builtins.frozenset",
+    "collections.defaultdict",
+];
+/// Classes whose instances are plain data in checkpoints: kept as [`Value::Object`], never
+/// constructed. Prefixes end with a dot.
+const DATA_CLASSES: [&str; 12] = [
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray",
+    "torch.torch_version.TorchVersion",
+    "torch._tensor._rebuild_from_type_v2",
+    "pytorch_lightning.callbacks.",
+    "lightning.pytorch.callbacks.",
+    "omegaconf.",
+    "typing.Any",
+];
+
+fn is_data_class(name: &str) -> bool {
+    DATA_CLASSES.iter().any(|c| {
+        if c.ends_with('.') {
+            name.starts_with(c)
+        } else {
+            name == *c
+        }
+    })
+}
+
+/// Whether a global may appear at all: everything else is refused where it is named.
+fn allowed_global(name: &str) -> bool {
+    TENSOR_REBUILDERS.contains(&name)
+        || CONTAINERS.contains(&name)
+        || is_data_class(name)
+        || name == CODECS_ENCODE
+        || name == "builtins.dict"
+        || name == "builtins.list"
+        || (name.starts_with("torch.")
+            && name.ends_with("Storage")
+            && name[STORAGE_MODULE.len() + 1..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric()))
+}
+
+struct Machine<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Value>,
+}
+
+/// Reads one pickle: the value `STOP` leaves on the stack.
+pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
+    let mut m = Machine {
+        bytes,
+        at: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
+    m.run()
+}
+
+impl<'a> Machine<'a> {
+    fn malformed(&self, message: impl Into<String>) -> PickleError {
+        PickleError::Malformed {
+            at: self.at,
+            message: message.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| self.malformed(format!("{n} bytes run past the end")))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, PickleError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn uint(&mut self, n: usize) -> Result<u64, PickleError> {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(self.take(n)?);
+        Ok(u64::from_le_bytes(v))
+    }
+
+    fn len(&mut self, n: usize) -> Result<usize, PickleError> {
+        let v = self.uint(n)?;
+        usize::try_from(v).map_err(|_| self.malformed("length overflows"))
+    }
+
+    fn line(&mut self) -> Result<&'a str, PickleError> {
+        let rest = &self.bytes[self.at..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| self.malformed("unterminated line"))?;
+        self.at += end + 1;
+        std::str::from_utf8(&rest[..end]).map_err(|_| self.malformed("line is not UTF-8"))
+    }
+
+    fn utf8(&mut self, n: usize) -> Result<Value, PickleError> {
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec())
+            .map(Value::Str)
+            .map_err(|_| self.malformed("string is not UTF-8"))
+    }
+
+    fn push(&mut self, v: Value) -> Result<(), PickleError> {
+        if self.stack.len() + self.memo.len() + self.marks.len() >= MAX_VALUES {
+            return Err(PickleError::TooLarge(MAX_VALUES));
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        match self.stack.pop() {
+            Some(Value::Mark) | None => Err(self.malformed("stack underflow")),
+            Some(v) => Ok(v),
+        }
+    }
+
+    fn top(&mut self) -> Result<&mut Value, PickleError> {
+        let at = self.at;
+        self.stack.last_mut().ok_or(PickleError::Malformed {
+            at,
+            message: "empty stack".into(),
+        })
+    }
+
+    /// The values pushed since the last MARK, which is removed.
+    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+        let mark = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.malformed("no MARK"))?;
+        if mark > self.stack.len() {
+            return Err(self.malformed("MARK beyond the stack"));
+        }
+        let items = self.stack.split_off(mark);
+        if items.iter().any(|v| *v == Value::Mark) {
+            return Err(self.malformed("nested MARK"));
+        }
+        Ok(items)
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<(), PickleError> {
+        // Protocols 0 to 2 name Python 3's modules as Python 2 did.
+        let module = match module {
+            "__builtin__" => "builtins",
+            "copy_reg" => "copyreg",
+            m => m,
+        };
+        let full = format!("{module}.{name}");
+        if !allowed_global(&full) {
+            return Err(PickleError::Forbidden(full));
+        }
+        self.push(Value::Global(full))
+    }
+
+    fn run(&mut self) -> Result<Value, PickleError> {
+        loop {
+            if self.marks.len() > MAX_DEPTH {
+                return Err(PickleError::TooLarge(MAX_VALUES));
+            }
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(self.malformed(format!("protocol {proto}")));
+                    }
+                }
+                0x95 => {
+                    self.take(8)?; // FRAME: a length hint
+                }
+                b'.' => return self.pop(),
+                b'(' => {
+                    self.marks.push(self.stack.len());
+                }
+                b'}' => self.push(Value::Dict(Vec::new()))?,
+                b']' => self.push(Value::List(Vec::new()))?,
+                b')' => self.push(Value::Tuple(Vec::new()))?,
+                0x8f => self.push(Value::List(Vec::new()))?, // EMPTY_SET
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Value::Tuple(items))?
+                }
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Value::List(items))?
+                }
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    let dict = pairs(items).ok_or_else(|| self.malformed("odd DICT items"))?;
+                    self.push(Value::Dict(dict))?
+                }
+                0x91 => {
+                    let items = self.pop_mark()?; // FROZENSET
+                    self.push(Value::List(items))?
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err(self.malformed("TUPLE underflow"));
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    if items.contains(&Value::Mark) {
+                        return Err(self.malformed("MARK inside TUPLE"));
+                    }
+                    self.push(Value::Tuple(items))?
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    self.extend(vec![v])?
+                }
+                b'e' | 0x90 => {
+                    let items = self.pop_mark()?; // APPENDS, ADDITEMS
+                    self.extend(items)?
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    self.set_items(vec![k, v])?
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    self.set_items(items)?
+                }
+                b'J' => {
+                    let v = self.uint(4)? as u32 as i32;
+                    self.push(Value::Int(v as i64))?
+                }
+                b'K' => {
+                    let v = self.uint(1)?;
+                    self.push(Value::Int(v as i64))?
+                }
+                b'M' => {
+                    let v = self.uint(2)?;
+                    self.push(Value::Int(v as i64))?
+                }
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.len(1)?
+                    } else {
+                        self.len(4)?
+                    };
+                    let b = self.take(n)?;
+                    self.push(long(b))?
+                }
+                b'I' | b'L' => {
+                    let line = self.line()?.trim_end_matches('L');
+                    let v = match line {
+                        "00" => Value::Bool(false),
+                        "01" => Value::Bool(true),
+                        s => Value::Int(s.parse().map_err(|_| self.malformed("bad INT"))?),
+                    };
+                    self.push(v)?
+                }
+                b'F' => {
+                    let line = self.line()?;
+                    let v = line.parse().map_err(|_| self.malformed("bad FLOAT"))?;
+                    self.push(Value::Float(v))?
+                }
+                b'G' => {
+                    let b: [u8; 8] = self.take(8)?.try_into().expect("8 bytes");
+                    self.push(Value::Float(f64::from_be_bytes(b)))?
+                }
+                b'X' => {
+                    let n = self.len(4)?;
+                    let v = self.utf8(n)?;
+                    self.push(v)?
+                }
+                0x8c => {
+                    let n = self.len(1)?;
+                    let v = self.utf8(n)?;
+                    self.push(v)?
+                }
+                0x8d => {
+                    let n = self.len(8)?;
+                    let v = self.utf8(n)?;
+                    self.push(v)?
+                }
+                b'T' | b'U' | b'B' | b'C' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'T' | b'B' => self.len(4)?,
+                        b'U' | b'C' => self.len(1)?,
+                        _ => self.len(8)?,
+                    };
+                    let b = self.take(n)?.to_vec();
+                    self.push(Value::Bytes(b))?
+                }
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
+                b'q' | b'r' | b'p' => {
+                    let key = match op {
+                        b'q' => self.uint(1)?,
+                        b'r' => self.uint(4)?,
+                        _ => self
+                            .line()?
+                            .parse()
+                            .map_err(|_| self.malformed("bad PUT"))?,
+                    };
+                    let v = self.top()?.clone();
+                    self.memo.insert(key, v);
+                }
+                0x94 => {
+                    let key = self.memo.len() as u64; // MEMOIZE
+                    let v = self.top()?.clone();
+                    self.memo.insert(key, v);
+                }
+                b'h' | b'j' | b'g' => {
+                    let key = match op {
+                        b'h' => self.uint(1)?,
+                        b'j' => self.uint(4)?,
+                        _ => self
+                            .line()?
+                            .parse()
+                            .map_err(|_| self.malformed("bad GET"))?,
+                    };
+                    let v = self
+                        .memo
+                        .get(&key)
+                        .cloned()
+                        .ok_or_else(|| self.malformed(format!("memo {key} is unset")))?;
+                    self.push(v)?
+                }
+                b'c' => {
+                    let module = self.line()?.to_string();
+                    let name = self.line()?.to_string();
+                    self.global(&module, &name)?
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (module, name) {
+                        (Value::Str(m), Value::Str(n)) => self.global(&m, &n)?,
+                        _ => return Err(self.malformed("STACK_GLOBAL needs two strings")),
+                    }
+                }
+                b'R' | 0x81 => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let v = self.apply(callable, args)?;
+                    self.push(v)?
+                }
+                0x92 => {
+                    let _kwargs = self.pop()?; // NEWOBJ_EX
+                    let args = self.pop()?;
+                    let class = self.pop()?;
+                    let v = self.apply(class, args)?;
+                    self.push(v)?
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    self.build(state)?
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let v = self.persistent(pid)?;
+                    self.push(v)?
+                }
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.push(v)?
+                }
+                b'i' => return Err(PickleError::Opcode(op, "INST")),
+                b'o' => return Err(PickleError::Opcode(op, "OBJ")),
+                0x82..=0x84 => return Err(PickleError::Opcode(op, "EXT")),
+                b'P' => return Err(PickleError::Opcode(op, "PERSID")),
+                0x97 | 0x98 => return Err(PickleError::Opcode(op, "out-of-band buffer")),
+                _ => return Err(PickleError::Opcode(op, "unknown")),
+            }
+        }
+    }
+
+    fn extend(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
+        match self.top()? {
+            Value::List(list) => {
+                list.extend(items);
+                Ok(())
+            }
+            Value::Object { args, .. } => {
+                args.extend(items);
+                Ok(())
+            }
+            _ => Err(self.malformed("APPEND to a non-list")),
+        }
+    }
+
+    fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
+        let new = pairs(items).ok_or_else(|| self.malformed("odd SETITEMS"))?;
+        match self.top()? {
+            Value::Dict(dict) => {
+                dict.extend(new);
+                Ok(())
+            }
+            // A data object filled like a dict (omegaconf, defaultdict subclasses): its items
+            // become its state.
+            Value::Object { state, .. } => {
+                let mut dict = match state.take().map(|b| *b) {
+                    Some(Value::Dict(d)) => d,
+                    _ => Vec::new(),
+                };
+                dict.extend(new);
+                *state = Some(Box::new(Value::Dict(dict)));
+                Ok(())
+            }
+            _ => Err(self.malformed("SETITEM on a non-dict")),
+        }
+    }
+
+    fn build(&mut self, new_state: Value) -> Result<(), PickleError> {
+        match self.top()? {
+            Value::Object { state, .. } => {
+                *state = Some(Box::new(new_state));
+                Ok(())
+            }
+            // `_rebuild_tensor_v2`'s results carry no state worth keeping; a dict BUILT with
+            // state is a subclass instance whose attributes are skipped.
+            Value::Tensor(_) | Value::Dict(_) | Value::List(_) => Ok(()),
+            _ => Err(self.malformed("BUILD on a value that has no state")),
+        }
+    }
+
+    fn persistent(&mut self, pid: Value) -> Result<Value, PickleError> {
+        let items = match pid {
+            Value::Tuple(items) => items,
+            _ => return Err(self.malformed("persistent id is not a tuple")),
+        };
+        match items.as_slice() {
+            [Value::Str(kind), Value::Global(storage_type), Value::Str(key), _location, Value::Int(numel)]
+                if kind == "storage" && *numel >= 0 =>
+            {
+                Ok(Value::Storage(StorageRef {
+                    storage_type: storage_type.trim_start_matches("torch.").to_string(),
+                    key: key.clone(),
+                    numel: *numel as u64,
+                }))
+            }
+            _ => Err(self.malformed("persistent id is not a torch storage")),
+        }
+    }
+
+    /// `REDUCE`/`NEWOBJ` of `callable` on `args`, by name, without calling anything.
+    fn apply(&mut self, callable: Value, args: Value) -> Result<Value, PickleError> {
+        let name = match callable {
+            Value::Global(name) => name,
+            _ => return Err(self.malformed("REDUCE of a value that is not a global")),
+        };
+        let args = match args {
+            Value::Tuple(a) => a,
+            _ => return Err(self.malformed(format!("arguments of {name} are not a tuple"))),
+        };
+        if TENSOR_REBUILDERS.contains(&name.as_str()) {
+            return self.rebuild_tensor(&name, args);
+        }
+        if name == "torch._tensor._rebuild_from_type_v2" {
+            // (func, type, args, state): a tensor subclass; the plain tensor is func(*args).
+            return match args.into_iter().collect::<Vec<_>>().as_slice() {
+                [func, _type, Value::Tuple(inner), _state] => {
+                    self.apply(func.clone(), Value::Tuple(inner.clone()))
+                }
+                _ => Err(self.malformed("bad _rebuild_from_type_v2 arguments")),
+            };
+        }
+        match name.as_str() {
+            CODECS_ENCODE => match args.as_slice() {
+                [Value::Str(text), Value::Str(codec)] if codec == "latin1" || codec == "latin-1" => {
+                    text.chars()
+                        .map(|c| u8::try_from(u32::from(c)).ok())
+                        .collect::<Option<Vec<u8>>>()
+                        .map(Value::Bytes)
+                        .ok_or_else(|| self.malformed("latin1 text outside latin1"))
+                }
+                _ => Err(self.malformed("_codecs.encode other than latin1 text")),
+            },
+            "collections.OrderedDict" | "builtins.dict" | "collections.defaultdict" => {
+                Ok(Value::Dict(Vec::new()))
+            }
+            "builtins.set" | "builtins.frozenset" | "builtins.list" => {
+                Ok(Value::List(match args.into_iter().next() {
+                    Some(Value::List(items)) | Some(Value::Tuple(items)) => items,
+                    _ => Vec::new(),
+                }))
+            }
+            _ if is_data_class(&name) => Ok(Value::Object {
+                class: name,
+                args,
+                state: None,
+            }),
+            _ => Err(PickleError::Forbidden(name)),
+        }
+    }
+
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, ...)`, `_rebuild_parameter(tensor,
+    /// requires_grad, hooks)`.
+    fn rebuild_tensor(&mut self, name: &str, args: Vec<Value>) -> Result<Value, PickleError> {
+        let mut args = args.into_iter();
+        match args.next() {
+            Some(Value::Tensor(t)) if name.ends_with("_rebuild_parameter") => Ok(Value::Tensor(t)),
+            Some(Value::Storage(storage)) => {
+                let offset = match args.next() {
+                    Some(Value::Int(o)) if o >= 0 => o as u64,
+                    _ => return Err(self.malformed("tensor offset is not a natural number")),
+                };
+                let shape = self.naturals(args.next())?;
+                let stride = self.naturals(args.next())?;
+                if shape.len() != stride.len() {
+                    return Err(self.malformed("tensor shape and stride differ in rank"));
+                }
+                Ok(Value::Tensor(TensorRef {
+                    storage,
+                    offset,
+                    shape,
+                    stride,
+                }))
+            }
+            _ => Err(self.malformed(format!("{name} without a storage"))),
+        }
+    }
+
+    fn naturals(&self, v: Option<Value>) -> Result<Vec<u64>, PickleError> {
+        match v {
+            Some(Value::Tuple(items)) | Some(Value::List(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Int(i) if i >= 0 => Ok(i as u64),
+                    _ => Err(self.malformed("tensor size or stride is not a natural number")),
+                })
+                .collect(),
+            _ => Err(self.malformed("tensor size or stride is not a tuple")),
+        }
+    }
+}
+
+fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
+    if items.len() % 2 != 0 {
+        return None;
+    }
+    let mut it = items.into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Some(out)
+}
+
+/// LONG1/LONG4: little-endian two's complement.
+fn long(b: &[u8]) -> Value {
+    if b.len() <= 8 {
+        let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+            0xff
+        } else {
+            0
+        };
+        let mut v = [fill; 8];
+        v[..b.len()].copy_from_slice(b);
+        Value::Int(i64::from_le_bytes(v))
+    } else {
+        Value::BigInt(b.to_vec())
+    }
+}
+
+impl Value {
+    /// The entry at string key `key` of a dict.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Dict(items) => items
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
