@@ -12,7 +12,7 @@ use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, Tokenizer, TokenizerImpl};
+use tokenizers::{AddedToken, PaddingParams, Tokenizer, TokenizerImpl};
 
 pub const PAD: &str = "[PAD]";
 pub const UNK: &str = "[UNK]";
@@ -105,6 +105,8 @@ pub struct TextTokenizer {
     pad_id: u32,
     /// The special token that ends every encoded prompt, if any.
     closing: Option<u32>,
+    /// The file's own padding (naming its pad token), written back when saved.
+    padding: Option<PaddingParams>,
 }
 
 /// Checks the bytes of a `tokenizer.json` (`source` names it in errors) as untrusted input:
@@ -222,7 +224,8 @@ impl TextTokenizer {
     fn from_tokenizer(mut inner: Tokenizer) -> Result<Self, TokenizerError> {
         // The pad token is the file's padding token where it names one (CLIP), else [PAD]:
         // padding and truncation are done here, so the file's own are switched off.
-        let pad_id = match inner.get_padding() {
+        let padding = inner.get_padding().cloned();
+        let pad_id = match &padding {
             Some(padding) => padding.pad_id,
             None => inner
                 .token_to_id(PAD)
@@ -241,6 +244,7 @@ impl TextTokenizer {
             inner,
             pad_id,
             closing,
+            padding,
         })
     }
 
@@ -250,8 +254,9 @@ impl TextTokenizer {
             path: path.display().to_string(),
             message,
         };
-        let json = self
-            .inner
+        let mut tokenizer = self.inner.clone();
+        tokenizer.with_padding(self.padding.clone());
+        let json = tokenizer
             .to_string(true)
             .map_err(|e| save_error(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");

@@ -60,6 +60,9 @@ fn with_padding(
             path: shown.to_string(),
             message: format!("the vocabulary has no pad token '{pad_token}'"),
         })?;
+    // A special token, as transformers makes it: a `!` in a prompt is then the pad id too
+    // (Stable Diffusion 2.x pads with `!`), as the diffusers pipelines tokenize it.
+    tokenizer.add_special_tokens(&[AddedToken::from(pad_token, true)]);
     // The runtime pads every prompt to max_length with this token.
     tokenizer.with_padding(Some(PaddingParams {
         strategy: PaddingStrategy::Fixed(max_length),

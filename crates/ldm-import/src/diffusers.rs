@@ -212,10 +212,14 @@ fn is_buffer(key: &str) -> bool {
     key.ends_with("embeddings.position_ids") || key.starts_with("text_projection.")
 }
 
-/// transformers' `CLIPTextModel` names without the `text_model.` prefix: the names the CLIP
-/// encoder of `ldm-nn` uses.
+/// transformers' `CLIPTextModel` names, without the `text_model.` prefix older versions
+/// write: the names the CLIP encoder of `ldm-nn` uses.
 pub fn clip_name(key: &str) -> Option<String> {
-    key.strip_prefix("text_model.").map(str::to_string)
+    let key = key.strip_prefix("text_model.").unwrap_or(key);
+    ["embeddings.", "encoder.layers.", "final_layer_norm."]
+        .iter()
+        .any(|p| key.starts_with(p))
+        .then(|| key.to_string())
 }
 
 fn vae_config(vae: &Config) -> Result<AutoencoderConfig, ImportError> {
