@@ -31,7 +31,7 @@ fn reference(dir: &Path, variant: &str) -> PathBuf {
     out
 }
 
-/// The float tensors (and int64 ids, as f32) of the reference outputs.
+/// Every tensor of a safetensors file as f32 values (ids and counters too).
 fn reference_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -43,6 +43,16 @@ fn reference_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
                     .data()
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::F64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect(),
+                safetensors::Dtype::I32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
                     .collect(),
                 safetensors::Dtype::I64 => view
                     .data()
@@ -93,8 +103,9 @@ fn f32_input(r: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, name: &str) -> Tensor
     Tensor::f32(shape, values.clone()).unwrap()
 }
 
-/// Imports `source` and checks every graph and the tokenizer against the reference.
-fn check_import(reference_dir: &Path, source: &Path, extra: &[&str], out: &Path) {
+/// Imports `source` and checks every graph against `reference` (a reference.safetensors) and
+/// the tokenizer against the `tokens.json` in `tokens_dir`; returns the release folder.
+fn check_import(reference: &Path, tokens_dir: &Path, source: &Path, extra: &[&str], out: &Path) -> PathBuf {
     let release = out.join("release");
     let bundle_dir = out.join("bundle");
     let (ok, text) = output(
@@ -107,7 +118,7 @@ fn check_import(reference_dir: &Path, source: &Path, extra: &[&str], out: &Path)
     );
     assert!(ok, "{text}");
     let bundle = Bundle::load(&bundle_dir).unwrap();
-    let r = reference_tensors(&reference_dir.join("reference.safetensors"));
+    let r = reference_tensors(reference);
 
     let (shape, ids) = &r["text_ids"];
     let ids = Tensor::i64(shape, ids.iter().map(|&v| v as i64).collect()).unwrap();
@@ -127,7 +138,7 @@ fn check_import(reference_dir: &Path, source: &Path, extra: &[&str], out: &Path)
     compare(&bundle, GraphRole::Decoder, &[("latent", f32_input(&r, "vae_latent"))], &r["vae_decoded"], "decoder");
 
     let tokens: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(reference_dir.join("tokens.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(tokens_dir.join("tokens.json")).unwrap()).unwrap();
     let tokenizer = bundle.tokenizer.as_ref().unwrap();
     let captions = tokens["captions"].as_array().unwrap();
     for (caption, ids) in captions.iter().zip(tokens["ids"].as_array().unwrap()) {
@@ -137,6 +148,7 @@ fn check_import(reference_dir: &Path, source: &Path, extra: &[&str], out: &Path)
         assert_eq!(got, want, "tokens of {caption:?}");
     }
     assert!(captions.len() >= 200);
+    release
 }
 
 #[test]
@@ -144,8 +156,10 @@ fn imports_diffusers_pipelines_that_match_diffusers() {
     let dir = tempfile::tempdir().unwrap();
     for variant in ["sd1", "sd2"] {
         let reference_dir = reference(dir.path(), variant);
+        let expected = reference_dir.join("reference.safetensors");
         // The pipeline's own tokenizer.json, and one built from vocab.json + merges.txt.
         check_import(
+            &expected,
             &reference_dir,
             &reference_dir.join("pipeline"),
             &[],
@@ -155,10 +169,114 @@ fn imports_diffusers_pipelines_that_match_diffusers() {
         let special = reference_dir.join("pipeline/tokenizer/tokenizer_config.json");
         std::fs::copy(special, vocabulary.join("tokenizer_config.json")).unwrap();
         check_import(
+            &expected,
             &reference_dir,
             &reference_dir.join("pipeline"),
             &["--tokenizer", vocabulary.to_str().unwrap()],
             &dir.path().join(format!("{variant}-vocabulary")),
         );
+    }
+}
+
+/// The float values of every tensor of a safetensors file, by name.
+fn values(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    reference_tensors(path).into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+/// `source` with `edit` applied to its tensors, as a new safetensors file.
+fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = reference_tensors(source)
+        .into_iter()
+        .map(|(k, (shape, v))| (k, shape, v))
+        .collect();
+    edit(&mut tensors);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, shape, v)| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, shape, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap();
+            (k.clone(), view)
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, &None, out).unwrap();
+}
+
+#[test]
+fn imports_single_files_in_the_reference_layout_as_diffusers_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference_dir = reference(dir.path(), "sd1");
+    let release = check_import(
+        &reference_dir.join("reference.safetensors"),
+        &reference_dir,
+        &reference_dir.join("pipeline"),
+        &[],
+        &dir.path().join("folder"),
+    );
+    // The same names and shapes with fresh values, read back by diffusers' single-file loader.
+    let single = dir.path().join("single");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/reference/single_file.py");
+    let status = std::process::Command::new(python())
+        .arg(script)
+        .args([&release, &reference_dir.join("pipeline"), &reference_dir.join("reference.safetensors"), &single])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "single_file.py failed");
+    let config = release.join("model.toml");
+    let tokenizer = reference_dir.join("tokenizer");
+    let args = |ema: bool| {
+        let mut a = vec!["--config", config.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
+        if !ema {
+            a.push("--no-ema"); // diffusers' loader takes the trained weights
+        }
+        a
+    };
+    for file in ["model.safetensors", "model.ckpt"] {
+        check_import(
+            &single.join("reference.safetensors"),
+            &reference_dir,
+            &single.join(file),
+            &args(false),
+            &dir.path().join(file),
+        );
+    }
+    // By default the EMA copy is the UNet.
+    let ema_release = dir.path().join("ema");
+    let (ok, text) = output(
+        ldm().arg("import").arg(single.join("model.ckpt")).args(["--out", ema_release.to_str().unwrap()]).args(args(true)),
+    );
+    assert!(ok && text.contains("EMA UNet"), "{text}");
+    assert_eq!(values(&ema_release.join("unet.safetensors")), values(&single.join("ema_unet.safetensors")));
+
+    // Missing, unexpected and wrongly shaped tensors are named.
+    let source = single.join("model.safetensors");
+    let cases: [(&str, Box<dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)>, &str); 3] = [
+        ("missing", Box::new(|t| t.retain(|(k, _, _)| k != "model.diffusion_model.out.2.bias")), "missing: out.2.bias"),
+        (
+            "extra",
+            Box::new(|t| t.push(("first_stage_model.encoder.extra.weight".into(), vec![2], vec![0.0; 2]))),
+            "unexpected: encoder.extra.weight",
+        ),
+        (
+            "shape",
+            Box::new(|t| {
+                let e = t.iter_mut().find(|(k, _, _)| k == "model.diffusion_model.time_embed.0.bias").unwrap();
+                e.1 = vec![e.2.len() / 2, 2];
+            }),
+            "time_embed.0.bias is F32",
+        ),
+    ];
+    for (name, edit, message) in cases {
+        let file = dir.path().join(format!("{name}.safetensors"));
+        edited(&source, &file, edit);
+        let (ok, text) = output(
+            ldm().arg("import").arg(&file).args(["--out", dir.path().join(name).to_str().unwrap()]).args(args(false)),
+        );
+        assert!(!ok && text.contains(message), "{name}: {text}");
+        assert!(!dir.path().join(name).exists(), "{name}: nothing is written");
     }
 }

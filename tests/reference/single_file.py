@@ -1,0 +1,79 @@
+"""A single-file checkpoint in the reference layout, read back by diffusers' own loader.
+
+    python single_file.py RELEASE PIPELINE REFERENCE OUT_DIR
+
+takes the tensor names and shapes of an ldm release of the tiny pipeline (RELEASE, whose
+networks use the reference names), gives every tensor fresh random values under the reference
+prefixes (`model.diffusion_model.`, `first_stage_model.`,
+`cond_stage_model.transformer.text_model.`) with an EMA copy of the UNet (`model_ema.*`, names
+without dots) and the schedule's `betas`, and writes it as OUT_DIR/model.safetensors and as a
+Lightning-shaped OUT_DIR/model.ckpt. diffusers' `from_single_file` then loads it with the
+PIPELINE folder's configuration (its own mapping of the reference names, not ours) and computes
+every network on the inputs of REFERENCE, written as OUT_DIR/reference.safetensors; the EMA
+copy under the trained weights' names is OUT_DIR/ema_unet.safetensors.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file, save_file
+
+PREFIXES = {
+    "unet.safetensors": "model.diffusion_model.",
+    "autoencoder.safetensors": "first_stage_model.",
+    "text_encoder.safetensors": "cond_stage_model.transformer.text_model.",
+}
+
+
+def fresh(t, name, generator):
+    noise = torch.randn(t.shape, generator=generator) * 0.2
+    return 1.0 + noise if t.ndim == 1 and name.endswith("weight") else noise
+
+
+def main():
+    release, pipeline, reference, out = sys.argv[1:5]
+    os.makedirs(out, exist_ok=True)
+    generator = torch.Generator().manual_seed(1)
+    state = {}
+    ema = {}
+    for file, prefix in PREFIXES.items():
+        for name, t in sorted(load_file(os.path.join(release, file)).items()):
+            state[prefix + name] = fresh(t.float(), name, generator)
+            if file == "unet.safetensors":
+                ema[name] = fresh(t.float(), name, generator)
+    for name, t in ema.items():
+        state["model_ema." + ("diffusion_model." + name).replace(".", "")] = t
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    state["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    state["betas"] = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    save_file(state, os.path.join(out, "model.safetensors"))
+    save_file(ema, os.path.join(out, "ema_unet.safetensors"))
+    torch.save({"state_dict": state, "global_step": 1000, "epoch": 2,
+                "pytorch-lightning_version": "1.4.2", "optimizer_states": [], "lr_schedulers": []},
+               os.path.join(out, "model.ckpt"))
+
+    pipe = StableDiffusionPipeline.from_single_file(
+        os.path.join(out, "model.safetensors"), config=pipeline, local_files_only=True,
+        safety_checker=None, requires_safety_checker=False)
+    r = load_file(reference)
+    with torch.no_grad():
+        context = pipe.text_encoder(r["text_ids"]).last_hidden_state
+        eps = pipe.unet(r["unet_sample"], r["unet_timestep"], encoder_hidden_states=context).sample
+        posterior = pipe.vae.encode(r["vae_image"]).latent_dist
+        moments = torch.cat([posterior.mean, posterior.logvar], dim=1)
+        decoded = pipe.vae.decode(r["vae_latent"]).sample
+    save_file({
+        "text_ids": r["text_ids"], "text_context": context.contiguous(),
+        "unet_sample": r["unet_sample"], "unet_timestep": r["unet_timestep"],
+        "unet_context": context.clone(), "unet_eps": eps.contiguous(),
+        "vae_image": r["vae_image"], "vae_moments": moments.contiguous(),
+        "vae_latent": r["vae_latent"], "vae_decoded": decoded.contiguous(),
+    }, os.path.join(out, "reference.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
