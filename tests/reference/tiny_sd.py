@@ -12,7 +12,8 @@ writes, with nothing downloaded:
   OUT_DIR/tokenizer/         the tokenizer's vocab.json and merges.txt
 
 sd1: CLIP text encoder with quick-GELU, convolutional transformer projections, one head
-count for every level; sd2: GELU, linear projections, per-level head counts of one width.
+count for every level, eps-prediction; sd2: GELU, linear projections, per-level head counts of
+one width, v-prediction (as the 768-v models).
 """
 
 import argparse
@@ -152,7 +153,8 @@ def main():
         randomise(m, generator)
         m.eval()
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction" if sd2 else "epsilon")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -118,6 +118,13 @@ fn check_import(reference: &Path, tokens_dir: &Path, source: &Path, extra: &[&st
     );
     assert!(ok, "{text}");
     let bundle = Bundle::load(&bundle_dir).unwrap();
+    let scheduler: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tokens_dir.join("pipeline/scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    let ldm_core::manifest::Schedule::Linear(schedule) = &bundle.manifest.schedule;
+    let v = scheduler["prediction_type"] == "v_prediction";
+    assert_eq!(schedule.prediction == ldm_core::Prediction::V, v, "prediction type");
     let r = reference_tensors(reference);
 
     let (shape, ids) = &r["text_ids"];

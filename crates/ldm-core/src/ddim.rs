@@ -28,7 +28,7 @@ pub fn ddim_step(
     noise: Option<&[f32]>,
 ) -> Vec<f32> {
     let a_t = schedule.alpha_bar(t);
-    let a_prev = t_prev.map_or(1.0, |p| schedule.alpha_bar(p));
+    let a_prev = schedule.alpha_bar_or_final(t_prev);
     let sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt();
     let dir = (1.0 - a_prev - sigma * sigma).max(0.0).sqrt();
     let (sqrt_a_t, sqrt_1m_a_t, sqrt_a_prev) = (a_t.sqrt(), (1.0 - a_t).sqrt(), a_prev.sqrt());

@@ -169,12 +169,17 @@ impl GuidedSampling {
         } else {
             eps.to_vec()
         };
+        let i = self.next;
+        let x_t: Vec<f32> = {
+            let scale = self.sampler.input_scale(i);
+            self.x.iter().map(|v| v * scale).collect()
+        };
+        let eps = self.schedule.eps_from_output(self.timestep(), &x_t, eps);
         let per_image = self.per_image();
         let noise = self
             .sampler
             .needs_noise()
             .then(|| draw(&mut self.rngs, per_image));
-        let i = self.next;
         self.x = self.sampler.step(i, &self.x, &eps, noise.as_deref());
         self.next += 1;
         if let Some(known) = &self.known {
@@ -290,6 +295,46 @@ mod tests {
             .advance(&[0.0; 3])
             .unwrap_err();
         assert_eq!((err.expected, err.got), (8, 3));
+    }
+
+    #[test]
+    fn a_v_prediction_model_samples_what_the_same_eps_model_does() {
+        // Oracle denoisers for one x_0, as eps and as v: every sampler ends on x_0 either way.
+        let x0 = [0.5f32, -0.25, 1.0, 0.0];
+        let eps_schedule = NoiseSchedule::linear(1000, 0.00085, 0.012).unwrap();
+        let v_schedule = eps_schedule.clone().with_prediction(crate::Prediction::V);
+        for kind in [SamplerKind::Ddim { eta: 0.0 }, SamplerKind::Euler, SamplerKind::Plms] {
+            let run = |schedule: &NoiseSchedule| {
+                let setup = SamplingSetup {
+                    sampler: kind,
+                    images: 1,
+                    ..setup(false)
+                };
+                let mut sampling = GuidedSampling::new(schedule, setup, None);
+                while !sampling.is_done() {
+                    let ab = schedule.alpha_bar(sampling.timestep());
+                    let (a, s) = (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32);
+                    let output: Vec<f32> = sampling
+                        .model_input()
+                        .iter()
+                        .zip(x0)
+                        .map(|(x_t, x0)| {
+                            let eps = (x_t - a * x0) / s;
+                            match schedule.prediction() {
+                                crate::Prediction::Epsilon => eps,
+                                crate::Prediction::V => a * eps - s * x0,
+                            }
+                        })
+                        .collect();
+                    sampling.advance(&output).unwrap();
+                }
+                sampling.into_latents()
+            };
+            let (by_eps, by_v) = (run(&eps_schedule), run(&v_schedule));
+            for ((e, v), want) in by_eps.iter().zip(&by_v).zip(x0) {
+                assert!((e - want).abs() < 1e-3 && (e - v).abs() < 1e-4, "{kind:?}: {e} {v} {want}");
+            }
+        }
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub use ddim::{ddim_step, ddim_timesteps};
 pub use guided::{GuidedSampling, KnownLatent, SamplingSetup};
 pub use manifest::{Manifest, ManifestError};
 pub use samplers::{Sampler, SamplerKind};
-pub use schedule::{NoiseSchedule, ScheduleError};
+pub use schedule::{NoiseSchedule, Prediction, ScheduleError};
 pub use tokenizer::{Encoded, TextTokenizer, TokenizerError};

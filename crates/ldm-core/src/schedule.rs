@@ -10,10 +10,31 @@
 #[error("invalid noise schedule: {0}")]
 pub struct ScheduleError(String);
 
+/// What the denoiser predicts: the noise eps (the paper's parametrisation, Eq. 1), or
+/// v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022; Stable Diffusion
+/// 2.x's 768-v models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prediction {
+    #[default]
+    Epsilon,
+    V,
+}
+
+impl Prediction {
+    pub fn is_epsilon(&self) -> bool {
+        *self == Prediction::Epsilon
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoiseSchedule {
     betas: Vec<f64>,
     alphas_cumprod: Vec<f64>,
+    prediction: Prediction,
+    /// alpha_bar after the last step of DDIM and PLMS: 1 (x_0 itself), or alpha_bar_0 as the
+    /// reference code and diffusers' `set_alpha_to_one = false` take it.
+    final_alpha_bar: f64,
 }
 
 impl NoiseSchedule {
@@ -52,6 +73,48 @@ impl NoiseSchedule {
         Self {
             betas,
             alphas_cumprod,
+            prediction: Prediction::Epsilon,
+            final_alpha_bar: 1.0,
+        }
+    }
+
+    /// This schedule with DDIM's and PLMS's last step landing on alpha_bar = 1 (`true`) or
+    /// on alpha_bar_0 (`false`).
+    pub fn with_set_alpha_to_one(mut self, set_alpha_to_one: bool) -> Self {
+        self.final_alpha_bar = if set_alpha_to_one {
+            1.0
+        } else {
+            self.alphas_cumprod[0]
+        };
+        self
+    }
+
+    /// alpha_bar at `t`, or after the last step when `t` is None.
+    pub fn alpha_bar_or_final(&self, t: Option<usize>) -> f64 {
+        t.map_or(self.final_alpha_bar, |t| self.alpha_bar(t))
+    }
+
+    /// This schedule for a denoiser that predicts `prediction`.
+    pub fn with_prediction(mut self, prediction: Prediction) -> Self {
+        self.prediction = prediction;
+        self
+    }
+
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    /// The noise eps a denoiser's `output` at timestep `t` stands for, given its input `x_t`:
+    /// the output itself, or sqrt(alpha_bar) v + sqrt(1 - alpha_bar) x_t for v-prediction. The
+    /// samplers are written in eps; this is the one place other parametrisations meet them.
+    pub fn eps_from_output(&self, t: usize, x_t: &[f32], output: Vec<f32>) -> Vec<f32> {
+        match self.prediction {
+            Prediction::Epsilon => output,
+            Prediction::V => {
+                let ab = self.alpha_bar(t);
+                let (a, s) = (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32);
+                output.iter().zip(x_t).map(|(v, x)| a * v + s * x).collect()
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ldm_core::manifest::{GraphRole, LinearSchedule};
+use ldm_core::Prediction;
 use ldm_nn::{
     Activation, AutoencoderConfig, Conditioning, FirstStage, ModelConfig, TextEncoderKind,
     UnetConfig,
@@ -433,11 +434,28 @@ fn schedule(scheduler: &Config) -> Result<LinearSchedule, ImportError> {
     // diffusers' "scaled_linear" is the reference's "linear": linear in sqrt(beta).
     scheduler.require("beta_schedule", "scaled_linear".into(), "the reference's linear schedule")?;
     scheduler.require("trained_betas", Value::Null, "explicit betas")?;
-    scheduler.require("prediction_type", "epsilon".into(), "v-prediction is not supported yet")?;
+    let prediction = match scheduler.str_or("prediction_type", "epsilon")? {
+        "epsilon" => Prediction::Epsilon,
+        "v_prediction" => Prediction::V,
+        other => {
+            return Err(scheduler.error("prediction_type", format!("'{other}' is not supported (epsilon, v_prediction)")))
+        }
+    };
+    // The reference's DDIM spacing: every (T / steps)-th timestep, shifted by one.
+    scheduler.require("timestep_spacing", "leading".into(), "the reference's DDIM spacing")?;
+    scheduler.require_number("steps_offset", 1.0, "the reference's DDIM spacing")?;
+    scheduler.require("rescale_betas_zero_snr", false.into(), "the schedule as trained")?;
+    scheduler.require("thresholding", false.into(), "no dynamic thresholding")?;
+    scheduler.require("clip_sample", false.into(), "x_0 estimates are not clipped")?;
     Ok(LinearSchedule {
         timesteps: scheduler.usize_or("num_train_timesteps", 1000)?,
         beta_start: scheduler.f64("beta_start")?,
         beta_end: scheduler.f64("beta_end")?,
+        prediction,
+        set_alpha_to_one: scheduler
+            .get("set_alpha_to_one")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
     })
 }
 

@@ -440,6 +440,8 @@ fn schedule_from_betas(all: &Weights) -> Result<LinearSchedule, ImportError> {
             timesteps: 1000,
             beta_start: 0.00085,
             beta_end: 0.012,
+            prediction: Default::default(),
+            set_alpha_to_one: false,
         });
     };
     let n = betas.len();
@@ -448,6 +450,9 @@ fn schedule_from_betas(all: &Weights) -> Result<LinearSchedule, ImportError> {
         timesteps: n,
         beta_start: start,
         beta_end: end,
+        prediction: Default::default(),
+        // The reference DDIM and PLMS samplers end on alpha_bar_0.
+        set_alpha_to_one: false,
     };
     let rebuilt = schedule.noise_schedule().map_err(|e| ImportError::Mismatch {
         what: "the checkpoint's betas".into(),

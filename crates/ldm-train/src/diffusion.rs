@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ldm_core::{NoiseSchedule, TextTokenizer};
+use ldm_core::{NoiseSchedule, Prediction, TextTokenizer};
 use ldm_data::{ImageFolder, Loader, LoaderConfig};
 use ldm_nn::{ConcatKind, Conditioning, FirstStage, ModelConfig};
 use tch::{Device, Kind, Tensor};
@@ -278,8 +278,16 @@ impl Stage for DiffusionStage<'_> {
             self.scale_factor,
             device,
         )?;
-        let eps = self.model.forward(&xt, &t, &condition)?;
-        let loss = eps.mse_loss(&noise, tch::Reduction::Mean);
+        let prediction = self.model.forward(&xt, &t, &condition)?;
+        let target = match self.schedule.prediction() {
+            Prediction::Epsilon => noise,
+            // v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0
+            Prediction::V => {
+                let at = |table: &Tensor| table.index_select(0, &t).view([-1, 1, 1, 1]);
+                at(&self.sqrt_alpha_bar) * &noise - at(&self.sqrt_one_minus_alpha_bar) * &x0
+            }
+        };
+        let loss = prediction.mse_loss(&target, tch::Reduction::Mean);
         let value = loss.double_value(&[]);
         if !value.is_finite() {
             return Ok(StepReport::NonFinite {

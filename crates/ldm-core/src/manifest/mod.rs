@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::NoiseSchedule;
+use crate::{NoiseSchedule, Prediction};
 
 mod validate;
 
@@ -134,11 +134,28 @@ pub struct LinearSchedule {
     pub timesteps: usize,
     pub beta_start: f64,
     pub beta_end: f64,
+    /// What the denoiser predicts (eps when absent).
+    #[serde(default, skip_serializing_if = "Prediction::is_epsilon")]
+    pub prediction: Prediction,
+    /// Whether DDIM's and PLMS's last step lands on alpha_bar = 1 (true when absent) or on
+    /// alpha_bar_0 (diffusers' `set_alpha_to_one`; false in Stable Diffusion's schedulers).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub set_alpha_to_one: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl LinearSchedule {
     pub fn noise_schedule(&self) -> Result<NoiseSchedule, crate::ScheduleError> {
-        NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)
+        Ok(NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)?
+            .with_prediction(self.prediction)
+            .with_set_alpha_to_one(self.set_alpha_to_one))
     }
 }
 
@@ -149,6 +166,8 @@ impl Default for LinearSchedule {
             timesteps: 1000,
             beta_start: 0.0015,
             beta_end: 0.0195,
+            prediction: Prediction::Epsilon,
+            set_alpha_to_one: true,
         }
     }
 }
