@@ -1,7 +1,8 @@
 //! `ldm import` of tiny random Stable Diffusion pipelines that diffusers and transformers
 //! themselves wrote (tests/reference/tiny_sd.py, nothing downloaded): every graph of the
 //! bundle, on tract and on ONNX Runtime, gives what diffusers / transformers compute on the
-//! same inputs within 1e-4, and the imported tokenizer gives transformers' CLIP ids exactly.
+//! same inputs within 1e-4, the imported tokenizer gives transformers' CLIP ids exactly, and
+//! a few steps of text-to-image from the same initial noise give diffusers' image.
 #![cfg(feature = "train")]
 
 mod common;
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use common::{ldm, output};
 use ldm_core::manifest::GraphRole;
-use ldm_runtime::{Backend, Bundle, Tensor};
+use ldm_core::{GuidedSampling, SamplerKind, SamplingSetup};
+use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Tensor};
 
 fn python() -> String {
     std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)")
@@ -165,13 +167,9 @@ fn imports_diffusers_pipelines_that_match_diffusers() {
         let reference_dir = reference(dir.path(), variant);
         let expected = reference_dir.join("reference.safetensors");
         // The pipeline's own tokenizer.json, and one built from vocab.json + merges.txt.
-        check_import(
-            &expected,
-            &reference_dir,
-            &reference_dir.join("pipeline"),
-            &[],
-            &dir.path().join(format!("{variant}-folder")),
-        );
+        let out = dir.path().join(format!("{variant}-folder"));
+        check_import(&expected, &reference_dir, &reference_dir.join("pipeline"), &[], &out);
+        check_generation(&reference_dir, &out.join("bundle"), &out);
         let vocabulary = reference_dir.join("tokenizer");
         let special = reference_dir.join("pipeline/tokenizer/tokenizer_config.json");
         std::fs::copy(special, vocabulary.join("tokenizer_config.json")).unwrap();
@@ -182,6 +180,74 @@ fn imports_diffusers_pipelines_that_match_diffusers() {
             &["--tokenizer", vocabulary.to_str().unwrap()],
             &dir.path().join(format!("{variant}-vocabulary")),
         );
+    }
+}
+
+/// Writes one f32 tensor as a safetensors file.
+fn write_tensor(path: &Path, name: &str, shape: &[usize], values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes).unwrap();
+    safetensors::tensor::serialize_to_file(vec![(name.to_string(), view)], &None, path).unwrap();
+}
+
+/// Four guided steps of each sampler on tract, from the driver's own initial noise, against
+/// the diffusers pipeline (tests/reference/generate.py) from the same noise: the decoded
+/// images as floats in [0, 1], before rounding, within 1e-3.
+fn check_generation(reference_dir: &Path, bundle_dir: &Path, out: &Path) {
+    let prompt = "a red apple on the top left";
+    for sampler in ["ddim", "euler", "plms"] {
+        let mut pipeline = Pipeline::new(Bundle::load(bundle_dir).unwrap(), Backend::Tract, 1).unwrap();
+        let request = Generate::new(vec![prompt.into()])
+            .sampler(sampler.parse().unwrap())
+            .steps(4)
+            .guidance(3.0)
+            .eta(0.0)
+            .seed(5);
+        let plan = pipeline.plan(&request).unwrap();
+        let manifest = &pipeline.bundle().manifest;
+        let schedule = manifest.schedule.noise_schedule().unwrap();
+        let scale = manifest.latent_scale_factor as f32;
+        // DDIM starts from the first draw unscaled: that is the standard normal noise.
+        let unscaled = SamplingSetup {
+            sampler: SamplerKind::Ddim { eta: 0.0 },
+            ..plan.sampling.clone()
+        };
+        let noise = GuidedSampling::new(&schedule, unscaled, None).latents().to_vec();
+        let [c, h, w] = plan.sampling.latent_shape;
+        let noise_file = out.join(format!("noise-{sampler}.safetensors"));
+        write_tensor(&noise_file, "noise", &[1, c, h, w], &noise);
+
+        let mut last = Vec::new();
+        pipeline
+            .generate(&request, &mut |p| {
+                last = p.latents.to_vec();
+                true
+            })
+            .unwrap();
+        let latent: Vec<f32> = last.iter().map(|v| v / scale).collect();
+        let mut decoder = pipeline.bundle().session(GraphRole::Decoder, Backend::Tract, 1).unwrap();
+        let latent = Tensor::f32(&[1, c, h, w], latent).unwrap();
+        let decoded = decoder.run(&[("latent", &latent)]).unwrap();
+        let ours: Vec<f32> = decoded[0]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0))
+            .collect();
+
+        let theirs_file = out.join(format!("diffusers-{sampler}.safetensors"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/reference/generate.py");
+        let run = std::process::Command::new(python())
+            .arg(script)
+            .args([&reference_dir.join("pipeline"), &noise_file, &theirs_file])
+            .args(["--sampler", sampler, "--steps", "4", "--guidance", "3", "--prompt", prompt])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let theirs = &reference_tensors(&theirs_file)["image"];
+        assert_eq!(theirs.0, decoded[0].shape(), "{sampler}");
+        let worst = ours.iter().zip(&theirs.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-3, "{sampler}: images differ by up to {worst:.2e}");
     }
 }
 

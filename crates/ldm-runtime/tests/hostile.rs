@@ -155,11 +155,20 @@ fn tokenizers_the_text_encoder_cannot_take_are_refused() {
             "type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false
         });
     });
-    assert_contains(&err, &["its pre_tokenizer is of type Split"]);
-    let err = edited(&|j| j["model"]["type"] = "BPE".into());
-    assert_contains(&err, &["its model is of type BPE"]);
-    let err = edited(&|j| j["normalizer"] = serde_json::json!({"type": "Replace"}));
-    assert_contains(&err, &["its normalizer is of type Replace"]);
+    assert_contains(
+        &err,
+        &["its pre_tokenizer is a Split with the regular expression \"(a+)+$\", which is not CLIP's"],
+    );
+    let err = edited(&|j| {
+        j["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "(a|aa)*b"}, "content": ""}
+        ]})
+    });
+    assert_contains(&err, &["its normalizer is a Replace with the regular expression"]);
+    let err = edited(&|j| j["model"]["type"] = "Unigram".into());
+    assert_contains(&err, &["its model is of type Unigram"]);
+    let err = edited(&|j| j["normalizer"] = serde_json::json!({"type": "Precompiled"}));
+    assert_contains(&err, &["its normalizer is of type Precompiled"]);
     // Not JSON, or a vocabulary far beyond any model's.
     let bundle = edited_bundle(dir.path(), |t| t);
     std::fs::write(bundle.join("tokenizer.json"), b"\xff\xfe{").unwrap();

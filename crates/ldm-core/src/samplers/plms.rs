@@ -2,36 +2,62 @@
 //! code: the noise prediction is replaced by an Adams-Bashforth combination of the current and
 //! up to three previous ones, then a deterministic DDIM step is taken with it.
 //!
-//! The authors' code spends a second model evaluation on the first step (a Heun-like
-//! correction); here every step costs one evaluation and the first steps use the lower-order
-//! formulas (orders 1, 2, 3, then 4).
+//! The first step is the authors' (and diffusers' PNDM with `skip_prk_steps`): a DDIM step with
+//! the first prediction, a second model evaluation where it lands, and the step redone from the
+//! start with the mean of the two (a Heun-like correction). So `steps` steps visit `steps + 1`
+//! timesteps, the second one twice; the second evaluation does not join the history.
 
 use super::{next, Sampler};
 use crate::{ddim_step, NoiseSchedule};
 
 pub struct Plms {
     schedule: NoiseSchedule,
-    timesteps: Vec<usize>,
+    /// The timesteps of the steps, the second one repeated for the first step's correction.
+    visited: Vec<usize>,
     /// Previous noise predictions, newest last (at most three).
     history: Vec<Vec<f32>>,
+    /// The first step's start, kept while its correction is evaluated.
+    first: Option<Vec<f32>>,
 }
 
 impl Plms {
+    /// PLMS over `timesteps` (decreasing, one per step).
     pub fn new(schedule: NoiseSchedule, timesteps: Vec<usize>) -> Self {
+        let mut visited = timesteps;
+        if visited.len() > 1 {
+            visited.insert(1, visited[1]);
+        }
         Self {
             schedule,
-            timesteps,
+            visited,
             history: Vec::new(),
+            first: None,
         }
+    }
+
+    fn ddim(&self, x: &[f32], eps: &[f32], t: usize, t_next: Option<usize>) -> Vec<f32> {
+        ddim_step(&self.schedule, x, eps, t, t_next, 0.0, None)
     }
 }
 
 impl Sampler for Plms {
     fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+        &self.visited
     }
 
     fn step(&mut self, i: usize, x: &[f32], eps: &[f32], _noise: Option<&[f32]>) -> Vec<f32> {
+        let corrected = self.visited.len() > 1;
+        if corrected && i == 0 {
+            // Provisional step with the first prediction; the next call evaluates its end.
+            self.history = vec![eps.to_vec()];
+            self.first = Some(x.to_vec());
+            return self.ddim(x, eps, self.visited[0], Some(self.visited[1]));
+        }
+        if let (true, 1, Some(start)) = (corrected, i, self.first.take()) {
+            let first = &self.history[0];
+            let mean: Vec<f32> = first.iter().zip(eps).map(|(a, b)| (a + b) / 2.0).collect();
+            return self.ddim(&start, &mean, self.visited[0], Some(self.visited[1]));
+        }
         let h = &self.history;
         let combined: Vec<f32> = (0..eps.len())
             .map(|k| match h.len() {
@@ -45,15 +71,6 @@ impl Sampler for Plms {
         if self.history.len() > 3 {
             self.history.remove(0);
         }
-        let t = self.timesteps[i];
-        ddim_step(
-            &self.schedule,
-            x,
-            &combined,
-            t,
-            next(&self.timesteps, i),
-            0.0,
-            None,
-        )
+        self.ddim(x, &combined, self.visited[i], next(&self.visited, i))
     }
 }
