@@ -4,7 +4,8 @@
         --prompt TEXT
 
 NOISE is a safetensors file whose `noise` tensor [1, c, h, w] is the standard normal initial
-latent; OUT gets `image` [1, 3, H, W], the decoded image as floats in [0, 1] before rounding.
+latent; OUT gets the final `latents` (scaled, as the UNet sees them) and `image` [1, 3, H, W],
+the decoded image as floats in [0, 1] before rounding.
 DDIM runs with eta 0, PLMS as diffusers' PNDM with `skip_prk_steps`, Euler as
 EulerDiscreteScheduler, each configured from the pipeline's scheduler configuration.
 """
@@ -41,10 +42,12 @@ def main():
     _, _, h, w = noise.shape
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     with torch.no_grad():
-        image = pipe(args.prompt, negative_prompt="", num_inference_steps=args.steps,
-                     guidance_scale=args.guidance, latents=noise, height=h * factor, width=w * factor,
-                     eta=0.0, output_type="pt").images
-    save_file({"image": image.contiguous()}, args.out)
+        latents = pipe(args.prompt, negative_prompt="", num_inference_steps=args.steps,
+                       guidance_scale=args.guidance, latents=noise, height=h * factor, width=w * factor,
+                       eta=0.0, output_type="latent").images
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+        image = pipe.image_processor.postprocess(decoded, output_type="pt")
+    save_file({"latents": latents.contiguous(), "image": image.contiguous()}, args.out)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def main():
     vocab_size = write_tokenizer(tokenizer_dir, corpus)
     pad = "!" if sd2 else EOS
     tokenizer = CLIPTokenizer(os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt"),
-                              pad_token=pad)
+                              pad_token=pad, model_max_length=77)
     width = 32
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=width, intermediate_size=37, num_attention_heads=4,

@@ -62,7 +62,11 @@ fn tensor(name: &str, t: &RawTensor) -> anyhow::Result<Tensor> {
 
 fn named(weights: Option<&Weights>) -> anyhow::Result<Option<Vec<(String, Tensor)>>> {
     weights
-        .map(|w| w.iter().map(|(n, t)| Ok((n.clone(), tensor(n, t)?))).collect())
+        .map(|w| {
+            w.iter()
+                .map(|(n, t)| Ok((n.clone(), tensor(n, t)?)))
+                .collect()
+        })
         .transpose()
 }
 

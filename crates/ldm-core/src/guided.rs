@@ -303,7 +303,11 @@ mod tests {
         let x0 = [0.5f32, -0.25, 1.0, 0.0];
         let eps_schedule = NoiseSchedule::linear(1000, 0.00085, 0.012).unwrap();
         let v_schedule = eps_schedule.clone().with_prediction(crate::Prediction::V);
-        for kind in [SamplerKind::Ddim { eta: 0.0 }, SamplerKind::Euler, SamplerKind::Plms] {
+        for kind in [
+            SamplerKind::Ddim { eta: 0.0 },
+            SamplerKind::Euler,
+            SamplerKind::Plms,
+        ] {
             let run = |schedule: &NoiseSchedule| {
                 let setup = SamplingSetup {
                     sampler: kind,
@@ -332,7 +336,10 @@ mod tests {
             };
             let (by_eps, by_v) = (run(&eps_schedule), run(&v_schedule));
             for ((e, v), want) in by_eps.iter().zip(&by_v).zip(x0) {
-                assert!((e - want).abs() < 1e-3 && (e - v).abs() < 1e-4, "{kind:?}: {e} {v} {want}");
+                assert!(
+                    (e - want).abs() < 1e-3 && (e - v).abs() < 1e-4,
+                    "{kind:?}: {e} {v} {want}"
+                );
             }
         }
     }

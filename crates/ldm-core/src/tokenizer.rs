@@ -28,10 +28,20 @@ pub const MAX_PROMPT_BYTES: usize = 16 << 10;
 /// The component types a loaded `tokenizer.json` may use, by JSON key (null: none).
 const ACCEPTED: [(&str, &[&str]); 5] = [
     ("model", &["WordPiece", "BPE"]),
-    ("normalizer", &["BertNormalizer", "Sequence", "NFC", "Lowercase", "Replace"]),
+    (
+        "normalizer",
+        &["BertNormalizer", "Sequence", "NFC", "Lowercase", "Replace"],
+    ),
     (
         "pre_tokenizer",
-        &["BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Sequence", "Split", "ByteLevel"],
+        &[
+            "BertPreTokenizer",
+            "Whitespace",
+            "WhitespaceSplit",
+            "Sequence",
+            "Split",
+            "ByteLevel",
+        ],
     ),
     ("post_processor", &["BertProcessing", "RobertaProcessing"]),
     ("decoder", &["WordPiece", "ByteLevel"]),
@@ -74,7 +84,9 @@ fn accepted(component: &serde_json::Value, kinds: &[&str], depth: usize) -> Resu
     match (regex, allowed) {
         (None, _) => Ok(()),
         (Some(r), Some(a)) if r.as_str() == Some(a) => Ok(()),
-        (Some(r), _) => Err(format!("a {kind} with the regular expression {r}, which is not CLIP's")),
+        (Some(r), _) => Err(format!(
+            "a {kind} with the regular expression {r}, which is not CLIP's"
+        )),
     }
 }
 

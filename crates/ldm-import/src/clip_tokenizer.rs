@@ -15,9 +15,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{
-    AddedToken, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
-};
+use tokenizers::{AddedToken, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer};
 
 use crate::ImportError;
 
@@ -70,10 +68,12 @@ fn with_padding(
         pad_token: pad_token.to_string(),
         ..PaddingParams::default()
     }));
-    tokenizer.to_string(true).map_err(|e| ImportError::Checkpoint {
-        path: shown.to_string(),
-        message: e.to_string(),
-    })
+    tokenizer
+        .to_string(true)
+        .map_err(|e| ImportError::Checkpoint {
+            path: shown.to_string(),
+            message: e.to_string(),
+        })
 }
 
 fn from_vocabulary(dir: &Path, pad_token: &str, max_length: usize) -> Result<String, ImportError> {
@@ -84,7 +84,10 @@ fn from_vocabulary(dir: &Path, pad_token: &str, max_length: usize) -> Result<Str
             .map_err(|e| ImportError::io(&file, e))?
             .len();
         if size > MAX_FILE_BYTES {
-            return Err(ImportError::io(&file, format!("{size} bytes is too large for a tokenizer file")));
+            return Err(ImportError::io(
+                &file,
+                format!("{size} bytes is too large for a tokenizer file"),
+            ));
         }
         Ok(file.display().to_string())
     };
@@ -110,9 +113,12 @@ fn from_vocabulary(dir: &Path, pad_token: &str, max_length: usize) -> Result<Str
     tokenizer
         .with_normalizer(Some(Normalizers::new(vec![
             NFC.into(),
-            Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(CLIP_WHITESPACE.into()), " ")
-                .map_err(bad)?
-                .into(),
+            Replace::new(
+                tokenizers::normalizers::replace::ReplacePattern::Regex(CLIP_WHITESPACE.into()),
+                " ",
+            )
+            .map_err(bad)?
+            .into(),
             Lowercase.into(),
         ])))
         .with_pre_tokenizer(Some(PreTokenizers::new(vec![
@@ -132,7 +138,12 @@ fn from_vocabulary(dir: &Path, pad_token: &str, max_length: usize) -> Result<Str
         ))
         .with_decoder(Some(ByteLevelDecoder::default()));
     tokenizer.add_special_tokens(&[AddedToken::from(BOS, true), AddedToken::from(EOS, true)]);
-    with_padding(&mut tokenizer, pad_token, max_length, &dir.display().to_string())
+    with_padding(
+        &mut tokenizer,
+        pad_token,
+        max_length,
+        &dir.display().to_string(),
+    )
 }
 
 /// The `pad_token` of the folder's special-token files, if it names one.
@@ -145,7 +156,10 @@ fn pad_token(dir: &Path) -> Result<Option<String>, ImportError> {
             serde_json::from_slice(&bytes).map_err(|e| ImportError::io(&dir.join(name), e))?;
         let token = match json.get("pad_token") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             None => None,
         };
         if token.is_some() {

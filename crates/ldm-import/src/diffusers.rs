@@ -113,7 +113,10 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
     if !PIPELINES.contains(&class) {
         return Err(index.error(
             "_class_name",
-            format!("'{class}' is not supported (supported: {})", PIPELINES.join(", ")),
+            format!(
+                "'{class}' is not supported (supported: {})",
+                PIPELINES.join(", ")
+            ),
         ));
     }
     let unet = Config::load(dir, "unet/config.json")?;
@@ -138,14 +141,18 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
     let mut weights = BTreeMap::new();
     weights.insert(
         GraphRole::Unet,
-        rename(read_component(&dir.join("unet"), &["diffusion_pytorch_model"])?, |k| {
-            unet_name(k, &config.unet)
-        })?,
+        rename(
+            read_component(&dir.join("unet"), &["diffusion_pytorch_model"])?,
+            |k| unet_name(k, &config.unet),
+        )?,
     );
     weights.insert(GraphRole::Encoder, vae_weights(&dir.join("vae"), &config)?);
     weights.insert(
         GraphRole::TextEncoder,
-        rename(read_component(&dir.join("text_encoder"), &["model", "pytorch_model"])?, clip_name)?,
+        rename(
+            read_component(&dir.join("text_encoder"), &["model", "pytorch_model"])?,
+            clip_name,
+        )?,
     );
     let tokenizer_dir = options.tokenizer.clone().unwrap_or(dir.join("tokenizer"));
     let max_length = match config.conditioning {
@@ -189,10 +196,7 @@ fn unknown(dir: &Path, key: &str) -> ImportError {
 
 /// Renames every tensor; tensors `name` maps to None are buffers the networks do not need
 /// (refused unless known to be such).
-fn rename(
-    raw: Weights,
-    name: impl Fn(&str) -> Option<String>,
-) -> Result<Weights, ImportError> {
+fn rename(raw: Weights, name: impl Fn(&str) -> Option<String>) -> Result<Weights, ImportError> {
     let mut out = Weights::new();
     for (key, tensor) in raw {
         if is_buffer(&key) {
@@ -235,13 +239,32 @@ fn vae_config(vae: &Config) -> Result<AutoencoderConfig, ImportError> {
     ] {
         let types = vae.strs(field)?;
         if types.len() != blocks.len() || types.iter().any(|t| t != expected) {
-            return Err(vae.error(field, format!("only {expected} blocks are supported, one per level")));
+            return Err(vae.error(
+                field,
+                format!("only {expected} blocks are supported, one per level"),
+            ));
         }
     }
-    vae.require("act_fn", "silu".into(), "the reference autoencoder uses SiLU")?;
-    vae.require("mid_block_add_attention", true.into(), "the reference middle block has attention")?;
-    vae.require("use_quant_conv", true.into(), "the reference has quant_conv")?;
-    vae.require("use_post_quant_conv", true.into(), "the reference has post_quant_conv")?;
+    vae.require(
+        "act_fn",
+        "silu".into(),
+        "the reference autoencoder uses SiLU",
+    )?;
+    vae.require(
+        "mid_block_add_attention",
+        true.into(),
+        "the reference middle block has attention",
+    )?;
+    vae.require(
+        "use_quant_conv",
+        true.into(),
+        "the reference has quant_conv",
+    )?;
+    vae.require(
+        "use_post_quant_conv",
+        true.into(),
+        "the reference has post_quant_conv",
+    )?;
     let in_channels = vae.usize_or("in_channels", 3)?;
     if vae.usize_or("out_channels", in_channels)? != in_channels {
         return Err(vae.error("out_channels", "must equal in_channels"));
@@ -261,7 +284,12 @@ fn vae_config(vae: &Config) -> Result<AutoencoderConfig, ImportError> {
 }
 
 /// `blocks` as multiples of `base`.
-fn multiples(c: &Config, field: &str, blocks: &[usize], base: usize) -> Result<Vec<usize>, ImportError> {
+fn multiples(
+    c: &Config,
+    field: &str,
+    blocks: &[usize],
+    base: usize,
+) -> Result<Vec<usize>, ImportError> {
     blocks
         .iter()
         .map(|&b| {
@@ -278,9 +306,17 @@ fn text_config(text: &Config) -> Result<Conditioning, ImportError> {
     let activation = match text.str_or("hidden_act", "quick_gelu")? {
         "quick_gelu" => Activation::QuickGelu,
         "gelu" => Activation::Gelu,
-        other => return Err(text.error("hidden_act", format!("'{other}' is not supported (quick_gelu, gelu)"))),
+        other => {
+            return Err(text.error(
+                "hidden_act",
+                format!("'{other}' is not supported (quick_gelu, gelu)"),
+            ))
+        }
     };
-    let eps = text.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5);
+    let eps = text
+        .get("layer_norm_eps")
+        .and_then(Value::as_f64)
+        .unwrap_or(1e-5);
     if (eps - 1e-5).abs() > 1e-12 {
         return Err(text.error("layer_norm_eps", format!("{eps} (the networks use 1e-5)")));
     }
@@ -316,12 +352,16 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
         let attention = match kind.as_str() {
             "CrossAttnDownBlock2D" => true,
             "DownBlock2D" => false,
-            other => return Err(unet.error("down_block_types", format!("'{other}' is not supported"))),
+            other => {
+                return Err(unet.error("down_block_types", format!("'{other}' is not supported")))
+            }
         };
         let mirrored = match up[blocks.len() - 1 - level].as_str() {
             "CrossAttnUpBlock2D" => true,
             "UpBlock2D" => false,
-            other => return Err(unet.error("up_block_types", format!("'{other}' is not supported"))),
+            other => {
+                return Err(unet.error("up_block_types", format!("'{other}' is not supported")))
+            }
         };
         if attention != mirrored {
             return Err(unet.error("up_block_types", "must mirror down_block_types"));
@@ -330,19 +370,47 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
             attention_resolutions.push(1 << level);
         }
     }
-    unet.require("mid_block_type", "UNetMidBlock2DCrossAttn".into(), "the reference middle block")?;
+    unet.require(
+        "mid_block_type",
+        "UNetMidBlock2DCrossAttn".into(),
+        "the reference middle block",
+    )?;
     unet.require("act_fn", "silu".into(), "the reference UNet uses SiLU")?;
-    unet.require("flip_sin_to_cos", true.into(), "the reference embeds cos before sin")?;
+    unet.require(
+        "flip_sin_to_cos",
+        true.into(),
+        "the reference embeds cos before sin",
+    )?;
     unet.require("freq_shift", 0.into(), "the reference's frequencies")?;
-    unet.require("center_input_sample", false.into(), "inputs as the reference takes them")?;
-    unet.require("resnet_time_scale_shift", "default".into(), "scale-shift norm is not built yet")?;
-    unet.require("only_cross_attention", false.into(), "self-attention then cross-attention")?;
+    unet.require(
+        "center_input_sample",
+        false.into(),
+        "inputs as the reference takes them",
+    )?;
+    unet.require(
+        "resnet_time_scale_shift",
+        "default".into(),
+        "scale-shift norm is not built yet",
+    )?;
+    unet.require(
+        "only_cross_attention",
+        false.into(),
+        "self-attention then cross-attention",
+    )?;
     unet.require("dual_cross_attention", false.into(), "one context")?;
     unet.require("conv_in_kernel", 3.into(), "3x3 convolutions")?;
     unet.require("conv_out_kernel", 3.into(), "3x3 convolutions")?;
     unet.require("attention_type", "default".into(), "plain attention")?;
-    unet.require("resnet_skip_time_act", false.into(), "the reference ResBlock")?;
-    unet.require("class_embeddings_concat", false.into(), "no class embedding")?;
+    unet.require(
+        "resnet_skip_time_act",
+        false.into(),
+        "the reference ResBlock",
+    )?;
+    unet.require(
+        "class_embeddings_concat",
+        false.into(),
+        "no class embedding",
+    )?;
     unet.require_number("mid_block_scale_factor", 1.0, "the reference middle block")?;
     unet.require_number("resnet_out_scale_factor", 1.0, "the reference ResBlock")?;
     unet.require_number("downsample_padding", 1.0, "the reference downsampling")?;
@@ -365,12 +433,21 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
     ] {
         unet.require(field, Value::Null, "not part of Stable Diffusion 1.x/2.x")?;
     }
-    unet.require("time_embedding_type", "positional".into(), "sinusoidal timestep embedding")?;
+    unet.require(
+        "time_embedding_type",
+        "positional".into(),
+        "sinusoidal timestep embedding",
+    )?;
     let layers = unet.usize_or("layers_per_block", 2)?;
     let depth = match unet.get("transformer_layers_per_block") {
         None => 1,
         Some(Value::Number(n)) => n.as_u64().unwrap_or(0) as usize,
-        Some(_) => return Err(unet.error("transformer_layers_per_block", "one depth for every level is supported")),
+        Some(_) => {
+            return Err(unet.error(
+                "transformer_layers_per_block",
+                "one depth for every level is supported",
+            ))
+        }
     };
     let context = unet.usize("cross_attention_dim")?;
     let Conditioning::Text { width, .. } = conditioning else {
@@ -392,7 +469,11 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
     let (heads, head_channels) = match unet.get(heads_field) {
         Some(Value::Number(n)) => (Some(n.as_u64().unwrap_or(0) as usize), None),
         Some(Value::Array(list)) => {
-            let counts: Vec<usize> = list.iter().filter_map(Value::as_u64).map(|v| v as usize).collect();
+            let counts: Vec<usize> = list
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as usize)
+                .collect();
             let per_head: Vec<usize> = counts
                 .iter()
                 .zip(&blocks)
@@ -400,10 +481,17 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
                 .map(|(&h, &c)| c / h)
                 .collect();
             match per_head.as_slice() {
-                [first, rest @ ..] if counts.len() == blocks.len() && rest.iter().all(|d| d == first) => {
+                [first, rest @ ..]
+                    if counts.len() == blocks.len() && rest.iter().all(|d| d == first) =>
+                {
                     (None, Some(*first))
                 }
-                _ => return Err(unet.error(heads_field, "per-level head counts must give one head width")),
+                _ => {
+                    return Err(unet.error(
+                        heads_field,
+                        "per-level head counts must give one head width",
+                    ))
+                }
             }
         }
         _ => return Err(unet.error(heads_field, "missing or not a number or list")),
@@ -425,26 +513,44 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
         head_channels,
         transformer_depth: depth,
         groups: unet.usize_or("norm_num_groups", 32)?,
-        linear_projection: unet.get("use_linear_projection").and_then(Value::as_bool).unwrap_or(false),
+        linear_projection: unet
+            .get("use_linear_projection")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
 /// The forward process of a diffusers scheduler configuration.
 fn schedule(scheduler: &Config) -> Result<LinearSchedule, ImportError> {
     // diffusers' "scaled_linear" is the reference's "linear": linear in sqrt(beta).
-    scheduler.require("beta_schedule", "scaled_linear".into(), "the reference's linear schedule")?;
+    scheduler.require(
+        "beta_schedule",
+        "scaled_linear".into(),
+        "the reference's linear schedule",
+    )?;
     scheduler.require("trained_betas", Value::Null, "explicit betas")?;
     let prediction = match scheduler.str_or("prediction_type", "epsilon")? {
         "epsilon" => Prediction::Epsilon,
         "v_prediction" => Prediction::V,
         other => {
-            return Err(scheduler.error("prediction_type", format!("'{other}' is not supported (epsilon, v_prediction)")))
+            return Err(scheduler.error(
+                "prediction_type",
+                format!("'{other}' is not supported (epsilon, v_prediction)"),
+            ))
         }
     };
     // The reference's DDIM spacing: every (T / steps)-th timestep, shifted by one.
-    scheduler.require("timestep_spacing", "leading".into(), "the reference's DDIM spacing")?;
+    scheduler.require(
+        "timestep_spacing",
+        "leading".into(),
+        "the reference's DDIM spacing",
+    )?;
     scheduler.require_number("steps_offset", 1.0, "the reference's DDIM spacing")?;
-    scheduler.require("rescale_betas_zero_snr", false.into(), "the schedule as trained")?;
+    scheduler.require(
+        "rescale_betas_zero_snr",
+        false.into(),
+        "the schedule as trained",
+    )?;
     scheduler.require("thresholding", false.into(), "no dynamic thresholding")?;
     scheduler.require("clip_sample", false.into(), "x_0 estimates are not clipped")?;
     Ok(LinearSchedule {
@@ -500,13 +606,23 @@ pub fn unet_name(key: &str, cfg: &UnetConfig) -> Option<String> {
     }
     if let Some((level, rest)) = indexed(key, "down_blocks") {
         if let Some((j, rest)) = indexed(rest, "resnets") {
-            return Some(format!("input_blocks.{}.0.{}", 1 + per_level * level + j, unet_resnet(rest)?));
+            return Some(format!(
+                "input_blocks.{}.0.{}",
+                1 + per_level * level + j,
+                unet_resnet(rest)?
+            ));
         }
         if let Some((j, rest)) = indexed(rest, "attentions") {
-            return Some(format!("input_blocks.{}.1.{rest}", 1 + per_level * level + j));
+            return Some(format!(
+                "input_blocks.{}.1.{rest}",
+                1 + per_level * level + j
+            ));
         }
         if let Some(leaf) = rest.strip_prefix("downsamplers.0.conv.") {
-            return Some(format!("input_blocks.{}.0.op.{leaf}", per_level * (level + 1)));
+            return Some(format!(
+                "input_blocks.{}.0.op.{leaf}",
+                per_level * (level + 1)
+            ));
         }
         return None;
     }
@@ -521,14 +637,21 @@ pub fn unet_name(key: &str, cfg: &UnetConfig) -> Option<String> {
     if let Some((i, rest)) = indexed(key, "up_blocks") {
         let level = levels.checked_sub(1 + i)?;
         if let Some((j, rest)) = indexed(rest, "resnets") {
-            return Some(format!("output_blocks.{}.0.{}", per_level * i + j, unet_resnet(rest)?));
+            return Some(format!(
+                "output_blocks.{}.0.{}",
+                per_level * i + j,
+                unet_resnet(rest)?
+            ));
         }
         if let Some((j, rest)) = indexed(rest, "attentions") {
             return Some(format!("output_blocks.{}.1.{rest}", per_level * i + j));
         }
         if let Some(leaf) = rest.strip_prefix("upsamplers.0.conv.") {
             let layer = if has_attention(level) { 2 } else { 1 };
-            return Some(format!("output_blocks.{}.{layer}.conv.{leaf}", per_level * i + cfg.res_blocks));
+            return Some(format!(
+                "output_blocks.{}.{layer}.conv.{leaf}",
+                per_level * i + cfg.res_blocks
+            ));
         }
     }
     None
@@ -563,7 +686,11 @@ pub fn vae_name(key: &str, levels: usize) -> Option<String> {
         return None;
     }
     let out = |s: String| Some(format!("{part}.{s}"));
-    for (from, to) in [("conv_in.", "conv_in."), ("conv_out.", "conv_out."), ("conv_norm_out.", "norm_out.")] {
+    for (from, to) in [
+        ("conv_in.", "conv_in."),
+        ("conv_out.", "conv_out."),
+        ("conv_norm_out.", "norm_out."),
+    ] {
         if let Some(leaf) = rest.strip_prefix(from) {
             return out(format!("{to}{leaf}"));
         }
@@ -590,6 +717,10 @@ pub fn vae_name(key: &str, levels: usize) -> Option<String> {
         return out(format!("{stage}.{level}.block.{j}.{}", vae_module(rest)?));
     }
     let leaf = rest.strip_prefix(sampler)?;
-    let name = if part == "encoder" { "downsample" } else { "upsample" };
+    let name = if part == "encoder" {
+        "downsample"
+    } else {
+        "upsample"
+    };
     out(format!("{stage}.{level}.{name}.conv.{leaf}"))
 }

@@ -18,7 +18,9 @@ const MAX_INDEX_BYTES: u64 = 16 << 20;
 pub fn read_tensors(path: &Path) -> Result<Weights, ImportError> {
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(|e| ImportError::io(path, e))?;
-    let n = file.read(&mut magic).map_err(|e| ImportError::io(path, e))?;
+    let n = file
+        .read(&mut magic)
+        .map_err(|e| ImportError::io(path, e))?;
     if n == 4 && magic == *b"PK\x03\x04" {
         return TorchFile::open(path)?.state_dict();
     }
@@ -31,8 +33,11 @@ fn read_safetensors(path: &Path) -> Result<Weights, ImportError> {
         path: path.display().to_string(),
         message,
     };
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("neither a zip checkpoint nor a safetensors file ({e:?})")))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| {
+        bad(format!(
+            "neither a zip checkpoint nor a safetensors file ({e:?})"
+        ))
+    })?;
     let mut out = Weights::new();
     for (name, view) in file.tensors() {
         let dtype = match view.dtype() {

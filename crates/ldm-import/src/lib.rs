@@ -94,7 +94,9 @@ pub struct Imported {
 
 /// Names and shapes of the parameters each graph of `config` holds (the first stage's
 /// encoder and decoder together).
-pub fn expected(config: &ModelConfig) -> Result<BTreeMap<GraphRole, BTreeMap<String, Vec<usize>>>, ImportError> {
+pub fn expected(
+    config: &ModelConfig,
+) -> Result<BTreeMap<GraphRole, BTreeMap<String, Vec<usize>>>, ImportError> {
     let mut out = BTreeMap::new();
     for role in ldm_nn::graphs::roles(config) {
         let params = ldm_nn::graphs::expected_params(role, config)?;
@@ -156,7 +158,11 @@ pub fn check_weights(
         }
         if !wrong.is_empty() {
             let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
-            problems.push(format!("{} of the wrong shape: {}", wrong.len(), list(&wrong)));
+            problems.push(format!(
+                "{} of the wrong shape: {}",
+                wrong.len(),
+                list(&wrong)
+            ));
         }
         if !problems.is_empty() {
             return Err(ImportError::Mismatch {
@@ -205,6 +211,10 @@ fn replace_first_stage(imported: &mut Imported, vae: &Path) -> Result<(), Import
         reference::vae_file_weights(vae, &imported.config)?
     };
     imported.weights.insert(GraphRole::Encoder, weights);
-    imported.source = format!("{} with the first stage of {}", imported.source, vae.display());
+    imported.source = format!(
+        "{} with the first stage of {}",
+        imported.source,
+        vae.display()
+    );
     Ok(())
 }

@@ -20,13 +20,17 @@ const MAX_DEPTH: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PickleError {
-    #[error("the pickle calls `{0}`, which a checkpoint does not need; refusing it (nothing was run)")]
+    #[error(
+        "the pickle calls `{0}`, which a checkpoint does not need; refusing it (nothing was run)"
+    )]
     Forbidden(String),
     #[error("the pickle uses opcode 0x{0:02x} ({1}), which a checkpoint does not need")]
     Opcode(u8, &'static str),
     #[error("the pickle is malformed at byte {at}: {message}")]
     Malformed { at: usize, message: String },
-    #[error("the pickle is too large or too deeply nested (more than {0} values or {MAX_DEPTH} levels)")]
+    #[error(
+        "the pickle is too large or too deeply nested (more than {0} values or {MAX_DEPTH} levels)"
+    )]
     TooLarge(usize),
 }
 
@@ -233,10 +237,7 @@ impl<'a> Machine<'a> {
 
     /// The values pushed since the last MARK, which is removed.
     fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
-        let mark = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.malformed("no MARK"))?;
+        let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK"))?;
         if mark > self.stack.len() {
             return Err(self.malformed("MARK beyond the stack"));
         }
@@ -576,7 +577,9 @@ impl<'a> Machine<'a> {
         }
         match name.as_str() {
             CODECS_ENCODE => match args.as_slice() {
-                [Value::Str(text), Value::Str(codec)] if codec == "latin1" || codec == "latin-1" => {
+                [Value::Str(text), Value::Str(codec)]
+                    if codec == "latin1" || codec == "latin-1" =>
+                {
                     text.chars()
                         .map(|c| u8::try_from(u32::from(c)).ok())
                         .collect::<Option<Vec<u8>>>()

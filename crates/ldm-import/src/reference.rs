@@ -96,13 +96,20 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, ImportEr
             message: format!(
                 "{} tensors outside the reference layout: {}",
                 unknown.len(),
-                unknown.iter().take(8).copied().collect::<Vec<_>>().join(", ")
+                unknown
+                    .iter()
+                    .take(8)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     }
     let mut unet = parts.remove(UNET).ok_or_else(|| ImportError::Mismatch {
         what: format!("the checkpoint {shown}"),
-        message: format!("no UNet ({UNET}*): not a latent diffusion checkpoint in the reference layout"),
+        message: format!(
+            "no UNet ({UNET}*): not a latent diffusion checkpoint in the reference layout"
+        ),
     })?;
     let first_stage = parts.remove(FIRST_STAGE).unwrap_or_default();
     let text = match (parts.remove(CLIP), parts.remove(OPEN_CLIP)) {
@@ -118,7 +125,8 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, ImportEr
     };
     let text = text.ok_or_else(|| ImportError::Mismatch {
         what: format!("the checkpoint {shown}"),
-        message: "no text encoder (cond_stage_model.*): only text-to-image models are imported yet".into(),
+        message: "no text encoder (cond_stage_model.*): only text-to-image models are imported yet"
+            .into(),
     })?;
     let used_ema = !ema.is_empty() && options.ema == EmaChoice::Prefer;
     if used_ema {
@@ -195,8 +203,12 @@ pub fn vae_file_weights(path: &Path, config: &ModelConfig) -> Result<Weights, Im
             continue;
         }
         let key = key.strip_prefix(FIRST_STAGE).unwrap_or(&key).to_string();
-        let reference_layout = key.contains(".down.") || key.contains(".up.") || key.contains(".mid.");
-        let name = if reference_layout || key.starts_with("quant_conv.") || key.starts_with("post_quant_conv.") {
+        let reference_layout =
+            key.contains(".down.") || key.contains(".up.") || key.contains(".mid.");
+        let name = if reference_layout
+            || key.starts_with("quant_conv.")
+            || key.starts_with("post_quant_conv.")
+        {
             Some(key.clone())
         } else {
             crate::diffusers::vae_name(&key, levels)
@@ -241,7 +253,11 @@ fn open_clip_to_clip(weights: Weights, shown: &str) -> Result<Weights, ImportErr
                 }
                 let p = format!("encoder.layers.{layer}");
                 if let Some(kind) = rest.strip_prefix("attn.in_proj_") {
-                    for (i, part) in split_rows(&tensor, 3).map_err(|_| bad())?.into_iter().enumerate() {
+                    for (i, part) in split_rows(&tensor, 3)
+                        .map_err(|_| bad())?
+                        .into_iter()
+                        .enumerate()
+                    {
                         let proj = ["q_proj", "k_proj", "v_proj"][i];
                         out.insert(format!("{p}.self_attn.{proj}.{kind}"), part);
                     }
@@ -289,7 +305,9 @@ fn shape_of<'a>(w: &'a Weights, key: &str, what: &str) -> Result<&'a [usize], Im
         .map(|t| t.shape.as_slice())
         .ok_or_else(|| ImportError::Mismatch {
             what: format!("the {what} weights"),
-            message: format!("'{key}' is missing, so the architecture cannot be read from the shapes"),
+            message: format!(
+                "'{key}' is missing, so the architecture cannot be read from the shapes"
+            ),
         })
 }
 
@@ -319,7 +337,11 @@ fn infer_config(
         heads,
         head_channels: None,
         encoder: TextEncoderKind::Clip,
-        activation: if open_clip { Activation::Gelu } else { Activation::QuickGelu },
+        activation: if open_clip {
+            Activation::Gelu
+        } else {
+            Activation::QuickGelu
+        },
         mlp_width: Some(mlp_width),
         positions: Some(positions),
     };
@@ -338,11 +360,15 @@ fn infer_unet(unet: &Weights, context: usize) -> Result<UnetConfig, ImportError>
     let conv_in = shape_of(unet, "input_blocks.0.0.weight", what)?;
     let model_channels = conv_in[0];
     let inputs = (0..)
-        .take_while(|i| unet.keys().any(|k| k.starts_with(&format!("input_blocks.{i}."))))
+        .take_while(|i| {
+            unet.keys()
+                .any(|k| k.starts_with(&format!("input_blocks.{i}.")))
+        })
         .count();
-    let levels = 1 + (0..inputs)
-        .filter(|i| unet.contains_key(&format!("input_blocks.{i}.0.op.weight")))
-        .count();
+    let levels = 1
+        + (0..inputs)
+            .filter(|i| unet.contains_key(&format!("input_blocks.{i}.0.op.weight")))
+            .count();
     if inputs < 1 + levels || (inputs - levels) % levels != 0 {
         return Err(ImportError::Mismatch {
             what: "the UNet weights".into(),
@@ -357,7 +383,11 @@ fn infer_unet(unet: &Weights, context: usize) -> Result<UnetConfig, ImportError>
     let mut depth = 1;
     for level in 0..levels {
         let block = 1 + per_level * level;
-        let out = shape_of(unet, &format!("input_blocks.{block}.0.out_layers.3.weight"), what)?[0];
+        let out = shape_of(
+            unet,
+            &format!("input_blocks.{block}.0.out_layers.3.weight"),
+            what,
+        )?[0];
         channel_mult.push(out / model_channels);
         if let Some(proj) = unet.get(&format!("input_blocks.{block}.1.proj_in.weight")) {
             attention_resolutions.push(1 << level);
@@ -454,17 +484,21 @@ fn schedule_from_betas(all: &Weights) -> Result<LinearSchedule, ImportError> {
         // The reference DDIM and PLMS samplers end on alpha_bar_0.
         set_alpha_to_one: false,
     };
-    let rebuilt = schedule.noise_schedule().map_err(|e| ImportError::Mismatch {
-        what: "the checkpoint's betas".into(),
-        message: e.to_string(),
-    })?;
+    let rebuilt = schedule
+        .noise_schedule()
+        .map_err(|e| ImportError::Mismatch {
+            what: "the checkpoint's betas".into(),
+            message: e.to_string(),
+        })?;
     let worst = (0..n)
         .map(|t| (rebuilt.betas()[t] - betas[t] as f64).abs())
         .fold(0.0, f64::max);
     if worst > 1e-6 {
         return Err(ImportError::Mismatch {
             what: "the checkpoint's betas".into(),
-            message: format!("they are not the reference's linear schedule (off by up to {worst:.2e})"),
+            message: format!(
+                "they are not the reference's linear schedule (off by up to {worst:.2e})"
+            ),
         });
     }
     Ok(schedule)

@@ -48,7 +48,10 @@ impl TorchFile {
                 .read_to_string(&mut s)
                 .map_err(|e| bad(e.to_string()))?;
             if s.trim() != "little" {
-                return Err(bad(format!("byte order '{}' is not little-endian", s.trim())));
+                return Err(bad(format!(
+                    "byte order '{}' is not little-endian",
+                    s.trim()
+                )));
             }
         }
         let bytes = read_entry(&mut archive, &pickle_name, MAX_PICKLE_BYTES).map_err(bad)?;
@@ -77,9 +80,9 @@ impl TorchFile {
             let (Value::Str(name), Value::Tensor(t)) = (key, value) else {
                 continue;
             };
-            let tensor = self.tensor(&t, &mut storages).map_err(|m| {
-                self.error(format!("tensor '{name}': {m}"))
-            })?;
+            let tensor = self
+                .tensor(&t, &mut storages)
+                .map_err(|m| self.error(format!("tensor '{name}': {m}")))?;
             out.insert(name, tensor);
         }
         if out.is_empty() {
@@ -141,9 +144,7 @@ fn read_entry(
     name: &str,
     limit: u64,
 ) -> Result<Vec<u8>, String> {
-    let entry = archive
-        .by_name(name)
-        .map_err(|e| format!("{name}: {e}"))?;
+    let entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
     if entry.size() > limit {
         return Err(format!(
             "{name} holds {} bytes, more than the {limit} expected",
@@ -174,7 +175,9 @@ fn gather(storage: &[u8], dtype: DType, t: &TensorRef) -> Result<Vec<u8>, String
         .shape
         .iter()
         .zip(&t.stride)
-        .try_fold(t.offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?))
+        .try_fold(t.offset, |a, (&d, &s)| {
+            a.checked_add((d - 1).checked_mul(s)?)
+        })
         .ok_or("tensor extent overflows")?;
     if last >= available {
         return Err(format!(

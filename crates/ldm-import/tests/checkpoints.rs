@@ -19,7 +19,11 @@ fn run_python(script: &str, dir: &Path) {
         .args(["-c", script, dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A Lightning-shaped checkpoint: tensors of four element types, views among them, beside
@@ -60,7 +64,10 @@ fn torch_checkpoints_come_back_exactly() {
     assert_eq!(read["model.diffusion_model.half"].dtype, DType::F16);
     assert_eq!(read["model.diffusion_model.bf16"].dtype, DType::BF16);
     assert_eq!(read["model.diffusion_model.transposed"].shape, [5, 3]);
-    assert_eq!(read["model.diffusion_model.scalar"].shape, Vec::<usize>::new());
+    assert_eq!(
+        read["model.diffusion_model.scalar"].shape,
+        Vec::<usize>::new()
+    );
 }
 
 /// A checkpoint whose pickle would run a shell command when Python loads it.
@@ -81,11 +88,18 @@ torch.save({"w": torch.zeros(2), "x": Eval()}, out + "/eval.pt")
 fn a_checkpoint_that_calls_anything_else_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     run_python(MALICIOUS, dir.path());
-    let err = read_tensors(&dir.path().join("malicious.ckpt")).unwrap_err().to_string();
-    assert!(err.contains("`posix.system`") || err.contains("`os.system`"), "{err}");
+    let err = read_tensors(&dir.path().join("malicious.ckpt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`posix.system`") || err.contains("`os.system`"),
+        "{err}"
+    );
     assert!(err.contains("nothing was run"), "{err}");
     assert!(!dir.path().join("pwned").exists());
-    let err = read_tensors(&dir.path().join("eval.pt")).unwrap_err().to_string();
+    let err = read_tensors(&dir.path().join("eval.pt"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`builtins.eval`"), "{err}");
 }
 
@@ -111,7 +125,12 @@ fn hand_written_hostile_pickles_are_refused() {
     let err = pickle::load(b"ccollections\nOrderedDict\n)Rcbuiltins\nexec\n.").unwrap_err();
     assert_eq!(err, PickleError::Forbidden("builtins.exec".into()));
     // Truncated, underflowing, unknown opcodes and old-style instantiation.
-    for bad in [&b"\x80\x02}q\x00(X\x05\x00\x00\x00ab"[..], b"t.", b"\xff.", b"(i__main__\nX\n."] {
+    for bad in [
+        &b"\x80\x02}q\x00(X\x05\x00\x00\x00ab"[..],
+        b"t.",
+        b"\xff.",
+        b"(i__main__\nX\n.",
+    ] {
         assert!(pickle::load(bad).is_err(), "{bad:?}");
     }
 }
@@ -122,7 +141,10 @@ fn a_file_that_is_neither_format_is_named() {
     let path = dir.path().join("garbage.ckpt");
     std::fs::write(&path, b"definitely not a checkpoint").unwrap();
     let err = read_tensors(&path).unwrap_err().to_string();
-    assert!(err.contains("garbage.ckpt") && err.contains("neither"), "{err}");
+    assert!(
+        err.contains("garbage.ckpt") && err.contains("neither"),
+        "{err}"
+    );
     std::fs::write(&path, b"PK\x03\x04 truncated zip").unwrap();
     let err = read_tensors(&path).unwrap_err().to_string();
     assert!(err.contains("not a zip checkpoint"), "{err}");

@@ -52,7 +52,11 @@ fn embed<O: Ops>(
     position: &str,
 ) -> Result<O::T> {
     let token = o.param(token, &[shape.vocab_size, shape.width], Init::Normal(0.02))?;
-    let table = o.param(position, &[shape.positions, shape.width], Init::Normal(0.02))?;
+    let table = o.param(
+        position,
+        &[shape.positions, shape.width],
+        Init::Normal(0.02),
+    )?;
     let x = o.embedding(&token, ids)?;
     // Sequences are always padded to the full length.
     let used = if shape.positions == shape.max_length {
@@ -108,7 +112,11 @@ fn clip_text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> 
             let t = linear(o, &a.pp(name), &n, width, inner, true)?;
             split_heads(o, &t, heads, head_dim)
         };
-        let (q, k, v) = (project(o, "q_proj")?, project(o, "k_proj")?, project(o, "v_proj")?);
+        let (q, k, v) = (
+            project(o, "q_proj")?,
+            project(o, "k_proj")?,
+            project(o, "v_proj")?,
+        );
         let kt = o.transpose_last(&k)?;
         let scores = o.matmul(&q, &kt)?;
         let scores = o.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;

@@ -164,7 +164,10 @@ fn tokenizers_the_text_encoder_cannot_take_are_refused() {
             {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": "(a|aa)*b"}, "content": ""}
         ]})
     });
-    assert_contains(&err, &["its normalizer is a Replace with the regular expression"]);
+    assert_contains(
+        &err,
+        &["its normalizer is a Replace with the regular expression"],
+    );
     let err = edited(&|j| j["model"]["type"] = "Unigram".into());
     assert_contains(&err, &["its model is of type Unigram"]);
     let err = edited(&|j| j["normalizer"] = serde_json::json!({"type": "Precompiled"}));

@@ -153,9 +153,11 @@ fn is_true(value: &bool) -> bool {
 
 impl LinearSchedule {
     pub fn noise_schedule(&self) -> Result<NoiseSchedule, crate::ScheduleError> {
-        Ok(NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)?
-            .with_prediction(self.prediction)
-            .with_set_alpha_to_one(self.set_alpha_to_one))
+        Ok(
+            NoiseSchedule::linear(self.timesteps, self.beta_start, self.beta_end)?
+                .with_prediction(self.prediction)
+                .with_set_alpha_to_one(self.set_alpha_to_one),
+        )
     }
 }
 
