@@ -383,7 +383,7 @@ fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>,
 }
 
 #[test]
-fn imports_single_files_in_the_reference_layout_as_diffusers_reads_them() {
+fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
     let dir = tempfile::tempdir().unwrap();
     let reference_dir = reference(dir.path(), "sd1");
     let release = check_import(
@@ -449,6 +449,59 @@ fn imports_single_files_in_the_reference_layout_as_diffusers_reads_them() {
         values(&ema_release.join("unet.safetensors")),
         values(&single.join("ema_unet.safetensors"))
     );
+
+    // The imported release fine-tunes (keeping its latent scale) and exports again.
+    let shapes = common::shapes_data(dir.path(), 12, 16);
+    let run = dir.path().join("fine-tuned");
+    let (ok, text) = output(
+        ldm()
+            .args(["train", "diffusion", "--config", config.to_str().unwrap()])
+            .args([
+                "--data",
+                shapes.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ])
+            .args([
+                "--init-from",
+                release.to_str().unwrap(),
+                "--autoencoder",
+                release.to_str().unwrap(),
+            ])
+            .args([
+                "--steps",
+                "4",
+                "--batch-size",
+                "2",
+                "--checkpoint-every",
+                "2",
+                "--sample-every",
+                "100",
+                "--quiet",
+            ]),
+    );
+    assert!(ok && text.contains("latent scale factor 0.18215"), "{text}");
+    let bundle = dir.path().join("fine-tuned-bundle");
+    let (ok, text) = output(ldm().args([
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]));
+    assert!(ok, "{text}");
+    let image = dir.path().join("fine-tuned.png");
+    let (ok, text) = output(
+        ldm()
+            .args([
+                "generate",
+                "a red circle",
+                "--bundle",
+                bundle.to_str().unwrap(),
+            ])
+            .args(["--steps", "2", "--out", image.to_str().unwrap()]),
+    );
+    assert!(ok && image.is_file(), "{text}");
 
     // Missing, unexpected and wrongly shaped tensors are named.
     let source = single.join("model.safetensors");

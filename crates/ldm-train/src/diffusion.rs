@@ -151,9 +151,11 @@ impl<'a> DiffusionStage<'a> {
                 seed: options.seed,
             },
         )?;
-        let scale_factor = match resumed {
-            Some(state) => state.scale_factor,
-            None => first_batch_scale(config, &cache, &loader, options.seed)?,
+        // A fine-tuned UNet keeps the latent scale it was trained with.
+        let scale_factor = match (resumed, &options.init_from) {
+            (Some(state), _) => state.scale_factor,
+            (None, Some(source)) => release::scale_factor_of(source)?,
+            (None, None) => first_batch_scale(config, &cache, &loader, options.seed)?,
         };
         // A fine-tuned text encoder only understands its own token ids.
         let source_tokenizer = match (resumed, &options.init_from) {

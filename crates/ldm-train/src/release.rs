@@ -234,6 +234,15 @@ pub struct FirstStageRecord {
 pub fn first_stage_record(folder: &Path) -> Result<FirstStageRecord, TrainError> {
     if is_release(folder) {
         let info = read_info(folder)?;
+        if info.imported.is_some() {
+            // Someone else's first stage: no training here to record.
+            return Ok(FirstStageRecord {
+                config: ModelConfig::load(&folder.join(CONFIG_FILE))?,
+                steps: 0,
+                options: AutoencoderOptions::default(),
+                validation: None,
+            });
+        }
         let missing = || TrainError::Release {
             path: folder.join(RELEASE_FILE),
             message: "the release records no first-stage training".into(),
@@ -285,6 +294,20 @@ pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> 
     let json = serde_json::to_vec_pretty(&release.info).expect("release info serialises");
     write_atomic(&dir.join(RELEASE_FILE), &json).map_err(|e| TrainError::io(dir, e))?;
     Ok(staging.commit()?)
+}
+
+/// The latent scale factor the UNet of a release or diffusion run was trained with: what a
+/// run fine-tuned from it must keep.
+pub fn scale_factor_of(source: &Path) -> Result<f64, TrainError> {
+    if is_release(source) {
+        return Ok(read_info(source)?.scale_factor);
+    }
+    let checkpoint = checkpoint::latest(source)?.ok_or_else(|| TrainError::NoWeights {
+        path: source.to_path_buf(),
+        what: "--init-from: no checkpoint there".into(),
+    })?;
+    let state: DiffusionState = checkpoint::load_state(&checkpoint)?;
+    Ok(state.scale_factor)
 }
 
 /// Whether `dir` holds a release (rather than a run folder).
