@@ -1,6 +1,6 @@
 """A single-file checkpoint in the reference layout, read back by diffusers' own loader.
 
-    python single_file.py RELEASE PIPELINE REFERENCE OUT_DIR
+    python single_file.py RELEASE PIPELINE REFERENCE OUT_DIR [clip|open_clip]
 
 takes the tensor names and shapes of an ldm release of the tiny pipeline (RELEASE, whose
 networks use the reference names), gives every tensor fresh random values under the reference
@@ -10,7 +10,8 @@ without dots) and the schedule's `betas`, and writes it as OUT_DIR/model.safeten
 Lightning-shaped OUT_DIR/model.ckpt. diffusers' `from_single_file` then loads it with the
 PIPELINE folder's configuration (its own mapping of the reference names, not ours) and computes
 every network on the inputs of REFERENCE, written as OUT_DIR/reference.safetensors; the EMA
-copy under the trained weights' names is OUT_DIR/ema_unet.safetensors.
+copy under the trained weights' names is OUT_DIR/ema_unet.safetensors. With `open_clip` the
+text encoder is written in OpenCLIP's layout under `cond_stage_model.model.` (2.x).
 """
 
 import os
@@ -34,8 +35,35 @@ def fresh(t, name, generator):
     return 1.0 + noise if t.ndim == 1 and name.endswith("weight") else noise
 
 
+def open_clip(text, generator):
+    """CLIP-named text encoder weights under OpenCLIP's names (Stable Diffusion 2.x's files):
+    fused attention projections, and one more block after the last, which 2.x never uses (it
+    conditions on the penultimate layer's output)."""
+    layers = 1 + max(int(k.split(".")[2]) for k in text if k.startswith("encoder.layers."))
+    out = {
+        "token_embedding.weight": text["embeddings.token_embedding.weight"],
+        "positional_embedding": text["embeddings.position_embedding.weight"],
+        "ln_final.weight": text["final_layer_norm.weight"],
+        "ln_final.bias": text["final_layer_norm.bias"],
+    }
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(layers + 1):
+        source = f"encoder.layers.{min(i, layers - 1)}."
+        block = {k[len(source):]: v for k, v in text.items() if k.startswith(source)}
+        if i == layers:
+            block = {k: fresh(v, k, generator) for k, v in block.items()}
+        for leaf in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat(
+                [block[f"self_attn.{p}_proj.{leaf}"] for p in "qkv"])
+            for ours, theirs in names.items():
+                out[f"transformer.resblocks.{i}.{theirs}.{leaf}"] = block[f"{ours}.{leaf}"]
+    return out
+
+
 def main():
     release, pipeline, reference, out = sys.argv[1:5]
+    layout = sys.argv[5] if len(sys.argv) > 5 else "clip"
     os.makedirs(out, exist_ok=True)
     generator = torch.Generator().manual_seed(1)
     state = {}
@@ -45,6 +73,11 @@ def main():
             state[prefix + name] = fresh(t.float(), name, generator)
             if file == "unet.safetensors":
                 ema[name] = fresh(t.float(), name, generator)
+    if layout == "open_clip":
+        prefix = PREFIXES["text_encoder.safetensors"]
+        text = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+        for k, v in open_clip(text, generator).items():
+            state["cond_stage_model.model." + k] = v
     for name, t in ema.items():
         state["model_ema." + ("diffusion_model." + name).replace(".", "")] = t
     state["model_ema.decay"] = torch.tensor(0.9999)

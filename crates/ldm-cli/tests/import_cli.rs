@@ -382,6 +382,72 @@ fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>,
     safetensors::tensor::serialize_to_file(views, &None, out).unwrap();
 }
 
+/// The names and shapes of `release` with fresh values as a single file in the reference
+/// layout (text encoder in `layout`: clip or open_clip), read back by diffusers' single-file
+/// loader into `out` (tests/reference/single_file.py).
+fn single_file(release: &Path, reference_dir: &Path, out: &Path, layout: &str) -> PathBuf {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/reference/single_file.py"
+    );
+    let run = std::process::Command::new(python())
+        .arg(script)
+        .args([
+            release,
+            &reference_dir.join("pipeline"),
+            &reference_dir.join("reference.safetensors"),
+            out,
+        ])
+        .arg(layout)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out.to_path_buf()
+}
+
+#[test]
+fn imports_stable_diffusion_2_single_files_with_an_open_clip_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference_dir = reference(dir.path(), "sd2");
+    let release = check_import(
+        &reference_dir.join("reference.safetensors"),
+        &reference_dir,
+        &reference_dir.join("pipeline"),
+        &[],
+        &dir.path().join("folder"),
+    );
+    let single = single_file(
+        &release,
+        &reference_dir,
+        &dir.path().join("single"),
+        "open_clip",
+    );
+    let config = release.join("model.toml");
+    let tokenizer = reference_dir.join("tokenizer");
+    std::fs::copy(
+        reference_dir.join("pipeline/tokenizer/tokenizer_config.json"),
+        tokenizer.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    check_import(
+        &single.join("reference.safetensors"),
+        &reference_dir,
+        &single.join("model.safetensors"),
+        &[
+            "--no-ema",
+            "--config",
+            config.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+        ],
+        &dir.path().join("open-clip"),
+    );
+}
+
 #[test]
 fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,24 +460,7 @@ fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
         &dir.path().join("folder"),
     );
     // The same names and shapes with fresh values, read back by diffusers' single-file loader.
-    let single = dir.path().join("single");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/reference/single_file.py"
-    );
-    let status = std::process::Command::new(python())
-        .arg(script)
-        .args([
-            &release,
-            &reference_dir.join("pipeline"),
-            &reference_dir.join("reference.safetensors"),
-            &single,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "single_file.py failed");
+    let single = single_file(&release, &reference_dir, &dir.path().join("single"), "clip");
     let config = release.join("model.toml");
     let tokenizer = reference_dir.join("tokenizer");
     let args = |ema: bool| {
