@@ -359,9 +359,12 @@ fn values(path: &Path) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
+/// Tensors as (name, shape, values).
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// `source` with `edit` applied to its tensors, as a new safetensors file.
-fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = reference_tensors(source)
+fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Tensors)) {
+    let mut tensors: Tensors = reference_tensors(source)
         .into_iter()
         .map(|(k, (shape, v))| (k, shape, v))
         .collect();
@@ -554,11 +557,8 @@ fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
 
     // Missing, unexpected and wrongly shaped tensors are named.
     let source = single.join("model.safetensors");
-    let cases: [(
-        &str,
-        Box<dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)>,
-        &str,
-    ); 3] = [
+    type Edit = Box<dyn Fn(&mut Tensors)>;
+    let cases: [(&str, Edit, &str); 3] = [
         (
             "missing",
             Box::new(|t| t.retain(|(k, _, _)| k != "model.diffusion_model.out.2.bias")),

@@ -242,7 +242,7 @@ impl<'a> Machine<'a> {
             return Err(self.malformed("MARK beyond the stack"));
         }
         let items = self.stack.split_off(mark);
-        if items.iter().any(|v| *v == Value::Mark) {
+        if items.contains(&Value::Mark) {
             return Err(self.malformed("nested MARK"));
         }
         Ok(items)
@@ -648,7 +648,7 @@ impl<'a> Machine<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut it = items.into_iter();
