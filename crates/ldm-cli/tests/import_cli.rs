@@ -216,9 +216,7 @@ fn imports_diffusers_pipelines_that_match_diffusers() {
             &out,
         );
         check_generation(&reference_dir, &out.join("bundle"), &out, variant == "sd2");
-        let vocabulary = reference_dir.join("tokenizer");
-        let special = reference_dir.join("pipeline/tokenizer/tokenizer_config.json");
-        std::fs::copy(special, vocabulary.join("tokenizer_config.json")).unwrap();
+        let vocabulary = vocabulary(&reference_dir);
         check_import(
             &expected,
             &reference_dir,
@@ -412,30 +410,50 @@ fn single_file(release: &Path, reference_dir: &Path, out: &Path, layout: &str) -
     out.to_path_buf()
 }
 
-#[test]
-fn imports_stable_diffusion_2_single_files_with_an_open_clip_text_encoder() {
-    let dir = tempfile::tempdir().unwrap();
-    let reference_dir = reference(dir.path(), "sd2");
+/// The reference pipeline of `variant` imported from its folder (checked on the way), and
+/// its release's names with fresh values as a single file with the text encoder in `layout`:
+/// (reference folder, release, single-file folder, its release's model.toml, tokenizer files).
+fn folder_and_single_file(
+    dir: &Path,
+    variant: &str,
+    layout: &str,
+) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    let reference_dir = reference(dir, variant);
     let release = check_import(
         &reference_dir.join("reference.safetensors"),
         &reference_dir,
         &reference_dir.join("pipeline"),
         &[],
-        &dir.path().join("folder"),
+        &dir.join("folder"),
     );
-    let single = single_file(
-        &release,
-        &reference_dir,
-        &dir.path().join("single"),
-        "open_clip",
-    );
+    let single = single_file(&release, &reference_dir, &dir.join("single"), layout);
     let config = release.join("model.toml");
-    let tokenizer = reference_dir.join("tokenizer");
+    (
+        reference_dir.clone(),
+        release,
+        single,
+        config,
+        vocabulary(&reference_dir),
+    )
+}
+
+/// The reference's vocab.json and merges.txt, with the pipeline's tokenizer_config.json (its
+/// pad token) beside them.
+fn vocabulary(reference_dir: &Path) -> PathBuf {
+    let folder = reference_dir.join("tokenizer");
     std::fs::copy(
         reference_dir.join("pipeline/tokenizer/tokenizer_config.json"),
-        tokenizer.join("tokenizer_config.json"),
+        folder.join("tokenizer_config.json"),
     )
     .unwrap();
+    folder
+}
+
+#[test]
+fn imports_stable_diffusion_2_single_files_with_an_open_clip_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reference_dir, _, single, config, tokenizer) =
+        folder_and_single_file(dir.path(), "sd2", "open_clip");
     check_import(
         &single.join("reference.safetensors"),
         &reference_dir,
@@ -454,18 +472,9 @@ fn imports_stable_diffusion_2_single_files_with_an_open_clip_text_encoder() {
 #[test]
 fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
     let dir = tempfile::tempdir().unwrap();
-    let reference_dir = reference(dir.path(), "sd1");
-    let release = check_import(
-        &reference_dir.join("reference.safetensors"),
-        &reference_dir,
-        &reference_dir.join("pipeline"),
-        &[],
-        &dir.path().join("folder"),
-    );
     // The same names and shapes with fresh values, read back by diffusers' single-file loader.
-    let single = single_file(&release, &reference_dir, &dir.path().join("single"), "clip");
-    let config = release.join("model.toml");
-    let tokenizer = reference_dir.join("tokenizer");
+    let (reference_dir, release, single, config, tokenizer) =
+        folder_and_single_file(dir.path(), "sd1", "clip");
     let args = |ema: bool| {
         let mut a = vec![
             "--config",

@@ -398,14 +398,7 @@ impl<'a> Machine<'a> {
                 0x88 => self.push(Value::Bool(true))?,
                 0x89 => self.push(Value::Bool(false))?,
                 b'q' | b'r' | b'p' => {
-                    let key = match op {
-                        b'q' => self.uint(1)?,
-                        b'r' => self.uint(4)?,
-                        _ => self
-                            .line()?
-                            .parse()
-                            .map_err(|_| self.malformed("bad PUT"))?,
-                    };
+                    let key = self.memo_key(op, b'q', b'r')?;
                     let v = self.top()?.clone();
                     self.memo.insert(key, v);
                 }
@@ -415,14 +408,7 @@ impl<'a> Machine<'a> {
                     self.memo.insert(key, v);
                 }
                 b'h' | b'j' | b'g' => {
-                    let key = match op {
-                        b'h' => self.uint(1)?,
-                        b'j' => self.uint(4)?,
-                        _ => self
-                            .line()?
-                            .parse()
-                            .map_err(|_| self.malformed("bad GET"))?,
-                    };
+                    let key = self.memo_key(op, b'h', b'j')?;
                     let v = self
                         .memo
                         .get(&key)
@@ -482,6 +468,19 @@ impl<'a> Machine<'a> {
                 0x97 | 0x98 => return Err(PickleError::Opcode(op, "out-of-band buffer")),
                 _ => return Err(PickleError::Opcode(op, "unknown")),
             }
+        }
+    }
+
+    /// The memo key of a PUT or GET: one byte after `short`, four after `long`, else a line
+    /// of text (protocol 0).
+    fn memo_key(&mut self, op: u8, short: u8, long: u8) -> Result<u64, PickleError> {
+        match op {
+            o if o == short => self.uint(1),
+            o if o == long => self.uint(4),
+            _ => self
+                .line()?
+                .parse()
+                .map_err(|_| self.malformed("memo key is not a number")),
         }
     }
 
