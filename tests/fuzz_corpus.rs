@@ -30,6 +30,9 @@ fn targets() -> Vec<Target> {
             let dir = std::env::temp_dir();
             let _ = ldm_runtime::check_bytes(&dir, &dir.join("graph.onnx"), data);
         }),
+        ("pickle", |data| {
+            let _ = ldm_import::pickle::load(data);
+        }),
     ]
 }
 
