@@ -23,6 +23,10 @@ pub use names::{clip_name, unet_name, vae_name};
 
 /// A component's `config.json` is a few kilobytes.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Weight file names of diffusers' models and of transformers' text encoders, the full
+/// precision files first, then the `fp16` variants some folders hold alone.
+const MODEL_STEMS: [&str; 2] = ["diffusion_pytorch_model", "diffusion_pytorch_model.fp16"];
+const TEXT_ENCODER_STEMS: [&str; 4] = ["model", "pytorch_model", "model.fp16", "pytorch_model.fp16"];
 /// The pipelines whose components map onto this project's networks.
 const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
 
@@ -145,7 +149,7 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
     weights.insert(
         GraphRole::Unet,
         rename(
-            read_component(&dir.join("unet"), &["diffusion_pytorch_model"])?,
+            read_component(&dir.join("unet"), &MODEL_STEMS)?,
             |k| unet_name(k, &config.unet),
         )?,
     );
@@ -153,7 +157,7 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
     weights.insert(
         GraphRole::TextEncoder,
         rename(
-            read_component(&dir.join("text_encoder"), &["model", "pytorch_model"])?,
+            read_component(&dir.join("text_encoder"), &TEXT_ENCODER_STEMS)?,
             clip_name,
         )?,
     );
@@ -177,7 +181,7 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
 /// The first-stage weights of a diffusers `vae/` folder, renamed.
 pub fn vae_weights(vae_dir: &Path, config: &ModelConfig) -> Result<Weights, ImportError> {
     let levels = config.autoencoder.channel_mult.len();
-    let raw = read_component(vae_dir, &["diffusion_pytorch_model"])?;
+    let raw = read_component(vae_dir, &MODEL_STEMS)?;
     let mut out = Weights::new();
     for (key, mut tensor) in raw {
         let name = vae_name(&key, levels).ok_or_else(|| unknown(vae_dir, &key))?;
