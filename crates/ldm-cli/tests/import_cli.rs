@@ -38,35 +38,14 @@ fn reference(dir: &Path, variant: &str) -> PathBuf {
 
 /// Every tensor of a safetensors file as f32 values (ids and counters too).
 fn reference_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
+    ldm_import::files::read_tensors(path)
+        .unwrap()
         .into_iter()
-        .map(|(name, view)| {
-            let values: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::F64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-                safetensors::Dtype::I32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-                safetensors::Dtype::I64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-                other => panic!("{name}: {other:?}"),
-            };
-            (name, (view.shape().to_vec(), values))
+        .map(|(name, t)| {
+            let values = t
+                .to_f32()
+                .unwrap_or_else(|| panic!("{name}: {:?}", t.dtype));
+            (name, (t.shape, values))
         })
         .collect()
 }

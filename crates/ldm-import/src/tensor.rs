@@ -61,7 +61,8 @@ impl RawTensor {
         self.shape.iter().product()
     }
 
-    /// The values widened (or narrowed, for f64) to f32; None for integer tensors.
+    /// The values as f32: floats widened (f64 narrowed), integers converted (exactly up to
+    /// 2^24); None for booleans and bytes.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         let d = &self.data;
         Some(match self.dtype {
@@ -80,6 +81,14 @@ impl RawTensor {
             DType::F64 => d
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            DType::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            DType::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32)
                 .collect(),
             _ => return None,
         })

@@ -26,7 +26,8 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Weight file names of diffusers' models and of transformers' text encoders, the full
 /// precision files first, then the `fp16` variants some folders hold alone.
 const MODEL_STEMS: [&str; 2] = ["diffusion_pytorch_model", "diffusion_pytorch_model.fp16"];
-const TEXT_ENCODER_STEMS: [&str; 4] = ["model", "pytorch_model", "model.fp16", "pytorch_model.fp16"];
+const TEXT_ENCODER_STEMS: [&str; 4] =
+    ["model", "pytorch_model", "model.fp16", "pytorch_model.fp16"];
 /// The pipelines whose components map onto this project's networks.
 const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
 
@@ -148,10 +149,9 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
     let mut weights = BTreeMap::new();
     weights.insert(
         GraphRole::Unet,
-        rename(
-            read_component(&dir.join("unet"), &MODEL_STEMS)?,
-            |k| unet_name(k, &config.unet),
-        )?,
+        rename(read_component(&dir.join("unet"), &MODEL_STEMS)?, |k| {
+            unet_name(k, &config.unet)
+        })?,
     );
     weights.insert(GraphRole::Encoder, vae_weights(&dir.join("vae"), &config)?);
     weights.insert(
