@@ -15,6 +15,9 @@ use std::collections::HashMap;
 /// The most values the stack, the mark stack and the memo may hold together: a state dict of
 /// a few thousand tensors needs tens of thousands; this bounds memory on hostile input.
 const MAX_VALUES: usize = 1 << 22;
+/// What copies of values (DUP, PUT, GET) may cost together, in [`weight`] units: a copy
+/// appended to itself doubles, so without a bound 200 bytes of pickle fill any memory.
+const MAX_COPIED: usize = 1 << 24;
 /// The deepest nesting of containers accepted.
 const MAX_DEPTH: usize = 256;
 
@@ -147,6 +150,8 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// What copies of values (DUP, the memo) may still cost, in [`weight`] units.
+    copy_budget: usize,
 }
 
 /// Reads one pickle: the value `STOP` leaves on the stack.
@@ -157,6 +162,7 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        copy_budget: MAX_COPIED,
     };
     m.run()
 }
@@ -210,6 +216,21 @@ impl<'a> Machine<'a> {
         String::from_utf8(b.to_vec())
             .map(Value::Str)
             .map_err(|_| self.malformed("string is not UTF-8"))
+    }
+
+    /// A copy of `v`, charged to the copy budget.
+    fn copy(&mut self, v: &Value) -> Result<Value, PickleError> {
+        let cost = weight(v, self.copy_budget).ok_or(PickleError::TooLarge(MAX_VALUES))?;
+        self.copy_budget -= cost;
+        Ok(v.clone())
+    }
+
+    /// A copy of the top of the stack, charged to the copy budget.
+    fn copy_top(&mut self) -> Result<Value, PickleError> {
+        let top = std::mem::replace(self.top()?, Value::None);
+        let copy = self.copy(&top);
+        *self.top()? = top;
+        copy
     }
 
     fn push(&mut self, v: Value) -> Result<(), PickleError> {
@@ -399,22 +420,23 @@ impl<'a> Machine<'a> {
                 0x89 => self.push(Value::Bool(false))?,
                 b'q' | b'r' | b'p' => {
                     let key = self.memo_key(op, b'q', b'r')?;
-                    let v = self.top()?.clone();
+                    let v = self.copy_top()?;
                     self.memo.insert(key, v);
                 }
                 0x94 => {
                     let key = self.memo.len() as u64; // MEMOIZE
-                    let v = self.top()?.clone();
+                    let v = self.copy_top()?;
                     self.memo.insert(key, v);
                 }
                 b'h' | b'j' | b'g' => {
                     let key = self.memo_key(op, b'h', b'j')?;
-                    let v = self
+                    let stored = self
                         .memo
-                        .get(&key)
-                        .cloned()
+                        .remove(&key)
                         .ok_or_else(|| self.malformed(format!("memo {key} is unset")))?;
-                    self.push(v)?
+                    let v = self.copy(&stored);
+                    self.memo.insert(key, stored);
+                    self.push(v?)?
                 }
                 b'c' => {
                     let module = self.line()?.to_string();
@@ -458,7 +480,7 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
+                    let v = self.copy_top()?;
                     self.push(v)?
                 }
                 b'i' => return Err(PickleError::Opcode(op, "INST")),
@@ -644,6 +666,31 @@ impl<'a> Machine<'a> {
             _ => Err(self.malformed("tensor size or stride is not a tuple")),
         }
     }
+}
+
+/// The size of `v`: one per value, plus its bytes over 8, counted without recursion and
+/// only up to `limit` (None when it is larger).
+fn weight(v: &Value, limit: usize) -> Option<usize> {
+    let mut total = 0usize;
+    let mut pending = vec![v];
+    while let Some(v) = pending.pop() {
+        total += 1;
+        match v {
+            Value::Str(s) => total += s.len() / 8,
+            Value::Bytes(b) | Value::BigInt(b) => total += b.len() / 8,
+            Value::List(items) | Value::Tuple(items) => pending.extend(items),
+            Value::Dict(items) => pending.extend(items.iter().flat_map(|(k, v)| [k, v])),
+            Value::Object { args, state, .. } => {
+                pending.extend(args);
+                pending.extend(state.as_deref());
+            }
+            _ => {}
+        }
+        if total > limit {
+            return None;
+        }
+    }
+    Some(total)
 }
 
 fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {

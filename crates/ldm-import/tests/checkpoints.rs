@@ -124,6 +124,13 @@ fn hand_written_hostile_pickles_are_refused() {
     // name is refused where it appears, before any REDUCE.
     let err = pickle::load(b"ccollections\nOrderedDict\n)Rcbuiltins\nexec\n.").unwrap_err();
     assert_eq!(err, PickleError::Forbidden("builtins.exec".into()));
+    // A list appended to a copy of itself 64 times would hold 2^64 entries: the copies are
+    // charged to a budget (found by the pickle fuzz target).
+    let doubling = [&b"\x80\x02]"[..], &b"2a".repeat(64), b"."].concat();
+    assert_eq!(
+        pickle::load(&doubling).unwrap_err(),
+        PickleError::TooLarge(1 << 22)
+    );
     // Truncated, underflowing, unknown opcodes and old-style instantiation.
     for bad in [
         &b"\x80\x02}q\x00(X\x05\x00\x00\x00ab"[..],
