@@ -17,7 +17,7 @@ use std::collections::HashMap;
 const MAX_VALUES: usize = 1 << 22;
 /// What copies of values (DUP, PUT, GET) may cost together, in [`weight`] units: a copy
 /// appended to itself doubles, so without a bound 200 bytes of pickle fill any memory.
-const MAX_COPIED: usize = 1 << 24;
+const MAX_COPIED: usize = 1 << 21;
 /// The deepest nesting of containers accepted.
 const MAX_DEPTH: usize = 256;
 
