@@ -15,24 +15,33 @@ use ldm_core::manifest::GraphRole;
 use ldm_core::{GuidedSampling, SamplerKind, SamplingSetup};
 use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Tensor};
 
-fn python() -> String {
-    std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)")
+/// Runs `tests/reference/<script>` on the project's Python (offline), failing with its
+/// stderr.
+fn run_reference(script: &str, args: &[&std::ffi::OsStr]) {
+    let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference")
+        .join(script);
+    let run = std::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 /// The reference pipeline of `variant` (sd1, sd2) written into `dir`.
 fn reference(dir: &Path, variant: &str) -> PathBuf {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/reference/tiny_sd.py"
-    );
     let out = dir.join(variant);
-    let status = std::process::Command::new(python())
-        .args([script, out.to_str().unwrap(), "--variant", variant])
-        .env("HF_HUB_OFFLINE", "1")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "tiny_sd.py failed for {variant}");
+    run_reference(
+        "tiny_sd.py",
+        &[out.as_os_str(), "--variant".as_ref(), variant.as_ref()],
+    );
     out
 }
 
@@ -257,14 +266,15 @@ fn check_generation(reference_dir: &Path, bundle_dir: &Path, out: &Path, v_predi
         let noise_file = out.join(format!("noise-{sampler}.safetensors"));
         write_tensor(&noise_file, "noise", &[1, c, h, w], &noise);
         let theirs_file = out.join(format!("diffusers-{sampler}.safetensors"));
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/reference/generate.py"
-        );
-        let run = std::process::Command::new(python())
-            .arg(script)
-            .args([&reference_dir.join("pipeline"), &noise_file, &theirs_file])
-            .args([
+        let pipeline_dir = reference_dir.join("pipeline");
+        let args: Vec<&std::ffi::OsStr> = [
+            pipeline_dir.as_os_str(),
+            noise_file.as_os_str(),
+            theirs_file.as_os_str(),
+        ]
+        .into_iter()
+        .chain(
+            [
                 "--sampler",
                 sampler,
                 "--steps",
@@ -273,14 +283,11 @@ fn check_generation(reference_dir: &Path, bundle_dir: &Path, out: &Path, v_predi
                 "3",
                 "--prompt",
                 prompt,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+            ]
+            .map(|a| a.as_ref()),
+        )
+        .collect();
+        run_reference("generate.py", &args);
         let theirs = reference_tensors(&theirs_file);
         let (latents, image) = (&theirs["latents"], &theirs["image"]);
         let largest = latents.1.iter().fold(1.0f32, |m, v| m.max(v.abs()));
@@ -366,25 +373,19 @@ fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Tensors)) {
 /// layout (text encoder in `layout`: clip or open_clip), read back by diffusers' single-file
 /// loader into `out` (tests/reference/single_file.py).
 fn single_file(release: &Path, reference_dir: &Path, out: &Path, layout: &str) -> PathBuf {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/reference/single_file.py"
+    let (pipeline, expected) = (
+        reference_dir.join("pipeline"),
+        reference_dir.join("reference.safetensors"),
     );
-    let run = std::process::Command::new(python())
-        .arg(script)
-        .args([
-            release,
-            &reference_dir.join("pipeline"),
-            &reference_dir.join("reference.safetensors"),
-            out,
-        ])
-        .arg(layout)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    run_reference(
+        "single_file.py",
+        &[
+            release.as_os_str(),
+            pipeline.as_os_str(),
+            expected.as_os_str(),
+            out.as_os_str(),
+            layout.as_ref(),
+        ],
     );
     out.to_path_buf()
 }
