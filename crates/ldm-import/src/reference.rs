@@ -198,7 +198,7 @@ fn ema_unet(unet: &Weights, ema: &Weights, shown: &str) -> Result<Weights, Impor
 pub fn vae_file_weights(path: &Path, config: &ModelConfig) -> Result<Weights, ImportError> {
     let levels = config.autoencoder.channel_mult.len();
     let mut out = Weights::new();
-    for (key, mut tensor) in read_tensors(path)? {
+    for (key, tensor) in read_tensors(path)? {
         if is_buffer(&key) {
             continue;
         }
@@ -217,9 +217,7 @@ pub fn vae_file_weights(path: &Path, config: &ModelConfig) -> Result<Weights, Im
             what: format!("the first stage {}", path.display()),
             message: format!("tensor '{key}' is in neither the reference nor the diffusers layout"),
         })?;
-        if name.contains(".attn_1.") && name.ends_with(".weight") && tensor.shape.len() == 2 {
-            tensor.shape.extend([1, 1]);
-        }
+        let tensor = crate::diffusers::as_reference_vae_tensor(&name, tensor);
         out.insert(name, tensor);
     }
     Ok(out)

@@ -19,7 +19,7 @@ use crate::files::read_component;
 
 mod names;
 use crate::{clip_tokenizer, ImportError, ImportOptions, Imported, Weights};
-pub use names::{clip_name, unet_name, vae_name};
+pub use names::{as_reference_vae_tensor, clip_name, unet_name, vae_name};
 
 /// A component's `config.json` is a few kilobytes.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -183,12 +183,9 @@ pub fn vae_weights(vae_dir: &Path, config: &ModelConfig) -> Result<Weights, Impo
     let levels = config.autoencoder.channel_mult.len();
     let raw = read_component(vae_dir, &MODEL_STEMS)?;
     let mut out = Weights::new();
-    for (key, mut tensor) in raw {
+    for (key, tensor) in raw {
         let name = vae_name(&key, levels).ok_or_else(|| unknown(vae_dir, &key))?;
-        // diffusers' attention projections are linear, the reference's 1x1 convolutions.
-        if name.contains(".attn_1.") && name.ends_with(".weight") && tensor.shape.len() == 2 {
-            tensor.shape.extend([1, 1]);
-        }
+        let tensor = as_reference_vae_tensor(&name, tensor);
         out.insert(name, tensor);
     }
     Ok(out)

@@ -2,6 +2,8 @@
 
 use ldm_nn::UnetConfig;
 
+use crate::RawTensor;
+
 /// transformers' `CLIPTextModel` names, without the `text_model.` prefix older versions
 /// write: the names the CLIP encoder of `ldm-nn` uses.
 pub fn clip_name(key: &str) -> Option<String> {
@@ -170,4 +172,14 @@ pub fn vae_name(key: &str, levels: usize) -> Option<String> {
         "upsample"
     };
     out(format!("{stage}.{level}.{name}.conv.{leaf}"))
+}
+
+/// A first-stage tensor under its reference `name`, shaped as the reference holds it:
+/// diffusers' middle-block attention projections are linear [c, c], the reference's 1x1
+/// convolutions [c, c, 1, 1].
+pub fn as_reference_vae_tensor(name: &str, mut tensor: RawTensor) -> RawTensor {
+    if name.contains(".attn_1.") && name.ends_with(".weight") && tensor.shape.len() == 2 {
+        tensor.shape.extend([1, 1]);
+    }
+    tensor
 }
