@@ -12,6 +12,11 @@ PIPELINE folder's configuration (its own mapping of the reference names, not our
 every network on the inputs of REFERENCE, written as OUT_DIR/reference.safetensors; the EMA
 copy under the trained weights' names is OUT_DIR/ema_unet.safetensors. With `open_clip` the
 text encoder is written in OpenCLIP's layout under `cond_stage_model.model.` (2.x).
+
+A separate first stage, as people share them, goes to OUT_DIR/vae.ckpt: the autoencoder's
+Lightning checkpoint with fresh values under the reference names without a prefix, its loss's
+tensors beside them; diffusers' `AutoencoderKL.from_single_file` computes it on REFERENCE's
+inputs into OUT_DIR/vae_reference.safetensors (vae_moments, vae_decoded).
 """
 
 import os
@@ -20,7 +25,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 PREFIXES = {
@@ -61,6 +66,23 @@ def open_clip(text, generator):
     return out
 
 
+def write_vae(state, pipeline, reference, out, generator):
+    prefix = PREFIXES["autoencoder.safetensors"]
+    vae = {k[len(prefix):]: fresh(v, k, generator) for k, v in state.items() if k.startswith(prefix)}
+    loss = {"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.randn(8, 3, 4, 4),
+            "loss.perceptual_loss.lin0.model.1.weight": torch.randn(1, 8, 1, 1)}
+    path = os.path.join(out, "vae.ckpt")
+    torch.save({"state_dict": {**vae, **loss}, "global_step": 840000}, path)
+    model = AutoencoderKL.from_single_file(path, config=pipeline, subfolder="vae", local_files_only=True)
+    r = load_file(reference)
+    with torch.no_grad():
+        posterior = model.encode(r["vae_image"]).latent_dist
+        moments = torch.cat([posterior.mean, posterior.logvar], dim=1)
+        decoded = model.decode(r["vae_latent"]).sample
+    save_file({"vae_image": r["vae_image"], "vae_moments": moments.contiguous(), "vae_latent": r["vae_latent"],
+               "vae_decoded": decoded.contiguous()}, os.path.join(out, "vae_reference.safetensors"))
+
+
 def main():
     release, pipeline, reference, out = sys.argv[1:5]
     layout = sys.argv[5] if len(sys.argv) > 5 else "clip"
@@ -89,23 +111,30 @@ def main():
                 "pytorch-lightning_version": "1.4.2", "optimizer_states": [], "lr_schedulers": []},
                os.path.join(out, "model.ckpt"))
 
-    pipe = StableDiffusionPipeline.from_single_file(
+    write_vae(state, pipeline, reference, out, generator)
+    r = load_file(reference)
+    concat = r.get("unet_concat")
+    pipeline_class = StableDiffusionPipeline if concat is None else StableDiffusionInpaintPipeline
+    pipe = pipeline_class.from_single_file(
         os.path.join(out, "model.safetensors"), config=pipeline, local_files_only=True,
         safety_checker=None, requires_safety_checker=False)
-    r = load_file(reference)
     with torch.no_grad():
         context = pipe.text_encoder(r["text_ids"]).last_hidden_state
-        eps = pipe.unet(r["unet_sample"], r["unet_timestep"], encoder_hidden_states=context).sample
+        unet_input = r["unet_sample"] if concat is None else torch.cat([r["unet_sample"], concat], dim=1)
+        eps = pipe.unet(unet_input, r["unet_timestep"], encoder_hidden_states=context).sample
         posterior = pipe.vae.encode(r["vae_image"]).latent_dist
         moments = torch.cat([posterior.mean, posterior.logvar], dim=1)
         decoded = pipe.vae.decode(r["vae_latent"]).sample
-    save_file({
+    tensors = {
         "text_ids": r["text_ids"], "text_context": context.contiguous(),
         "unet_sample": r["unet_sample"], "unet_timestep": r["unet_timestep"],
         "unet_context": context.clone(), "unet_eps": eps.contiguous(),
         "vae_image": r["vae_image"], "vae_moments": moments.contiguous(),
         "vae_latent": r["vae_latent"], "vae_decoded": decoded.contiguous(),
-    }, os.path.join(out, "reference.safetensors"))
+    }
+    if concat is not None:
+        tensors["unet_concat"] = concat
+    save_file(tensors, os.path.join(out, "reference.safetensors"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Tiny random Stable Diffusion pipelines, written by the reference software itself.
 
-    python tiny_sd.py OUT_DIR [--variant sd1|sd2]
+    python tiny_sd.py OUT_DIR [--variant sd1|sd2|inpaint]
 
 writes, with nothing downloaded:
   OUT_DIR/pipeline/          a diffusers folder (StableDiffusionPipeline.save_pretrained)
@@ -13,7 +13,9 @@ writes, with nothing downloaded:
 
 sd1: CLIP text encoder with quick-GELU, convolutional transformer projections, one head
 count for every level, eps-prediction; sd2: GELU, linear projections, per-level head counts of
-one width, v-prediction (as the 768-v models).
+one width, v-prediction (as the 768-v models); inpaint: sd1 with a 9-channel UNet (latent,
+mask, masked-image latent) in a StableDiffusionInpaintPipeline, whose reference also holds
+`unet_concat` (the mask and masked-image latent given beside `unet_sample`).
 """
 
 import argparse
@@ -23,7 +25,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -122,9 +125,10 @@ def randomise(module, generator):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--variant", choices=["sd1", "sd2"], default="sd1")
+    parser.add_argument("--variant", choices=["sd1", "sd2", "inpaint"], default="sd1")
     args = parser.parse_args()
     sd2 = args.variant == "sd2"
+    inpaint = args.variant == "inpaint"
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     corpus = captions()
@@ -140,7 +144,7 @@ def main():
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        sample_size=8, in_channels=9 if inpaint else 4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=width, norm_num_groups=32,
@@ -155,7 +159,8 @@ def main():
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                               prediction_type="v_prediction" if sd2 else "epsilon")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    pipeline_class = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+    pipe = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(os.path.join(args.out, "pipeline"), safe_serialization=True)
@@ -169,18 +174,23 @@ def main():
         context = text_encoder(ids).last_hidden_state
         sample = torch.randn(2, 4, 8, 8, generator=generator)
         timestep = torch.tensor([999.0, 37.0])
-        eps = unet(sample, timestep, encoder_hidden_states=context).sample
+        concat = torch.randn(2, 5, 8, 8, generator=generator) if inpaint else None
+        unet_input = sample if concat is None else torch.cat([sample, concat], dim=1)
+        eps = unet(unet_input, timestep, encoder_hidden_states=context).sample
         image = torch.rand(1, 3, 16, 16, generator=generator) * 2 - 1
         posterior = vae.encode(image).latent_dist
         moments = torch.cat([posterior.mean, posterior.logvar], dim=1)
         latent = torch.randn(1, 4, 8, 8, generator=generator)
         decoded = vae.decode(latent).sample
-    save_file({
+    tensors = {
         "text_ids": ids, "text_context": context.contiguous(),
         "unet_sample": sample, "unet_timestep": timestep, "unet_context": context.clone(),
         "unet_eps": eps.contiguous(), "vae_image": image, "vae_moments": moments.contiguous(),
         "vae_latent": latent, "vae_decoded": decoded.contiguous(),
-    }, os.path.join(args.out, "reference.safetensors"))
+    }
+    if concat is not None:
+        tensors["unet_concat"] = concat
+    save_file(tensors, os.path.join(args.out, "reference.safetensors"))
 
 
 if __name__ == "__main__":

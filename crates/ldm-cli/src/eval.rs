@@ -311,12 +311,15 @@ fn prompts(
             })
             .collect()
     };
+    if conditioning.concat().is_some() {
+        // Super-resolution and inpainting need an input image per sample: not a generation
+        // benchmark.
+        return Ok(None);
+    }
     Ok(match conditioning {
         BundleConditioning::Text { .. } => Some(column("text")?),
         BundleConditioning::Class { .. } => Some(column("label")?),
         BundleConditioning::None => Some(vec![String::new(); rows.len()]),
-        // Super-resolution and inpainting need an input image per sample: not a generation
-        // benchmark.
         BundleConditioning::Concat { .. } => None,
     })
 }

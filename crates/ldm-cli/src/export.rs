@@ -27,6 +27,28 @@ pub struct ExportArgs {
     /// Skip the comparison with tch on random inputs.
     #[arg(long)]
     no_parity: bool,
+    /// Graphs larger than this many bytes keep their weights in `<graph>.onnx.data` beside
+    /// them (ONNX external data; default just under protobuf's 2 GB limit). Their parity is
+    /// checked engine by engine in child processes.
+    #[arg(long, value_name = "BYTES")]
+    external_data_above: Option<usize>,
+}
+
+/// `ldm parity-engine GRAPH ENGINE CASES` (hidden): what `ldm export` runs in a child process
+/// to check one engine on one large graph.
+#[derive(Args)]
+pub struct ParityEngineArgs {
+    graph: PathBuf,
+    engine: String,
+    cases: PathBuf,
+}
+
+pub fn parity_engine(args: ParityEngineArgs) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        ldm_export::isolated::child_main(&args.graph, &args.engine, &args.cases)?
+    );
+    Ok(())
 }
 
 impl ExportArgs {
@@ -38,6 +60,7 @@ impl ExportArgs {
             fp16: precision == Precision::F16,
             fp16_weights: precision == Precision::F16Weights,
             no_parity: false,
+            external_data_above: None,
         }
     }
 }
@@ -50,7 +73,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             (false, false) => Precision::F32,
         },
         parity: !args.no_parity,
-        ..ExportOptions::default()
+        external_data_above: args
+            .external_data_above
+            .unwrap_or(ExportOptions::default().external_data_above),
+        engine_program: Some(
+            std::env::current_exe().context("cannot find the ldm executable for parity checks")?,
+        ),
     };
     eprintln!(
         "exporting {} to {}",
@@ -84,6 +112,16 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         }
         for (role, engine, reason) in &exported.unavailable {
             println!("{:<16} {:<16} not checked: {reason}", role.as_str(), engine);
+        }
+        let mut isolated: Vec<&str> = exported
+            .parity
+            .iter()
+            .filter(|r| r.isolated)
+            .map(|r| r.role.as_str())
+            .collect();
+        isolated.dedup();
+        for role in isolated {
+            println!("{role}: parity checked in child processes, one engine at a time");
         }
     }
     println!("\nwrote {}", exported.dir.display());

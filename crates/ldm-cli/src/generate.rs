@@ -92,6 +92,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
+    let loading = Instant::now();
     let bundle = Bundle::load(&args.bundle).with_context(|| {
         format!(
             "cannot open the bundle {} (make one with `ldm export`)",
@@ -102,6 +103,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| default_threads(args.backend));
     let mut pipeline = Pipeline::new(bundle, args.backend, threads)?;
+    eprintln!(
+        "loaded {} on {} ({threads} thread(s)) in {:.1} s",
+        pipeline.bundle().manifest.name,
+        args.backend.name(),
+        loading.elapsed().as_secs_f64()
+    );
     let prompt = args.class.clone().unwrap_or_else(|| args.prompt.clone());
     let mut request = Generate::new(vec![prompt; args.batch as usize])
         .seed(args.sampling.seed)
@@ -121,12 +128,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let bar = crate::progress::bar("sampling");
     let started = Instant::now();
+    // Sampling steps alone, from the end of the first to the end of the last.
+    let mut steps = (None, Instant::now(), 0);
     let images = pipeline.generate(&request, &mut |progress| {
         bar.set_length(progress.total as u64);
         bar.set_position(progress.step as u64);
+        let now = Instant::now();
+        steps = (steps.0.or(Some(now)), now, progress.step);
         true
     })?;
     bar.finish_and_clear();
+    if let (Some(first), last, count @ 2..) = steps {
+        eprintln!(
+            "{:.3} s per sampling step",
+            (last - first).as_secs_f64() / (count - 1) as f64
+        );
+    }
     write_png(&args.out, &grid(&images))?;
     let m = &pipeline.bundle().manifest;
     eprintln!(

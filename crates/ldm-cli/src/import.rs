@@ -90,6 +90,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     eprintln!("reading {}", args.checkpoint.display());
     let imported = ldm_import::import(&args.checkpoint, &options)
         .with_context(|| format!("cannot import {}", args.checkpoint.display()))?;
+    eprintln!("read {}", imported.source);
     let tokenizer = imported
         .tokenizer_json
         .as_deref()

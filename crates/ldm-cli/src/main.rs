@@ -57,6 +57,10 @@ enum Command {
     /// release, and optionally a bundle (needs the `train` feature).
     #[cfg(feature = "train")]
     Import(import::ImportArgs),
+    /// One engine's parity check of one graph, run by `ldm export` in a child process.
+    #[cfg(feature = "train")]
+    #[command(name = "parity-engine", hide = true)]
+    ParityEngine(export::ParityEngineArgs),
 }
 
 /// Errors are printed as one line with their causes (no backtrace: they are the user's to fix).
@@ -96,5 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         #[cfg(feature = "train")]
         Command::Import(args) => import::run(args),
+        #[cfg(feature = "train")]
+        Command::ParityEngine(args) => export::parity_engine(args),
     }
 }

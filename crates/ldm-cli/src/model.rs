@@ -57,6 +57,9 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
 fn conditioning_name(config: &ModelConfig) -> &'static str {
     match config.conditioning {
         ldm_nn::Conditioning::None => "no",
+        ldm_nn::Conditioning::Text {
+            concat: Some(_), ..
+        } => "text and concatenation",
         ldm_nn::Conditioning::Text { .. } => "text",
         ldm_nn::Conditioning::Class { .. } => "class",
         ldm_nn::Conditioning::Concat { .. } => "concatenation",

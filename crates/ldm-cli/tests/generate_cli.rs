@@ -139,6 +139,43 @@ fn export_prints_parity_and_writes_the_bundle() {
             "{file} differs from export/shapes-text"
         );
     }
+    // Graphs past the external-data threshold keep their weights beside them and are checked
+    // engine by engine in child processes (`ldm parity-engine`), as a 1 B-parameter UNet is.
+    let external = dir.path().join("external");
+    let (ok, text) = output(ldm().args([
+        "export",
+        "--run",
+        release.to_str().unwrap(),
+        "--out",
+        external.to_str().unwrap(),
+        "--external-data-above",
+        "200000",
+    ]));
+    assert!(ok, "{text}");
+    assert!(external.join("unet.onnx.data").is_file(), "{text}");
+    assert!(
+        text.contains("unet: parity checked in child processes"),
+        "{text}"
+    );
+    for engine in ["tract", "onnxruntime-cpu"] {
+        assert!(
+            text.contains(&format!("unet             {engine}")),
+            "{text}"
+        );
+    }
+    let image = dir.path().join("external.png");
+    let (ok, text) = output(ldm().args([
+        "generate",
+        "a red circle",
+        "--bundle",
+        external.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        image.to_str().unwrap(),
+    ]));
+    assert!(ok && image.is_file(), "{text}");
+
     let (ok, text) = output(ldm().args([
         "export",
         "--run",

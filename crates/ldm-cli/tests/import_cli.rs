@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use common::{ldm, output};
 use ldm_core::manifest::GraphRole;
 use ldm_core::{GuidedSampling, SamplerKind, SamplingSetup};
-use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Tensor};
+use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, Tensor};
 
 /// Runs `tests/reference/<script>` on the project's Python (offline), failing with its
 /// stderr.
@@ -143,14 +143,18 @@ fn check_import(
         &r["text_context"],
         "text encoder",
     );
+    let mut unet_inputs = vec![
+        ("sample", f32_input(&r, "unet_sample")),
+        ("timestep", f32_input(&r, "unet_timestep")),
+        ("context", f32_input(&r, "unet_context")),
+    ];
+    if r.contains_key("unet_concat") {
+        unet_inputs.push(("concat", f32_input(&r, "unet_concat")));
+    }
     compare(
         &bundle,
         GraphRole::Unet,
-        &[
-            ("sample", f32_input(&r, "unet_sample")),
-            ("timestep", f32_input(&r, "unet_timestep")),
-            ("context", f32_input(&r, "unet_context")),
-        ],
+        &unet_inputs,
         &r["unet_eps"],
         "UNet",
     );
@@ -203,7 +207,13 @@ fn imports_diffusers_pipelines_that_match_diffusers() {
             &[],
             &out,
         );
-        check_generation(&reference_dir, &out.join("bundle"), &out, variant == "sd2");
+        check_generation(
+            &reference_dir,
+            &out.join("bundle"),
+            &out,
+            variant == "sd2",
+            None,
+        );
         let vocabulary = vocabulary(&reference_dir);
         check_import(
             &expected,
@@ -233,7 +243,16 @@ fn write_tensor(path: &Path, name: &str, shape: &[usize], values: &[f32]) {
 /// the raw v outputs of several steps and turns the mix into eps at the current sample, where
 /// the authors' `plms.py` (and this project) turns each output into eps at its own sample and
 /// combines those.
-fn check_generation(reference_dir: &Path, bundle_dir: &Path, out: &Path, v_prediction: bool) {
+///
+/// With `inpainting` (an image and a mask, written to PNG files for diffusers) the request is
+/// an inpainting one and diffusers runs its inpainting pipeline.
+fn check_generation(
+    reference_dir: &Path,
+    bundle_dir: &Path,
+    out: &Path,
+    v_prediction: bool,
+    inpainting: Option<(&Image, &Image)>,
+) {
     let prompt = "a red apple on the top left";
     let samplers: &[&str] = if v_prediction {
         &["ddim", "euler"]
@@ -241,13 +260,31 @@ fn check_generation(reference_dir: &Path, bundle_dir: &Path, out: &Path, v_predi
         &["ddim", "euler", "plms"]
     };
     let request = |sampler: &str| {
-        Generate::new(vec![prompt.into()])
+        let mut request = Generate::new(vec![prompt.into()])
             .sampler(sampler.parse().unwrap())
             .steps(4)
             .guidance(3.0)
             .eta(0.0)
-            .seed(5)
+            .seed(5);
+        if let Some((image, mask)) = inpainting {
+            request.init_image = Some(image.clone());
+            request.mask = Some(mask.clone());
+        }
+        request
     };
+    let mut image_args = Vec::new();
+    if let Some((image, mask)) = inpainting {
+        for (name, picture) in [("image", image), ("mask", mask)] {
+            let path = out.join(format!("{name}.png"));
+            let (w, h) = (picture.width as u32, picture.height as u32);
+            image::RgbImage::from_raw(w, h, picture.rgb.clone())
+                .unwrap()
+                .save(&path)
+                .unwrap();
+            image_args.push(format!("--{name}"));
+            image_args.push(path.to_str().unwrap().to_string());
+        }
+    }
     for &sampler in samplers {
         // The diffusers side, from the noise the driver draws first (DDIM takes it unscaled).
         let pipeline = Pipeline::new(Bundle::load(bundle_dir).unwrap(), Backend::Tract, 1).unwrap();
@@ -286,6 +323,7 @@ fn check_generation(reference_dir: &Path, bundle_dir: &Path, out: &Path, v_predi
             ]
             .map(|a| a.as_ref()),
         )
+        .chain(image_args.iter().map(|a| a.as_ref()))
         .collect();
         run_reference("generate.py", &args);
         let theirs = reference_tensors(&theirs_file);
@@ -429,6 +467,77 @@ fn vocabulary(reference_dir: &Path) -> PathBuf {
     folder
 }
 
+/// A 16 x 16 test picture, and a mask whose box (white: to fill) does not fall on the
+/// latent grid, so the mask's sampling at the latent's size matters.
+fn inpainting_inputs() -> (Image, Image) {
+    let (w, h) = (16, 16);
+    let picture = (0..w * h * 3)
+        .map(|i| ((i * 37 + i / 3 * 11) % 256) as u8)
+        .collect();
+    let mask = (0..w * h * 3)
+        .map(|i| {
+            let (x, y) = ((i / 3) % w, (i / 3) / w);
+            if (5..13).contains(&x) && (3..11).contains(&y) {
+                255
+            } else {
+                0
+            }
+        })
+        .collect();
+    let image = |rgb| Image {
+        width: w,
+        height: h,
+        rgb,
+    };
+    (image(picture), image(mask))
+}
+
+#[test]
+fn imports_inpainting_models_that_match_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reference_dir, release, single, config, tokenizer) =
+        folder_and_single_file(dir.path(), "inpaint", "clip");
+    let bundle_dir = dir.path().join("folder/bundle");
+    let manifest = &Bundle::load(&bundle_dir).unwrap().manifest;
+    assert_eq!(
+        manifest.conditioning.concat().map(|c| (c.task, c.channels)),
+        Some((ldm_core::manifest::ConcatKind::MaskFirstInpainting, 5))
+    );
+    let (image, mask) = inpainting_inputs();
+    check_generation(
+        &reference_dir,
+        &bundle_dir,
+        dir.path(),
+        false,
+        Some((&image, &mask)),
+    );
+    check_import(
+        &single.join("reference.safetensors"),
+        &reference_dir,
+        &single.join("model.safetensors"),
+        &[
+            "--no-ema",
+            "--config",
+            config.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+        ],
+        &dir.path().join("single-file"),
+    );
+    // An inpainting model runs but does not train: the refusal names why.
+    let shapes = common::shapes_data(dir.path(), 4, 16);
+    let (ok, text) = output(
+        ldm()
+            .args(["train", "diffusion", "--config", config.to_str().unwrap()])
+            .args(["--data", shapes.to_str().unwrap()])
+            .args(["--out", dir.path().join("run").to_str().unwrap()])
+            .args(["--init-from", release.to_str().unwrap()])
+            .args(["--autoencoder", release.to_str().unwrap()])
+            .args(["--steps", "2", "--batch-size", "2", "--quiet"]),
+    );
+    assert!(!ok && text.contains("mask_first_inpainting"), "{text}");
+}
+
 #[test]
 fn imports_stable_diffusion_2_single_files_with_an_open_clip_text_encoder() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,6 +600,34 @@ fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
         values(&single.join("ema_unet.safetensors"))
     );
 
+    // A separate first-stage checkpoint replaces the pipeline's own.
+    let with_vae = dir.path().join("with-vae");
+    let (ok, text) = output(
+        ldm()
+            .arg("import")
+            .arg(reference_dir.join("pipeline"))
+            .args(["--out", with_vae.join("release").to_str().unwrap()])
+            .args(["--bundle", with_vae.join("bundle").to_str().unwrap()])
+            .args(["--vae", single.join("vae.ckpt").to_str().unwrap()]),
+    );
+    assert!(ok && text.contains("vae.ckpt"), "{text}");
+    let bundle = Bundle::load(&with_vae.join("bundle")).unwrap();
+    let r = reference_tensors(&single.join("vae_reference.safetensors"));
+    compare(
+        &bundle,
+        GraphRole::Encoder,
+        &[("image", f32_input(&r, "vae_image"))],
+        &r["vae_moments"],
+        "replaced encoder",
+    );
+    compare(
+        &bundle,
+        GraphRole::Decoder,
+        &[("latent", f32_input(&r, "vae_latent"))],
+        &r["vae_decoded"],
+        "replaced decoder",
+    );
+
     // The imported release fine-tunes (keeping its latent scale) and exports again.
     let shapes = common::shapes_data(dir.path(), 12, 16);
     let run = dir.path().join("fine-tuned");
@@ -522,6 +659,16 @@ fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
             ]),
     );
     assert!(ok && text.contains("latent scale factor 0.18215"), "{text}");
+    // The UNet learns; the imported CLIP text encoder stays as it was.
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let checkpoint = run.join("checkpoints").join(latest.trim());
+    let as_imported = |file: &str| values(&release.join(file));
+    let trained = |file: &str| values(&checkpoint.join(file));
+    assert_eq!(
+        trained("text_encoder.safetensors"),
+        as_imported("text_encoder.safetensors")
+    );
+    assert_ne!(trained("unet.safetensors"), as_imported("unet.safetensors"));
     let bundle = dir.path().join("fine-tuned-bundle");
     let (ok, text) = output(ldm().args([
         "export",

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ldm_core::manifest::{
-    BundleConditioning, GraphRole, GraphSpec, Manifest, Precision, SamplerDefaults, Schedule,
-    MANIFEST_FILE, MANIFEST_FORMAT,
+    BundleConditioning, ConcatInput, GraphRole, GraphSpec, Manifest, Precision, SamplerDefaults,
+    Schedule, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use ldm_data::{make_public_dir, write_atomic, StagingDir};
 use ldm_nn::{Conditioning, ModelConfig};
@@ -17,10 +17,11 @@ use prost::Message;
 use tch::Tensor;
 
 use crate::external::{externalize, PROTOBUF_LIMIT};
+use crate::isolated::{check_in_child, Case};
 use crate::onnx_ops::{OnnxOps, Weight};
 use crate::parity::{
-    compare_run, engines, f32_values, random_inputs, reference_ops, reference_outputs,
-    rounded_to_f16, ParityRow,
+    compare_run, f32_values, load_engine, random_inputs, reference_ops, reference_outputs,
+    rounded_to_f16, ParityRow, ENGINES,
 };
 use crate::ExportError;
 use ldm_nn::graphs::{self, io_specs};
@@ -35,6 +36,11 @@ pub struct ExportOptions {
     /// Graphs whose protobuf would exceed this many bytes keep their weights in a
     /// `<graph>.onnx.data` file beside them (ONNX external data).
     pub external_data_above: usize,
+    /// A program whose [`crate::isolated::SUBCOMMAND`] checks one engine (the `ldm` binary):
+    /// when set, graphs with external data are checked by each engine in a child process of
+    /// it, so that one engine's copy of the weights is in memory at a time beside this
+    /// process's. Without it every engine runs here, one after the other.
+    pub engine_program: Option<PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -43,6 +49,7 @@ impl Default for ExportOptions {
             precision: Precision::F32,
             parity: true,
             external_data_above: PROTOBUF_LIMIT,
+            engine_program: None,
         }
     }
 }
@@ -146,6 +153,8 @@ pub fn export_release(
             },
         );
     }
+    // The graphs' copies of the weights are written: free them before the engines load.
+    drop((autoencoder, unet, conditioner));
     let conditioning = bundle_conditioning(release)?;
     let options_of_run = &release.info.diffusion_options;
     if let Some(tokenizer) = &release.tokenizer {
@@ -181,7 +190,7 @@ pub fn export_release(
         .map_err(|e| ExportError::io(&dir, e))?;
 
     let (parity, unavailable) = if options.parity {
-        check_parity(release, &dir, &manifest)?
+        check_parity(release, &dir, &manifest, options.engine_program.as_deref())?
     } else {
         (Vec::new(), Vec::new())
     };
@@ -206,6 +215,8 @@ pub fn export_release(
 }
 
 fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportError> {
+    let concat_channels =
+        release.config.unet_in_channels() - release.config.autoencoder.latent_channels;
     Ok(match release.config.conditioning {
         Conditioning::None => BundleConditioning::None,
         Conditioning::Text {
@@ -222,6 +233,14 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
                 tokenizer: TOKENIZER_FILE.into(),
                 max_length,
                 vocab_size,
+                concat: release
+                    .config
+                    .conditioning
+                    .concat_task()
+                    .map(|task| ConcatInput {
+                        task,
+                        channels: concat_channels,
+                    }),
             }
         }
         Conditioning::Class { classes, .. } => BundleConditioning::Class {
@@ -230,8 +249,7 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
         },
         Conditioning::Concat { task } => BundleConditioning::Concat {
             task,
-            channels: release.config.unet_in_channels()
-                - release.config.autoencoder.latent_channels,
+            channels: concat_channels,
         },
     })
 }
@@ -256,6 +274,7 @@ fn check_parity(
     release: &Release,
     dir: &Path,
     manifest: &Manifest,
+    engine_program: Option<&Path>,
 ) -> Result<ParityReport, ExportError> {
     let config = &release.config;
     let tolerance = parity_tolerance(manifest.precision);
@@ -281,17 +300,46 @@ fn check_parity(
                 Ok((pixels, inputs, reference))
             })
             .collect::<Result<_, ExportError>>()?;
-        for (engine, session) in engines(&dir.join(&spec.file)) {
-            let mut session = match session {
-                Ok(s) => s,
+        drop(reference_ops);
+        let graph = dir.join(&spec.file);
+        let isolated = engine_program.filter(|_| dir.join(format!("{}.data", spec.file)).is_file());
+        for engine in ENGINES {
+            let report = match isolated {
+                Some(program) => {
+                    let named: Vec<Case> = cases
+                        .iter()
+                        .map(|(_, inputs, reference)| Case {
+                            inputs: spec
+                                .inputs
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .zip(inputs)
+                                .collect(),
+                            reference,
+                        })
+                        .collect();
+                    let file = dir.join(format!(".parity-{}.safetensors", role.as_str()));
+                    check_in_child(program, &graph, engine, &named, &file)?
+                }
+                None => match load_engine(engine, &graph) {
+                    Ok(mut session) => cases
+                        .iter()
+                        .map(|(_, inputs, reference)| {
+                            compare_run(session.as_mut(), &spec.inputs, inputs, reference)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Ok)?,
+                    Err(reason) => Err(reason),
+                },
+            };
+            let differences = match report {
+                Ok(differences) => differences,
                 Err(reason) => {
                     unavailable.push((role, engine, reason));
                     continue;
                 }
             };
-            for (pixels, inputs, reference) in &cases {
-                let (max_abs, max_rel) =
-                    compare_run(session.as_mut(), &spec.inputs, inputs, reference)?;
+            for ((pixels, _, _), (max_abs, max_rel)) in cases.iter().zip(differences) {
                 // NaN differences fail too.
                 if max_rel.is_nan() || max_rel > tolerance {
                     return Err(ExportError::Parity(format!(
@@ -307,6 +355,7 @@ fn check_parity(
                     pixels: *pixels,
                     max_abs,
                     max_rel,
+                    isolated: isolated.is_some(),
                 });
             }
         }

@@ -11,6 +11,7 @@ mod bundle;
 mod error;
 pub mod evaluator;
 mod external;
+pub mod isolated;
 mod onnx_ops;
 pub mod parity;
 mod proto;

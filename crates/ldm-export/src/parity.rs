@@ -27,6 +27,8 @@ pub struct ParityRow {
     pub max_abs: f32,
     /// `max_abs` relative to the largest |tch| output.
     pub max_rel: f32,
+    /// Whether the engine ran in a child process (graphs with external data).
+    pub isolated: bool,
 }
 
 /// Random inputs for `role`'s graph, as if for images of `pixels` (height, width): images
@@ -106,7 +108,7 @@ fn concrete_shape(spec: &TensorSpec, batch: usize, (h, w): (usize, usize), f: us
         .collect()
 }
 
-fn to_tch(t: &RtTensor) -> Tensor {
+pub(crate) fn to_tch(t: &RtTensor) -> Tensor {
     let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
     match t.data() {
         TensorData::F32(v) => Tensor::from_slice(v).reshape(&shape),
@@ -122,7 +124,14 @@ pub fn f32_values(t: &Tensor) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
     Ok((shape, data))
 }
 
-fn from_tch(t: &Tensor) -> Result<RtTensor, ExportError> {
+/// A tch tensor as an engine tensor: int64 stays int64, every other kind becomes f32.
+pub(crate) fn from_tch(t: &Tensor) -> Result<RtTensor, ExportError> {
+    if t.kind() == Kind::Int64 {
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let data = Vec::<i64>::try_from(&t.flatten(0, -1))
+            .map_err(|e| ExportError::Invalid(e.to_string()))?;
+        return Ok(RtTensor::i64(&shape, data)?);
+    }
     let (shape, data) = f32_values(t)?;
     Ok(RtTensor::f32(&shape, data)?)
 }
@@ -186,26 +195,24 @@ pub fn differences(reference: &RtTensor, got: &RtTensor) -> (f32, f32) {
     (max_abs, max_abs / max_ref.max(f32::MIN_POSITIVE))
 }
 
-/// An engine by name, or why it could not load the graph.
-pub type EngineSession = (&'static str, Result<Box<dyn Session>, String>);
+/// The engines a parity check runs: tract, and ONNX Runtime (CPU) when its library is found.
+pub const ENGINES: [&str; 2] = ["tract", "onnxruntime-cpu"];
 
-/// The engines that can run `path` here: tract, and ONNX Runtime (CPU) when its library is
-/// found. An engine that cannot load is reported, not hidden.
-pub fn engines(path: &Path) -> Vec<EngineSession> {
-    vec![
-        (
-            "tract",
-            TractSession::load(path)
-                .map(|s| Box::new(s) as Box<dyn Session>)
-                .map_err(|e| e.to_string()),
-        ),
-        (
-            "onnxruntime-cpu",
-            ldm_runtime::OrtSession::load(path, 2)
-                .map(|s| Box::new(s) as Box<dyn Session>)
-                .map_err(|e| e.to_string()),
-        ),
-    ]
+/// `engine` (one of [`ENGINES`]) with the graph at `path` loaded, or why it could not load.
+/// An engine that cannot load is reported, not hidden.
+pub fn load_engine(engine: &str, path: &Path) -> Result<Box<dyn Session>, String> {
+    match engine {
+        "tract" => TractSession::load(path)
+            .map(|s| Box::new(s) as Box<dyn Session>)
+            .map_err(|e| e.to_string()),
+        "onnxruntime-cpu" => ldm_runtime::OrtSession::load(path, 2)
+            .map(|s| Box::new(s) as Box<dyn Session>)
+            .map_err(|e| e.to_string()),
+        other => Err(format!(
+            "unknown engine '{other}' (engines: {})",
+            ENGINES.join(", ")
+        )),
+    }
 }
 
 /// Runs `session` on named `inputs` and compares with `reference`.
@@ -216,7 +223,17 @@ pub fn compare_run(
     reference: &[RtTensor],
 ) -> Result<(f32, f32), ExportError> {
     let named: Vec<(&str, &RtTensor)> = specs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
-    let outputs = session.run(&named)?;
+    compare_named(session, &named, reference)
+}
+
+/// Runs `session` on `named` inputs and compares with `reference`: the largest (absolute,
+/// relative) difference over the outputs.
+pub fn compare_named(
+    session: &mut dyn Session,
+    named: &[(&str, &RtTensor)],
+    reference: &[RtTensor],
+) -> Result<(f32, f32), ExportError> {
+    let outputs = session.run(named)?;
     Ok(reference
         .iter()
         .zip(&outputs)

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use ldm_core::manifest::{GraphRole, LinearSchedule};
 use ldm_nn::{
-    Activation, AutoencoderConfig, Conditioning, FirstStage, ModelConfig, TextEncoderKind,
-    UnetConfig,
+    Activation, AutoencoderConfig, ConcatKind, Conditioning, FirstStage, ModelConfig,
+    TextEncoderKind, UnetConfig,
 };
 
 use crate::files::read_tensors;
@@ -194,24 +194,25 @@ fn ema_unet(unet: &Weights, ema: &Weights, shown: &str) -> Result<Weights, Impor
 }
 
 /// A single first-stage file (reference layout, with or without `first_stage_model.`, or
-/// diffusers' AutoencoderKL names) for a model of `config`.
+/// diffusers' AutoencoderKL names) for a model of `config`. The training loss's tensors an
+/// autoencoder checkpoint keeps beside the networks (`loss.*`: discriminator, LPIPS) are
+/// skipped.
 pub fn vae_file_weights(path: &Path, config: &ModelConfig) -> Result<Weights, ImportError> {
     let levels = config.autoencoder.channel_mult.len();
+    let tensors = read_tensors(path)?;
+    // diffusers names its levels `down_blocks`, `mid_block`, `up_blocks`; the reference
+    // `down`, `mid`, `up`.
+    let diffusers_layout = tensors.keys().any(|k| k.contains("_block"));
     let mut out = Weights::new();
-    for (key, tensor) in read_tensors(path)? {
-        if is_buffer(&key) {
+    for (key, tensor) in tensors {
+        if is_buffer(&key) || key.starts_with("loss.") {
             continue;
         }
         let key = key.strip_prefix(FIRST_STAGE).unwrap_or(&key).to_string();
-        let reference_layout =
-            key.contains(".down.") || key.contains(".up.") || key.contains(".mid.");
-        let name = if reference_layout
-            || key.starts_with("quant_conv.")
-            || key.starts_with("post_quant_conv.")
-        {
-            Some(key.clone())
-        } else {
+        let name = if diffusers_layout {
             crate::diffusers::vae_name(&key, levels)
+        } else {
+            Some(key.clone())
         };
         let name = name.ok_or_else(|| ImportError::Mismatch {
             what: format!("the first stage {}", path.display()),
@@ -342,6 +343,7 @@ fn infer_config(
         },
         mlp_width: Some(mlp_width),
         positions: Some(positions),
+        concat: infer_concat(unet)?,
     };
     let unet_config = infer_unet(unet, width)?;
     Ok(ModelConfig {
@@ -351,6 +353,23 @@ fn infer_config(
         conditioning,
         diffusion: schedule_from_betas(all)?,
     })
+}
+
+/// Nothing besides the latent, or the mask and masked-image latent of an inpainting UNet
+/// (1 + 2 x latent channels inputs).
+fn infer_concat(unet: &Weights) -> Result<Option<ConcatKind>, ImportError> {
+    let inputs = shape_of(unet, "input_blocks.0.0.weight", "UNet")?[1];
+    let outputs = shape_of(unet, "out.2.weight", "UNet")?[0];
+    if inputs == outputs {
+        Ok(None)
+    } else if inputs == 2 * outputs + 1 {
+        Ok(Some(ConcatKind::MaskFirstInpainting))
+    } else {
+        Err(ImportError::Mismatch {
+            what: "the UNet weights".into(),
+            message: format!("{inputs} input channels for {outputs} output channels: only {outputs} (text-to-image) or {} (inpainting) are supported", 2 * outputs + 1),
+        })
+    }
 }
 
 fn infer_unet(unet: &Weights, context: usize) -> Result<UnetConfig, ImportError> {

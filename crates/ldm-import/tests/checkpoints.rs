@@ -131,6 +131,14 @@ fn hand_written_hostile_pickles_are_refused() {
         pickle::load(&doubling).unwrap_err(),
         PickleError::TooLarge(1 << 22)
     );
+    // A million nested one-element tuples (a megabyte, no MARK anywhere) would overflow the
+    // stack when dropped: nesting is bounded as values are built. Shallower nesting loads.
+    let nested = |levels: usize| [&b"\x80\x02N"[..], &vec![0x85; levels], b"."].concat();
+    assert_eq!(
+        pickle::load(&nested(1_000_000)).unwrap_err(),
+        PickleError::TooLarge(1 << 22)
+    );
+    assert!(pickle::load(&nested(200)).is_ok());
     // Truncated, underflowing, unknown opcodes and old-style instantiation.
     for bad in [
         &b"\x80\x02}q\x00(X\x05\x00\x00\x00ab"[..],

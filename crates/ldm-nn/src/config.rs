@@ -116,6 +116,10 @@ pub enum Conditioning {
         /// Rows of the position table; max_length when absent (CLIP may hold more).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         positions: Option<usize>,
+        /// Channels concatenated to the latent besides the context (Stable Diffusion's
+        /// inpainting UNets: `mask_first_inpainting`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concat: Option<ConcatKind>,
     },
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
@@ -258,14 +262,12 @@ impl ModelConfig {
     pub fn unet_in_channels(&self) -> usize {
         let ae = &self.autoencoder;
         ae.latent_channels
-            + match self.conditioning {
-                Conditioning::Concat {
-                    task: ConcatKind::SuperResolution,
-                } => ae.in_channels,
-                Conditioning::Concat {
-                    task: ConcatKind::Inpainting,
-                } => ae.latent_channels + 1,
-                _ => 0,
+            + match self.conditioning.concat_task() {
+                Some(ConcatKind::SuperResolution) => ae.in_channels,
+                Some(ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting) => {
+                    ae.latent_channels + 1
+                }
+                None => 0,
             }
     }
 
@@ -415,6 +417,15 @@ impl UnetConfig {
 }
 
 impl Conditioning {
+    /// What the UNet's `concat` input carries, if it has one.
+    pub fn concat_task(&self) -> Option<ConcatKind> {
+        match *self {
+            Conditioning::Concat { task } => Some(task),
+            Conditioning::Text { concat, .. } => concat,
+            Conditioning::None | Conditioning::Class { .. } => None,
+        }
+    }
+
     fn validate(&self) -> Result<(), NnError> {
         match *self {
             Conditioning::Text {

@@ -90,6 +90,7 @@ impl ModelConfig {
                 activation,
                 mlp_width,
                 positions,
+                concat: _,
             } => Some(TextEncoderShape {
                 vocab_size,
                 max_length,

@@ -129,12 +129,14 @@ pub fn io_specs(role: GraphRole, config: &ModelConfig) -> (Vec<TensorSpec>, Vec<
                     DType::Float32,
                     &[sym("batch"), fixed(1), fixed(width)],
                 )),
-                Conditioning::Concat { .. } => inputs.push(image_like(
+                Conditioning::Concat { .. } | Conditioning::None => {}
+            }
+            if config.conditioning.concat_task().is_some() {
+                inputs.push(image_like(
                     "concat",
                     config.unet_in_channels() - c,
                     "latent_",
-                )),
-                Conditioning::None => {}
+                ));
             }
             (inputs, vec![image_like("eps", c, "latent_")])
         }
@@ -200,17 +202,18 @@ pub fn forward<O: Ops>(
         GraphRole::Encoder => autoencoder::encode(o, ae, config.resolution, &inputs[0])?,
         GraphRole::Decoder => autoencoder::decode(o, ae, config.resolution, &inputs[0])?,
         GraphRole::Unet => {
-            let (sample, timestep) = (&inputs[0], &inputs[1]);
+            let (sample, timestep, rest) = (&inputs[0], &inputs[1], &inputs[2..]);
+            let (context, concat) = match (config.context_dim(), rest) {
+                (Some(_), [context, concat @ ..]) => (Some(context), concat.first()),
+                (_, concat) => (None, concat.first()),
+            };
             let io = config.unet_io();
-            match config.conditioning {
-                Conditioning::Text { .. } | Conditioning::Class { .. } => {
-                    unet::forward(o, &config.unet, io, sample, timestep, Some(&inputs[2]))?
+            match concat {
+                Some(concat) => {
+                    let x = o.concat(&[sample, concat], 1)?;
+                    unet::forward(o, &config.unet, io, &x, timestep, context)?
                 }
-                Conditioning::Concat { .. } => {
-                    let x = o.concat(&[sample, &inputs[2]], 1)?;
-                    unet::forward(o, &config.unet, io, &x, timestep, None)?
-                }
-                Conditioning::None => unet::forward(o, &config.unet, io, sample, timestep, None)?,
+                None => unet::forward(o, &config.unet, io, sample, timestep, context)?,
             }
         }
         GraphRole::TextEncoder => {

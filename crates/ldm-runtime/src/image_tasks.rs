@@ -55,6 +55,21 @@ pub fn mask_at(mask: &Image, f: usize) -> Vec<f32> {
     out
 }
 
+/// A mask image as 0 or 1 (its mean over RGB, binarised at 0.5) at every f-th pixel of each
+/// axis, as Stable Diffusion's inpainting pipelines sample it (nearest): [H/f · W/f].
+pub fn mask_sampled(mask: &Image, f: usize) -> Vec<f32> {
+    let (w, h) = (mask.width / f, mask.height / f);
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let p = (y * f * mask.width + x * f) * 3;
+            let sum: u32 = mask.rgb[p..p + 3].iter().map(|&v| v as u32).sum();
+            out.push(if sum * 2 >= 3 * 255 { 1.0 } else { 0.0 });
+        }
+    }
+    out
+}
+
 /// The image with the masked region (mask 1) set to 0, the middle grey of [-1, 1].
 pub fn masked(image: &Tensor, mask: &[f32]) -> Result<Tensor, RuntimeError> {
     let data = image.as_f32().expect("image tensors are f32");

@@ -21,10 +21,10 @@
 
 use ldm_core::conditions::{class_ids, text_ids};
 use ldm_core::guided::repeat;
-use ldm_core::manifest::{BundleConditioning, FirstStage, GraphRole};
+use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
 use ldm_core::{GuidedSampling, KnownLatent, NoiseSchedule, SamplerKind};
 
-use crate::image_tasks::{image_tensor, mask_at, masked};
+use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
 use crate::plan::{self, Plan, Task, DEFAULT_MEMORY_BUDGET};
 use crate::{Backend, Bundle, RequestError, RuntimeError, Session, Tensor};
 
@@ -321,10 +321,21 @@ impl Pipeline {
                     .map(<[f32]>::to_vec),
             },
             Task::Inpainting => {
-                let (small, full) = (mask_at(mask(), f), mask_at(mask(), 1));
-                let kept = masked(&image_tensor(image(), channels)?, &full)?;
-                let mut concat = self.encode(&kept)?;
-                concat.extend_from_slice(&small);
+                let mask_first = m.conditioning.concat().map(|c| c.task)
+                    == Some(ConcatKind::MaskFirstInpainting);
+                let concat = if mask_first {
+                    let full = mask_sampled(mask(), 1);
+                    let kept = masked(&image_tensor(image(), channels)?, &full)?;
+                    let mut concat = mask_sampled(mask(), f);
+                    concat.extend(self.encode(&kept)?);
+                    concat
+                } else {
+                    let (small, full) = (mask_at(mask(), f), mask_at(mask(), 1));
+                    let kept = masked(&image_tensor(image(), channels)?, &full)?;
+                    let mut concat = self.encode(&kept)?;
+                    concat.extend_from_slice(&small);
+                    concat
+                };
                 ImageInputs {
                     known: None,
                     concat: Some(concat),

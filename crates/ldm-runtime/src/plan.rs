@@ -237,10 +237,7 @@ enum TaskKind {
 
 /// The task the bundle and the request's images make.
 fn task_kind(m: &Manifest, request: &Generate) -> Result<TaskKind, RequestError> {
-    let concat = match &m.conditioning {
-        BundleConditioning::Concat { task, .. } => Some(*task),
-        _ => None,
-    };
+    let concat = m.conditioning.concat().map(|c| c.task);
     Ok(match (concat, &request.init_image, &request.mask) {
         (Some(ConcatKind::SuperResolution), Some(_), _) => TaskKind::SuperResolution,
         (Some(ConcatKind::SuperResolution), None, _) => {
@@ -248,10 +245,8 @@ fn task_kind(m: &Manifest, request: &Generate) -> Result<TaskKind, RequestError>
                 "an input image (the low-resolution one)",
             ))
         }
-        (Some(ConcatKind::Inpainting), Some(_), Some(_)) => TaskKind::Inpainting,
-        (Some(ConcatKind::Inpainting), _, _) => {
-            return Err(RequestError::TaskNeeds("an input image and a mask"))
-        }
+        (Some(task), Some(_), Some(_)) if task.is_inpainting() => TaskKind::Inpainting,
+        (Some(_), _, _) => return Err(RequestError::TaskNeeds("an input image and a mask")),
         (None, Some(_), _) => TaskKind::ImageToImage,
         (None, None, Some(_)) => return Err(RequestError::MaskWithoutImage),
         (None, None, None) => TaskKind::Generate,

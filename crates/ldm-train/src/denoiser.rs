@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use ldm_core::manifest::GraphRole;
-use ldm_nn::{graphs, Conditioning, ModelConfig};
+use ldm_nn::{graphs, Conditioning, ModelConfig, TextEncoderKind};
 use tch::{Device, Kind, Tensor};
 
 use crate::tensors::{sorted_params, NamedWeights};
@@ -16,11 +16,24 @@ use crate::{TchOps, TrainError};
 type ShapeMap = BTreeMap<String, Vec<usize>>;
 
 /// What conditions one batch: ids for the conditioning encoder (int64 token ids [B, L] or
-/// class ids [B]), or channels to concatenate [B, k, h, w].
+/// class ids [B]), channels to concatenate [B, k, h, w], or both (Stable Diffusion's
+/// inpainting UNets).
 pub enum Condition {
     None,
     Ids(Tensor),
     Concat(Tensor),
+    IdsAndConcat { ids: Tensor, concat: Tensor },
+}
+
+impl Condition {
+    fn parts(&self) -> (Option<&Tensor>, Option<&Tensor>) {
+        match self {
+            Condition::None => (None, None),
+            Condition::Ids(ids) => (Some(ids), None),
+            Condition::Concat(concat) => (None, Some(concat)),
+            Condition::IdsAndConcat { ids, concat } => (Some(ids), Some(concat)),
+        }
+    }
 }
 
 pub struct Denoiser {
@@ -76,24 +89,39 @@ impl Denoiser {
         model.unet.freeze();
         if let Some(e) = model.encoder.as_mut() {
             e.freeze();
+            // Stable Diffusion trains its UNet against a pretrained CLIP that stays fixed:
+            // fine-tunes of an imported model keep it as it is (no gradients, no updates).
+            if let Conditioning::Text {
+                encoder: TextEncoderKind::Clip,
+                ..
+            } = config.conditioning
+            {
+                e.var_store_mut().freeze();
+            }
         }
         Ok(model)
     }
 
     /// A batch-1 condition of the right kind, for the initialising forward pass.
     fn probe_condition(&self, device: Device) -> Condition {
-        match self.config.conditioning {
-            Conditioning::None => Condition::None,
+        let ids = match self.config.conditioning {
             Conditioning::Text { max_length, .. } => {
-                Condition::Ids(Tensor::zeros([1, max_length as i64], (Kind::Int64, device)))
+                Some(Tensor::zeros([1, max_length as i64], (Kind::Int64, device)))
             }
-            Conditioning::Class { .. } => Condition::Ids(Tensor::zeros([1], (Kind::Int64, device))),
-            Conditioning::Concat { .. } => {
-                let extra = (self.config.unet_in_channels()
-                    - self.config.autoencoder.latent_channels) as i64;
-                let r = self.config.latent_resolution() as i64;
-                Condition::Concat(Tensor::zeros([1, extra, r, r], (Kind::Float, device)))
-            }
+            Conditioning::Class { .. } => Some(Tensor::zeros([1], (Kind::Int64, device))),
+            Conditioning::None | Conditioning::Concat { .. } => None,
+        };
+        let concat = self.config.conditioning.concat_task().map(|_| {
+            let extra =
+                (self.config.unet_in_channels() - self.config.autoencoder.latent_channels) as i64;
+            let r = self.config.latent_resolution() as i64;
+            Tensor::zeros([1, extra, r, r], (Kind::Float, device))
+        });
+        match (ids, concat) {
+            (None, None) => Condition::None,
+            (Some(ids), None) => Condition::Ids(ids),
+            (None, Some(concat)) => Condition::Concat(concat),
+            (Some(ids), Some(concat)) => Condition::IdsAndConcat { ids, concat },
         }
     }
 
@@ -106,20 +134,20 @@ impl Denoiser {
         condition: &Condition,
     ) -> Result<Tensor, TrainError> {
         let role = graphs::conditioner_role(&self.config);
-        let extra = match (condition, role, self.encoder.as_mut()) {
-            (Condition::Ids(ids), Some(role), Some(encoder)) => Some(
+        let (ids, concat) = condition.parts();
+        let context = match (ids, role, self.encoder.as_mut()) {
+            (Some(ids), Some(role), Some(encoder)) => Some(
                 graphs::forward(role, &self.config, encoder, &[ids.shallow_clone()])?.remove(0),
             ),
-            (Condition::Concat(channels), None, _) => Some(channels.shallow_clone()),
-            (Condition::None, None, _)
-                if !matches!(self.config.conditioning, Conditioning::Concat { .. }) =>
-            {
-                None
-            }
+            (None, None, _) => None,
             _ => return Err(TrainError::ConditionMismatch),
         };
+        if concat.is_some() != self.config.conditioning.concat_task().is_some() {
+            return Err(TrainError::ConditionMismatch);
+        }
         let mut inputs = vec![x.shallow_clone(), t.to_kind(Kind::Float)];
-        inputs.extend(extra);
+        inputs.extend(context);
+        inputs.extend(concat.map(Tensor::shallow_clone));
         Ok(graphs::forward(GraphRole::Unet, &self.config, &mut self.unet, &inputs)?.remove(0))
     }
 

@@ -430,13 +430,20 @@ fn conditioner(
     resumed: Option<&DiffusionState>,
     out: &Path,
 ) -> Result<(Conditioner, Vec<String>), TrainError> {
+    if config.conditioning.concat_task() == Some(ConcatKind::MaskFirstInpainting) {
+        // Stable Diffusion's inpainting UNets run here but do not train: the trainer makes
+        // inpainting inputs in its own order only, and never with a text context beside them.
+        return Err(TrainError::Mismatch(
+            "models with conditioning concat = \"mask_first_inpainting\" (Stable Diffusion's inpainting UNets) can be imported, exported and run, but not trained or fine-tuned".into(),
+        ));
+    }
     Ok(match config.conditioning {
         Conditioning::None => (Conditioner::None, vec![]),
         Conditioning::Concat {
             task: ConcatKind::SuperResolution,
         } => (Conditioner::SuperResolution, vec![]),
         Conditioning::Concat {
-            task: ConcatKind::Inpainting,
+            task: ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting,
         } => (Conditioner::Inpainting, vec![]),
         Conditioning::Text {
             vocab_size,

@@ -58,6 +58,9 @@ impl TrainedModel {
             }
             None => None,
         };
+        if config.conditioning.concat_task().is_some() {
+            return Err(TrainError::NeedsImage);
+        }
         let conditioner = match &config.conditioning {
             Conditioning::None => Conditioner::None,
             Conditioning::Text { max_length, .. } => Conditioner::Text {

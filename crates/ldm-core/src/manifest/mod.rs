@@ -93,6 +93,10 @@ pub enum BundleConditioning {
         tokenizer: String,
         max_length: usize,
         vocab_size: usize,
+        /// Channels concatenated to the latent besides the context (Stable Diffusion's
+        /// inpainting UNets).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concat: Option<ConcatInput>,
     },
     /// Labels 0..classes for the `class_embedder` graph; label `classes` is "no class".
     Class {
@@ -106,6 +110,28 @@ pub enum BundleConditioning {
     },
 }
 
+/// The UNet's `concat` input of a text model that also takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcatInput {
+    pub task: ConcatKind,
+    pub channels: usize,
+}
+
+impl BundleConditioning {
+    /// The task and channel count of the UNet's `concat` input, if it has one.
+    pub fn concat(&self) -> Option<ConcatInput> {
+        match self {
+            BundleConditioning::Concat { task, channels } => Some(ConcatInput {
+                task: *task,
+                channels: *channels,
+            }),
+            BundleConditioning::Text { concat, .. } => *concat,
+            BundleConditioning::None | BundleConditioning::Class { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 /// What a concatenation-conditioned model sees next to its latent (paper 4.4, 4.5).
@@ -116,6 +142,20 @@ pub enum ConcatKind {
     /// The encoded masked image (scaled) and the mask (1 = to fill) at the latent's size:
     /// latent channels + 1.
     Inpainting,
+    /// The same inputs in the order and sampling of Stable Diffusion's inpainting UNets: the
+    /// mask first, sampled at every f-th pixel and binarised at 0.5, then the encoded masked
+    /// image: 1 + latent channels.
+    MaskFirstInpainting,
+}
+
+impl ConcatKind {
+    /// Whether the task fills a masked region of an input image.
+    pub fn is_inpainting(&self) -> bool {
+        matches!(
+            self,
+            ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting
+        )
+    }
 }
 
 /// The forward process of a model: its configuration's `[diffusion]` section and its

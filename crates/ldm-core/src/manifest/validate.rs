@@ -4,7 +4,7 @@
 //! and outputs.
 
 use super::{
-    BundleConditioning, DimSpec, FirstStage, GraphRole, GraphSpec, Manifest, Schedule,
+    BundleConditioning, ConcatKind, DimSpec, FirstStage, GraphRole, GraphSpec, Manifest, Schedule,
     MANIFEST_FORMAT,
 };
 
@@ -90,6 +90,20 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(concat) = self.conditioning.concat() {
+            let needed = match concat.task {
+                ConcatKind::SuperResolution => self.image_channels,
+                ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting => {
+                    self.latent_channels + 1
+                }
+            };
+            if concat.channels != needed {
+                return Err(format!(
+                    "conditioning.channels = {} but {:?} takes {needed}",
+                    concat.channels, concat.task
+                ));
+            }
+        }
         self.check_bounds()?;
         self.check_dimensions()
     }
@@ -117,10 +131,10 @@ impl Manifest {
             BundleConditioning::Class { classes, .. } => {
                 bounded.push(("conditioning.classes", *classes, MAX_CLASSES));
             }
-            BundleConditioning::Concat { channels, .. } => {
-                bounded.push(("conditioning.channels", *channels, MAX_CHANNELS));
-            }
-            BundleConditioning::None => {}
+            BundleConditioning::Concat { .. } | BundleConditioning::None => {}
+        }
+        if let Some(concat) = self.conditioning.concat() {
+            bounded.push(("conditioning.channels", concat.channels, MAX_CHANNELS));
         }
         for (field, value, max) in bounded {
             if !(1..=max).contains(&value) {
@@ -226,14 +240,16 @@ impl Manifest {
                 1,
                 "a class model's context length",
             )),
-            BundleConditioning::Concat { channels, .. } => expected.push((
+            BundleConditioning::Concat { .. } | BundleConditioning::None => {}
+        }
+        if let Some(concat) = self.conditioning.concat() {
+            expected.push((
                 GraphRole::Unet,
                 "concat",
                 1,
-                *channels,
+                concat.channels,
                 "conditioning.channels",
-            )),
-            BundleConditioning::None => {}
+            ));
         }
         for (role, name, axis, value, field) in expected {
             let spec = self.graphs.get(&role).expect("required graphs are present");

@@ -10,8 +10,8 @@ use std::path::Path;
 use ldm_core::manifest::{GraphRole, LinearSchedule};
 use ldm_core::Prediction;
 use ldm_nn::{
-    Activation, AutoencoderConfig, Conditioning, FirstStage, ModelConfig, TextEncoderKind,
-    UnetConfig,
+    Activation, AutoencoderConfig, ConcatKind, Conditioning, FirstStage, ModelConfig,
+    TextEncoderKind, UnetConfig,
 };
 use serde_json::Value;
 
@@ -29,7 +29,7 @@ const MODEL_STEMS: [&str; 2] = ["diffusion_pytorch_model", "diffusion_pytorch_mo
 const TEXT_ENCODER_STEMS: [&str; 4] =
     ["model", "pytorch_model", "model.fp16", "pytorch_model.fp16"];
 /// The pipelines whose components map onto this project's networks.
-const PIPELINES: [&str; 1] = ["StableDiffusionPipeline"];
+const PIPELINES: [&str; 2] = ["StableDiffusionPipeline", "StableDiffusionInpaintPipeline"];
 
 /// A component's configuration, with errors naming the file and field.
 struct Config {
@@ -133,7 +133,10 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
     let scheduler = Config::load(dir, "scheduler/scheduler_config.json")?;
     let autoencoder = vae_config(&vae)?;
     let resolution = vae.usize("sample_size")?;
-    let conditioning = text_config(&text)?;
+    let mut conditioning = text_config(&text)?;
+    if let Conditioning::Text { concat, .. } = &mut conditioning {
+        *concat = unet_concat(&unet)?;
+    }
     let unet_config = unet_config(&unet, &conditioning)?;
     let config = ModelConfig {
         resolution,
@@ -327,7 +330,25 @@ fn text_config(text: &Config) -> Result<Conditioning, ImportError> {
         activation,
         mlp_width: Some(text.usize("intermediate_size")?),
         positions: Some(positions),
+        concat: None,
     })
+}
+
+/// What the UNet takes besides its latent: nothing, or (1 + 2 x latent channels inputs)
+/// the mask and masked-image latent of Stable Diffusion's inpainting models.
+fn unet_concat(unet: &Config) -> Result<Option<ConcatKind>, ImportError> {
+    let in_channels = unet.usize("in_channels")?;
+    let out_channels = unet.usize("out_channels")?;
+    if in_channels == out_channels {
+        Ok(None)
+    } else if in_channels == 2 * out_channels + 1 {
+        Ok(Some(ConcatKind::MaskFirstInpainting))
+    } else {
+        Err(unet.error(
+            "in_channels",
+            format!("{in_channels} input channels for {out_channels} output channels: only {out_channels} (text-to-image) or {} (inpainting: mask and masked-image latent) are supported", 2 * out_channels + 1),
+        ))
+    }
 }
 
 fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig, ImportError> {
@@ -490,14 +511,6 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
         }
         _ => return Err(unet.error(heads_field, "missing or not a number or list")),
     };
-    let in_channels = unet.usize("in_channels")?;
-    let out_channels = unet.usize("out_channels")?;
-    if in_channels != out_channels {
-        return Err(unet.error(
-            "in_channels",
-            format!("{in_channels} input channels for {out_channels} output channels: inpainting UNets are not supported yet"),
-        ));
-    }
     Ok(UnetConfig {
         model_channels,
         channel_mult,

@@ -105,8 +105,13 @@ struct Machine<'a> {
     bytes: &'a [u8],
     at: usize,
     stack: Vec<Value>,
+    /// The nesting depth of each stack value (0 for scalars), in step with `stack`: bounded
+    /// by MAX_DEPTH as values are built, so that dropping, copying or comparing one never
+    /// recurses deeper than that.
+    depths: Vec<usize>,
     marks: Vec<usize>,
-    memo: HashMap<u64, Value>,
+    /// Memoised values and their depths.
+    memo: HashMap<u64, (Value, usize)>,
     /// What copies of values (DUP, the memo) may still cost, in [`weight`] units.
     copy_budget: usize,
 }
@@ -117,6 +122,7 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
         bytes,
         at: 0,
         stack: Vec::new(),
+        depths: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
         copy_budget: MAX_COPIED,
@@ -182,27 +188,58 @@ impl<'a> Machine<'a> {
         Ok(v.clone())
     }
 
-    /// A copy of the top of the stack, charged to the copy budget.
-    fn copy_top(&mut self) -> Result<Value, PickleError> {
+    /// A copy of the top of the stack, charged to the copy budget, and its depth.
+    fn copy_top(&mut self) -> Result<(Value, usize), PickleError> {
         let top = std::mem::replace(self.top()?, Value::None);
         let copy = self.copy(&top);
         *self.top()? = top;
-        copy
+        Ok((copy?, *self.depths.last().expect("in step with the stack")))
     }
 
+    /// Pushes a value that holds no other (a scalar, a string, an empty container, ...).
     fn push(&mut self, v: Value) -> Result<(), PickleError> {
-        if self.stack.len() + self.memo.len() + self.marks.len() >= MAX_VALUES {
+        self.push_nested(v, 0)
+    }
+
+    /// Pushes a value nested `depth` levels deep.
+    fn push_nested(&mut self, v: Value, depth: usize) -> Result<(), PickleError> {
+        if self.stack.len() + self.memo.len() + self.marks.len() >= MAX_VALUES || depth > MAX_DEPTH
+        {
             return Err(PickleError::TooLarge(MAX_VALUES));
         }
         self.stack.push(v);
+        self.depths.push(depth);
         Ok(())
     }
 
     fn pop(&mut self) -> Result<Value, PickleError> {
-        match self.stack.pop() {
-            Some(Value::Mark) | None => Err(self.malformed("stack underflow")),
-            Some(v) => Ok(v),
+        Ok(self.pop_nested()?.0)
+    }
+
+    /// The top value and its depth.
+    fn pop_nested(&mut self) -> Result<(Value, usize), PickleError> {
+        match (self.stack.pop(), self.depths.pop()) {
+            (Some(Value::Mark), _) | (None, _) | (_, None) => {
+                Err(self.malformed("stack underflow"))
+            }
+            (Some(v), Some(depth)) => Ok((v, depth)),
         }
+    }
+
+    /// Records that the top value now holds values `depth - 1` deep.
+    fn deepen_top(&mut self, depth: usize) -> Result<(), PickleError> {
+        let top = self
+            .depths
+            .last_mut()
+            .ok_or_else(|| PickleError::Malformed {
+                at: self.at,
+                message: "empty stack".into(),
+            })?;
+        *top = (*top).max(depth);
+        if *top > MAX_DEPTH {
+            return Err(PickleError::TooLarge(MAX_VALUES));
+        }
+        Ok(())
     }
 
     fn top(&mut self) -> Result<&mut Value, PickleError> {
@@ -213,17 +250,24 @@ impl<'a> Machine<'a> {
         })
     }
 
-    /// The values pushed since the last MARK, which is removed.
-    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+    /// The values pushed since the last MARK, which is removed, and the depth of a container
+    /// holding them.
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, usize), PickleError> {
         let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK"))?;
         if mark > self.stack.len() {
             return Err(self.malformed("MARK beyond the stack"));
         }
-        let items = self.stack.split_off(mark);
+        self.split_off(mark)
+    }
+
+    /// The values from stack position `at` on, and the depth of a container holding them.
+    fn split_off(&mut self, at: usize) -> Result<(Vec<Value>, usize), PickleError> {
+        let items = self.stack.split_off(at);
+        let depth = self.depths.split_off(at).into_iter().max().unwrap_or(0) + 1;
         if items.contains(&Value::Mark) {
             return Err(self.malformed("nested MARK"));
         }
-        Ok(items)
+        Ok((items, depth))
     }
 
     fn global(&mut self, module: &str, name: &str) -> Result<(), PickleError> {
@@ -265,49 +309,50 @@ impl<'a> Machine<'a> {
                 b')' => self.push(Value::Tuple(Vec::new()))?,
                 0x8f => self.push(Value::List(Vec::new()))?, // EMPTY_SET
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))?
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::Tuple(items), depth)?
                 }
                 b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items))?
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::List(items), depth)?
                 }
                 b'd' => {
-                    let items = self.pop_mark()?;
+                    let (items, depth) = self.pop_mark()?;
                     let dict = pairs(items).ok_or_else(|| self.malformed("odd DICT items"))?;
-                    self.push(Value::Dict(dict))?
+                    self.push_nested(Value::Dict(dict), depth)?
                 }
                 0x91 => {
-                    let items = self.pop_mark()?; // FROZENSET
-                    self.push(Value::List(items))?
+                    let (items, depth) = self.pop_mark()?; // FROZENSET
+                    self.push_nested(Value::List(items), depth)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n {
                         return Err(self.malformed("TUPLE underflow"));
                     }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    if items.contains(&Value::Mark) {
-                        return Err(self.malformed("MARK inside TUPLE"));
-                    }
-                    self.push(Value::Tuple(items))?
+                    let (items, depth) = self.split_off(self.stack.len() - n)?;
+                    self.push_nested(Value::Tuple(items), depth)?
                 }
                 b'a' => {
-                    let v = self.pop()?;
-                    self.extend(vec![v])?
+                    let (v, depth) = self.pop_nested()?;
+                    self.extend(vec![v])?;
+                    self.deepen_top(depth + 1)?
                 }
                 b'e' | 0x90 => {
-                    let items = self.pop_mark()?; // APPENDS, ADDITEMS
-                    self.extend(items)?
+                    let (items, depth) = self.pop_mark()?; // APPENDS, ADDITEMS
+                    self.extend(items)?;
+                    self.deepen_top(depth)?
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.set_items(vec![k, v])?
+                    let (v, value_depth) = self.pop_nested()?;
+                    let (k, key_depth) = self.pop_nested()?;
+                    self.set_items(vec![k, v])?;
+                    self.deepen_top(value_depth.max(key_depth) + 1)?
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
-                    self.set_items(items)?
+                    let (items, depth) = self.pop_mark()?;
+                    self.set_items(items)?;
+                    self.deepen_top(depth)?
                 }
                 b'J' => {
                     let v = self.uint(4)? as u32 as i32;
@@ -377,23 +422,23 @@ impl<'a> Machine<'a> {
                 0x89 => self.push(Value::Bool(false))?,
                 b'q' | b'r' | b'p' => {
                     let key = self.memo_key(op, b'q', b'r')?;
-                    let v = self.copy_top()?;
-                    self.memo.insert(key, v);
+                    let copy = self.copy_top()?;
+                    self.memo.insert(key, copy);
                 }
                 0x94 => {
                     let key = self.memo.len() as u64; // MEMOIZE
-                    let v = self.copy_top()?;
-                    self.memo.insert(key, v);
+                    let copy = self.copy_top()?;
+                    self.memo.insert(key, copy);
                 }
                 b'h' | b'j' | b'g' => {
                     let key = self.memo_key(op, b'h', b'j')?;
-                    let stored = self
+                    let (stored, depth) = self
                         .memo
                         .remove(&key)
                         .ok_or_else(|| self.malformed(format!("memo {key} is unset")))?;
                     let v = self.copy(&stored);
-                    self.memo.insert(key, stored);
-                    self.push(v?)?
+                    self.memo.insert(key, (stored, depth));
+                    self.push_nested(v?, depth)?
                 }
                 b'c' => {
                     let module = self.line()?.to_string();
@@ -409,21 +454,22 @@ impl<'a> Machine<'a> {
                     }
                 }
                 b'R' | 0x81 => {
-                    let args = self.pop()?;
+                    let (args, depth) = self.pop_nested()?;
                     let callable = self.pop()?;
                     let v = self.apply(callable, args)?;
-                    self.push(v)?
+                    self.push_nested(v, depth + 1)?
                 }
                 0x92 => {
                     let _kwargs = self.pop()?; // NEWOBJ_EX
-                    let args = self.pop()?;
+                    let (args, depth) = self.pop_nested()?;
                     let class = self.pop()?;
                     let v = self.apply(class, args)?;
-                    self.push(v)?
+                    self.push_nested(v, depth + 1)?
                 }
                 b'b' => {
-                    let state = self.pop()?;
-                    self.build(state)?
+                    let (state, depth) = self.pop_nested()?;
+                    self.build(state)?;
+                    self.deepen_top(depth + 1)?
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -437,8 +483,8 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.copy_top()?;
-                    self.push(v)?
+                    let (v, depth) = self.copy_top()?;
+                    self.push_nested(v, depth)?
                 }
                 b'i' => return Err(PickleError::Opcode(op, "INST")),
                 b'o' => return Err(PickleError::Opcode(op, "OBJ")),
