@@ -62,7 +62,6 @@ def make_pipeline(folder):
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
-    return sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
 
 
 def timed(command):
@@ -123,12 +122,13 @@ def main():
     results = {"steps": args.steps, "threads": args.threads}
     if not os.path.isfile(os.path.join(pipeline, "model_index.json")):
         print("writing the pipeline", file=sys.stderr)
-        results["parameters"] = make_pipeline(pipeline)
+        make_pipeline(pipeline)
     bundle, release = os.path.join(args.work, "bundle"), os.path.join(args.work, "release")
     started = time.time()
     run, peak = timed([args.ldm, "import", pipeline, "--out", release, "--bundle", bundle,
                        "--tokenizer", pipeline + "-vocabulary"])
     results["import"] = {"total_s": time.time() - started, "peak_mb": peak}
+    results["parameters_m"] = float(re.search(r"\(([\d.]+) M parameters", run.stdout).group(1))
     print(run.stdout, file=sys.stderr)
     for backend in ("tract", "ort-cpu"):
         print(f"generating on {backend}", file=sys.stderr)
@@ -149,7 +149,8 @@ def main():
         r = results[key]
         print(f"| {name} | {r['load_s']:.1f} s | {r['step_s']:.2f} s | {base / r['step_s']:.2f}x "
               f"| {r['peak_mb'] / 1024:.1f} GB |")
-    print(f"\nimport + export + parity: {results['import']['total_s']:.0f} s, "
+    print(f"\n{results['parameters_m']:.0f} M parameters; import + export + parity: "
+          f"{results['import']['total_s']:.0f} s, "
           f"peak {results['import']['peak_mb'] / 1024:.1f} GB")
 
 
