@@ -12,12 +12,13 @@ use ldm_core::manifest::{
 };
 use ldm_data::{make_public_dir, write_atomic, StagingDir};
 use ldm_nn::{Conditioning, ModelConfig};
+use ldm_runtime::Tensor as RtTensor;
 use ldm_train::release::{load_release_or_run, Release};
 use prost::Message;
 use tch::Tensor;
 
 use crate::external::{externalize, PROTOBUF_LIMIT};
-use crate::isolated::{check_in_child, Case};
+use crate::isolated::{check_in_child, Case, EngineReport};
 use crate::onnx_ops::{OnnxOps, Weight};
 use crate::parity::{
     compare_run, f32_values, load_engine, random_inputs, reference_ops, reference_outputs,
@@ -269,6 +270,44 @@ pub fn parity_sizes(config: &ModelConfig) -> [(usize, usize); 2] {
 }
 
 type ParityReport = (Vec<ParityRow>, Vec<(GraphRole, &'static str, String)>);
+/// The image size, inputs and reference outputs of each parity case of one graph.
+type ParityCases = Vec<((usize, usize), Vec<RtTensor>, Vec<RtTensor>)>;
+
+/// `engine`'s differences from the reference on every case, run in this process.
+fn check_here(
+    engine: &str,
+    graph: &Path,
+    spec: &GraphSpec,
+    cases: &ParityCases,
+) -> Result<EngineReport, ExportError> {
+    let mut session = match load_engine(engine, graph) {
+        Ok(session) => session,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    cases
+        .iter()
+        .map(|(_, inputs, reference)| {
+            compare_run(session.as_mut(), &spec.inputs, inputs, reference)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Ok)
+}
+
+/// The cases with their inputs named, for a child process.
+fn named_cases<'a>(spec: &'a GraphSpec, cases: &'a ParityCases) -> Vec<Case<'a>> {
+    cases
+        .iter()
+        .map(|(_, inputs, reference)| Case {
+            inputs: spec
+                .inputs
+                .iter()
+                .map(|s| s.name.as_str())
+                .zip(inputs)
+                .collect(),
+            reference,
+        })
+        .collect()
+}
 
 fn check_parity(
     release: &Release,
@@ -291,7 +330,7 @@ fn check_parity(
             }
         };
         let mut reference_ops = reference_ops(weights)?;
-        let cases: Vec<_> = parity_sizes(config)
+        let cases: ParityCases = parity_sizes(config)
             .iter()
             .enumerate()
             .map(|(i, &pixels)| {
@@ -306,31 +345,10 @@ fn check_parity(
         for engine in ENGINES {
             let report = match isolated {
                 Some(program) => {
-                    let named: Vec<Case> = cases
-                        .iter()
-                        .map(|(_, inputs, reference)| Case {
-                            inputs: spec
-                                .inputs
-                                .iter()
-                                .map(|s| s.name.as_str())
-                                .zip(inputs)
-                                .collect(),
-                            reference,
-                        })
-                        .collect();
                     let file = dir.join(format!(".parity-{}.safetensors", role.as_str()));
-                    check_in_child(program, &graph, engine, &named, &file)?
+                    check_in_child(program, &graph, engine, &named_cases(spec, &cases), &file)?
                 }
-                None => match load_engine(engine, &graph) {
-                    Ok(mut session) => cases
-                        .iter()
-                        .map(|(_, inputs, reference)| {
-                            compare_run(session.as_mut(), &spec.inputs, inputs, reference)
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                        .map(Ok)?,
-                    Err(reason) => Err(reason),
-                },
+                None => check_here(engine, &graph, spec, &cases)?,
             };
             let differences = match report {
                 Ok(differences) => differences,

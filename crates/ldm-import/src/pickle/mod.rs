@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 mod value;
-use value::weight;
+use value::{long, pairs, weight};
 pub use value::{StorageRef, TensorRef, Value};
 
 /// The most values the stack, the mark stack and the memo may hold together: a state dict of
@@ -668,33 +668,5 @@ impl<'a> Machine<'a> {
                 .collect(),
             _ => Err(self.malformed("tensor size or stride is not a tuple")),
         }
-    }
-}
-
-fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if !items.len().is_multiple_of(2) {
-        return None;
-    }
-    let mut it = items.into_iter();
-    let mut out = Vec::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    Some(out)
-}
-
-/// LONG1/LONG4: little-endian two's complement.
-fn long(b: &[u8]) -> Value {
-    if b.len() <= 8 {
-        let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) {
-            0xff
-        } else {
-            0
-        };
-        let mut v = [fill; 8];
-        v[..b.len()].copy_from_slice(b);
-        Value::Int(i64::from_le_bytes(v))
-    } else {
-        Value::BigInt(b.to_vec())
     }
 }

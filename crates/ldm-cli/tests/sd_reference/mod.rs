@@ -1,0 +1,429 @@
+//! What the import tests share: the reference software's files (tests/reference/*.py, run on
+//! the project's Python, offline) and the comparisons of imported bundles with them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::common::{ldm, output};
+use ldm_core::manifest::GraphRole;
+use ldm_core::{GuidedSampling, SamplerKind, SamplingSetup};
+use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, Tensor};
+
+/// Runs `tests/reference/<script>` on the project's Python (offline), failing with its
+/// stderr.
+fn run_reference(script: &str, args: &[&std::ffi::OsStr]) {
+    let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference")
+        .join(script);
+    let run = std::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// The reference pipeline of `variant` (sd1, sd2) written into `dir`.
+pub fn reference(dir: &Path, variant: &str) -> PathBuf {
+    let out = dir.join(variant);
+    run_reference(
+        "tiny_sd.py",
+        &[out.as_os_str(), "--variant".as_ref(), variant.as_ref()],
+    );
+    out
+}
+
+/// Every tensor of a safetensors file as f32 values (ids and counters too).
+pub fn reference_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    ldm_import::files::read_tensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t
+                .to_f32()
+                .unwrap_or_else(|| panic!("{name}: {:?}", t.dtype));
+            (name, (t.shape, values))
+        })
+        .collect()
+}
+
+fn backends() -> Vec<Backend> {
+    vec![Backend::Tract, Backend::OrtCpu]
+}
+
+/// Runs `role` of `bundle` on `inputs` and compares its one output with `expected`.
+pub fn compare(
+    bundle: &Bundle,
+    role: GraphRole,
+    inputs: &[(&str, Tensor)],
+    expected: &(Vec<usize>, Vec<f32>),
+    what: &str,
+) {
+    for backend in backends() {
+        let mut session = bundle.session(role, backend, 1).unwrap();
+        let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
+        let out = session.run(&named).unwrap();
+        assert_eq!(
+            out[0].shape(),
+            expected.0.as_slice(),
+            "{what} on {backend:?}"
+        );
+        let got = out[0].as_f32().unwrap();
+        let scale = expected.1.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&expected.1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "{what} on {}: max difference {worst:.3e} (largest value {scale:.3})",
+            backend.name()
+        );
+    }
+}
+
+pub fn f32_input(r: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, name: &str) -> Tensor {
+    let (shape, values) = &r[name];
+    Tensor::f32(shape, values.clone()).unwrap()
+}
+
+/// Imports `source` and checks every graph against `reference` (a reference.safetensors) and
+/// the tokenizer against the `tokens.json` in `tokens_dir`; returns the release folder.
+pub fn check_import(
+    reference: &Path,
+    tokens_dir: &Path,
+    source: &Path,
+    extra: &[&str],
+    out: &Path,
+) -> PathBuf {
+    let release = out.join("release");
+    let bundle_dir = out.join("bundle");
+    let (ok, text) = output(
+        ldm()
+            .arg("import")
+            .arg(source)
+            .args(["--out", release.to_str().unwrap()])
+            .args(["--bundle", bundle_dir.to_str().unwrap()])
+            .args(extra),
+    );
+    assert!(ok, "{text}");
+    let bundle = Bundle::load(&bundle_dir).unwrap();
+    let scheduler: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tokens_dir.join("pipeline/scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    let ldm_core::manifest::Schedule::Linear(schedule) = &bundle.manifest.schedule;
+    let v = scheduler["prediction_type"] == "v_prediction";
+    assert_eq!(
+        schedule.prediction == ldm_core::Prediction::V,
+        v,
+        "prediction type"
+    );
+    let r = reference_tensors(reference);
+
+    let (shape, ids) = &r["text_ids"];
+    let ids = Tensor::i64(shape, ids.iter().map(|&v| v as i64).collect()).unwrap();
+    compare(
+        &bundle,
+        GraphRole::TextEncoder,
+        &[("input_ids", ids)],
+        &r["text_context"],
+        "text encoder",
+    );
+    let mut unet_inputs = vec![
+        ("sample", f32_input(&r, "unet_sample")),
+        ("timestep", f32_input(&r, "unet_timestep")),
+        ("context", f32_input(&r, "unet_context")),
+    ];
+    if r.contains_key("unet_concat") {
+        unet_inputs.push(("concat", f32_input(&r, "unet_concat")));
+    }
+    compare(
+        &bundle,
+        GraphRole::Unet,
+        &unet_inputs,
+        &r["unet_eps"],
+        "UNet",
+    );
+    compare(
+        &bundle,
+        GraphRole::Encoder,
+        &[("image", f32_input(&r, "vae_image"))],
+        &r["vae_moments"],
+        "encoder",
+    );
+    compare(
+        &bundle,
+        GraphRole::Decoder,
+        &[("latent", f32_input(&r, "vae_latent"))],
+        &r["vae_decoded"],
+        "decoder",
+    );
+
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokens_dir.join("tokens.json")).unwrap()).unwrap();
+    let tokenizer = bundle.tokenizer.as_ref().unwrap();
+    let captions = tokens["captions"].as_array().unwrap();
+    for (caption, ids) in captions.iter().zip(tokens["ids"].as_array().unwrap()) {
+        let caption = caption.as_str().unwrap();
+        let want: Vec<i64> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let got = tokenizer.encode(caption, 77).unwrap().ids;
+        assert_eq!(got, want, "tokens of {caption:?}");
+    }
+    assert!(captions.len() >= 200);
+    release
+}
+
+/// Writes one f32 tensor as a safetensors file.
+fn write_tensor(path: &Path, name: &str, shape: &[usize], values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .unwrap();
+    safetensors::tensor::serialize_to_file(vec![(name.to_string(), view)], &None, path).unwrap();
+}
+
+/// Four guided steps of each sampler on tract, from the driver's own initial noise, against
+/// the diffusers pipeline (tests/reference/generate.py) from the same noise: the final latents
+/// within 1e-4 of their largest value, the decoded images as floats in [0, 1], before
+/// rounding, within 1e-3.
+///
+/// PLMS is compared on eps-prediction models only: for v-prediction diffusers' PNDM combines
+/// the raw v outputs of several steps and turns the mix into eps at the current sample, where
+/// the authors' `plms.py` (and this project) turns each output into eps at its own sample and
+/// combines those.
+///
+/// With `inpainting` (an image and a mask, written to PNG files for diffusers) the request is
+/// an inpainting one and diffusers runs its inpainting pipeline.
+pub fn check_generation(
+    reference_dir: &Path,
+    bundle_dir: &Path,
+    out: &Path,
+    v_prediction: bool,
+    inpainting: Option<(&Image, &Image)>,
+) {
+    let prompt = "a red apple on the top left";
+    let samplers: &[&str] = if v_prediction {
+        &["ddim", "euler"]
+    } else {
+        &["ddim", "euler", "plms"]
+    };
+    let request = |sampler: &str| {
+        let mut request = Generate::new(vec![prompt.into()])
+            .sampler(sampler.parse().unwrap())
+            .steps(4)
+            .guidance(3.0)
+            .eta(0.0)
+            .seed(5);
+        if let Some((image, mask)) = inpainting {
+            request.init_image = Some(image.clone());
+            request.mask = Some(mask.clone());
+        }
+        request
+    };
+    let mut image_args = Vec::new();
+    if let Some((image, mask)) = inpainting {
+        for (name, picture) in [("image", image), ("mask", mask)] {
+            let path = out.join(format!("{name}.png"));
+            let (w, h) = (picture.width as u32, picture.height as u32);
+            image::RgbImage::from_raw(w, h, picture.rgb.clone())
+                .unwrap()
+                .save(&path)
+                .unwrap();
+            image_args.push(format!("--{name}"));
+            image_args.push(path.to_str().unwrap().to_string());
+        }
+    }
+    for &sampler in samplers {
+        // The diffusers side, from the noise the driver draws first (DDIM takes it unscaled).
+        let pipeline = Pipeline::new(Bundle::load(bundle_dir).unwrap(), Backend::Tract, 1).unwrap();
+        let plan = pipeline.plan(&request(sampler)).unwrap();
+        let manifest = &pipeline.bundle().manifest;
+        let schedule = manifest.schedule.noise_schedule().unwrap();
+        let scale = manifest.latent_scale_factor as f32;
+        let unscaled = SamplingSetup {
+            sampler: SamplerKind::Ddim { eta: 0.0 },
+            ..plan.sampling.clone()
+        };
+        let noise = GuidedSampling::new(&schedule, unscaled, None)
+            .latents()
+            .to_vec();
+        let [c, h, w] = plan.sampling.latent_shape;
+        let noise_file = out.join(format!("noise-{sampler}.safetensors"));
+        write_tensor(&noise_file, "noise", &[1, c, h, w], &noise);
+        let theirs_file = out.join(format!("diffusers-{sampler}.safetensors"));
+        let pipeline_dir = reference_dir.join("pipeline");
+        let args: Vec<&std::ffi::OsStr> = [
+            pipeline_dir.as_os_str(),
+            noise_file.as_os_str(),
+            theirs_file.as_os_str(),
+        ]
+        .into_iter()
+        .chain(
+            [
+                "--sampler",
+                sampler,
+                "--steps",
+                "4",
+                "--guidance",
+                "3",
+                "--prompt",
+                prompt,
+            ]
+            .map(|a| a.as_ref()),
+        )
+        .chain(image_args.iter().map(|a| a.as_ref()))
+        .collect();
+        run_reference("generate.py", &args);
+        let theirs = reference_tensors(&theirs_file);
+        let (latents, image) = (&theirs["latents"], &theirs["image"]);
+        let largest = latents.1.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+
+        for backend in backends() {
+            let mut pipeline =
+                Pipeline::new(Bundle::load(bundle_dir).unwrap(), backend, 1).unwrap();
+            let mut last = Vec::new();
+            pipeline
+                .generate(&request(sampler), &mut |p| {
+                    last = p.latents.to_vec();
+                    true
+                })
+                .unwrap();
+            let what = format!("{sampler} on {}", backend.name());
+            let off = worst(&last, &latents.1);
+            assert!(
+                off <= 1e-4 * largest,
+                "{what}: latents differ by up to {off:.2e} (largest {largest:.2})"
+            );
+            // The decoded image as floats, before the pipeline rounds it to bytes.
+            let latent: Vec<f32> = last.iter().map(|v| v / scale).collect();
+            let latent = Tensor::f32(&[1, c, h, w], latent).unwrap();
+            let mut decoder = pipeline
+                .bundle()
+                .session(GraphRole::Decoder, backend, 1)
+                .unwrap();
+            let decoded = decoder.run(&[("latent", &latent)]).unwrap();
+            assert_eq!(image.0, decoded[0].shape(), "{what}");
+            let ours: Vec<f32> = decoded[0]
+                .as_f32()
+                .unwrap()
+                .iter()
+                .map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0))
+                .collect();
+            let off = worst(&ours, &image.1);
+            assert!(off <= 1e-3, "{what}: images differ by up to {off:.2e}");
+        }
+    }
+}
+
+/// The float values of every tensor of a safetensors file, by name.
+pub fn values(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    reference_tensors(path)
+        .into_iter()
+        .map(|(k, (_, v))| (k, v))
+        .collect()
+}
+
+/// Tensors as (name, shape, values).
+pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// `source` with `edit` applied to its tensors, as a new safetensors file.
+pub fn edited(source: &Path, out: &Path, edit: impl Fn(&mut Tensors)) {
+    let mut tensors: Tensors = reference_tensors(source)
+        .into_iter()
+        .map(|(k, (shape, v))| (k, shape, v))
+        .collect();
+    edit(&mut tensors);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, shape, v)| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, shape, b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .unwrap();
+            (k.clone(), view)
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, &None, out).unwrap();
+}
+
+/// The names and shapes of `release` with fresh values as a single file in the reference
+/// layout (text encoder in `layout`: clip or open_clip), read back by diffusers' single-file
+/// loader into `out` (tests/reference/single_file.py).
+fn single_file(release: &Path, reference_dir: &Path, out: &Path, layout: &str) -> PathBuf {
+    let (pipeline, expected) = (
+        reference_dir.join("pipeline"),
+        reference_dir.join("reference.safetensors"),
+    );
+    run_reference(
+        "single_file.py",
+        &[
+            release.as_os_str(),
+            pipeline.as_os_str(),
+            expected.as_os_str(),
+            out.as_os_str(),
+            layout.as_ref(),
+        ],
+    );
+    out.to_path_buf()
+}
+
+/// The reference pipeline of `variant` imported from its folder (checked on the way), and
+/// its release's names with fresh values as a single file with the text encoder in `layout`:
+/// (reference folder, release, single-file folder, its release's model.toml, tokenizer files).
+pub fn folder_and_single_file(
+    dir: &Path,
+    variant: &str,
+    layout: &str,
+) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    let reference_dir = reference(dir, variant);
+    let release = check_import(
+        &reference_dir.join("reference.safetensors"),
+        &reference_dir,
+        &reference_dir.join("pipeline"),
+        &[],
+        &dir.join("folder"),
+    );
+    let single = single_file(&release, &reference_dir, &dir.join("single"), layout);
+    let config = release.join("model.toml");
+    (
+        reference_dir.clone(),
+        release,
+        single,
+        config,
+        vocabulary(&reference_dir),
+    )
+}
+
+/// The reference's vocab.json and merges.txt, with the pipeline's tokenizer_config.json (its
+/// pad token) beside them.
+pub fn vocabulary(reference_dir: &Path) -> PathBuf {
+    let folder = reference_dir.join("tokenizer");
+    std::fs::copy(
+        reference_dir.join("pipeline/tokenizer/tokenizer_config.json"),
+        folder.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    folder
+}
