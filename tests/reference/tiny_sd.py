@@ -13,7 +13,9 @@ writes, with nothing downloaded:
 
 sd1: CLIP text encoder with quick-GELU, convolutional transformer projections, one head
 count for every level, eps-prediction; sd2: GELU, linear projections, per-level head counts of
-one width, v-prediction (as the 768-v models); inpaint: sd1 with a 9-channel UNet (latent,
+one width, v-prediction (as the 768-v models), and the timestep embedding scaling and
+shifting the ResBlocks' second norm (`resnet_time_scale_shift`, the reference's
+`use_scale_shift_norm`, which the paper's own LDMs use); inpaint: sd1 with a 9-channel UNet (latent,
 mask, masked-image latent) in a StableDiffusionInpaintPipeline, whose reference also holds
 `unet_concat` (the mask and masked-image latent given beside `unet_sample`).
 """
@@ -148,7 +150,8 @@ def main():
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=width, norm_num_groups=32,
-        attention_head_dim=(2, 4) if sd2 else 2, use_linear_projection=sd2)
+        attention_head_dim=(2, 4) if sd2 else 2, use_linear_projection=sd2,
+        resnet_time_scale_shift="scale_shift" if sd2 else "default")
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,

@@ -3,7 +3,7 @@
 //!
 //! Only standard opset-17 operators are emitted (the portable profile): GroupNorm is lowered
 //! through InstanceNormalization, SiLU is Sigmoid·Mul, GELU its Erf form, attention MatMul +
-//! Softmax, upsampling Resize(nearest). Shapes stay symbolic: reshapes copy (0) or infer (-1)
+//! Softmax, upsampling Resize(nearest), downsampling AveragePool. Shapes stay symbolic: reshapes copy (0) or infer (-1)
 //! the dimensions they do not fix, so one graph serves every batch and spatial size.
 //!
 //! In f16-weights precision the initializers are float16 and each is cast to float32 once
@@ -543,6 +543,14 @@ impl Ops for OnnxOps<'_> {
             x.rank,
             x.dtype,
         ))
+    }
+
+    fn avg_pool2x(&mut self, x: &Value) -> Result<Value> {
+        let attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ];
+        Ok(self.emit("AveragePool", &[&x.name], attrs, x.rank, x.dtype))
     }
 
     fn embedding(&mut self, table: &Value, ids: &Value) -> Result<Value> {

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION, TEXT};
+use common::{
+    config, config_with, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION, TEXT,
+};
 use ldm_core::manifest::{GraphRole, Manifest, Precision};
 use ldm_export::parity::{random_inputs, reference_ops, reference_outputs};
 use ldm_export::{export_release, ExportOptions, Exported};
@@ -105,6 +107,37 @@ fn check_with_python(bundle: &Path, regularizer: FirstStage, conditioning: &str)
         "check_bundle.py on {}: {text}",
         bundle.display()
     );
+}
+
+/// The UNet options of the paper's unconditional LDMs (from ADM): the timestep embedding
+/// scaling and shifting the second norm, and ResBlocks that average-pool and upsample.
+#[test]
+fn scale_shift_norm_and_resampling_resblocks_export_with_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        FirstStage::Kl,
+        NONE,
+        "scale_shift_norm = true\nresblock_updown = true",
+    );
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let release = random_release(&config, 11);
+    let out = dir.path().join("adm");
+    let exported = export_release(&release, &out, &ExportOptions::default()).unwrap();
+    assert_parity(&exported, "scale-shift norm, resampling ResBlocks");
+    // The embedding doubles to scale and shift; the downsampler is a ResBlock, not `op`.
+    let unet: Vec<&str> = release.unet.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        unet.contains(&"input_blocks.2.0.in_layers.2.weight"),
+        "{unet:?}"
+    );
+    assert!(!unet.iter().any(|n| n.ends_with(".op.weight")), "{unet:?}");
+    let emb = &release
+        .unet
+        .iter()
+        .find(|(n, _)| n == "input_blocks.1.0.emb_layers.1.weight")
+        .unwrap()
+        .1;
+    assert_eq!(emb.size(), [16, 32]);
 }
 
 #[test]

@@ -41,6 +41,7 @@ enum Case {
     Concat,
     Narrow,
     Upsample2x,
+    AvgPool2x,
     Embedding,
     Argmin,
     ToFloat,
@@ -52,7 +53,7 @@ enum Case {
     Attention,
 }
 
-const CASES: [Case; 33] = [
+const CASES: [Case; 34] = [
     Case::Conv3x3Bias,
     Case::ConvStride2NoBias,
     Case::Pad2d,
@@ -77,6 +78,7 @@ const CASES: [Case; 33] = [
     Case::Concat,
     Case::Narrow,
     Case::Upsample2x,
+    Case::AvgPool2x,
     Case::Embedding,
     Case::Argmin,
     Case::ToFloat,
@@ -102,6 +104,7 @@ impl Case {
         match self {
             Case::Conv3x3Bias => vec![image(), F(vec![3, 4, 3, 3]), F(vec![3])],
             Case::ConvStride2NoBias => vec![image(), F(vec![3, 4, 3, 3])],
+            Case::AvgPool2x => vec![F(vec![2, 4, 6, 8])],
             Case::Pad2d | Case::Upsample2x | Case::Exp | Case::Sin | Case::Cos | Case::Erf => {
                 vec![image()]
             }
@@ -155,6 +158,7 @@ impl Case {
             Case::Concat => o.concat(&[&x[0], &x[1]], 1),
             Case::Narrow => o.narrow(&x[0], 1, 1, 2),
             Case::Upsample2x => o.upsample2x(&x[0]),
+            Case::AvgPool2x => o.avg_pool2x(&x[0]),
             Case::Embedding => o.embedding(&x[0], &x[1]),
             // Integer results compared as floats: the index chosen must match exactly.
             Case::Argmin => {

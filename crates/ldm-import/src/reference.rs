@@ -418,6 +418,9 @@ fn infer_unet(unet: &Weights, context: usize) -> Result<UnetConfig, ImportError>
                 .count();
         }
     }
+    // The embedding projects to twice the block's channels when it scales and shifts.
+    let scale_shift_norm = shape_of(unet, "input_blocks.1.0.emb_layers.1.weight", what)?[0]
+        == 2 * channel_mult[0] * model_channels;
     let (heads, head_channels) = match context {
         768 => (Some(8), None),
         1024 => (None, Some(64)),
@@ -440,6 +443,8 @@ fn infer_unet(unet: &Weights, context: usize) -> Result<UnetConfig, ImportError>
         transformer_depth: depth,
         groups: 32,
         linear_projection,
+        scale_shift_norm,
+        resblock_updown: false,
     })
 }
 

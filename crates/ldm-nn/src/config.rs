@@ -78,6 +78,16 @@ pub struct UnetConfig {
     /// convolutions (the reference's `use_linear_in_transformer`, Stable Diffusion 2.x).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub linear_projection: bool,
+    /// The timestep embedding scales and shifts each ResBlock's second normalisation
+    /// (`h = norm(h) · (1 + scale) + shift`) instead of being added before it (the reference's
+    /// `use_scale_shift_norm`, from Dhariwal & Nichol's ADM).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scale_shift_norm: bool,
+    /// Levels change size through ResBlocks that average-pool or upsample inside, instead of
+    /// a strided convolution down and a convolution after upsampling (the reference's
+    /// `resblock_updown`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resblock_updown: bool,
     #[serde(default = "default_groups")]
     pub groups: usize,
 }

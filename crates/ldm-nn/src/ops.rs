@@ -92,6 +92,8 @@ pub trait Ops {
     fn narrow(&mut self, x: &Self::T, axis: usize, start: usize, len: usize) -> Result<Self::T>;
     /// Nearest-neighbour upsampling of the last two axes by 2.
     fn upsample2x(&mut self, x: &Self::T) -> Result<Self::T>;
+    /// Average of each 2x2 window of the last two axes, stride 2 (even sides).
+    fn avg_pool2x(&mut self, x: &Self::T) -> Result<Self::T>;
     /// Rows of `table` ([n, d]) at integer `ids` (any shape): ids.shape + [d].
     fn embedding(&mut self, table: &Self::T, ids: &Self::T) -> Result<Self::T>;
     /// Index of the minimum along the last axis (integer tensor).

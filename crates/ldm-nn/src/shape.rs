@@ -313,6 +313,20 @@ impl Ops for ShapeOps {
         Ok(out)
     }
 
+    fn avg_pool2x(&mut self, x: &Shape) -> Result<Shape> {
+        let rank = x.len();
+        if rank < 2 || x[rank - 1] % 2 != 0 || x[rank - 2] % 2 != 0 {
+            return Err(err(
+                "avg_pool2x",
+                format!("{x:?} has no even last two sides"),
+            ));
+        }
+        let mut out = x.clone();
+        out[rank - 1] /= 2;
+        out[rank - 2] /= 2;
+        Ok(out)
+    }
+
     fn embedding(&mut self, table: &Shape, ids: &Shape) -> Result<Shape> {
         let [_, d] = table[..] else {
             return Err(err("embedding", format!("table {table:?} is not [n, d]")));

@@ -37,8 +37,28 @@ pub fn timestep_embedding<O: Ops>(o: &mut O, t: &O::T, dim: usize) -> Result<O::
     o.concat(&[&c, &s], 1)
 }
 
-/// in_layers (norm, SiLU, conv) + emb_layers (SiLU, linear) + out_layers (norm, SiLU, zero conv),
-/// with a 1x1 skip_connection when channels change.
+/// Whether a ResBlock also changes the size (`resblock_updown`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Resample {
+    Keep,
+    /// 2x2 average pooling of the input and of the normalised features.
+    Down,
+    /// Nearest upsampling by 2 of the input and of the normalised features.
+    Up,
+}
+
+fn resample<O: Ops>(o: &mut O, x: &O::T, how: Resample) -> Result<O::T> {
+    match how {
+        Resample::Keep => Ok(o.alias(x)),
+        Resample::Down => o.avg_pool2x(x),
+        Resample::Up => o.upsample2x(x),
+    }
+}
+
+/// in_layers (norm, SiLU, [resample], conv) + emb_layers (SiLU, linear) + out_layers (norm,
+/// SiLU, zero conv), with a 1x1 skip_connection when channels change. The embedding is added
+/// before out_layers' norm, or with `scale_shift_norm` scales and shifts its output.
+#[allow(clippy::too_many_arguments)]
 fn res_block<O: Ops>(
     o: &mut O,
     p: &Path,
@@ -47,34 +67,38 @@ fn res_block<O: Ops>(
     cin: usize,
     cout: usize,
     cfg: &UnetConfig,
+    how: Resample,
 ) -> Result<O::T> {
     let (g, emb_dim) = (cfg.groups, 4 * cfg.model_channels);
     let h = group_norm(o, &p.pp("in_layers").pp(0), x, cin, g, RES_EPS)?;
     let h = o.silu(&h)?;
+    let h = resample(o, &h, how)?;
+    let x = resample(o, x, how)?;
     let h = conv3x3(o, &p.pp("in_layers").pp(2), &h, cin, cout)?;
     let e = o.silu(emb)?;
-    let e = linear(o, &p.pp("emb_layers").pp(1), &e, emb_dim, cout, true)?;
+    let e_out = if cfg.scale_shift_norm { 2 * cout } else { cout };
+    let e = linear(o, &p.pp("emb_layers").pp(1), &e, emb_dim, e_out, true)?;
     let e = o.reshape(&e, &[Dim::Keep, Dim::Keep, Dim::Fixed(1), Dim::Fixed(1)])?;
-    let h = o.add(&h, &e)?;
-    let h = group_norm(o, &p.pp("out_layers").pp(0), &h, cout, g, RES_EPS)?;
+    let out_norm = p.pp("out_layers").pp(0);
+    let h = if cfg.scale_shift_norm {
+        let scale = o.narrow(&e, 1, 0, cout)?;
+        let shift = o.narrow(&e, 1, cout, cout)?;
+        let h = group_norm(o, &out_norm, &h, cout, g, RES_EPS)?;
+        let scaled = o.mul(&h, &scale)?;
+        let h = o.add(&h, &scaled)?;
+        o.add(&h, &shift)?
+    } else {
+        let h = o.add(&h, &e)?;
+        group_norm(o, &out_norm, &h, cout, g, RES_EPS)?
+    };
     let h = o.silu(&h)?;
     let h = conv2d(o, &p.pp("out_layers").pp(3), &h, cout, cout, 3, 1, 1, true)?;
     let skip = if cin == cout {
-        None
+        x
     } else {
-        Some(conv2d(
-            o,
-            &p.pp("skip_connection"),
-            x,
-            cin,
-            cout,
-            1,
-            1,
-            0,
-            false,
-        )?)
+        conv2d(o, &p.pp("skip_connection"), &x, cin, cout, 1, 1, 0, false)?
     };
-    o.add(skip.as_ref().unwrap_or(x), &h)
+    o.add(&skip, &h)
 }
 
 /// GEGLU feed-forward: net.0.proj to 2 x 4·dim, value · GELU(gate), net.2 back to dim.
@@ -227,7 +251,7 @@ pub fn forward<O: Ops>(
     for (level, mult) in cfg.channel_mult.iter().enumerate() {
         for _ in 0..cfg.res_blocks {
             let p = input.pp(block);
-            h = res_block(o, &p.pp(0), &h, &emb, ch, mult * mc, cfg)?;
+            h = res_block(o, &p.pp(0), &h, &emb, ch, mult * mc, cfg, Resample::Keep)?;
             ch = mult * mc;
             if cfg.attention_resolutions.contains(&ds) {
                 h = attention(o, &p.pp(1), &h, context, ch, cfg, io)?;
@@ -236,17 +260,12 @@ pub fn forward<O: Ops>(
             block += 1;
         }
         if level + 1 < levels {
-            h = conv2d(
-                o,
-                &input.pp(block).pp(0).pp("op"),
-                &h,
-                ch,
-                ch,
-                3,
-                2,
-                1,
-                false,
-            )?;
+            let p = input.pp(block).pp(0);
+            h = if cfg.resblock_updown {
+                res_block(o, &p, &h, &emb, ch, ch, cfg, Resample::Down)?
+            } else {
+                conv2d(o, &p.pp("op"), &h, ch, ch, 3, 2, 1, false)?
+            };
             skips.push((o.alias(&h), ch));
             block += 1;
             ds *= 2;
@@ -254,9 +273,9 @@ pub fn forward<O: Ops>(
     }
 
     let mid = Path::root("middle_block");
-    h = res_block(o, &mid.pp(0), &h, &emb, ch, ch, cfg)?;
+    h = res_block(o, &mid.pp(0), &h, &emb, ch, ch, cfg, Resample::Keep)?;
     h = attention(o, &mid.pp(1), &h, context, ch, cfg, io)?;
-    h = res_block(o, &mid.pp(2), &h, &emb, ch, ch, cfg)?;
+    h = res_block(o, &mid.pp(2), &h, &emb, ch, ch, cfg, Resample::Keep)?;
 
     let output = Path::root("output_blocks");
     let mut block = 0;
@@ -265,7 +284,16 @@ pub fn forward<O: Ops>(
             let p = output.pp(block);
             let (skip, skip_ch) = skips.pop().expect("one skip per input block");
             let cat = o.concat(&[&h, &skip], 1)?;
-            h = res_block(o, &p.pp(0), &cat, &emb, ch + skip_ch, mult * mc, cfg)?;
+            h = res_block(
+                o,
+                &p.pp(0),
+                &cat,
+                &emb,
+                ch + skip_ch,
+                mult * mc,
+                cfg,
+                Resample::Keep,
+            )?;
             ch = mult * mc;
             let mut layer = 1;
             if cfg.attention_resolutions.contains(&ds) {
@@ -273,8 +301,12 @@ pub fn forward<O: Ops>(
                 layer += 1;
             }
             if level > 0 && i == cfg.res_blocks {
-                let u = o.upsample2x(&h)?;
-                h = conv3x3(o, &p.pp(layer).pp("conv"), &u, ch, ch)?;
+                h = if cfg.resblock_updown {
+                    res_block(o, &p.pp(layer), &h, &emb, ch, ch, cfg, Resample::Up)?
+                } else {
+                    let u = o.upsample2x(&h)?;
+                    conv3x3(o, &p.pp(layer).pp("conv"), &u, ch, ch)?
+                };
                 ds /= 2;
             }
             block += 1;

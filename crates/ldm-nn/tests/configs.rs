@@ -99,6 +99,53 @@ fn paper_presets_match_the_paper_parameter_counts() {
     assert!((all as f64 / 1.45e9 - 1.0).abs() < 0.04, "{all}");
 }
 
+/// The presets that mirror a configuration of the reference code (configs/latent-diffusion/
+/// of CompVis/latent-diffusion) count what its modules count, parameter for parameter: the
+/// UNetModel, and the first stage's encoder and decoder with their quantisation convolutions
+/// and codebook. (Counted by instantiating the reference's modules from each YAML.)
+#[test]
+fn paper_presets_equal_the_reference_configurations() {
+    let cases = [
+        (
+            "paper-celebahq-ldm4.toml",
+            274_056_163,
+            22_361_999 + 32_960_783,
+        ),
+        ("paper-ffhq-ldm4.toml", 274_056_163, 22_361_999 + 32_960_783),
+        (
+            "paper-lsun-bedrooms-ldm4.toml",
+            274_056_163,
+            22_361_999 + 32_960_783,
+        ),
+        (
+            "paper-lsun-churches-ldm8.toml",
+            294_966_916,
+            34_163_664 + 49_490_199,
+        ),
+        (
+            "paper-imagenet-ldm8.toml",
+            394_984_196,
+            27_463_320 + 40_253_975,
+        ),
+        (
+            "paper-imagenet-ldm4.toml",
+            400_920_579,
+            22_361_999 + 32_960_783,
+        ),
+        (
+            "paper-txt2img-ldm8.toml",
+            872_300_484,
+            34_163_664 + 49_490_199,
+        ),
+    ];
+    for (file, unet, first_stage) in cases {
+        let config = load(file);
+        assert_eq!(total(&config, "unet"), unet, "{file}: UNet");
+        let ours = total(&config, "encoder") + total(&config, "decoder");
+        assert_eq!(ours, first_stage, "{file}: first stage");
+    }
+}
+
 fn error_of(toml: &str) -> String {
     ModelConfig::parse(toml).unwrap_err().to_string()
 }

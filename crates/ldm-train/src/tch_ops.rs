@@ -247,6 +247,11 @@ impl Ops for TchOps {
             .map_err(backend)
     }
 
+    fn avg_pool2x(&mut self, x: &Tensor) -> Result<Tensor> {
+        x.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None)
+            .map_err(backend)
+    }
+
     fn embedding(&mut self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         Tensor::f_embedding(table, ids, -1, false, false).map_err(backend)
     }

@@ -21,6 +21,11 @@ const VQ: &str = "regularizer = \"vq\"\nfactor = 2\nlatent_channels = 3\ncodeboo
 const IDENTITY: &str = "regularizer = \"identity\"\nfactor = 1\nlatent_channels = 3";
 
 pub fn config(regularizer: FirstStage, conditioning: &str) -> ModelConfig {
+    config_with(regularizer, conditioning, "")
+}
+
+/// [`config`] with more `[unet]` options (lines of TOML).
+pub fn config_with(regularizer: FirstStage, conditioning: &str, unet_options: &str) -> ModelConfig {
     let ae = match regularizer {
         FirstStage::Kl => KL,
         FirstStage::Vq => VQ,
@@ -29,7 +34,7 @@ pub fn config(regularizer: FirstStage, conditioning: &str) -> ModelConfig {
     ModelConfig::parse(&format!(
         "resolution = 16\n[autoencoder]\n{ae}\n\
          [unet]\nmodel_channels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\nattention_resolutions = [2]\nhead_channels = 4\ngroups = 4\n\
-         {conditioning}\n[diffusion]\ntimesteps = 100\nbeta_start = 0.0015\nbeta_end = 0.0195"
+         {unet_options}\n{conditioning}\n[diffusion]\ntimesteps = 100\nbeta_start = 0.0015\nbeta_end = 0.0195"
     ))
     .unwrap()
 }

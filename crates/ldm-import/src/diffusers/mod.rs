@@ -403,11 +403,6 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
         "inputs as the reference takes them",
     )?;
     unet.require(
-        "resnet_time_scale_shift",
-        "default".into(),
-        "scale-shift norm is not built yet",
-    )?;
-    unet.require(
         "only_cross_attention",
         false.into(),
         "self-attention then cross-attention",
@@ -524,6 +519,18 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
             .get("use_linear_projection")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        scale_shift_norm: match unet.str_or("resnet_time_scale_shift", "default")? {
+            "default" => false,
+            "scale_shift" => true,
+            other => {
+                return Err(unet.error(
+                    "resnet_time_scale_shift",
+                    format!("'{other}' is not supported (default, scale_shift)"),
+                ))
+            }
+        },
+        // diffusers' cross-attention blocks change size with convolutions.
+        resblock_updown: false,
     })
 }
 
