@@ -126,8 +126,9 @@ type Cases = Vec<(Vec<(String, RtTensor)>, Vec<RtTensor>)>;
 fn read_cases(path: &Path) -> Result<Cases, ExportError> {
     let tensors = Tensor::read_safetensors(path)
         .map_err(|e| ExportError::Invalid(format!("{}: {e}", path.display())))?;
-    let mut cases: BTreeMap<usize, (Vec<(String, RtTensor)>, BTreeMap<usize, RtTensor>)> =
-        BTreeMap::new();
+    // Per case: the named inputs, and the outputs by index.
+    type Parts = (Vec<(String, RtTensor)>, BTreeMap<usize, RtTensor>);
+    let mut cases: BTreeMap<usize, Parts> = BTreeMap::new();
     for (key, tensor) in tensors {
         let bad = || ExportError::Invalid(format!("{}: unexpected tensor '{key}'", path.display()));
         let mut parts = key.splitn(3, '.');

@@ -315,7 +315,7 @@ impl Ops for ShapeOps {
 
     fn avg_pool2x(&mut self, x: &Shape) -> Result<Shape> {
         let rank = x.len();
-        if rank < 2 || x[rank - 1] % 2 != 0 || x[rank - 2] % 2 != 0 {
+        if rank < 2 || !x[rank - 1].is_multiple_of(2) || !x[rank - 2].is_multiple_of(2) {
             return Err(err(
                 "avg_pool2x",
                 format!("{x:?} has no even last two sides"),
