@@ -13,7 +13,7 @@ use ldm_core::manifest::GraphRole;
 use ldm_runtime::{Bundle, Image};
 use sd_reference::{
     check_generation, check_import, compare, edited, f32_input, folder_and_single_file, reference,
-    reference_tensors, values, vocabulary, Tensors,
+    reference_tensors, single_file_args, values, vocabulary, Tensors,
 };
 
 #[test]
@@ -97,13 +97,7 @@ fn imports_inpainting_models_that_match_diffusers() {
         &single.join("reference.safetensors"),
         &reference_dir,
         &single.join("model.safetensors"),
-        &[
-            "--no-ema",
-            "--config",
-            config.to_str().unwrap(),
-            "--tokenizer",
-            tokenizer.to_str().unwrap(),
-        ],
+        &single_file_args(&config, &tokenizer, false),
         &dir.path().join("single-file"),
     );
     // An inpainting model runs but does not train: the refusal names why.
@@ -129,13 +123,7 @@ fn imports_stable_diffusion_2_single_files_with_an_open_clip_text_encoder() {
         &single.join("reference.safetensors"),
         &reference_dir,
         &single.join("model.safetensors"),
-        &[
-            "--no-ema",
-            "--config",
-            config.to_str().unwrap(),
-            "--tokenizer",
-            tokenizer.to_str().unwrap(),
-        ],
+        &single_file_args(&config, &tokenizer, false),
         &dir.path().join("open-clip"),
     );
 }
@@ -146,18 +134,7 @@ fn imports_single_files_as_diffusers_reads_them_and_fine_tunes_the_import() {
     // The same names and shapes with fresh values, read back by diffusers' single-file loader.
     let (reference_dir, release, single, config, tokenizer) =
         folder_and_single_file(dir.path(), "sd1", "clip");
-    let args = |ema: bool| {
-        let mut a = vec![
-            "--config",
-            config.to_str().unwrap(),
-            "--tokenizer",
-            tokenizer.to_str().unwrap(),
-        ];
-        if !ema {
-            a.push("--no-ema"); // diffusers' loader takes the trained weights
-        }
-        a
-    };
+    let args = |ema: bool| single_file_args(&config, &tokenizer, ema);
     for file in ["model.safetensors", "model.ckpt"] {
         check_import(
             &single.join("reference.safetensors"),

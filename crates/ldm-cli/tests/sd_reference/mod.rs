@@ -427,3 +427,19 @@ pub fn vocabulary(reference_dir: &Path) -> PathBuf {
     .unwrap();
     folder
 }
+
+/// The arguments a single file of the reference pipeline imports with: its release's
+/// model.toml and tokenizer files; without `ema`, the trained UNet (what diffusers' loader
+/// takes) instead of the EMA copy.
+pub fn single_file_args<'a>(config: &'a Path, tokenizer: &'a Path, ema: bool) -> Vec<&'a str> {
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+    ];
+    if !ema {
+        args.push("--no-ema");
+    }
+    args
+}
