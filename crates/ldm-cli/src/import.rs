@@ -25,14 +25,16 @@ pub struct ImportArgs {
     /// A first stage replacing the checkpoint's own (a diffusers vae/ folder or a single file).
     #[arg(long, value_name = "PATH")]
     vae: Option<PathBuf>,
-    /// CLIP's tokenizer files (vocab.json, merges.txt), for single files.
-    #[arg(long, value_name = "DIR")]
+    /// The tokenizer of a single file: a folder with CLIP's vocab.json and merges.txt, or the
+    /// tokenizer.json of the paper's text models (bert-base-uncased's for BERTEmbedder).
+    #[arg(long, value_name = "PATH")]
     tokenizer: Option<PathBuf>,
-    /// The architecture of a single file (a model configuration), where its shapes do not
-    /// decide it.
-    #[arg(long, value_name = "TOML")]
+    /// The architecture of a single file: the reference implementation's YAML (the paper's
+    /// checkpoints' config.yaml) or a model configuration (TOML), where shapes do not decide it.
+    #[arg(long, value_name = "YAML|TOML")]
     config: Option<PathBuf>,
-    /// Latent scale factor of a single file (default: Stable Diffusion's 0.18215).
+    /// Latent scale factor of a single file (default: the reference YAML's, the checkpoint's
+    /// `scale_factor` buffer, else Stable Diffusion's 0.18215).
     #[arg(long)]
     scale_factor: Option<f64>,
     /// The trained UNet weights even when the checkpoint holds an EMA copy.
@@ -71,11 +73,18 @@ fn named(weights: Option<&Weights>) -> anyhow::Result<Option<Vec<(String, Tensor
 }
 
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
-    let config = args
-        .config
-        .as_deref()
-        .map(ldm_nn::ModelConfig::load)
-        .transpose()?;
+    let (config, scale_factor) = match args.config.as_deref() {
+        Some(path) if ldm_import::reference_config::is_yaml(path) => {
+            let reference = ldm_import::reference_config::read(path)?;
+            // A scale computed from the data (`scale_by_std`) is in the checkpoint.
+            let scale = args
+                .scale_factor
+                .or((!reference.scale_in_checkpoint).then_some(reference.scale_factor));
+            (Some(reference.config), scale)
+        }
+        Some(path) => (Some(ldm_nn::ModelConfig::load(path)?), args.scale_factor),
+        None => (None, args.scale_factor),
+    };
     let options = ImportOptions {
         ema: if args.no_ema {
             EmaChoice::Never
@@ -85,7 +94,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         vae: args.vae.clone(),
         tokenizer: args.tokenizer.clone(),
         config,
-        scale_factor: args.scale_factor,
+        scale_factor,
     };
     eprintln!("reading {}", args.checkpoint.display());
     let imported = ldm_import::import(&args.checkpoint, &options)
@@ -104,9 +113,13 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             ema: imported.ema,
         },
         unet: named(imported.weights.get(&GraphRole::Unet))?.unwrap_or_default(),
-        text_encoder: named(imported.weights.get(&GraphRole::TextEncoder))?,
+        text_encoder: named(
+            ldm_nn::graphs::conditioner_role(&imported.config)
+                .and_then(|role| imported.weights.get(&role)),
+        )?,
         autoencoder: named(imported.weights.get(&GraphRole::Encoder))?,
         tokenizer,
+        guidance: imported.guidance,
     };
     drop(imported);
     let dir = write_imported(&release, &args.out)

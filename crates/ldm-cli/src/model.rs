@@ -16,14 +16,14 @@ enum ModelCommand {
     /// Parameters per network and multiply-accumulates per forward (batch 1) at the
     /// configured resolution, counted without allocating any weight.
     Info {
-        /// Model configuration (TOML).
+        /// Model configuration (TOML), or the reference implementation's YAML.
         config: PathBuf,
     },
 }
 
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     let ModelCommand::Info { config: path } = args.command;
-    let config = ModelConfig::load(&path)?;
+    let config = load_config(&path)?;
     let costs = config.costs()?;
     println!(
         "{}: {}x{} images, f = {}, latent {}x{}x{}, {} conditioning",
@@ -52,6 +52,15 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     let total: u64 = costs.iter().map(|c| c.parameters).sum();
     println!("{:<16} {:>14}", "total", thousands(total));
     Ok(())
+}
+
+/// A model configuration (TOML), or the reference implementation's YAML read as one.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<ModelConfig> {
+    Ok(if ldm_import::reference_config::is_yaml(path) {
+        ldm_import::reference_config::read(path)?.config
+    } else {
+        ModelConfig::load(path)?
+    })
 }
 
 fn conditioning_name(config: &ModelConfig) -> &'static str {

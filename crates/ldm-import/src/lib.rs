@@ -19,8 +19,10 @@ use ldm_nn::ModelConfig;
 pub mod clip_tokenizer;
 pub mod diffusers;
 pub mod files;
+pub mod paper;
 pub mod pickle;
 pub mod reference;
+pub mod reference_config;
 pub mod tensor;
 mod torch_file;
 
@@ -90,6 +92,8 @@ pub struct Imported {
     pub source: String,
     /// Whether the UNet's weights are its EMA copy.
     pub ema: bool,
+    /// The guidance scale releases sample with by default (1: unguided).
+    pub guidance: f64,
 }
 
 /// Names and shapes of the parameters each graph of `config` holds (the first stage's

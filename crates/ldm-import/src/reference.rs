@@ -19,15 +19,24 @@ use ldm_nn::{
 };
 
 use crate::files::read_tensors;
-use crate::{clip_tokenizer, EmaChoice, ImportError, ImportOptions, Imported, RawTensor, Weights};
+use crate::{
+    clip_tokenizer, paper, EmaChoice, ImportError, ImportOptions, Imported, RawTensor, Weights,
+};
 
 const UNET: &str = "model.diffusion_model.";
 const EMA: &str = "model_ema.";
 const FIRST_STAGE: &str = "first_stage_model.";
 const CLIP: &str = "cond_stage_model.transformer.text_model.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
+/// Any other conditioning stage: the paper's text transformer, the class embedder.
+const COND_STAGE: &str = "cond_stage_model.";
 /// Stable Diffusion's latent scale factor (its configurations' `scale_factor`).
 pub const SD_SCALE_FACTOR: f64 = 0.18215;
+/// Default guidance scales of imported releases: the reference text-to-image scripts' 7.5 (as
+/// Stable Diffusion's), and 3.0 for class-conditional models with a trained null class (the
+/// reference's ImageNet sampling); models without an unconditional input sample unguided.
+pub const SD_GUIDANCE: f64 = 7.5;
+const CLASS_GUIDANCE: f64 = 3.0;
 /// Stable Diffusion's training resolution (1.x and 2.x-base).
 const SD_RESOLUTION: usize = 512;
 
@@ -76,7 +85,7 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, ImportEr
         if is_buffer(key) {
             continue;
         }
-        match [UNET, FIRST_STAGE, CLIP, OPEN_CLIP]
+        match [UNET, FIRST_STAGE, CLIP, OPEN_CLIP, COND_STAGE]
             .into_iter()
             .find(|p| key.starts_with(p))
         {
@@ -90,80 +99,194 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, ImportEr
         }
     }
     let shown = path.display().to_string();
-    if !unknown.is_empty() {
-        return Err(ImportError::Mismatch {
-            what: format!("the checkpoint {shown}"),
-            message: format!(
-                "{} tensors outside the reference layout: {}",
-                unknown.len(),
-                unknown
-                    .iter()
-                    .take(8)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
-    }
-    let mut unet = parts.remove(UNET).ok_or_else(|| ImportError::Mismatch {
+    let refuse = |message: String| ImportError::Mismatch {
         what: format!("the checkpoint {shown}"),
-        message: format!(
+        message,
+    };
+    if !unknown.is_empty() {
+        return Err(refuse(format!(
+            "{} tensors outside the reference layout: {}",
+            unknown.len(),
+            unknown
+                .iter()
+                .take(8)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut unet = parts.remove(UNET).ok_or_else(|| {
+        refuse(format!(
             "no UNet ({UNET}*): not a latent diffusion checkpoint in the reference layout"
-        ),
+        ))
     })?;
     let first_stage = parts.remove(FIRST_STAGE).unwrap_or_default();
-    let text = match (parts.remove(CLIP), parts.remove(OPEN_CLIP)) {
-        (Some(clip), None) => Some((clip, false)),
-        (None, Some(open_clip)) => Some((open_clip, true)),
+    let clip = match (parts.remove(CLIP), parts.remove(OPEN_CLIP)) {
+        (Some(clip), None) => Some(clip),
+        (None, Some(open_clip)) => Some(open_clip_to_clip(open_clip, &shown)?),
         (None, None) => None,
         (Some(_), Some(_)) => {
-            return Err(ImportError::Mismatch {
-                what: format!("the checkpoint {shown}"),
-                message: "it holds both a CLIP and an OpenCLIP text encoder".into(),
-            })
+            return Err(refuse(
+                "it holds both a CLIP and an OpenCLIP text encoder".into(),
+            ))
         }
     };
-    let text = text.ok_or_else(|| ImportError::Mismatch {
-        what: format!("the checkpoint {shown}"),
-        message: "no text encoder (cond_stage_model.*): only text-to-image models are imported yet"
-            .into(),
-    })?;
+    let open_clip = all.keys().any(|k| k.starts_with(OPEN_CLIP));
+    let cond_stage = parts.remove(COND_STAGE).unwrap_or_default();
+    let config = match (&options.config, &clip) {
+        (Some(config), _) => {
+            check_schedule(&all, config)?;
+            config.clone()
+        }
+        (None, Some(text)) => infer_config(&unet, &first_stage, text, open_clip, &all)?,
+        (None, None) => return Err(refuse(
+            "no CLIP text encoder (cond_stage_model.transformer.text_model.*) to read the architecture from: pass --config with the model's reference YAML or a model configuration".into(),
+        )),
+    };
+    config.validate()?;
     let used_ema = !ema.is_empty() && options.ema == EmaChoice::Prefer;
     if used_ema {
         unet = ema_unet(&unet, &ema, &shown)?;
     }
-    let (text_weights, open_clip) = (text.0, text.1);
-    let text_weights = if open_clip {
-        open_clip_to_clip(text_weights, &shown)?
-    } else {
-        text_weights
+    if config.context_dim().is_none() {
+        unet = paper::attention_blocks(unet, &config.unet)?;
+    }
+    let stranger = |weights: &Weights, kind: &str| {
+        weights.keys().next().map(|k| {
+            refuse(format!(
+                "'cond_stage_model.{k}' does not belong to a model conditioned {kind}"
+            ))
+        })
     };
-    let config = match &options.config {
-        Some(config) => config.clone(),
-        None => infer_config(&unet, &first_stage, &text_weights, open_clip, &all)?,
+    let mut guidance = 1.0;
+    let (conditioner, tokenizer_json) = match &config.conditioning {
+        Conditioning::Text {
+            encoder: TextEncoderKind::Clip,
+            max_length,
+            ..
+        } => {
+            if let Some(e) = stranger(&cond_stage, "on CLIP") {
+                return Err(e);
+            }
+            let text = clip.ok_or_else(|| refuse("no CLIP text encoder (cond_stage_model.transformer.text_model.* or cond_stage_model.model.*)".into()))?;
+            let dir = options.tokenizer.as_ref().ok_or_else(|| refuse("single files carry no tokenizer: pass --tokenizer with a folder holding CLIP's vocab.json and merges.txt".into()))?;
+            guidance = SD_GUIDANCE;
+            (
+                Some(text),
+                Some(clip_tokenizer::from_folder(dir, *max_length)?),
+            )
+        }
+        Conditioning::Text { .. } => {
+            if clip.is_some() {
+                return Err(refuse(
+                    "it holds a CLIP text encoder, the configuration the paper's transformer"
+                        .into(),
+                ));
+            }
+            let file = options.tokenizer.as_ref().ok_or_else(|| refuse("the reference's text models carry no tokenizer: pass --tokenizer with the tokenizer.json of its WordPiece vocabulary (bert-base-uncased for BERTEmbedder)".into()))?;
+            guidance = SD_GUIDANCE;
+            (
+                Some(paper::x_transformer(cond_stage)?),
+                Some(tokenizer_file(file)?),
+            )
+        }
+        Conditioning::Class { classes, .. } => {
+            let (table, null_class) = paper::class_table(cond_stage, *classes)?;
+            if null_class {
+                guidance = CLASS_GUIDANCE;
+            }
+            (Some(table), None)
+        }
+        Conditioning::None | Conditioning::Concat { .. } => {
+            if let Some(e) = stranger(&cond_stage, "through no encoder") {
+                return Err(e);
+            }
+            (None, None)
+        }
     };
-    config.validate()?;
-    let max_length = match config.conditioning {
-        Conditioning::Text { max_length, .. } => max_length,
-        _ => 77,
-    };
-    let tokenizer_dir = options.tokenizer.as_ref().ok_or_else(|| ImportError::Mismatch {
-        what: format!("the checkpoint {shown}"),
-        message: "single files carry no tokenizer: pass --tokenizer with a folder holding CLIP's vocab.json and merges.txt".into(),
-    })?;
-    let tokenizer_json = clip_tokenizer::from_folder(tokenizer_dir, max_length)?;
     let mut weights = BTreeMap::new();
     weights.insert(GraphRole::Unet, unet);
     weights.insert(GraphRole::Encoder, first_stage);
-    weights.insert(GraphRole::TextEncoder, text_weights);
+    if let (Some(role), Some(conditioner)) =
+        (ldm_nn::graphs::conditioner_role(&config), conditioner)
+    {
+        weights.insert(role, conditioner);
+    }
+    let scale_factor = options
+        .scale_factor
+        .or_else(|| scalar(&all, "scale_factor"))
+        .unwrap_or(SD_SCALE_FACTOR);
     Ok(Imported {
-        scale_factor: options.scale_factor.unwrap_or(SD_SCALE_FACTOR),
+        scale_factor,
         config,
         weights,
-        tokenizer_json: Some(tokenizer_json),
+        tokenizer_json,
         source: format!("single file {shown}"),
         ema: used_ema,
+        guidance,
     })
+}
+
+/// A one-element buffer of the checkpoint (the reference's `scale_factor` when
+/// `scale_by_std` computed it).
+fn scalar(all: &Weights, key: &str) -> Option<f64> {
+    match all.get(key)?.to_f32()?.as_slice() {
+        [v] if v.is_finite() && *v > 0.0 => Some(*v as f64),
+        _ => None,
+    }
+}
+
+/// A user's `tokenizer.json` (the paper's text models ship none), checked as untrusted input.
+fn tokenizer_file(path: &Path) -> Result<String, ImportError> {
+    const MAX_BYTES: u64 = 64 << 20;
+    let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) if path.is_file() => (dir, name),
+        _ => {
+            return Err(ImportError::io(
+                path,
+                "expected a tokenizer.json file for the paper's text models",
+            ))
+        }
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let bytes = ldm_core::confined::read_confined(dir, name, MAX_BYTES)
+        .map_err(|e| ImportError::io(path, e.reason))?;
+    let shown = path.display().to_string();
+    ldm_core::tokenizer::check_untrusted(&bytes, &shown).map_err(|e| ImportError::Checkpoint {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
+    String::from_utf8(bytes).map_err(|_| ImportError::Checkpoint {
+        path: shown,
+        message: "not UTF-8 text".into(),
+    })
+}
+
+/// Refuses a configuration whose schedule is not the one the checkpoint's `betas` hold.
+fn check_schedule(all: &Weights, config: &ModelConfig) -> Result<(), ImportError> {
+    if !all.contains_key("betas") {
+        return Ok(());
+    }
+    let held = schedule_from_betas(all)?;
+    let c = &config.diffusion;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-3);
+    if held.timesteps != c.timesteps
+        || !close(held.beta_start, c.beta_start)
+        || !close(held.beta_end, c.beta_end)
+    {
+        return Err(ImportError::Mismatch {
+            what: "the checkpoint's betas".into(),
+            message: format!(
+                "they are the linear schedule of {} steps from {} to {}, the configuration says {} steps from {} to {}",
+                held.timesteps, held.beta_start, held.beta_end, c.timesteps, c.beta_start, c.beta_end
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The UNet's EMA copy under the trained weights' names (`LitEma` drops the dots of

@@ -77,12 +77,14 @@ pub struct ImportedRelease {
     pub text_encoder: Option<NamedWeights>,
     pub autoencoder: Option<NamedWeights>,
     pub tokenizer: Option<TextTokenizer>,
+    /// The guidance scale it samples with by default.
+    pub guidance: f64,
 }
 
 /// Writes an imported model as a release in `out`, weights in the element type the
 /// checkpoint stored (an f32 checkpoint stays exact), replacing what was there only once the
-/// new release is complete. Its sampling defaults are the reference text-to-image script's:
-/// DDIM, eta 0, 50 steps, guidance 7.5.
+/// new release is complete. Its sampling defaults are the reference scripts': DDIM, eta 0, 50
+/// steps, at the import's guidance.
 pub fn write_imported(imported: &ImportedRelease, out: &Path) -> Result<PathBuf, TrainError> {
     let config = &imported.config;
     let staging = StagingDir::new_replacing(out)?;
@@ -106,7 +108,7 @@ pub fn write_imported(imported: &ImportedRelease, out: &Path) -> Result<PathBuf,
         sample_sampler: "ddim".into(),
         sample_eta: 0.0,
         sample_steps: 50,
-        sample_guidance: 7.5,
+        sample_guidance: imported.guidance,
         ..DiffusionOptions::default()
     };
     let info = ReleaseInfo {

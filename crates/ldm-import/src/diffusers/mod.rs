@@ -178,6 +178,7 @@ pub fn import(dir: &Path, options: &ImportOptions) -> Result<Imported, ImportErr
         tokenizer_json: Some(tokenizer_json),
         source: format!("diffusers folder {}", dir.display()),
         ema: false,
+        guidance: crate::reference::SD_GUIDANCE,
     })
 }
 
