@@ -6,14 +6,16 @@
 #![cfg(feature = "train")]
 
 mod common;
+mod reference_outputs;
 mod sd_reference;
 
 use common::{ldm, output};
 use ldm_core::manifest::GraphRole;
 use ldm_runtime::{Bundle, Image};
+use reference_outputs::{compare, f32_input, reference_tensors};
 use sd_reference::{
-    check_generation, check_import, compare, edited, f32_input, folder_and_single_file, reference,
-    reference_tensors, single_file_args, values, vocabulary, Tensors,
+    check_generation, check_import, edited, folder_and_single_file, reference, single_file_args,
+    values, vocabulary, Tensors,
 };
 
 #[test]

@@ -43,7 +43,12 @@ const ACCEPTED: [(&str, &[&str]); 5] = [
             "ByteLevel",
         ],
     ),
-    ("post_processor", &["BertProcessing", "RobertaProcessing"]),
+    (
+        "post_processor",
+        // TemplateProcessing: bert-base-uncased's tokenizer.json, which the paper's
+        // text-to-image model tokenizes with.
+        &["BertProcessing", "RobertaProcessing", "TemplateProcessing"],
+    ),
     ("decoder", &["WordPiece", "ByteLevel"]),
 ];
 /// CLIP's word splitting: its special tokens, English contractions, letter runs, single

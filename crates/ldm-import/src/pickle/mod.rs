@@ -61,7 +61,7 @@ const CONTAINERS: [&str; 4] = [
 ];
 /// Classes whose instances are plain data in checkpoints: kept as [`Value::Object`], never
 /// constructed. Prefixes end with a dot.
-const DATA_CLASSES: [&str; 12] = [
+const DATA_CLASSES: [&str; 15] = [
     "numpy.core.multiarray.scalar",
     "numpy._core.multiarray.scalar",
     "numpy.dtype",
@@ -71,6 +71,10 @@ const DATA_CLASSES: [&str; 12] = [
     "torch.torch_version.TorchVersion",
     "torch._tensor._rebuild_from_type_v2",
     "pytorch_lightning.callbacks.",
+    // Lightning's hyper-parameter container (a dict subclass).
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
     "lightning.pytorch.callbacks.",
     "omegaconf.",
     "typing.Any",
