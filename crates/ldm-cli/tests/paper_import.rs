@@ -3,7 +3,7 @@
 //! unconditional KL model, a class-conditional VQ model, super-resolution and inpainting VQ
 //! models and a BERT text-to-image model. Every graph of each bundle, on tract and on ONNX
 //! Runtime, gives what diffusers computes with its own conversion of the same checkpoint
-//! within 1e-4. computes with its own conversion of the same checkpoint within 1e-4.
+//! within 1e-4.
 #![cfg(feature = "train")]
 
 mod common;
