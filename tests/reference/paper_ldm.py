@@ -19,7 +19,8 @@ diffusers then builds its own networks from the configuration (its `convert_from
 mapping of the reference layout: UNet2DConditionModel, or UNet2DModel with the plain
 attention blocks split per head by its `assign_to_checkpoint`; AutoencoderKL or VQModel;
 LDMBertModel from `convert_ldm_bert_checkpoint`) and computes each on random inputs, written
-as OUT_DIR/reference.safetensors. A text model also gets OUT_DIR/tokenizer.json (a small
+as OUT_DIR/reference.safetensors, and saves them in OUT_DIR/pipeline for paper_generate.py.
+A text model also gets OUT_DIR/tokenizer.json (a small
 WordPiece vocabulary) and OUT_DIR/tokens.json (captions and their ids as BertTokenizerFast
 pads them).
 """
@@ -300,6 +301,7 @@ def write_tokenizer(out, length):
     captions = ["a red apple on the top left", "Big blue squares, small green circles.",
                 "an unknown word", "", "a " * 40]
     ids = [fast(c, truncation=True, max_length=length, padding="max_length")["input_ids"] for c in captions]
+    fast.save_pretrained(os.path.join(out, "pipeline", "tokenizer"))
     with open(os.path.join(out, "tokens.json"), "w") as f:
         json.dump({"captions": captions, "ids": ids}, f)
     return ids
@@ -348,6 +350,7 @@ def main():
         elif target.endswith("BERTEmbedder"):
             bert, length = bert_model(stage, state)
             ids = write_tokenizer(out, length)
+            bert.save_pretrained(os.path.join(out, "pipeline", "bert"))
             r["text_ids"] = torch.tensor(ids[:2])
             r["text_context"] = bert(r["text_ids"]).last_hidden_state.contiguous()
             extra["encoder_hidden_states"] = r["text_context"]
@@ -363,6 +366,25 @@ def main():
         r["vae_decoded"] = first_stage.decode(r["vae_latent"]).sample
     save_file({k: v.float().contiguous() if v.is_floating_point() else v for k, v in r.items()},
               os.path.join(out, "reference.safetensors"))
+    save_pipeline(os.path.join(out, "pipeline"), model, state, unet, first_stage)
+
+
+def save_pipeline(folder, model, state, unet, first_stage):
+    """The diffusers networks (and the class table, the BERT model and its tokenizer) as
+    paper_generate.py loads them, with the reference's DDIM schedule: its linear betas, the
+    leading timesteps offset by one, the last step ending on alpha_bar_0."""
+    from diffusers import DDIMScheduler
+
+    scale = float(state["scale_factor"]) if "scale_factor" in state else model.get("scale_factor", 1.0)
+    first_stage.register_to_config(scaling_factor=scale)
+    unet.save_pretrained(os.path.join(folder, "unet"))
+    first_stage.save_pretrained(os.path.join(folder, "vqvae"))
+    DDIMScheduler(num_train_timesteps=model["timesteps"], beta_start=model["linear_start"],
+                  beta_end=model["linear_end"], beta_schedule="scaled_linear", clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
+                  ).save_pretrained(os.path.join(folder, "scheduler"))
+    if COND + "embedding.weight" in state:
+        save_file({"table": state[COND + "embedding.weight"].contiguous()}, os.path.join(folder, "class_table.safetensors"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 use common::{ldm, output};
 use ldm_core::manifest::GraphRole;
 use ldm_runtime::{Bundle, Tensor};
-use reference_outputs::{compare, f32_input, reference_tensors, run_reference};
+use ldm_runtime::{Generate, Image};
+use reference_outputs::{
+    check_generated, compare, driver_noise, f32_input, reference_tensors, run_reference,
+    write_tensor,
+};
 
 /// The reference outputs by name (tests/reference/paper_ldm.py's reference.safetensors).
 type Reference = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -100,7 +104,7 @@ fn text_to_image() -> String {
         "    conditioning_key: crossattn\n    cond_stage_key: caption\n    scale_factor: 0.18215",
         "        in_channels: 4\n        out_channels: 4\n        attention_resolutions: [1]\n        num_heads: 2\n        use_spatial_transformer: true\n        transformer_depth: 1\n        context_dim: 64\n        legacy: False",
         KL,
-        "\n      target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 64, n_layer: 2, vocab_size: 64, max_seq_len: 16}",
+        "\n      target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 64, n_layer: 2, vocab_size: 64}",
     )
 }
 
@@ -185,6 +189,33 @@ fn compare_unet_and_first_stage(bundle: &Bundle, r: &Reference, context: Option<
     );
 }
 
+/// Four DDIM steps of `request` against diffusers' pipeline (tests/reference/
+/// paper_generate.py with `args`) from the same initial noise.
+fn check_sampling(dir: &Path, reference: &Path, request: &Generate, args: &[&str]) {
+    let bundle_dir = dir.join("bundle");
+    let noise = driver_noise(&bundle_dir, request, dir, "ddim");
+    let theirs = dir.join("diffusers.safetensors");
+    let pipeline = reference.join("pipeline");
+    let mut all = vec![
+        pipeline.as_os_str(),
+        noise.as_os_str(),
+        theirs.as_os_str(),
+        "--steps".as_ref(),
+        "4".as_ref(),
+    ];
+    all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+    run_reference("paper_generate.py", &all);
+    check_generated(&bundle_dir, request, &theirs, "DDIM");
+}
+
+fn ddim(prompt: &str) -> Generate {
+    Generate::new(vec![prompt.into()])
+        .sampler("ddim".parse().unwrap())
+        .steps(4)
+        .eta(0.0)
+        .seed(5)
+}
+
 fn ids(r: &Reference, name: &str) -> Tensor {
     let (shape, values) = &r[name];
     Tensor::i64(shape, values.iter().map(|&v| v as i64).collect()).unwrap()
@@ -222,6 +253,13 @@ fn imports_a_class_conditional_vq_model_that_matches_diffusers() {
         "class embedder",
     );
     compare_unet_and_first_stage(&bundle, &r, Some("class_context"));
+    // Trained without the null class: unguided.
+    check_sampling(
+        dir.path(),
+        &reference,
+        &ddim("7").guidance(1.0),
+        &["--class-label", "7"],
+    );
 }
 
 #[test]
@@ -235,6 +273,27 @@ fn imports_a_super_resolution_vq_model_that_matches_diffusers() {
     );
     let r = reference_tensors(&reference.join("reference.safetensors"));
     compare_unet_and_first_stage(&bundle, &r, None);
+    // A low-resolution image at the latent's size, and as the pipeline takes it: [-1, 1].
+    let side = 8;
+    let rgb: Vec<u8> = (0..side * side * 3).map(|i| (i * 37 % 256) as u8).collect();
+    let values: Vec<f32> = (0..3)
+        .flat_map(|c| (0..side * side).map(move |p| (c, p)))
+        .map(|(c, p)| rgb[p * 3 + c] as f32 / 127.5 - 1.0)
+        .collect();
+    let low_res = dir.path().join("low_res.safetensors");
+    write_tensor(&low_res, "image", &[1, 3, side, side], &values);
+    let mut request = ddim("");
+    request.init_image = Some(Image {
+        width: side,
+        height: side,
+        rgb,
+    });
+    check_sampling(
+        dir.path(),
+        &reference,
+        &request,
+        &["--low-res", low_res.to_str().unwrap()],
+    );
 }
 
 #[test]
@@ -284,9 +343,16 @@ fn imports_a_bert_text_to_image_model_that_matches_diffusers() {
             .iter()
             .map(|v| v.as_i64().unwrap())
             .collect();
-        let got = tokenizer.encode(caption.as_str().unwrap(), 16).unwrap().ids;
+        let got = tokenizer.encode(caption.as_str().unwrap(), 77).unwrap().ids;
         assert_eq!(got, want, "tokens of {caption}");
     }
+    let prompt = "a red apple on the top left";
+    check_sampling(
+        dir.path(),
+        &reference,
+        &ddim(prompt).guidance(3.0),
+        &["--prompt", prompt, "--guidance", "3"],
+    );
 }
 
 #[test]

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::common::{ldm, output};
-use crate::reference_outputs::{backends, compare, f32_input, reference_tensors, run_reference};
+use crate::reference_outputs::{
+    check_generated, compare, driver_noise, f32_input, reference_tensors, run_reference,
+};
 use ldm_core::manifest::GraphRole;
-use ldm_core::{GuidedSampling, SamplerKind, SamplingSetup};
-use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, Tensor};
+use ldm_runtime::{Bundle, Generate, Image, Tensor};
 
 /// The reference pipeline of `variant` (sd1, sd2) written into `dir`.
 pub fn reference(dir: &Path, variant: &str) -> PathBuf {
@@ -112,15 +113,6 @@ pub fn check_import(
     release
 }
 
-/// Writes one f32 tensor as a safetensors file.
-fn write_tensor(path: &Path, name: &str, shape: &[usize], values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
-            .unwrap();
-    safetensors::tensor::serialize_to_file(vec![(name.to_string(), view)], &None, path).unwrap();
-}
-
 /// Four guided steps of each sampler on tract, from the driver's own initial noise, against
 /// the diffusers pipeline (tests/reference/generate.py) from the same noise: the final latents
 /// within 1e-4 of their largest value, the decoded images as floats in [0, 1], before
@@ -173,22 +165,7 @@ pub fn check_generation(
         }
     }
     for &sampler in samplers {
-        // The diffusers side, from the noise the driver draws first (DDIM takes it unscaled).
-        let pipeline = Pipeline::new(Bundle::load(bundle_dir).unwrap(), Backend::Tract, 1).unwrap();
-        let plan = pipeline.plan(&request(sampler)).unwrap();
-        let manifest = &pipeline.bundle().manifest;
-        let schedule = manifest.schedule.noise_schedule().unwrap();
-        let scale = manifest.latent_scale_factor as f32;
-        let unscaled = SamplingSetup {
-            sampler: SamplerKind::Ddim { eta: 0.0 },
-            ..plan.sampling.clone()
-        };
-        let noise = GuidedSampling::new(&schedule, unscaled, None)
-            .latents()
-            .to_vec();
-        let [c, h, w] = plan.sampling.latent_shape;
-        let noise_file = out.join(format!("noise-{sampler}.safetensors"));
-        write_tensor(&noise_file, "noise", &[1, c, h, w], &noise);
+        let noise_file = driver_noise(bundle_dir, &request(sampler), out, sampler);
         let theirs_file = out.join(format!("diffusers-{sampler}.safetensors"));
         let pipeline_dir = reference_dir.join("pipeline");
         let args: Vec<&std::ffi::OsStr> = [
@@ -213,50 +190,7 @@ pub fn check_generation(
         .chain(image_args.iter().map(|a| a.as_ref()))
         .collect();
         run_reference("generate.py", &args);
-        let theirs = reference_tensors(&theirs_file);
-        let (latents, image) = (&theirs["latents"], &theirs["image"]);
-        let largest = latents.1.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let worst = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max)
-        };
-
-        for backend in backends() {
-            let mut pipeline =
-                Pipeline::new(Bundle::load(bundle_dir).unwrap(), backend, 1).unwrap();
-            let mut last = Vec::new();
-            pipeline
-                .generate(&request(sampler), &mut |p| {
-                    last = p.latents.to_vec();
-                    true
-                })
-                .unwrap();
-            let what = format!("{sampler} on {}", backend.name());
-            let off = worst(&last, &latents.1);
-            assert!(
-                off <= 1e-4 * largest,
-                "{what}: latents differ by up to {off:.2e} (largest {largest:.2})"
-            );
-            // The decoded image as floats, before the pipeline rounds it to bytes.
-            let latent: Vec<f32> = last.iter().map(|v| v / scale).collect();
-            let latent = Tensor::f32(&[1, c, h, w], latent).unwrap();
-            let mut decoder = pipeline
-                .bundle()
-                .session(GraphRole::Decoder, backend, 1)
-                .unwrap();
-            let decoded = decoder.run(&[("latent", &latent)]).unwrap();
-            assert_eq!(image.0, decoded[0].shape(), "{what}");
-            let ours: Vec<f32> = decoded[0]
-                .as_f32()
-                .unwrap()
-                .iter()
-                .map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0))
-                .collect();
-            let off = worst(&ours, &image.1);
-            assert!(off <= 1e-3, "{what}: images differ by up to {off:.2e}");
-        }
+        check_generated(bundle_dir, &request(sampler), &theirs_file, sampler);
     }
 }
 
