@@ -17,8 +17,8 @@ use ldm_core::manifest::GraphRole;
 use ldm_runtime::{Bundle, Tensor};
 use ldm_runtime::{Generate, Image};
 use reference_outputs::{
-    check_generated, compare, driver_noise, f32_input, reference_tensors, run_reference,
-    write_tensor,
+    check_generated, check_tokens, compare, driver_noise, f32_input, reference_tensors,
+    run_reference, write_tensor,
 };
 
 /// The reference outputs by name (tests/reference/paper_ldm.py's reference.safetensors).
@@ -208,6 +208,21 @@ fn check_sampling(dir: &Path, reference: &Path, request: &Generate, args: &[&str
     check_generated(&bundle_dir, request, &theirs, "DDIM");
 }
 
+/// `ldm generate` of two steps with `args` on `dir/bundle`: the PNG's size.
+fn generate(dir: &Path, args: &[&str]) -> (u32, u32) {
+    let out = dir.join("generated.png");
+    let (ok, text) = output(
+        ldm()
+            .args(["generate", "--steps", "2", "--bundle"])
+            .arg(dir.join("bundle"))
+            .arg("--out")
+            .arg(&out)
+            .args(args),
+    );
+    assert!(ok, "{text}");
+    image::image_dimensions(&out).unwrap()
+}
+
 fn ddim(prompt: &str) -> Generate {
     Generate::new(vec![prompt.into()])
         .sampler("ddim".parse().unwrap())
@@ -260,6 +275,7 @@ fn imports_a_class_conditional_vq_model_that_matches_diffusers() {
         &ddim("7").guidance(1.0),
         &["--class-label", "7"],
     );
+    assert_eq!(generate(dir.path(), &["--class", "7"]), (16, 16));
 }
 
 #[test]
@@ -294,6 +310,15 @@ fn imports_a_super_resolution_vq_model_that_matches_diffusers() {
         &request,
         &["--low-res", low_res.to_str().unwrap()],
     );
+    // From the command line: the output is f times the input's size.
+    let png = dir.path().join("low_res.png");
+    let image = request.init_image.as_ref().unwrap();
+    image::RgbImage::from_raw(8, 8, image.rgb.clone())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let size = generate(dir.path(), &["--init-image", png.to_str().unwrap()]);
+    assert_eq!(size, (16, 16));
 }
 
 #[test]
@@ -328,24 +353,7 @@ fn imports_a_bert_text_to_image_model_that_matches_diffusers() {
         "text encoder",
     );
     compare_unet_and_first_stage(&bundle, &r, Some("text_context"));
-    let tokens: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(reference.join("tokens.json")).unwrap()).unwrap();
-    let tokenizer = bundle.tokenizer.as_ref().unwrap();
-    for (caption, want) in tokens["captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(tokens["ids"].as_array().unwrap())
-    {
-        let want: Vec<i64> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
-        let got = tokenizer.encode(caption.as_str().unwrap(), 77).unwrap().ids;
-        assert_eq!(got, want, "tokens of {caption}");
-    }
+    check_tokens(&bundle, &reference.join("tokens.json"), 77);
     let prompt = "a red apple on the top left";
     check_sampling(
         dir.path(),

@@ -39,7 +39,7 @@ fn qkv_from_legacy(name: &str, t: &RawTensor, cfg: &UnetConfig) -> Result<RawTen
         .shape
         .first()
         .ok_or_else(|| bad("it is a scalar".into()))?;
-    if rows == 0 || rows % 3 != 0 || t.data.len() % rows != 0 {
+    if rows == 0 || !rows.is_multiple_of(3) || !t.data.len().is_multiple_of(rows) {
         return Err(bad(format!("{rows} rows are not q, k and v of equal size")));
     }
     let c = rows / 3;
@@ -83,7 +83,7 @@ pub fn x_transformer(weights: Weights) -> Result<Weights, ImportError> {
                     .ok_or_else(bad)?;
                 let (n, inner) = rest.split_once('.').ok_or_else(bad)?;
                 let n: usize = n.parse().map_err(|_| bad())?;
-                let (block, attention) = (n / 2, n % 2 == 0);
+                let (block, attention) = (n / 2, n.is_multiple_of(2));
                 let mapped = match (attention, inner) {
                     (true, "0.weight" | "0.bias") => format!("attn_norm.{}", &inner[2..]),
                     (false, "0.weight" | "0.bias") => format!("ff_norm.{}", &inner[2..]),

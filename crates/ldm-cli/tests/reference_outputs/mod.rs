@@ -170,3 +170,24 @@ pub fn check_generated(bundle_dir: &Path, request: &Generate, theirs: &Path, wha
         assert!(off <= 1e-3, "{what}: images differ by up to {off:.2e}");
     }
 }
+
+/// The bundle's tokenizer against the ids of every caption in a `tokens.json` (`captions`,
+/// `ids`, padded to `length` as transformers does); returns how many were compared.
+pub fn check_tokens(bundle: &Bundle, tokens_json: &Path, length: usize) -> usize {
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokens_json).unwrap()).unwrap();
+    let tokenizer = bundle.tokenizer.as_ref().unwrap();
+    let captions = tokens["captions"].as_array().unwrap();
+    for (caption, ids) in captions.iter().zip(tokens["ids"].as_array().unwrap()) {
+        let caption = caption.as_str().unwrap();
+        let want: Vec<i64> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let got = tokenizer.encode(caption, length).unwrap().ids;
+        assert_eq!(got, want, "tokens of {caption:?}");
+    }
+    captions.len()
+}
