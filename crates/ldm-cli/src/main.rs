@@ -13,6 +13,7 @@ mod model;
 mod progress;
 #[cfg(feature = "train")]
 mod sample;
+mod serve;
 mod tokenizer;
 #[cfg(feature = "train")]
 mod train;
@@ -42,6 +43,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Prepare or check training data (image folders with metadata.jsonl).
     Data(data::DataArgs),
+    /// Serve bundles over HTTP: the OpenAI Images API, the AUTOMATIC1111 API, a job API
+    /// with progress events, and a web page.
+    Serve(serve::ServeArgs),
     /// Inspect model configurations (models/*.toml).
     Model(model::ModelArgs),
     /// Train a caption tokenizer (WordPiece) on an image folder's captions.
@@ -93,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Tokenizer(args) => tokenizer::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(args),

@@ -23,7 +23,7 @@ pub use error::{RequestError, RuntimeError};
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession, Provider};
 pub use pipeline::{Generate, Image, Pipeline, Progress};
-pub use plan::{MemoryEstimate, Plan, Task};
+pub use plan::{MemoryEstimate, Plan, Planner, Task};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;

@@ -225,6 +225,16 @@ impl Pipeline {
         )?)
     }
 
+    /// The planning half of this pipeline, to check requests elsewhere.
+    pub fn planner(&self) -> plan::Planner {
+        plan::Planner {
+            manifest: self.bundle.manifest.clone(),
+            schedule: self.schedule.clone(),
+            weight_bytes: self.weight_bytes,
+            memory_budget: self.memory_budget,
+        }
+    }
+
     /// Generates one image per prompt. `progress` is called after every step with the
     /// latents so far; returning false cancels.
     pub fn generate(

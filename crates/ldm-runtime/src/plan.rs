@@ -34,6 +34,29 @@ pub enum Task {
     SuperResolution,
 }
 
+/// What planning needs of a bundle, without its graphs: cheap to clone, so that requests can
+/// be checked where the pipeline is not (a server's request handlers), with the pipeline's
+/// own words.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub(crate) manifest: Manifest,
+    pub(crate) schedule: NoiseSchedule,
+    pub(crate) weight_bytes: u64,
+    pub(crate) memory_budget: u64,
+}
+
+impl Planner {
+    pub fn plan(&self, request: &Generate) -> Result<Plan, RequestError> {
+        plan(
+            request,
+            &self.manifest,
+            &self.schedule,
+            self.weight_bytes,
+            self.memory_budget,
+        )
+    }
+}
+
 /// A request, resolved and checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {

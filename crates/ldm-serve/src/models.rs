@@ -1,0 +1,197 @@
+//! The bundles a server holds: each loaded once into a pipeline that a worker thread of its
+//! own keeps warm and runs jobs on, one at a time, from a bounded queue.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use ldm_core::manifest::{BundleConditioning, Manifest};
+use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Planner, RuntimeError};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::images::png;
+use crate::jobs::{Job, Outcome};
+use crate::metrics::Metrics;
+
+/// A job for a model's worker.
+pub struct Work {
+    pub request: Generate,
+    pub job: Arc<Job>,
+}
+
+pub struct Model {
+    /// The bundle folder's name, which requests choose it by.
+    pub name: String,
+    pub manifest: Manifest,
+    /// Checks requests with the pipeline's own words before they are queued.
+    pub planner: Planner,
+    queue: mpsc::Sender<Work>,
+    depth: Arc<AtomicUsize>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Model {
+    /// Loads the bundle in `dir` and starts its worker, which warms the pipeline up (one
+    /// step at the default size) before it takes jobs.
+    pub fn load(
+        dir: &Path,
+        backend: Backend,
+        threads: usize,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Model> {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("model")
+            .to_string();
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        // Sessions stay on the thread that opened them: the worker loads the bundle and
+        // hands back what planning needs.
+        let (opened, loaded) = std::sync::mpsc::channel();
+        let (dir_owned, worker_depth, worker_ready) =
+            (dir.to_path_buf(), depth.clone(), ready.clone());
+        std::thread::Builder::new()
+            .name(format!("ldm-{name}"))
+            .spawn(move || {
+                let pipeline = Bundle::load(&dir_owned)
+                    .with_context(|| format!("cannot load {}", dir_owned.display()))
+                    .and_then(|bundle| {
+                        Pipeline::new(bundle, backend, threads).with_context(|| {
+                            format!("cannot open {} on {}", dir_owned.display(), backend.name())
+                        })
+                    });
+                let pipeline = match pipeline {
+                    Ok(p) => {
+                        let _ = opened.send(Ok((p.bundle().manifest.clone(), p.planner())));
+                        p
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                Worker {
+                    pipeline,
+                    depth: worker_depth,
+                    ready: worker_ready,
+                    metrics,
+                }
+                .run(rx)
+            })
+            .context("cannot start a worker thread")?;
+        let (manifest, planner) = loaded
+            .recv()
+            .context("the worker thread stopped while loading")??;
+        Ok(Model {
+            name,
+            manifest,
+            planner,
+            queue: tx,
+            depth,
+            ready,
+        })
+    }
+
+    /// Queues `work`, or refuses it with 429 when the queue is full.
+    pub fn submit(&self, work: Work) -> Result<(), ApiError> {
+        match self.queue.try_send(work) {
+            Ok(()) => {
+                self.depth.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("the queue of '{}' is full; retry shortly", self.name),
+                )
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the worker of '{}' has stopped", self.name),
+            )),
+        }
+    }
+
+    /// Jobs waiting for the worker.
+    pub fn queued(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Whether the worker has warmed up and takes jobs.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// What a request's prompt is to this model.
+    pub fn conditioning(&self) -> &'static str {
+        match self.manifest.conditioning {
+            BundleConditioning::Text { .. } => "text",
+            BundleConditioning::Class { .. } => "class",
+            BundleConditioning::Concat { .. } => "image",
+            BundleConditioning::None => "none",
+        }
+    }
+}
+
+struct Worker {
+    pipeline: Pipeline,
+    depth: Arc<AtomicUsize>,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(mut self, mut queue: mpsc::Receiver<Work>) {
+        self.warm_up();
+        self.ready.store(true, Ordering::SeqCst);
+        while let Some(Work { request, job }) = queue.blocking_recv() {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            if job.is_cancelled() {
+                job.finish(Err(Outcome::Cancelled));
+                continue;
+            }
+            let mut last = Instant::now();
+            let images = request.prompts.len();
+            let metrics = self.metrics.clone();
+            let result = self.pipeline.generate(&request, &mut |p| {
+                metrics.step(last.elapsed().as_secs_f64(), images);
+                last = Instant::now();
+                job.progress(p.step, p.total);
+                !job.is_cancelled()
+            });
+            job.finish(match result {
+                Ok(images) => {
+                    self.metrics.images(images.len());
+                    Ok(images.iter().map(png).collect())
+                }
+                Err(RuntimeError::Cancelled) => Err(Outcome::Cancelled),
+                Err(e) => Err(Outcome::Failed(e.to_string())),
+            });
+        }
+    }
+
+    /// One step at the default size, so the first request does not pay for the engine's
+    /// plan optimisation.
+    fn warm_up(&mut self) {
+        let prompt = match self.pipeline.bundle().manifest.conditioning {
+            BundleConditioning::Class { .. } => "0",
+            _ => "",
+        };
+        if matches!(
+            self.pipeline.bundle().manifest.conditioning,
+            BundleConditioning::Concat { .. }
+        ) {
+            return; // needs an input image
+        }
+        let request = Generate::new(vec![prompt.into()]).steps(1);
+        let _ = self.pipeline.generate(&request, &mut |_| true);
+    }
+}

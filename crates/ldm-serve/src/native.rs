@@ -1,0 +1,153 @@
+//! The native job API: `POST /v1/jobs` queues a generation and answers its id at once;
+//! `GET /v1/jobs/{id}` reports it, `DELETE` cancels it, and `GET /v1/jobs/{id}/events`
+//! streams server-sent events: `progress` after every step, then one `done` with the job as
+//! `GET` reports it. Images are served at the URLs the job lists.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State as Shared};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{json_body, ApiError};
+use crate::images;
+use crate::jobs::{Job, Snapshot};
+use crate::request::Ask;
+use crate::State;
+
+pub fn routes() -> Router<Arc<State>> {
+    Router::new()
+        .route("/v1/jobs", post(submit))
+        .route("/v1/jobs/{id}", get(report).delete(cancel))
+        .route("/v1/jobs/{id}/events", get(events))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobRequest {
+    model: Option<String>,
+    #[serde(default)]
+    prompt: String,
+    #[serde(default)]
+    negative_prompt: String,
+    n: Option<usize>,
+    width: Option<usize>,
+    height: Option<usize>,
+    steps: Option<usize>,
+    guidance: Option<f64>,
+    sampler: Option<String>,
+    seed: Option<u64>,
+    /// Base64 PNG or JPEG: image-to-image, inpainting with `mask`, or the low-resolution
+    /// image of a super-resolution model.
+    init_image: Option<String>,
+    /// Base64 mask: white where to draw.
+    mask: Option<String>,
+    strength: Option<f64>,
+}
+
+async fn submit(
+    Shared(state): Shared<Arc<State>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let r: JobRequest = json_body(body)?;
+    let model = state.model(r.model.as_deref())?;
+    let decode = |field: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| images::decode(field, &images::from_base64(field, t)?))
+            .transpose()
+    };
+    let ask = Ask {
+        prompt: r.prompt,
+        negative_prompt: r.negative_prompt,
+        images: r.n.unwrap_or(1),
+        width: r.width,
+        height: r.height,
+        steps: r.steps,
+        guidance: r.guidance,
+        sampler: r.sampler,
+        seed: r.seed,
+        init_image: decode("init_image", &r.init_image)?.map(|i| images::rgb(&i)),
+        mask: decode("mask", &r.mask)?.map(|m| images::binary(&m)),
+        strength: r.strength,
+    };
+    let job = state.start(model, ask.to_generate()?)?;
+    Ok((StatusCode::ACCEPTED, Json(describe(&job, &job.snapshot()))))
+}
+
+/// A job as the API reports it.
+fn describe(job: &Job, s: &Snapshot) -> Value {
+    let images: Vec<String> = (0..s.images.len())
+        .map(|i| format!("/v1/images/files/{}/{i}.png", job.id))
+        .collect();
+    json!({
+        "id": job.id, "model": job.model, "created": job.created, "status": s.status,
+        "step": s.step, "total": s.total, "seed": s.seed, "error": s.error, "images": images,
+        "events": format!("/v1/jobs/{}/events", job.id),
+    })
+}
+
+fn find(state: &State, id: &str) -> Result<Arc<Job>, ApiError> {
+    state.jobs.get(id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no job '{id}' (finished jobs are kept for a limited time)"
+        ))
+    })
+}
+
+async fn report(
+    Shared(state): Shared<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = find(&state, &id)?;
+    Ok(Json(describe(&job, &job.snapshot())))
+}
+
+async fn cancel(
+    Shared(state): Shared<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = find(&state, &id)?;
+    job.cancel();
+    Ok(Json(describe(&job, &job.snapshot())))
+}
+
+async fn events(
+    Shared(state): Shared<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = find(&state, &id)?;
+    let updates = job.subscribe();
+    // (receiver, job, whether the first state was sent, whether the last was)
+    let stream = stream::unfold(
+        (updates, job, false, false),
+        |(mut rx, job, started, ended)| async move {
+            if ended {
+                return None;
+            }
+            if started && rx.changed().await.is_err() {
+                return None;
+            }
+            let s = rx.borrow_and_update().clone();
+            let event = if s.status.is_final() {
+                Event::default()
+                    .event("done")
+                    .data(describe(&job, &s).to_string())
+            } else {
+                Event::default()
+                    .event("progress")
+                    .data(json!({"status": s.status, "step": s.step, "total": s.total}).to_string())
+            };
+            let ended = s.status.is_final();
+            Some((Ok(event), (rx, job, true, ended)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
