@@ -1,0 +1,120 @@
+//! `ldm serve` as a process: the official OpenAI Python client talks to it unchanged
+//! (tests/reference/openai_client.py), and SIGTERM under load lets in-flight requests
+//! finish before the process exits.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `ldm serve` on a loopback port of the system's choosing, with `args`; returns the
+/// process and its base URL once it serves.
+fn serve(args: &[&str]) -> (Child, String) {
+    let mut child = common::ldm()
+        .args(["serve", "--port", "0", "--bundle"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../export/emoji-text"
+        ))
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (found, base) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let (false, Some(rest)) = (sent, line.split_once(" on http://")) {
+                let address = rest.1.split_whitespace().next().unwrap().to_string();
+                found.send(format!("http://{address}")).unwrap();
+                sent = true;
+            }
+        }
+    });
+    let base = base
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server starts");
+    let started = Instant::now();
+    while ureq::get(&format!("{base}/ready")).call().is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, base)
+}
+
+#[test]
+fn the_official_openai_client_gets_pngs_of_the_asked_size() {
+    let (mut child, base) = serve(&["--api-key", "test-key"]);
+    let dir = tempfile::tempdir().unwrap();
+    let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference/openai_client.py");
+    let run = Command::new(python)
+        .arg(script)
+        .args([base.as_str(), "test-key", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        summary["sizes"],
+        serde_json::json!([[64, 64], [64, 64], [64, 64], [64, 64]])
+    );
+    assert_eq!(summary["models"], serde_json::json!(["emoji-text"]));
+    assert!(
+        summary["refused"]
+            .as_str()
+            .unwrap()
+            .contains("width 100000"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_then_exits() {
+    let (mut child, base) = serve(&["--grace", "60"]);
+    let url = format!("{base}/v1/images/generations");
+    let in_flight: Vec<_> = (0..3)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                ureq::post(&url)
+                    .send_json(serde_json::json!({"prompt": "a cat", "steps": 30, "seed": i, "response_format": "b64_json"}))
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for request in in_flight {
+        assert_eq!(
+            request.join().unwrap().unwrap(),
+            200,
+            "accepted work finishes"
+        );
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still running after its work"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        ureq::get(&format!("{base}/health")).call().is_err(),
+        "no longer listening"
+    );
+}
