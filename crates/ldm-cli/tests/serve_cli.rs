@@ -89,6 +89,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits() {
                 ureq::post(&url)
                     .send_json(serde_json::json!({"prompt": "a cat", "steps": 30, "seed": i, "response_format": "b64_json"}))
                     .map(|r| r.status())
+                    .map_err(|e| e.to_string())
             })
         })
         .collect();

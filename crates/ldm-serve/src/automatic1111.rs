@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use crate::error::{json_body, ApiError, Style};
 use crate::images::{self, base64};
 use crate::jobs::Status;
-use crate::request::Ask;
+use crate::request;
 use crate::State;
+use ldm_runtime::Generate;
 
 /// The web UI's sampler names, and this project's.
 const SAMPLERS: [(&str, &str); 6] = [
@@ -117,21 +118,18 @@ async fn process(
         }
     };
     let images = p.batch_size.unwrap_or(1) * p.n_iter.unwrap_or(1);
-    let mut ask = Ask {
-        prompt: p.prompt.clone(),
-        negative_prompt: p.negative_prompt.clone(),
-        images,
+    let name = p
+        .sampler_name
+        .as_deref()
+        .or(p.sampler_index.as_deref())
+        .map(sampler);
+    let mut ask = Generate {
         width: p.width,
         height: p.height,
         steps: p.steps,
         guidance: p.cfg_scale,
-        sampler: p
-            .sampler_name
-            .as_deref()
-            .or(p.sampler_index.as_deref())
-            .map(sampler),
-        seed: Some(seed),
-        ..Ask::default()
+        sampler: request::sampler(name.as_deref())?,
+        ..request::generate(&p.prompt, images, &p.negative_prompt, Some(seed))?
     };
     if with_image {
         let first = p.init_images.first().ok_or_else(|| {
@@ -156,7 +154,7 @@ async fn process(
         }
         ask.strength = Some(p.denoising_strength.unwrap_or(0.75));
     }
-    let job = state.start(model, ask.to_generate()?)?;
+    let job = state.start(model, ask)?;
     let done = state.finish(job).await?;
     let info = json!({
         "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,

@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 use crate::error::{json_body, ApiError};
 use crate::images;
 use crate::jobs::{Job, Snapshot};
-use crate::request::Ask;
+use crate::request;
 use crate::State;
+use ldm_runtime::Generate;
 
 pub fn routes() -> Router<Arc<State>> {
     Router::new()
@@ -64,21 +65,18 @@ async fn submit(
             .map(|t| images::decode(field, &images::from_base64(field, t)?))
             .transpose()
     };
-    let ask = Ask {
-        prompt: r.prompt,
-        negative_prompt: r.negative_prompt,
-        images: r.n.unwrap_or(1),
+    let ask = Generate {
         width: r.width,
         height: r.height,
         steps: r.steps,
         guidance: r.guidance,
-        sampler: r.sampler,
-        seed: r.seed,
+        sampler: request::sampler(r.sampler.as_deref())?,
         init_image: decode("init_image", &r.init_image)?.map(|i| images::rgb(&i)),
         mask: decode("mask", &r.mask)?.map(|m| images::binary(&m)),
         strength: r.strength,
+        ..request::generate(&r.prompt, r.n.unwrap_or(1), &r.negative_prompt, r.seed)?
     };
-    let job = state.start(model, ask.to_generate()?)?;
+    let job = state.start(model, ask)?;
     Ok((StatusCode::ACCEPTED, Json(describe(&job, &job.snapshot()))))
 }
 

@@ -21,8 +21,9 @@ use serde_json::{json, Value};
 use crate::error::{json_body, ApiError, Style};
 use crate::images::{self, base64};
 use crate::jobs::Snapshot;
-use crate::request::{size, Ask};
+use crate::request::{self, size};
 use crate::State;
+use ldm_runtime::Generate;
 
 pub fn routes() -> Router<Arc<State>> {
     Router::new()
@@ -89,17 +90,14 @@ async fn generations(
             body.output_format.as_deref(),
         )?;
         let (width, height) = size(body.size.as_deref().unwrap_or("auto"))?.unzip();
-        let ask = Ask {
-            prompt: body.prompt,
-            negative_prompt: body.negative_prompt.unwrap_or_default(),
-            images: body.n.unwrap_or(1),
+        let negative = body.negative_prompt.unwrap_or_default();
+        let ask = Generate {
             width,
             height,
             steps: body.steps,
             guidance: body.guidance,
-            sampler: body.sampler,
-            seed: body.seed,
-            ..Ask::default()
+            sampler: request::sampler(body.sampler.as_deref())?,
+            ..request::generate(&body.prompt, body.n.unwrap_or(1), &negative, body.seed)?
         };
         respond(&state, &headers, body.model.as_deref(), ask, out).await
     };
@@ -151,19 +149,21 @@ async fn edits(
             None => (image.width() as usize, image.height() as usize),
         };
         let masked = mask.is_some();
-        let ask = Ask {
-            prompt: text("prompt").unwrap_or_default().to_string(),
-            negative_prompt: text("negative_prompt").unwrap_or_default().to_string(),
-            images: number("n")?.map_or(1, |n| n as usize),
+        let ask = Generate {
             width: Some(width),
             height: Some(height),
             steps: number("steps")?.map(|s| s as usize),
             guidance: number("guidance")?,
-            sampler: text("sampler").map(str::to_string),
-            seed: number("seed")?.map(|s| s as u64),
+            sampler: request::sampler(text("sampler"))?,
             init_image: Some(images::rgb(&images::fit(image, width, height))),
             mask: mask.map(|m| images::openai_mask(&images::fit(m, width, height))),
             strength: Some(number("strength")?.unwrap_or(if masked { 1.0 } else { 0.75 })),
+            ..request::generate(
+                text("prompt").unwrap_or_default(),
+                number("n")?.map_or(1, |n| n as usize),
+                text("negative_prompt").unwrap_or_default(),
+                number("seed")?.map(|s| s as u64),
+            )?
         };
         respond(&state, &headers, text("model"), ask, out).await
     };
@@ -174,11 +174,11 @@ async fn respond(
     state: &State,
     headers: &HeaderMap,
     model: Option<&str>,
-    ask: Ask,
+    ask: Generate,
     out: Output,
 ) -> Result<Json<Value>, ApiError> {
     let model = state.model(model)?;
-    let job = state.start(model, ask.to_generate()?)?;
+    let job = state.start(model, ask)?;
     let done: Snapshot = state.finish(job.clone()).await?;
     let data: Vec<Value> = if out.url {
         let host = headers

@@ -1,49 +1,30 @@
 //! What every API's request comes down to before the runtime plans it.
 
-use ldm_runtime::{Generate, Image};
+use ldm_core::SamplerKind;
+use ldm_runtime::Generate;
 
 use crate::error::ApiError;
 
-/// A generation request in the runtime's terms, from any API.
-#[derive(Debug, Clone, Default)]
-pub struct Ask {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub images: usize,
-    pub width: Option<usize>,
-    pub height: Option<usize>,
-    pub steps: Option<usize>,
-    pub guidance: Option<f64>,
-    pub sampler: Option<String>,
-    pub seed: Option<u64>,
-    pub init_image: Option<Image>,
-    pub mask: Option<Image>,
-    pub strength: Option<f64>,
+/// A request for `images` images of `prompt`, the rest at the bundle's defaults; a seed is
+/// drawn when none is given.
+pub fn generate(
+    prompt: &str,
+    images: usize,
+    negative_prompt: &str,
+    seed: Option<u64>,
+) -> Result<Generate, ApiError> {
+    if images == 0 {
+        return Err(ApiError::field("n", "at least one image must be asked for"));
+    }
+    Ok(Generate::new(vec![prompt.to_string(); images])
+        .negative_prompt(negative_prompt)
+        .seed(seed.unwrap_or_else(crate::random_seed)))
 }
 
-impl Ask {
-    pub fn to_generate(&self) -> Result<Generate, ApiError> {
-        if self.images == 0 {
-            return Err(ApiError::field("n", "at least one image must be asked for"));
-        }
-        let mut request = Generate::new(vec![self.prompt.clone(); self.images])
-            .negative_prompt(&self.negative_prompt)
-            .seed(self.seed.unwrap_or_else(crate::random_seed));
-        request.width = self.width;
-        request.height = self.height;
-        request.steps = self.steps;
-        request.guidance = self.guidance;
-        if let Some(name) = &self.sampler {
-            request.sampler = Some(
-                name.parse()
-                    .map_err(|e: String| ApiError::field("sampler", e))?,
-            );
-        }
-        request.init_image = self.init_image.clone();
-        request.mask = self.mask.clone();
-        request.strength = self.strength;
-        Ok(request)
-    }
+/// A sampler by name, when one is given.
+pub fn sampler(name: Option<&str>) -> Result<Option<SamplerKind>, ApiError> {
+    name.map(|n| n.parse().map_err(|e: String| ApiError::field("sampler", e)))
+        .transpose()
 }
 
 /// "WxH" as (width, height); "auto" as the model's own size.
