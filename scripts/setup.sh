@@ -5,7 +5,8 @@
 #   onnx                 the reference checker used by the export tests
 #   diffusers, transformers  the reference software that writes and runs the checkpoints the
 #                        import tests read (offline: tiny random models, nothing downloaded)
-#   openai               the official OpenAI client, which the server tests talk to `ldm serve` with
+#   openai, webuiapi     clients of the OpenAI and AUTOMATIC1111 APIs, which the server tests
+#                        talk to `ldm serve` with
 # and links them under .ldm/ where .cargo/config.toml points cargo, so plain
 # `cargo build` / `cargo test` work afterwards. Idempotent: a second run takes a second.
 #
@@ -21,6 +22,7 @@ onnx_version=1.23.2
 diffusers_version=0.42.1
 transformers_version=5.23.0
 openai_version=3.51.0
+webuiapi_version=0.9.17
 
 flavour=cpu
 case "${1:-auto}" in
@@ -32,7 +34,7 @@ esac
 ort_package=onnxruntime
 [ "$flavour" = gpu ] && ort_package=onnxruntime-gpu
 
-stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version-diffusers$diffusers_version-transformers$transformers_version-openai$openai_version"
+stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version-diffusers$diffusers_version-transformers$transformers_version-openai$openai_version-webuiapi$webuiapi_version"
 if [ ! -f "$stamp" ]; then
   command -v python3 >/dev/null || { echo "setup.sh: python3 is missing; install it (apt-get install python3 python3-venv)" >&2; exit 1; }
   echo "setup.sh: creating $venv (torch $torch_version, $ort_package $ort_version, onnx $onnx_version, diffusers $diffusers_version, transformers $transformers_version; about 5 GB, a few minutes)"
@@ -42,7 +44,8 @@ if [ ! -f "$stamp" ]; then
   other=onnxruntime-gpu; [ "$ort_package" = onnxruntime-gpu ] && other=onnxruntime
   "$venv/bin/pip" uninstall --quiet --yes "$other" >/dev/null 2>&1 || true
   "$venv/bin/pip" install --quiet "torch==$torch_version" "$ort_package==$ort_version" "onnx==$onnx_version" numpy \
-    "diffusers==$diffusers_version" "transformers==$transformers_version" "openai==$openai_version"
+    "diffusers==$diffusers_version" "transformers==$transformers_version" "openai==$openai_version" \
+    "webuiapi==$webuiapi_version"
   rm -f "$venv"/.ldm-setup-*
   touch "$stamp"
 fi

@@ -1,6 +1,7 @@
-//! `ldm serve` as a process: the official OpenAI Python client talks to it unchanged
-//! (tests/reference/openai_client.py), and SIGTERM under load lets in-flight requests
-//! finish before the process exits.
+//! `ldm serve` as a process: the official OpenAI Python client and webuiapi (a client of the
+//! AUTOMATIC1111 API) talk to it unchanged (tests/reference/openai_client.py,
+//! webui_client.py), and SIGTERM under load lets in-flight requests finish before the
+//! process exits.
 
 mod common;
 
@@ -44,15 +45,17 @@ fn serve(args: &[&str]) -> (Child, String) {
     (child, base)
 }
 
-#[test]
-fn the_official_openai_client_gets_pngs_of_the_asked_size() {
+/// Runs `tests/reference/<script> BASE KEY OUT` against a server with an API key; returns
+/// the summary it prints.
+fn client(script: &str) -> serde_json::Value {
     let (mut child, base) = serve(&["--api-key", "test-key"]);
     let dir = tempfile::tempdir().unwrap();
     let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/reference/openai_client.py");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference")
+        .join(script);
     let run = Command::new(python)
-        .arg(script)
+        .arg(path)
         .args([base.as_str(), "test-key", dir.path().to_str().unwrap()])
         .output()
         .unwrap();
@@ -63,7 +66,12 @@ fn the_official_openai_client_gets_pngs_of_the_asked_size() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
+#[test]
+fn the_official_openai_client_gets_pngs_of_the_asked_size() {
+    let summary = client("openai_client.py");
     assert_eq!(
         summary["sizes"],
         serde_json::json!([[64, 64], [64, 64], [64, 64], [64, 64]])
@@ -76,6 +84,21 @@ fn the_official_openai_client_gets_pngs_of_the_asked_size() {
             .contains("width 100000"),
         "{summary}"
     );
+}
+
+#[test]
+fn a_client_of_the_automatic1111_api_gets_pngs_of_the_asked_size() {
+    let summary = client("webui_client.py");
+    assert_eq!(
+        summary["sizes"],
+        serde_json::json!([[64, 64], [64, 64], [64, 64]])
+    );
+    assert_eq!(summary["seeds"], serde_json::json!([5, 6]));
+    assert_eq!(summary["models"], serde_json::json!(["emoji-text"]));
+    assert!(summary["samplers"]
+        .as_array()
+        .unwrap()
+        .contains(&"Euler a".into()));
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub fn routes() -> Router<Arc<State>> {
         .route("/sdapi/v1/sd-vae", get(empty_list))
         .route("/sdapi/v1/upscalers", get(empty_list))
         .route("/sdapi/v1/loras", get(empty_list))
+        .route(
+            "/sdapi/v1/scripts",
+            get(|| async { Json(json!({"txt2img": [], "img2img": []})) }),
+        )
 }
 
 #[derive(Deserialize, Default)]
@@ -65,6 +69,8 @@ struct Processing {
     mask: Option<String>,
     denoising_strength: Option<f64>,
     inpainting_mask_invert: Option<u8>,
+    /// The web UI's second, upscaling pass, which this server does not have.
+    enable_hr: bool,
 }
 
 fn sampler(name: &str) -> String {
@@ -107,6 +113,12 @@ async fn process(
         .and_then(|o| o.get("sd_model_checkpoint"))
         .and_then(Value::as_str);
     let model = state.model(model_name)?;
+    if p.enable_hr {
+        return Err(ApiError::field(
+            "enable_hr",
+            "the high-resolution second pass is not available here; ask for the size directly",
+        ));
+    }
     let seed = match p.seed {
         None | Some(-1) => crate::random_seed(),
         Some(s) if s >= 0 => s as u64,

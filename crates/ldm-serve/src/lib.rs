@@ -244,8 +244,11 @@ async fn authenticate(Shared(state): Shared<Arc<State>>, request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        .and_then(presented_key);
+    if given
+        .as_ref()
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes()))
+    {
         return next.run(request).await;
     }
     let message = if given.is_some() {
@@ -256,6 +259,18 @@ async fn authenticate(Shared(state): Shared<Arc<State>>, request: Request, next:
     ApiError::new(StatusCode::UNAUTHORIZED, message)
         .styled(Style::of_path(request.uri().path()))
         .into_response()
+}
+
+/// The key an `Authorization` header presents: a bearer token, or the password of HTTP basic
+/// authentication (what the web UI's own `--api-auth` clients send).
+fn presented_key(value: &str) -> Option<String> {
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.to_string());
+    }
+    let decoded = images::from_base64("authorization", value.strip_prefix("Basic ")?).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
 }
 
 /// Compares keys in time independent of where they differ.
