@@ -114,11 +114,12 @@ impl Job {
         });
     }
 
+    fn finished_at(&self) -> Option<Instant> {
+        *self.finished.lock().expect("job lock")
+    }
+
     fn finished_before(&self, limit: Instant) -> bool {
-        self.finished
-            .lock()
-            .expect("job lock")
-            .is_some_and(|t| t < limit)
+        self.finished_at().is_some_and(|t| t < limit)
     }
 }
 
@@ -129,7 +130,11 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Jobs by id; finished ones are dropped `keep` after they end.
+/// Finished jobs kept at most, whatever their age: their images are held in memory.
+const MAX_FINISHED: usize = 1024;
+
+/// Jobs by id; finished ones are dropped `keep` after they end, the oldest first beyond
+/// [`MAX_FINISHED`].
 pub struct JobStore {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     keep: Duration,
@@ -152,6 +157,16 @@ impl JobStore {
         let mut jobs = self.jobs.lock().expect("store lock");
         if let Some(limit) = Instant::now().checked_sub(self.keep) {
             jobs.retain(|_, j| !j.finished_before(limit));
+        }
+        let mut finished: Vec<(Instant, String)> = jobs
+            .values()
+            .filter_map(|j| j.finished_at().map(|t| (t, j.id.clone())))
+            .collect();
+        if finished.len() > MAX_FINISHED {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - MAX_FINISHED] {
+                jobs.remove(id);
+            }
         }
         jobs.insert(job.id.clone(), job);
     }
