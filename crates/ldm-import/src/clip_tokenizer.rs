@@ -31,18 +31,31 @@ const MAX_FILE_BYTES: u64 = 64 << 20;
 pub fn from_folder(dir: &Path, max_length: usize) -> Result<String, ImportError> {
     let pad_token = pad_token(dir)?.unwrap_or_else(|| EOS.to_string());
     if dir.join("tokenizer.json").is_file() {
-        let bytes = ldm_core::confined::read_confined(dir, "tokenizer.json", MAX_FILE_BYTES)
-            .map_err(|e| ImportError::io(&dir.join("tokenizer.json"), e.reason))?;
+        let text = read_tokenizer_json(dir, "tokenizer.json")?;
         let shown = dir.join("tokenizer.json").display().to_string();
-        let bad = |message: String| ImportError::Checkpoint {
-            path: shown.clone(),
-            message,
-        };
-        ldm_core::tokenizer::check_untrusted(&bytes, &shown).map_err(|e| bad(e.to_string()))?;
-        let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+        let mut tokenizer =
+            Tokenizer::from_bytes(text.as_bytes()).map_err(|e| ImportError::Checkpoint {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
         return with_padding(&mut tokenizer, &pad_token, max_length, &shown);
     }
     from_vocabulary(dir, &pad_token, max_length)
+}
+
+/// The text of `dir/name`, a `tokenizer.json` read confined to `dir`, bounded in size and
+/// checked as untrusted input.
+pub(crate) fn read_tokenizer_json(dir: &Path, name: &str) -> Result<String, ImportError> {
+    let path = dir.join(name);
+    let bytes = ldm_core::confined::read_confined(dir, name, MAX_FILE_BYTES)
+        .map_err(|e| ImportError::io(&path, e.reason))?;
+    let shown = path.display().to_string();
+    let bad = |message: String| ImportError::Checkpoint {
+        path: shown.clone(),
+        message,
+    };
+    ldm_core::tokenizer::check_untrusted(&bytes, &shown).map_err(|e| bad(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))
 }
 
 /// `tokenizer` with `pad_token` as its padding, as `tokenizer.json` text.

@@ -121,17 +121,16 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported, ImportEr
         ))
     })?;
     let first_stage = parts.remove(FIRST_STAGE).unwrap_or_default();
-    let clip = match (parts.remove(CLIP), parts.remove(OPEN_CLIP)) {
-        (Some(clip), None) => Some(clip),
-        (None, Some(open_clip)) => Some(open_clip_to_clip(open_clip, &shown)?),
-        (None, None) => None,
+    let (clip, open_clip) = match (parts.remove(CLIP), parts.remove(OPEN_CLIP)) {
+        (Some(clip), None) => (Some(clip), false),
+        (None, Some(open_clip)) => (Some(open_clip_to_clip(open_clip, &shown)?), true),
+        (None, None) => (None, false),
         (Some(_), Some(_)) => {
             return Err(refuse(
                 "it holds both a CLIP and an OpenCLIP text encoder".into(),
             ))
         }
     };
-    let open_clip = all.keys().any(|k| k.starts_with(OPEN_CLIP));
     let cond_stage = parts.remove(COND_STAGE).unwrap_or_default();
     let config = match (&options.config, &clip) {
         (Some(config), _) => {
@@ -236,34 +235,22 @@ fn scalar(all: &Weights, key: &str) -> Option<f64> {
     }
 }
 
-/// A user's `tokenizer.json` (the paper's text models ship none), checked as untrusted input.
+/// A user's `tokenizer.json` (the paper's text models ship none).
 fn tokenizer_file(path: &Path) -> Result<String, ImportError> {
-    const MAX_BYTES: u64 = 64 << 20;
-    let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
-        (Some(dir), Some(name)) if path.is_file() => (dir, name),
-        _ => {
-            return Err(ImportError::io(
-                path,
-                "expected a tokenizer.json file for the paper's text models",
-            ))
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) if path.is_file() => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            clip_tokenizer::read_tokenizer_json(dir, name)
         }
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let bytes = ldm_core::confined::read_confined(dir, name, MAX_BYTES)
-        .map_err(|e| ImportError::io(path, e.reason))?;
-    let shown = path.display().to_string();
-    ldm_core::tokenizer::check_untrusted(&bytes, &shown).map_err(|e| ImportError::Checkpoint {
-        path: shown.clone(),
-        message: e.to_string(),
-    })?;
-    String::from_utf8(bytes).map_err(|_| ImportError::Checkpoint {
-        path: shown,
-        message: "not UTF-8 text".into(),
-    })
+        _ => Err(ImportError::io(
+            path,
+            "expected a tokenizer.json file for the paper's text models",
+        )),
+    }
 }
 
 /// Refuses a configuration whose schedule is not the one the checkpoint's `betas` hold.

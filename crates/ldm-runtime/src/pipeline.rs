@@ -22,7 +22,7 @@
 use ldm_core::conditions::{class_ids, text_ids};
 use ldm_core::guided::repeat;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
-use ldm_core::{GuidedSampling, KnownLatent, NoiseSchedule, SamplerKind};
+use ldm_core::{GuidedSampling, KnownLatent, SamplerKind};
 
 use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
 use crate::plan::{self, Plan, Task, DEFAULT_MEMORY_BUDGET};
@@ -144,10 +144,8 @@ pub struct Pipeline {
     bundle: Bundle,
     backend: Backend,
     threads: usize,
-    schedule: NoiseSchedule,
-    /// Bytes of the weights of the graphs this pipeline opens.
-    weight_bytes: u64,
-    memory_budget: u64,
+    /// The schedule, the weights' bytes and the memory budget that requests are planned with.
+    planner: plan::Planner,
     unet: Box<dyn Session>,
     /// Text encoder or class embedder.
     conditioner: Option<Box<dyn Session>>,
@@ -189,13 +187,17 @@ impl Pipeline {
             _ => Some(bundle.session(GraphRole::Decoder, backend, threads)?),
         };
         let weight_bytes = plan::loaded_weight_bytes(bundle.graph_bytes(), m);
+        let planner = plan::Planner {
+            manifest: m.clone(),
+            schedule,
+            weight_bytes,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        };
         Ok(Self {
             bundle,
             backend,
             threads,
-            schedule,
-            weight_bytes,
-            memory_budget: DEFAULT_MEMORY_BUDGET,
+            planner,
             unet,
             conditioner,
             image_encoder: None,
@@ -210,29 +212,18 @@ impl Pipeline {
     /// The bytes one request may be estimated to need (see [`plan::MemoryEstimate`]); larger
     /// requests are refused before anything runs.
     pub fn set_memory_budget(&mut self, bytes: u64) {
-        self.memory_budget = bytes;
+        self.planner.memory_budget = bytes;
     }
 
     /// Resolves `request` against the bundle's defaults and checks it, without running
     /// anything: the sizes, sampler settings, task and memory estimate it would run with.
     pub fn plan(&self, request: &Generate) -> Result<Plan, RuntimeError> {
-        Ok(plan::plan(
-            request,
-            &self.bundle.manifest,
-            &self.schedule,
-            self.weight_bytes,
-            self.memory_budget,
-        )?)
+        Ok(self.planner.plan(request)?)
     }
 
     /// The planning half of this pipeline, to check requests elsewhere.
-    pub fn planner(&self) -> plan::Planner {
-        plan::Planner {
-            manifest: self.bundle.manifest.clone(),
-            schedule: self.schedule.clone(),
-            weight_bytes: self.weight_bytes,
-            memory_budget: self.memory_budget,
-        }
+    pub fn planner(&self) -> &plan::Planner {
+        &self.planner
     }
 
     /// Generates one image per prompt. `progress` is called after every step with the
@@ -246,7 +237,7 @@ impl Pipeline {
         let setup = &plan.sampling;
         let inputs = self.image_inputs(request, &plan)?;
         let context = self.context(request, setup.guided)?;
-        let mut sampling = GuidedSampling::new(&self.schedule, setup.clone(), inputs.known);
+        let mut sampling = GuidedSampling::new(&self.planner.schedule, setup.clone(), inputs.known);
         let [c, h, w] = setup.latent_shape;
         let rows = sampling.batch();
         let concat = match &inputs.concat {
@@ -382,14 +373,16 @@ impl Pipeline {
             .into());
         }
         let pixels = (width * height) as u64;
-        let needed =
-            plan::MemoryEstimate::of(self.weight_bytes, plan::activation_bytes(0, 0, 1, pixels))
-                .total();
-        if needed > self.memory_budget {
+        let needed = plan::MemoryEstimate::of(
+            self.planner.weight_bytes,
+            plan::activation_bytes(0, 0, 1, pixels),
+        )
+        .total();
+        if needed > self.planner.memory_budget {
             return Err(RequestError::OverBudget {
                 what: format!("reconstructing a {width}x{height} image"),
                 needed,
-                budget: self.memory_budget,
+                budget: self.planner.memory_budget,
             }
             .into());
         }

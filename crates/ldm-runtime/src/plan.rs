@@ -46,6 +46,11 @@ pub struct Planner {
 }
 
 impl Planner {
+    /// The manifest of the bundle the plans are for.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     pub fn plan(&self, request: &Generate) -> Result<Plan, RequestError> {
         plan(
             request,

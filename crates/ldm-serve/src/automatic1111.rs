@@ -148,7 +148,7 @@ async fn process(
             ApiError::field("init_images", "img2img needs an image in init_images")
         })?;
         let image = images::decode("init_images", &images::from_base64("init_images", first)?)?;
-        let resolution = model.manifest.resolution;
+        let resolution = model.planner.manifest().resolution;
         let (w, h) = (
             p.width.unwrap_or(resolution),
             p.height.unwrap_or(resolution),

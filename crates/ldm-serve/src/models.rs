@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use ldm_core::manifest::{BundleConditioning, Manifest};
+use ldm_core::manifest::BundleConditioning;
 use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Planner, RuntimeError};
 use tokio::sync::mpsc;
 
@@ -26,7 +26,6 @@ pub struct Work {
 pub struct Model {
     /// The bundle folder's name, which requests choose it by.
     pub name: String,
-    pub manifest: Manifest,
     /// Checks requests with the pipeline's own words before they are queued.
     pub planner: Planner,
     queue: mpsc::Sender<Work>,
@@ -69,7 +68,7 @@ impl Model {
                     });
                 let pipeline = match pipeline {
                     Ok(p) => {
-                        let _ = opened.send(Ok((p.bundle().manifest.clone(), p.planner())));
+                        let _ = opened.send(Ok(p.planner().clone()));
                         p
                     }
                     Err(e) => {
@@ -86,12 +85,11 @@ impl Model {
                 .run(rx)
             })
             .context("cannot start a worker thread")?;
-        let (manifest, planner) = loaded
+        let planner = loaded
             .recv()
             .context("the worker thread stopped while loading")??;
         Ok(Model {
             name,
-            manifest,
             planner,
             queue: tx,
             depth,
@@ -128,16 +126,6 @@ impl Model {
     /// Whether the worker has warmed up and takes jobs.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
-    }
-
-    /// What a request's prompt is to this model.
-    pub fn conditioning(&self) -> &'static str {
-        match self.manifest.conditioning {
-            BundleConditioning::Text { .. } => "text",
-            BundleConditioning::Class { .. } => "class",
-            BundleConditioning::Concat { .. } => "image",
-            BundleConditioning::None => "none",
-        }
     }
 }
 
