@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 runs=${1:-2000000}
-targets=${TARGETS:-manifest tokenizer metadata image onnx pickle}
+targets=${TARGETS:-manifest tokenizer metadata image onnx pickle request}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build -O >/dev/null
 total=0

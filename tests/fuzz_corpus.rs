@@ -33,7 +33,16 @@ fn targets() -> Vec<Target> {
         ("pickle", |data| {
             let _ = ldm_import::pickle::load(data);
         }),
+        ("request", |data| ldm_serve::fuzz_request(planner(), data)),
     ]
+}
+
+fn planner() -> &'static ldm_runtime::Planner {
+    static PLANNER: std::sync::OnceLock<ldm_runtime::Planner> = std::sync::OnceLock::new();
+    PLANNER.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../export/emoji-text");
+        ldm_runtime::Planner::new(&ldm_runtime::Bundle::load(&dir).unwrap()).unwrap()
+    })
 }
 
 #[test]

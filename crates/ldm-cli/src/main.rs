@@ -1,6 +1,7 @@
 //! The `ldm` command: argument parsing and printing; the work lives in the library crates.
 
 mod bench;
+mod bench_serve;
 mod compare;
 mod data;
 mod eval;
@@ -38,6 +39,8 @@ enum Command {
     /// Latency and peak memory of a bundle's networks on every available engine, end-to-end
     /// text-to-image time, and achieved MAC/s against the machine's GEMM peak.
     Bench(bench::BenchArgs),
+    /// The server under load: throughput, latency and memory at 1 to 64 clients.
+    BenchServe(bench_serve::BenchServeArgs),
     /// Several `ldm eval` reports side by side: a Markdown table and a chart, speeds as
     /// ratios to the first.
     Compare(compare::CompareArgs),
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchServe(args) => bench_serve::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),

@@ -42,6 +42,13 @@ pub struct ServeArgs {
     /// Most images one request may ask for.
     #[arg(long, default_value_t = 8)]
     max_images: usize,
+    /// Most images of concurrent requests sampled in one UNet call (1: one request at a
+    /// time).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_batch: u16,
+    /// Largest image side one request may ask for, in pixels.
+    #[arg(long, default_value_t = 1024)]
+    max_size: usize,
     /// Most sampling steps one request may ask for.
     #[arg(long, default_value_t = 250)]
     max_steps: usize,
@@ -69,7 +76,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         cors: args.cors,
         max_body_bytes: args.max_body_mb << 20,
         max_images: args.max_images,
+        max_batch: args.max_batch.into(),
         max_steps: args.max_steps,
+        max_side: args.max_size,
         deadline: Duration::from_secs(args.deadline),
         grace: Duration::from_secs(args.grace),
         ..ServeOptions::default()

@@ -1,23 +1,29 @@
 //! `ldm serve` as a process: the official OpenAI Python client and webuiapi (a client of the
 //! AUTOMATIC1111 API) talk to it unchanged (tests/reference/openai_client.py,
-//! webui_client.py), and SIGTERM under load lets in-flight requests finish before the
-//! process exits.
+//! webui_client.py), its web page works in headless chromium (page_test.py), and SIGTERM
+//! under load lets in-flight requests finish before the process exits.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `ldm serve` on a loopback port of the system's choosing, with `args`; returns the
-/// process and its base URL once it serves.
+fn shipped_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/emoji-text")
+}
+
+/// `ldm serve` of the shipped bundle on a loopback port of the system's choosing, with
+/// `args`; returns the process and its base URL once it serves.
 fn serve(args: &[&str]) -> (Child, String) {
+    serve_bundle(&shipped_bundle(), args)
+}
+
+fn serve_bundle(bundle: &Path, args: &[&str]) -> (Child, String) {
     let mut child = common::ldm()
         .args(["serve", "--port", "0", "--bundle"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../export/emoji-text"
-        ))
+        .arg(bundle)
         .args(args)
         .stderr(Stdio::piped())
         .spawn()
@@ -51,7 +57,7 @@ fn client(script: &str) -> serde_json::Value {
     let (mut child, base) = serve(&["--api-key", "test-key"]);
     let dir = tempfile::tempdir().unwrap();
     let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/reference")
         .join(script);
     let run = Command::new(python)
@@ -102,6 +108,30 @@ fn a_client_of_the_automatic1111_api_gets_pngs_of_the_asked_size() {
 }
 
 #[test]
+fn the_web_page_generates_in_headless_chromium() {
+    let summary = client("page_test.py");
+    assert_eq!(summary["models"], serde_json::json!(["emoji-text"]));
+    assert_eq!(
+        summary["key_asked"].as_array().unwrap().len(),
+        1,
+        "{summary}"
+    );
+    assert_eq!(summary["image"], serde_json::json!([64, 64]));
+    assert!(
+        summary["status"].as_str().unwrap().contains("seed 7"),
+        "{summary}"
+    );
+    let moving: Vec<f64> = summary["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_f64())
+        .filter(|v| *v > 0.0 && *v < 1.0)
+        .collect();
+    assert!(moving.len() >= 2, "the progress bar was seen at {summary}");
+}
+
+#[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits() {
     let (mut child, base) = serve(&["--grace", "60"]);
     let url = format!("{base}/v1/images/generations");
@@ -140,5 +170,64 @@ fn sigterm_lets_in_flight_requests_finish_then_exits() {
     assert!(
         ureq::get(&format!("{base}/health")).call().is_err(),
         "no longer listening"
+    );
+}
+
+/// schemathesis, a property-based API tester, generates requests from `/openapi.json` (valid
+/// and invalid ones) and checks every answer against it: no 5xx, only the status codes,
+/// content types, headers and bodies the description gives, invalid data refused. The
+/// bundle served is the shipped one sampling a single step by default, so that the requests
+/// that generate stay quick.
+#[test]
+fn the_server_answers_as_its_openapi_description_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("emoji-text");
+    std::fs::create_dir(&bundle).unwrap();
+    for entry in std::fs::read_dir(shipped_bundle()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    let manifest = bundle.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["defaults"]["steps"] = 1.into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let (mut child, base) = serve_bundle(
+        &bundle,
+        &[
+            "--api-key",
+            "test-key",
+            "--max-steps",
+            "2",
+            "--max-images",
+            "1",
+            "--max-size",
+            "128",
+            "--max-batch",
+            "2",
+        ],
+    );
+    let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
+    let st = Path::new(&python).parent().unwrap().join("st");
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/schemathesis.toml");
+    let run = Command::new(st)
+        .arg("--config-file")
+        .arg(config)
+        .args(["run", &format!("{base}/openapi.json")])
+        .args(["--header", "Authorization: Bearer test-key"])
+        .args(["--max-examples", "12", "--seed", "1"])
+        .args(["--phases", "examples,coverage,fuzzing", "--max-time", "150"])
+        .args(["--request-timeout", "60", "--no-color"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
     );
 }

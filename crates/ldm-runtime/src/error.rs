@@ -53,6 +53,9 @@ pub enum RuntimeError {
         max: usize,
         per_core: usize,
     },
+    /// [`crate::Pipeline::step`] given generations that cannot share a UNet call.
+    #[error("a batch's generations must share a latent shape and none be finished")]
+    MixedBatch,
     #[error("the {graph} graph: {source}")]
     Prediction {
         graph: &'static str,

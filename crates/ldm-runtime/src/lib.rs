@@ -13,6 +13,7 @@ mod image_tasks;
 mod onnxruntime;
 mod pipeline;
 pub mod plan;
+mod request;
 mod session;
 mod tensor;
 mod tract;
@@ -22,8 +23,9 @@ pub use bundle::{Backend, Bundle};
 pub use error::{RequestError, RuntimeError};
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession, Provider};
-pub use pipeline::{Generate, Image, Pipeline, Progress};
+pub use pipeline::{Generation, Pipeline};
 pub use plan::{MemoryEstimate, Plan, Planner, Task};
+pub use request::{Generate, Image, Progress};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tract::TractSession;

@@ -22,123 +22,13 @@
 use ldm_core::conditions::{class_ids, text_ids};
 use ldm_core::guided::repeat;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
-use ldm_core::{GuidedSampling, KnownLatent, SamplerKind};
+use ldm_core::{GuidedSampling, KnownLatent};
 
 use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
-use crate::plan::{self, Plan, Task, DEFAULT_MEMORY_BUDGET};
-use crate::{Backend, Bundle, RequestError, RuntimeError, Session, Tensor};
-
-/// What to generate. Built with [`Generate::new`] and its setters; unset values take the
-/// bundle's defaults.
-#[derive(Debug, Clone)]
-pub struct Generate {
-    /// One image per prompt: a caption (text models), a class name or id (class models),
-    /// ignored by unconditional models.
-    pub prompts: Vec<String>,
-    /// The prompt guidance steers away from (text models; empty: the unconditional context).
-    pub negative_prompt: String,
-    /// The sampler (default: the bundle's); DDIM's eta is `eta`.
-    pub sampler: Option<SamplerKind>,
-    pub steps: Option<usize>,
-    pub guidance: Option<f64>,
-    pub eta: Option<f64>,
-    /// Image i uses seed + i, so an image does not depend on the others in its batch.
-    pub seed: u64,
-    /// Image width and height in pixels, each a multiple of the manifest's `size_multiple`:
-    /// the input image's size when there is one (f times it for super-resolution), else the
-    /// training resolution. Larger sizes sample convolutionally (paper Fig. 9).
-    pub width: Option<usize>,
-    pub height: Option<usize>,
-    /// Image-to-image (SDEdit, Meng et al. 2022) and inpainting start from this image, of the
-    /// output size; super-resolution bundles upsample it (its sides times f).
-    pub init_image: Option<Image>,
-    /// How much of the sampling image-to-image redoes: 1 starts from pure noise, 0 returns
-    /// the image (default 0.75; inpainting 1).
-    pub strength: Option<f64>,
-    /// Inpainting: white where to draw, black where `init_image` stays. Works with any
-    /// bundle (the known region is blended back after every step, Sec. 4.5 of the paper's
-    /// baseline) and feeds the mask channels of inpainting bundles.
-    pub mask: Option<Image>,
-}
-
-impl Generate {
-    pub fn new(prompts: Vec<String>) -> Self {
-        Self {
-            prompts,
-            negative_prompt: String::new(),
-            sampler: None,
-            steps: None,
-            guidance: None,
-            eta: None,
-            seed: 0,
-            width: None,
-            height: None,
-            init_image: None,
-            strength: None,
-            mask: None,
-        }
-    }
-    pub fn sampler(mut self, sampler: SamplerKind) -> Self {
-        self.sampler = Some(sampler);
-        self
-    }
-    pub fn steps(mut self, steps: usize) -> Self {
-        self.steps = Some(steps);
-        self
-    }
-    pub fn guidance(mut self, guidance: f64) -> Self {
-        self.guidance = Some(guidance);
-        self
-    }
-    pub fn eta(mut self, eta: f64) -> Self {
-        self.eta = Some(eta);
-        self
-    }
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-    /// A square image of `side` pixels.
-    pub fn size(self, side: usize) -> Self {
-        self.dimensions(side, side)
-    }
-    pub fn dimensions(mut self, width: usize, height: usize) -> Self {
-        self.width = Some(width);
-        self.height = Some(height);
-        self
-    }
-    pub fn init_image(mut self, image: Image, strength: f64) -> Self {
-        self.init_image = Some(image);
-        self.strength = Some(strength);
-        self
-    }
-    pub fn mask(mut self, mask: Image) -> Self {
-        self.mask = Some(mask);
-        self
-    }
-    pub fn negative_prompt(mut self, prompt: &str) -> Self {
-        self.negative_prompt = prompt.into();
-        self
-    }
-}
-
-/// Where a generation stands after a step.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress<'a> {
-    /// Steps done, 1 to `total`.
-    pub step: usize,
-    pub total: usize,
-    /// The batch's latents [N, c, h, w] after this step, in the sampler's parametrisation.
-    pub latents: &'a [f32],
-}
-
-/// An 8-bit RGB image, rows top to bottom.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Image {
-    pub width: usize,
-    pub height: usize,
-    pub rgb: Vec<u8>,
-}
+use crate::plan::{self, Plan, Task};
+use crate::{
+    Backend, Bundle, Generate, Image, Progress, RequestError, RuntimeError, Session, Tensor,
+};
 
 pub struct Pipeline {
     bundle: Bundle,
@@ -161,17 +51,55 @@ struct ImageInputs {
     concat: Option<Vec<f32>>,
 }
 
+/// A request under way: planned, its context and input image encoded, sampled one
+/// [`Pipeline::step`] at a time (alone or batched with others), then decoded by
+/// [`Pipeline::finish`].
+pub struct Generation {
+    plan: Plan,
+    sampling: GuidedSampling,
+    /// The prompts' context then, when guided, the unconditional one: [rows, ...].
+    context: Option<Tensor>,
+    /// The UNet's `concat` input of one image.
+    concat: Option<Vec<f32>>,
+}
+
+impl Generation {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.sampling.is_done()
+    }
+
+    /// The steps done so far and the latents after the last one.
+    pub fn progress(&self) -> Progress<'_> {
+        let (step, total) = self.sampling.progress();
+        Progress {
+            step,
+            total,
+            latents: self.sampling.latents(),
+        }
+    }
+
+    /// Rows this generation adds to a UNet call: its images, twice when guided.
+    pub fn rows(&self) -> usize {
+        self.sampling.batch()
+    }
+
+    /// Whether the two can share a UNet call: the same latent shape (samplers, steps,
+    /// guidance and timesteps may differ; each row gets its own timestep).
+    pub fn batches_with(&self, other: &Generation) -> bool {
+        self.plan.sampling.latent_shape == other.plan.sampling.latent_shape
+            && self.concat.is_some() == other.concat.is_some()
+    }
+}
+
 impl Pipeline {
     /// Opens the graphs generation needs on `backend` with `threads` threads.
     pub fn new(bundle: Bundle, backend: Backend, threads: usize) -> Result<Self, RuntimeError> {
+        let planner = plan::Planner::new(&bundle)?;
         let m = &bundle.manifest;
-        let schedule = m
-            .schedule
-            .noise_schedule()
-            .map_err(|e| RuntimeError::Bundle {
-                path: bundle.dir().join(ldm_core::manifest::MANIFEST_FILE),
-                message: format!("schedule: {e}"),
-            })?;
         let unet = bundle.session(GraphRole::Unet, backend, threads)?;
         let conditioner = match m.conditioning {
             BundleConditioning::Text { .. } => {
@@ -185,13 +113,6 @@ impl Pipeline {
         let decoder = match m.first_stage {
             FirstStage::Identity => None,
             _ => Some(bundle.session(GraphRole::Decoder, backend, threads)?),
-        };
-        let weight_bytes = plan::loaded_weight_bytes(bundle.graph_bytes(), m);
-        let planner = plan::Planner {
-            manifest: m.clone(),
-            schedule,
-            weight_bytes,
-            memory_budget: DEFAULT_MEMORY_BUDGET,
         };
         Ok(Self {
             bundle,
@@ -233,49 +154,101 @@ impl Pipeline {
         request: &Generate,
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<Image>, RuntimeError> {
+        let mut generation = self.start(request)?;
+        while !generation.is_done() {
+            self.step(&mut [&mut generation])?;
+            if !progress(generation.progress()) {
+                return Err(RuntimeError::Cancelled);
+            }
+        }
+        self.finish(generation)
+    }
+
+    /// Plans `request` and prepares its sampling (the context encoded, any input image
+    /// encoded), for [`Self::step`] to advance, alone or batched with others.
+    pub fn start(&mut self, request: &Generate) -> Result<Generation, RuntimeError> {
         let plan = self.plan(request)?;
-        let setup = &plan.sampling;
         let inputs = self.image_inputs(request, &plan)?;
-        let context = self.context(request, setup.guided)?;
-        let mut sampling = GuidedSampling::new(&self.planner.schedule, setup.clone(), inputs.known);
-        let [c, h, w] = setup.latent_shape;
-        let rows = sampling.batch();
-        let concat = match &inputs.concat {
-            Some(one) => {
-                let k = one.len() / (h * w);
-                Some(Tensor::f32(&[rows, k, h, w], repeat(one, rows))?)
+        let context = self.context(request, plan.sampling.guided)?;
+        let sampling =
+            GuidedSampling::new(&self.planner.schedule, plan.sampling.clone(), inputs.known);
+        Ok(Generation {
+            plan,
+            sampling,
+            context,
+            concat: inputs.concat,
+        })
+    }
+
+    /// Runs one sampling step of every generation in `batch` in a single UNet call: their
+    /// rows side by side, each with its own timestep, context and concatenated channels.
+    /// All must share a latent shape ([`Generation::batches_with`]) and none be done.
+    pub fn step(&mut self, batch: &mut [&mut Generation]) -> Result<(), RuntimeError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let [c, h, w] = first.plan.sampling.latent_shape;
+        if !batch.iter().all(|g| first.batches_with(g) && !g.is_done()) {
+            return Err(RuntimeError::MixedBatch);
+        }
+        let rows: usize = batch.iter().map(|g| g.sampling.batch()).sum();
+        let mut sample = Vec::with_capacity(rows * c * h * w);
+        let mut timestep = Vec::with_capacity(rows);
+        for g in batch.iter() {
+            sample.extend(g.sampling.model_input());
+            timestep.extend(std::iter::repeat_n(
+                g.sampling.timestep() as f32,
+                g.sampling.batch(),
+            ));
+        }
+        let sample = Tensor::f32(&[rows, c, h, w], sample)?;
+        let timestep = Tensor::f32(&[rows], timestep)?;
+        let context = stack_rows(batch.iter().map(|g| g.context.as_ref()))?;
+        let concat = match batch
+            .iter()
+            .map(|g| g.concat.as_deref())
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(ones) => {
+                let k = ones[0].len() / (h * w);
+                let data = batch
+                    .iter()
+                    .zip(&ones)
+                    .flat_map(|(g, one)| repeat(one, g.sampling.batch()))
+                    .collect();
+                Some(Tensor::f32(&[rows, k, h, w], data)?)
             }
             None => None,
         };
-        while !sampling.is_done() {
-            let sample = Tensor::f32(&[rows, c, h, w], sampling.model_input())?;
-            let timestep = Tensor::f32(&[rows], vec![sampling.timestep() as f32; rows])?;
-            let mut inputs = vec![("sample", &sample), ("timestep", &timestep)];
-            if let Some(context) = &context {
-                inputs.push(("context", context));
-            }
-            if let Some(concat) = &concat {
-                inputs.push(("concat", concat));
-            }
-            let eps = run_finite(self.unet.as_mut(), "unet", &inputs)?;
-            sampling
-                .advance(eps.as_f32().expect("checked f32"))
+        let mut inputs = vec![("sample", &sample), ("timestep", &timestep)];
+        if let Some(context) = &context {
+            inputs.push(("context", context));
+        }
+        if let Some(concat) = &concat {
+            inputs.push(("concat", concat));
+        }
+        let eps = run_finite(self.unet.as_mut(), "unet", &inputs)?;
+        let mut eps = eps.as_f32().expect("checked f32");
+        for g in batch.iter_mut() {
+            let (own, rest) = eps.split_at((g.sampling.batch() * c * h * w).min(eps.len()));
+            g.sampling
+                .advance(own)
                 .map_err(|source| RuntimeError::Prediction {
                     graph: "unet",
                     source,
                 })?;
-            let (step, total) = sampling.progress();
-            let report = Progress {
-                step,
-                total,
-                latents: sampling.latents(),
-            };
-            if !progress(report) {
-                return Err(RuntimeError::Cancelled);
-            }
+            eps = rest;
         }
-        self.decode(sampling.into_latents(), setup.images, h, w)
+        Ok(())
     }
+
+    /// Decodes a generation's latents into its images.
+    pub fn finish(&mut self, generation: Generation) -> Result<Vec<Image>, RuntimeError> {
+        let [_, h, w] = generation.plan.sampling.latent_shape;
+        let images = generation.plan.sampling.images;
+        self.decode(generation.sampling.into_latents(), images, h, w)
+    }
+
     /// Warnings about the request that do not stop it: prompts longer than the text
     /// encoder's context, which are cut to fit.
     pub fn warnings(&self, request: &Generate) -> Result<Vec<String>, RuntimeError> {
@@ -490,8 +463,28 @@ impl Pipeline {
     }
 }
 
-/// [N, 3, H, W] in [-1, 1] to 8-bit RGB images (channels beyond three are dropped, one
-/// channel is shown as grey).
+/// Contexts (f32, of the same trailing shape) stacked along their first axis; None when there are
+/// none (models without a context).
+fn stack_rows<'a>(
+    tensors: impl Iterator<Item = Option<&'a Tensor>>,
+) -> Result<Option<Tensor>, RuntimeError> {
+    let tensors: Option<Vec<&Tensor>> = tensors.collect();
+    let Some(tensors) = tensors.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if let [one] = tensors.as_slice() {
+        return Ok(Some((*one).clone()));
+    }
+    let mut shape = tensors[0].shape().to_vec();
+    shape[0] = tensors.iter().map(|t| t.shape()[0]).sum();
+    let data = tensors
+        .iter()
+        .flat_map(|t| t.as_f32().expect("network outputs are checked f32"))
+        .copied()
+        .collect();
+    Ok(Some(Tensor::f32(&shape, data)?))
+}
+
 /// Runs `session` and returns its first output, refused when it is not f32 or holds a NaN or
 /// an infinity: every network's output is checked, so damaged weights stop the request with
 /// the network's name instead of producing an image.
@@ -516,6 +509,8 @@ fn run_finite(
     Ok(output)
 }
 
+/// [N, 3, H, W] in [-1, 1] to 8-bit RGB images (channels beyond three are dropped, one
+/// channel is shown as grey).
 fn to_images(pixels: &Tensor) -> Result<Vec<Image>, RuntimeError> {
     let (&[n, c, h, w], Some(data)) = (pixels.shape(), pixels.as_f32()) else {
         return Err(RuntimeError::NotImages {

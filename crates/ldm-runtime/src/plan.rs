@@ -8,7 +8,7 @@ use ldm_core::manifest::{BundleConditioning, ConcatKind};
 use ldm_core::{Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
 
 use crate::image_tasks::check_binary;
-use crate::{Generate, Image, RequestError};
+use crate::{Bundle, Generate, Image, RequestError, RuntimeError};
 
 /// Largest image side a request may ask for, in pixels.
 pub const MAX_SIDE: usize = 4096;
@@ -46,9 +46,43 @@ pub struct Planner {
 }
 
 impl Planner {
+    /// The planner of `bundle`'s requests, within [`DEFAULT_MEMORY_BUDGET`].
+    pub fn new(bundle: &Bundle) -> Result<Planner, RuntimeError> {
+        let manifest = bundle.manifest.clone();
+        let schedule = manifest
+            .schedule
+            .noise_schedule()
+            .map_err(|e| RuntimeError::Bundle {
+                path: bundle.dir().join(ldm_core::manifest::MANIFEST_FILE),
+                message: format!("schedule: {e}"),
+            })?;
+        let weight_bytes = loaded_weight_bytes(bundle.graph_bytes(), &manifest);
+        Ok(Planner {
+            manifest,
+            schedule,
+            weight_bytes,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        })
+    }
+
     /// The manifest of the bundle the plans are for.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The bytes one request (or batch) may be estimated to need.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
+    }
+
+    /// The estimate of one UNet call over `rows` rows of `plan`'s latent: what a batch of
+    /// requests sharing the call needs (see [`crate::Pipeline::step`]).
+    pub fn batch_memory(&self, rows: usize, plan: &Plan) -> MemoryEstimate {
+        let latent_pixels = (plan.latent_width * plan.latent_height) as u64;
+        MemoryEstimate::of(
+            self.weight_bytes,
+            activation_bytes(rows as u64, latent_pixels, 0, 0),
+        )
     }
 
     pub fn plan(&self, request: &Generate) -> Result<Plan, RequestError> {
@@ -183,6 +217,10 @@ pub fn plan(
                 max: MAX_SIDE,
             });
         }
+    }
+    // Checked whatever the task, so that a value out of range is never silently unused.
+    if let Some(strength) = request.strength.filter(|s| !(0.0..=1.0).contains(s)) {
+        return Err(RequestError::Strength(strength));
     }
     let steps = request.steps.unwrap_or(m.defaults.steps);
     if !(1..=schedule.timesteps()).contains(&steps) {

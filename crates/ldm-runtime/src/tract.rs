@@ -1,9 +1,10 @@
 //! The pure-Rust engine: tract, with one optimised plan per set of input shapes.
 //!
 //! Graphs keep batch, height and width symbolic; tract optimises best with every dimension
-//! known, so each new combination of input shapes gets its own plan, kept for reuse.
+//! known, so each new combination of input shapes gets its own plan, kept for reuse: the
+//! [`MAX_PLANS`] most recently used, so that a stream of different sizes cannot grow memory
+//! without bound.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -18,8 +19,12 @@ pub struct TractSession {
     executor: Executor,
     inputs: Vec<String>,
     outputs: Vec<String>,
-    plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
+    /// Plans by input shapes, least recently used first.
+    plans: Vec<(Vec<Vec<usize>>, Arc<TypedRunnableModel>)>,
 }
+
+/// Optimised plans a session keeps (each may hold its own packed copy of the weights).
+pub const MAX_PLANS: usize = 8;
 
 fn run_error(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Run {
@@ -71,14 +76,17 @@ impl TractSession {
             executor,
             inputs,
             outputs,
-            plans: HashMap::new(),
+            plans: Vec::new(),
         })
     }
 
     fn plan(&mut self, inputs: &[&Tensor]) -> Result<Arc<TypedRunnableModel>, RuntimeError> {
         let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        if let Some(plan) = self.plans.get(&key) {
-            return Ok(plan.clone());
+        if let Some(index) = self.plans.iter().position(|(shapes, _)| *shapes == key) {
+            let entry = self.plans.remove(index);
+            let plan = entry.1.clone();
+            self.plans.push(entry);
+            return Ok(plan);
         }
         let mut model = self.model.clone();
         for (index, tensor) in inputs.iter().enumerate() {
@@ -94,7 +102,10 @@ impl TractSession {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(run_error)?;
-        self.plans.insert(key, plan.clone());
+        if self.plans.len() == MAX_PLANS {
+            self.plans.remove(0);
+        }
+        self.plans.push((key, plan.clone()));
         Ok(plan)
     }
 }

@@ -14,15 +14,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{json_body, ApiError, Style};
+use crate::error::{body_bytes, json_body, parse_json, ApiError, Style};
 use crate::images::{self, base64};
 use crate::jobs::Status;
 use crate::request;
-use crate::State;
+use crate::{ServeOptions, State};
 use ldm_runtime::Generate;
 
 /// The web UI's sampler names, and this project's.
-const SAMPLERS: [(&str, &str); 6] = [
+pub const SAMPLERS: [(&str, &str); 6] = [
     ("Euler a", "euler-a"),
     ("Euler", "euler"),
     ("DDIM", "ddim"),
@@ -54,20 +54,27 @@ pub fn routes() -> Router<Arc<State>> {
 struct Processing {
     prompt: String,
     negative_prompt: String,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     seed: Option<i64>,
     sampler_name: Option<String>,
     sampler_index: Option<String>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     steps: Option<usize>,
     cfg_scale: Option<f64>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     width: Option<usize>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     height: Option<usize>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     batch_size: Option<usize>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     n_iter: Option<usize>,
-    override_settings: Option<Value>,
+    override_settings: Option<serde_json::Map<String, Value>>,
     // img2img
     init_images: Vec<String>,
     mask: Option<String>,
     denoising_strength: Option<f64>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     inpainting_mask_invert: Option<u8>,
     /// The web UI's second, upscaling pass, which this server does not have.
     enable_hr: bool,
@@ -99,20 +106,34 @@ async fn img2img(
         .map_err(|e| e.styled(Style::Automatic1111))
 }
 
-async fn process(
-    state: &State,
-    body: Result<Bytes, BytesRejection>,
+/// A txt2img or img2img body, read as the web UI reads it.
+pub struct Processed {
+    raw: Value,
+    p: Processing,
+    seed: u64,
+    images: usize,
+    /// The model of `override_settings.sd_model_checkpoint`, if named.
+    pub model: Option<String>,
+    pub request: Generate,
+}
+
+/// `bytes` of a txt2img (or, `with_image`, img2img) body as the runtime's request;
+/// `resolution` is the side of the model a name chooses (None: the selected one).
+pub fn processing_request(
+    bytes: &[u8],
     with_image: bool,
-) -> Result<Json<Value>, ApiError> {
-    let raw: Value = json_body(body)?;
+    options: &ServeOptions,
+    resolution: &dyn Fn(Option<&str>) -> Result<usize, ApiError>,
+) -> Result<Processed, ApiError> {
+    let raw: Value = parse_json(bytes)?;
     let p: Processing = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::invalid(format!("the request does not fit the API: {e}")))?;
-    let model_name = p
+    let model = p
         .override_settings
         .as_ref()
         .and_then(|o| o.get("sd_model_checkpoint"))
-        .and_then(Value::as_str);
-    let model = state.model(model_name)?;
+        .and_then(Value::as_str)
+        .map(str::to_string);
     if p.enable_hr {
         return Err(ApiError::field(
             "enable_hr",
@@ -129,7 +150,10 @@ async fn process(
             ))
         }
     };
-    let images = p.batch_size.unwrap_or(1) * p.n_iter.unwrap_or(1);
+    let images = p
+        .batch_size
+        .unwrap_or(1)
+        .saturating_mul(p.n_iter.unwrap_or(1));
     let name = p
         .sampler_name
         .as_deref()
@@ -141,24 +165,27 @@ async fn process(
         steps: p.steps,
         guidance: p.cfg_scale,
         sampler: request::sampler(name.as_deref())?,
-        ..request::generate(&p.prompt, images, &p.negative_prompt, Some(seed))?
+        ..request::generate(
+            &p.prompt,
+            images,
+            options.max_images,
+            &p.negative_prompt,
+            Some(seed),
+        )?
     };
     if with_image {
         let first = p.init_images.first().ok_or_else(|| {
             ApiError::field("init_images", "img2img needs an image in init_images")
         })?;
         let image = images::decode("init_images", &images::from_base64("init_images", first)?)?;
-        let resolution = model.planner.manifest().resolution;
-        let (w, h) = (
-            p.width.unwrap_or(resolution),
-            p.height.unwrap_or(resolution),
-        );
+        let side = resolution(model.as_deref())?;
+        let (w, h) = (p.width.unwrap_or(side), p.height.unwrap_or(side));
         ask.width = Some(w);
         ask.height = Some(h);
-        ask.init_image = Some(images::rgb(&images::fit(image, w, h)));
+        ask.init_image = Some(images::rgb(&images::fit(image, w, h, options.max_side)?));
         if let Some(mask) = &p.mask {
             let mask = images::decode("mask", &images::from_base64("mask", mask)?)?;
-            let mut mask = images::binary(&images::fit(mask, w, h));
+            let mut mask = images::binary(&images::fit(mask, w, h, options.max_side)?);
             if p.inpainting_mask_invert == Some(1) {
                 mask.rgb.iter_mut().for_each(|v| *v = 255 - *v);
             }
@@ -166,7 +193,32 @@ async fn process(
         }
         ask.strength = Some(p.denoising_strength.unwrap_or(0.75));
     }
-    let job = state.start(model, ask)?;
+    Ok(Processed {
+        raw,
+        p,
+        seed,
+        images,
+        model,
+        request: ask,
+    })
+}
+
+async fn process(
+    state: &State,
+    body: Result<Bytes, BytesRejection>,
+    with_image: bool,
+) -> Result<Json<Value>, ApiError> {
+    let resolution = |name: Option<&str>| Ok(state.model(name)?.planner.manifest().resolution);
+    let Processed {
+        raw,
+        p,
+        seed,
+        images,
+        model,
+        request,
+    } = processing_request(&body_bytes(body)?, with_image, &state.options, &resolution)?;
+    let model = state.model(model.as_deref())?;
+    let job = state.start(model, request)?;
     let done = state.finish(job).await?;
     let info = json!({
         "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
@@ -249,6 +301,9 @@ async fn set_options(
 ) -> Result<Json<Value>, ApiError> {
     let run = || -> Result<Json<Value>, ApiError> {
         let body: Value = json_body(body)?;
+        if !body.is_object() {
+            return Err(ApiError::invalid("the options are a JSON object"));
+        }
         if let Some(name) = body.get("sd_model_checkpoint").and_then(Value::as_str) {
             let index = state
                 .models

@@ -115,7 +115,17 @@ impl IntoResponse for ApiError {
 pub fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    serde_json::from_slice(&bytes)
+    parse_json(&body_bytes(body)?)
+}
+
+/// The body, or the error that kept it from being read (413 when over the limit).
+pub fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| ApiError::new(e.status(), e.body_text()))
+}
+
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid(format!("the JSON body is malformed: {e}")))
 }

@@ -104,15 +104,31 @@ pub fn binary(image: &DynamicImage) -> Image {
     }
 }
 
-/// `image` resized to `width` x `height` when it is not that size already.
-pub fn fit(image: DynamicImage, width: usize, height: usize) -> DynamicImage {
-    if image.width() as usize == width && image.height() as usize == height {
-        image
-    } else {
-        image.resize_exact(
-            width as u32,
-            height as u32,
-            image::imageops::FilterType::Triangle,
-        )
+/// `image` resized to `width` x `height` when it is not that size already; sides of zero or
+/// beyond `max_side` are refused here, before any pixel is allocated.
+pub fn fit(
+    image: DynamicImage,
+    width: usize,
+    height: usize,
+    max_side: usize,
+) -> Result<DynamicImage, ApiError> {
+    for (what, side) in [("width", width), ("height", height)] {
+        if side == 0 || side > max_side {
+            return Err(ApiError::field(
+                what,
+                format!("{what} {side}; at most {max_side} pixels are allowed"),
+            ));
+        }
     }
+    Ok(
+        if image.width() as usize == width && image.height() as usize == height {
+            image
+        } else {
+            image.resize_exact(
+                width as u32,
+                height as u32,
+                image::imageops::FilterType::Triangle,
+            )
+        },
+    )
 }

@@ -29,6 +29,7 @@ pub mod openai;
 pub mod openapi;
 pub mod ops;
 pub mod request;
+pub mod worker;
 
 use error::{ApiError, Style};
 use jobs::{CancelOnDrop, Job, JobStore, Snapshot, Status};
@@ -51,6 +52,10 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Images one request may ask for.
     pub max_images: usize,
+    /// Images of concurrent requests that may share one UNet call.
+    pub max_batch: usize,
+    /// Largest image side a request may ask for, in pixels.
+    pub max_side: usize,
     pub max_steps: usize,
     /// How long a request may take before it is cancelled and answered 504.
     pub deadline: Duration,
@@ -71,6 +76,8 @@ impl Default for ServeOptions {
             cors: false,
             max_body_bytes: 16 << 20,
             max_images: 8,
+            max_batch: 8,
+            max_side: 1024,
             max_steps: 250,
             deadline: Duration::from_secs(300),
             keep: Duration::from_secs(600),
@@ -101,6 +108,7 @@ impl State {
                 options.backend,
                 options.threads,
                 options.queue,
+                options.max_batch,
                 metrics.clone(),
             )?;
             anyhow::ensure!(
@@ -138,15 +146,16 @@ impl State {
 
     /// Checks `request` as the runtime plans it and queues it on `model`.
     pub fn start(&self, model: &Model, request: Generate) -> Result<Arc<Job>, ApiError> {
-        let images = request.prompts.len();
-        if images > self.options.max_images {
-            return Err(ApiError::field(
-                "n",
-                format!(
-                    "{images} images in one request; at most {} are allowed",
-                    self.options.max_images
-                ),
-            ));
+        for (what, side) in [("width", request.width), ("height", request.height)] {
+            if let Some(side) = side.filter(|&s| s > self.options.max_side) {
+                return Err(ApiError::field(
+                    what,
+                    format!(
+                        "{what} {side}; at most {} pixels are allowed",
+                        self.options.max_side
+                    ),
+                ));
+            }
         }
         if let Some(steps) = request.steps.filter(|&s| s > self.options.max_steps) {
             return Err(ApiError::field(
@@ -214,6 +223,27 @@ impl State {
 /// A seed when the request gives none.
 pub fn random_seed() -> u64 {
     rand::random::<u32>() as u64
+}
+
+/// What the `request` fuzz target does with its input, shared with the test suite's replay of
+/// its corpus: the first byte picks an API that reads a JSON body (OpenAI images, the job API,
+/// AUTOMATIC1111 txt2img or img2img), the rest is the body; it is read as that API reads it
+/// and, when accepted, planned by `planner`. Must return, whatever the bytes.
+pub fn fuzz_request(planner: &ldm_runtime::Planner, data: &[u8]) {
+    let Some((&api, body)) = data.split_first() else {
+        return;
+    };
+    let options = ServeOptions::default();
+    let resolution = |_: Option<&str>| Ok(planner.manifest().resolution);
+    let request = match api % 4 {
+        0 => openai::generations_request(body, &options).map(|(_, r, _)| r),
+        1 => native::job_request(body, &options).map(|(_, r)| r),
+        k => automatic1111::processing_request(body, k == 3, &options, &resolution)
+            .map(|p| p.request),
+    };
+    if let Ok(request) = request {
+        let _ = planner.plan(&request);
+    }
 }
 
 /// Every route, with authentication, limits, CORS (when asked), request ids and metrics.
@@ -288,13 +318,23 @@ async fn observe(Shared(state): Shared<Arc<State>>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let mut response = next.run(request).await;
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut response = if announced.is_some_and(|n| n > state.options.max_body_bytes as u64) {
+        // Refused from its Content-Length, before a byte of the body is read.
+        StatusCode::PAYLOAD_TOO_LARGE.into_response()
+    } else {
+        next.run(request).await
+    };
     let status = response.status();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    // Bodies over the limit are refused by axum wherever they are read; the answer names it.
+    // Bodies over the limit are refused here or by axum wherever they are read (a chunked
+    // body without a length); the answer names the limit.
     let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
     if too_large || ((status.is_client_error() || status.is_server_error()) && !is_json) {
         let message = match status {

@@ -1,21 +1,19 @@
 //! The bundles a server holds: each loaded once into a pipeline that a worker thread of its
-//! own keeps warm and runs jobs on, one at a time, from a bounded queue.
+//! own ([`crate::worker`]) keeps warm and runs batched jobs on, from a bounded queue.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use ldm_core::manifest::BundleConditioning;
-use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Planner, RuntimeError};
+use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Planner};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::images::png;
-use crate::jobs::{Job, Outcome};
+use crate::jobs::Job;
 use crate::metrics::Metrics;
+use crate::worker::Worker;
 
 /// A job for a model's worker.
 pub struct Work {
@@ -41,6 +39,7 @@ impl Model {
         backend: Backend,
         threads: usize,
         queue: usize,
+        max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Model> {
         let name = dir
@@ -81,6 +80,7 @@ impl Model {
                     depth: worker_depth,
                     ready: worker_ready,
                     metrics,
+                    max_batch,
                 }
                 .run(rx)
             })
@@ -99,11 +99,14 @@ impl Model {
 
     /// Queues `work`, or refuses it with 429 when the queue is full.
     pub fn submit(&self, work: Work) -> Result<(), ApiError> {
-        match self.queue.try_send(work) {
-            Ok(()) => {
-                self.depth.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
+        // Counted before it is sent, so that the worker never takes it off first.
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        let sent = self.queue.try_send(work);
+        if sent.is_err() {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(
@@ -126,60 +129,5 @@ impl Model {
     /// Whether the worker has warmed up and takes jobs.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
-    }
-}
-
-struct Worker {
-    pipeline: Pipeline,
-    depth: Arc<AtomicUsize>,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-}
-
-impl Worker {
-    fn run(mut self, mut queue: mpsc::Receiver<Work>) {
-        self.warm_up();
-        self.ready.store(true, Ordering::SeqCst);
-        while let Some(Work { request, job }) = queue.blocking_recv() {
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            if job.is_cancelled() {
-                job.finish(Err(Outcome::Cancelled));
-                continue;
-            }
-            let mut last = Instant::now();
-            let images = request.prompts.len();
-            let metrics = self.metrics.clone();
-            let result = self.pipeline.generate(&request, &mut |p| {
-                metrics.step(last.elapsed().as_secs_f64(), images);
-                last = Instant::now();
-                job.progress(p.step, p.total);
-                !job.is_cancelled()
-            });
-            job.finish(match result {
-                Ok(images) => {
-                    self.metrics.images(images.len());
-                    Ok(images.iter().map(png).collect())
-                }
-                Err(RuntimeError::Cancelled) => Err(Outcome::Cancelled),
-                Err(e) => Err(Outcome::Failed(e.to_string())),
-            });
-        }
-    }
-
-    /// One step at the default size, so the first request does not pay for the engine's
-    /// plan optimisation.
-    fn warm_up(&mut self) {
-        let prompt = match self.pipeline.bundle().manifest.conditioning {
-            BundleConditioning::Class { .. } => "0",
-            _ => "",
-        };
-        if matches!(
-            self.pipeline.bundle().manifest.conditioning,
-            BundleConditioning::Concat { .. }
-        ) {
-            return; // needs an input image
-        }
-        let request = Generate::new(vec![prompt.into()]).steps(1);
-        let _ = self.pipeline.generate(&request, &mut |_| true);
     }
 }

@@ -17,11 +17,11 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{json_body, ApiError};
+use crate::error::{body_bytes, parse_json, ApiError};
 use crate::images;
 use crate::jobs::{Job, Snapshot};
 use crate::request;
-use crate::State;
+use crate::{ServeOptions, State};
 use ldm_runtime::Generate;
 
 pub fn routes() -> Router<Arc<State>> {
@@ -39,12 +39,17 @@ struct JobRequest {
     prompt: String,
     #[serde(default)]
     negative_prompt: String,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     n: Option<usize>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     width: Option<usize>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     height: Option<usize>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     steps: Option<usize>,
     guidance: Option<f64>,
     sampler: Option<String>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     seed: Option<u64>,
     /// Base64 PNG or JPEG: image-to-image, inpainting with `mask`, or the low-resolution
     /// image of a super-resolution model.
@@ -54,12 +59,12 @@ struct JobRequest {
     strength: Option<f64>,
 }
 
-async fn submit(
-    Shared(state): Shared<Arc<State>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let r: JobRequest = json_body(body)?;
-    let model = state.model(r.model.as_deref())?;
+/// A job body as the model it names and the runtime's request.
+pub fn job_request(
+    bytes: &[u8],
+    options: &ServeOptions,
+) -> Result<(Option<String>, Generate), ApiError> {
+    let r: JobRequest = parse_json(bytes)?;
     let decode = |field: &str, text: &Option<String>| {
         text.as_deref()
             .map(|t| images::decode(field, &images::from_base64(field, t)?))
@@ -74,8 +79,23 @@ async fn submit(
         init_image: decode("init_image", &r.init_image)?.map(|i| images::rgb(&i)),
         mask: decode("mask", &r.mask)?.map(|m| images::binary(&m)),
         strength: r.strength,
-        ..request::generate(&r.prompt, r.n.unwrap_or(1), &r.negative_prompt, r.seed)?
+        ..request::generate(
+            &r.prompt,
+            r.n.unwrap_or(1),
+            options.max_images,
+            &r.negative_prompt,
+            r.seed,
+        )?
     };
+    Ok((r.model, ask))
+}
+
+async fn submit(
+    Shared(state): Shared<Arc<State>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (model, ask) = job_request(&body_bytes(body)?, &state.options)?;
+    let model = state.model(model.as_deref())?;
     let job = state.start(model, ask)?;
     Ok((StatusCode::ACCEPTED, Json(describe(&job, &job.snapshot()))))
 }

@@ -18,11 +18,11 @@ use image::ImageFormat;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{json_body, ApiError, Style};
+use crate::error::{body_bytes, parse_json, ApiError, Style};
 use crate::images::{self, base64};
 use crate::jobs::Snapshot;
 use crate::request::{self, size};
-use crate::State;
+use crate::{ServeOptions, State};
 use ldm_runtime::Generate;
 
 pub fn routes() -> Router<Arc<State>> {
@@ -37,19 +37,22 @@ pub fn routes() -> Router<Arc<State>> {
 struct Generations {
     prompt: String,
     model: Option<String>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     n: Option<usize>,
     size: Option<String>,
     response_format: Option<String>,
     output_format: Option<String>,
     negative_prompt: Option<String>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     seed: Option<u64>,
+    #[serde(default, deserialize_with = "crate::request::whole")]
     steps: Option<usize>,
     guidance: Option<f64>,
     sampler: Option<String>,
 }
 
 /// How the images go back.
-struct Output {
+pub struct Output {
     url: bool,
     format: ImageFormat,
 }
@@ -78,28 +81,44 @@ fn output(response_format: Option<&str>, output_format: Option<&str>) -> Result<
     Ok(Output { url, format })
 }
 
+/// An images/generations body as the model it names, the runtime's request and how the
+/// images go back.
+pub fn generations_request(
+    bytes: &[u8],
+    options: &ServeOptions,
+) -> Result<(Option<String>, Generate, Output), ApiError> {
+    let body: Generations = parse_json(bytes)?;
+    let out = output(
+        body.response_format.as_deref(),
+        body.output_format.as_deref(),
+    )?;
+    let (width, height) = size(body.size.as_deref().unwrap_or("auto"))?.unzip();
+    let negative = body.negative_prompt.unwrap_or_default();
+    let ask = Generate {
+        width,
+        height,
+        steps: body.steps,
+        guidance: body.guidance,
+        sampler: request::sampler(body.sampler.as_deref())?,
+        ..request::generate(
+            &body.prompt,
+            body.n.unwrap_or(1),
+            options.max_images,
+            &negative,
+            body.seed,
+        )?
+    };
+    Ok((body.model, ask, out))
+}
+
 async fn generations(
     Shared(state): Shared<Arc<State>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let run = async {
-        let body: Generations = json_body(body)?;
-        let out = output(
-            body.response_format.as_deref(),
-            body.output_format.as_deref(),
-        )?;
-        let (width, height) = size(body.size.as_deref().unwrap_or("auto"))?.unzip();
-        let negative = body.negative_prompt.unwrap_or_default();
-        let ask = Generate {
-            width,
-            height,
-            steps: body.steps,
-            guidance: body.guidance,
-            sampler: request::sampler(body.sampler.as_deref())?,
-            ..request::generate(&body.prompt, body.n.unwrap_or(1), &negative, body.seed)?
-        };
-        respond(&state, &headers, body.model.as_deref(), ask, out).await
+        let (model, ask, out) = generations_request(&body_bytes(body)?, &state.options)?;
+        respond(&state, &headers, model.as_deref(), ask, out).await
     };
     run.await.map_err(|e| e.styled(Style::OpenAi))
 }
@@ -155,12 +174,26 @@ async fn edits(
             steps: number("steps")?.map(|s| s as usize),
             guidance: number("guidance")?,
             sampler: request::sampler(text("sampler"))?,
-            init_image: Some(images::rgb(&images::fit(image, width, height))),
-            mask: mask.map(|m| images::openai_mask(&images::fit(m, width, height))),
+            init_image: Some(images::rgb(&images::fit(
+                image,
+                width,
+                height,
+                state.options.max_side,
+            )?)),
+            mask: match mask {
+                Some(m) => Some(images::openai_mask(&images::fit(
+                    m,
+                    width,
+                    height,
+                    state.options.max_side,
+                )?)),
+                None => None,
+            },
             strength: Some(number("strength")?.unwrap_or(if masked { 1.0 } else { 0.75 })),
             ..request::generate(
                 text("prompt").unwrap_or_default(),
                 number("n")?.map_or(1, |n| n as usize),
+                state.options.max_images,
                 text("negative_prompt").unwrap_or_default(),
                 number("seed")?.map(|s| s as u64),
             )?

@@ -24,7 +24,9 @@ pub fn open_routes() -> Router<Arc<State>> {
         .route("/ready", get(ready))
         .route(
             "/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
+            get(|Shared(state): Shared<Arc<State>>| async move {
+                Json(crate::openapi::document(&state))
+            }),
         )
 }
 

@@ -5,13 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, png_size, post, send, start, unbase64};
-use ldm_serve::ServeOptions;
+use common::{get, options, png_size, post, send, start, unbase64};
 use serde_json::json;
 
 #[test]
 fn openai_clients_get_pngs_as_b64_json_or_urls() {
-    let server = start(ServeOptions::default());
+    let server = start(options());
     let a = post(
         &server,
         "/v1/images/generations",
@@ -75,7 +74,7 @@ fn png_base64(width: u32, height: u32, pixel: impl Fn(u32, u32) -> [u8; 3]) -> S
 
 #[test]
 fn automatic1111_clients_get_their_fields_and_endpoints() {
-    let server = start(ServeOptions::default());
+    let server = start(options());
     let a = post(
         &server,
         "/sdapi/v1/txt2img",
@@ -145,7 +144,7 @@ fn automatic1111_clients_get_their_fields_and_endpoints() {
 
 #[test]
 fn jobs_stream_their_progress_and_can_be_cancelled() {
-    let server = start(ServeOptions::default());
+    let server = start(options());
     let a = post(
         &server,
         "/v1/jobs",
@@ -205,7 +204,7 @@ fn jobs_stream_their_progress_and_can_be_cancelled() {
 
 #[test]
 fn the_openapi_document_describes_every_route_there_is() {
-    let server = start(ServeOptions::default());
+    let server = start(options());
     let (status, document) = get(&server, "/openapi.json");
     assert_eq!(status, 200);
     let document: serde_json::Value = serde_json::from_slice(&document).unwrap();

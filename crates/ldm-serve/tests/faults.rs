@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, post, send, start};
+use common::{announce_body, get, options, post, send, start};
 use ldm_serve::ServeOptions;
 use serde_json::json;
 
@@ -13,7 +13,7 @@ use serde_json::json;
 fn bad_requests_are_refused_by_name_and_the_server_keeps_serving() {
     let server = start(ServeOptions {
         max_body_bytes: 1 << 20,
-        ..ServeOptions::default()
+        ..options()
     });
     let openai = "/v1/images/generations";
     let cases = [
@@ -110,10 +110,12 @@ fn bad_requests_are_refused_by_name_and_the_server_keeps_serving() {
     let a = post(&server, "/sdapi/v1/txt2img", json!({"seed": -5}));
     assert!(a.json()["detail"].is_string());
     // A body over the limit, answered before it is read whole.
-    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(2 << 20));
-    let a = send(&server, "POST", openai, &big, None);
-    assert_eq!(a.status, 413);
-    assert!(String::from_utf8_lossy(&a.body).contains("larger than the server's 1048576 bytes"));
+    let (status, body) = announce_body(&server, openai, 2 << 20);
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("larger than the server's 1048576 bytes"),
+        "{body}"
+    );
     // Still serving.
     let a = post(
         &server,
@@ -127,7 +129,7 @@ fn bad_requests_are_refused_by_name_and_the_server_keeps_serving() {
 fn an_api_key_guards_every_api_route() {
     let server = start(ServeOptions {
         api_key: Some("s3cret".into()),
-        ..ServeOptions::default()
+        ..options()
     });
     let body =
         json!({"prompt": "a red apple", "steps": 2, "response_format": "b64_json"}).to_string();
@@ -157,7 +159,7 @@ fn a_full_queue_answers_429_and_a_slow_request_its_deadline() {
     let server = start(ServeOptions {
         queue: 1,
         deadline: Duration::from_secs(1),
-        ..ServeOptions::default()
+        ..options()
     });
     // One running, one waiting: the next is refused with a time to retry after.
     let long = json!({"prompt": "a cat", "steps": 250});
@@ -210,7 +212,7 @@ fn job_status(server: &common::Server, job: &serde_json::Value) -> String {
 
 #[test]
 fn a_client_that_disconnects_cancels_its_work() {
-    let server = start(ServeOptions::default());
+    let server = start(options());
     // A long request whose client gives up after 300 ms...
     let gave_up = common::request(&server, "POST", "/v1/images/generations", None)
         .timeout(Duration::from_millis(300))

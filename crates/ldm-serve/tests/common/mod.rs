@@ -29,6 +29,15 @@ pub fn bundle() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../export/emoji-text")
 }
 
+/// The server's defaults, batching at most two images per UNet call, so that its warm-up
+/// (one step per batch size) stays short.
+pub fn options() -> ServeOptions {
+    ServeOptions {
+        max_batch: 2,
+        ..ServeOptions::default()
+    }
+}
+
 /// The shipped bundle served with `options` (its bundles and a short grace filled in),
 /// once it is ready.
 pub fn start(options: ServeOptions) -> Server {
@@ -129,6 +138,36 @@ pub fn send(server: &Server, method: &str, path: &str, body: &str, key: Option<&
             .set("content-type", "application/json")
             .send_string(body),
     )
+}
+
+/// (status, body) of a request that announces a `content_length` byte body and sends none
+/// of it: the answer a server gives before reading a body. A raw socket, since an HTTP
+/// client would write the body first and may meet the closed connection instead.
+pub fn announce_body(server: &Server, path: &str, content_length: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         content-length: {content_length}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string());
+    (status, body)
 }
 
 pub fn post(server: &Server, path: &str, body: serde_json::Value) -> Answer {
