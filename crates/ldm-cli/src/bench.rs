@@ -260,7 +260,13 @@ fn median_ms(
 
 /// Peak resident memory of this process, in MB (Linux; NaN elsewhere).
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_mb_of("self")
+}
+
+/// The peak resident memory (VmHWM) of process `pid` ("self": this one), in MB; NaN when
+/// it cannot be read.
+pub fn peak_mb_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -449,16 +455,9 @@ fn plot(report: &Report, targets: &[Target], path: &Path) -> anyhow::Result<()> 
         entry[index] = row.median_ms.unwrap_or(f64::NAN);
     }
     let title = format!("{}: median latency, batch 1", report.bundle);
-    let (w, h, rgb) = ldm_plot::grouped_bars(&title, "milliseconds (log)", &groups, &series)
+    let chart = ldm_plot::grouped_bars(&title, "milliseconds (log)", &groups, &series)
         .map_err(anyhow::Error::msg)?;
-    crate::generate::write_png(
-        path,
-        &ldm_runtime::Image {
-            width: w as usize,
-            height: h as usize,
-            rgb,
-        },
-    )
+    crate::generate::write_chart(path, chart)
 }
 
 /// PyTorch eager through tch: the same networks and weights, what a user would otherwise run.

@@ -270,14 +270,7 @@ impl Server {
     }
 
     fn peak_mb(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+        crate::bench::peak_mb_of(&self.child.id().to_string())
     }
 }
 
@@ -353,19 +346,12 @@ fn plot(runs: &[Run], path: &std::path::Path) -> anyhow::Result<()> {
             (name, row)
         })
         .collect();
-    let (w, h, rgb) = ldm_plot::grouped_bars(
+    let chart = ldm_plot::grouped_bars(
         "ldm serve: images per second by concurrent clients",
         "images per second (log)",
         &groups,
         &series,
     )
     .map_err(anyhow::Error::msg)?;
-    crate::generate::write_png(
-        path,
-        &ldm_runtime::Image {
-            width: w as usize,
-            height: h as usize,
-            rgb,
-        },
-    )
+    crate::generate::write_chart(path, chart)
 }

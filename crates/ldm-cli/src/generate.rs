@@ -201,6 +201,16 @@ fn read_png(path: &Path) -> anyhow::Result<Image> {
     })
 }
 
+/// A chart as `ldm_plot` draws it (width, height, RGB pixels), written as a PNG.
+pub fn write_chart(path: &Path, (width, height, rgb): (u32, u32, Vec<u8>)) -> anyhow::Result<()> {
+    let image = Image {
+        width: width as usize,
+        height: height as usize,
+        rgb,
+    };
+    write_png(path, &image)
+}
+
 pub fn write_png(path: &Path, image: &Image) -> anyhow::Result<()> {
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new(&mut bytes)

@@ -4,22 +4,12 @@
 
 mod common;
 
-use common::shipped_bundle;
+use common::{mean_abs_difference, shipped_bundle};
 use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Generation, Image, Pipeline, RuntimeError};
 
 fn pipeline(backend: Backend) -> Pipeline {
     Pipeline::new(Bundle::load(&shipped_bundle()).unwrap(), backend, 2).unwrap()
-}
-
-fn mean_abs_difference(a: &Image, b: &Image) -> f64 {
-    let sum: u64 = a
-        .rgb
-        .iter()
-        .zip(&b.rgb)
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    sum as f64 / a.rgb.len() as f64
 }
 
 /// Requests that differ in all but their size: guided and not, 1 and 2 images.

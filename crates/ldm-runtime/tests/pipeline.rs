@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{edited_bundle, shipped_bundle};
+use common::{edited_bundle, mean_abs_difference, shipped_bundle};
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, RuntimeError};
 
 fn generate(backend: Backend, request: &Generate) -> Result<Vec<Image>, RuntimeError> {
@@ -15,16 +15,6 @@ fn generate(backend: Backend, request: &Generate) -> Result<Vec<Image>, RuntimeE
 }
 
 const PROMPT: &str = "a large red circle in the center on a white background";
-
-fn mean_abs_difference(a: &Image, b: &Image) -> f64 {
-    let sum: u64 = a
-        .rgb
-        .iter()
-        .zip(&b.rgb)
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    sum as f64 / a.rgb.len() as f64
-}
 
 #[test]
 fn a_seed_gives_the_same_images_whatever_the_batch() {

@@ -22,3 +22,14 @@ pub fn edited_bundle(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     std::fs::write(&manifest, edit(text)).unwrap();
     copy
 }
+
+/// The mean absolute difference of two images' bytes, of 255.
+pub fn mean_abs_difference(a: &ldm_runtime::Image, b: &ldm_runtime::Image) -> f64 {
+    let sum: u64 = a
+        .rgb
+        .iter()
+        .zip(&b.rgb)
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    sum as f64 / a.rgb.len() as f64
+}
