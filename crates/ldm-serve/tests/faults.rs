@@ -9,6 +9,9 @@ use common::{announce_body, get, options, post, send, start};
 use ldm_serve::ServeOptions;
 use serde_json::json;
 
+/// A 16x16 red PNG, base64.
+const RED_16X16_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAF0lEQVR4nGP4z8BAEiJN9aiGUQ1DSgMAkPn/Afnh+ngAAAAASUVORK5CYII=";
+
 #[test]
 fn bad_requests_are_refused_by_name_and_the_server_keeps_serving() {
     let server = start(ServeOptions {
@@ -83,6 +86,22 @@ fn bad_requests_are_refused_by_name_and_the_server_keeps_serving() {
             "/v1/jobs",
             json!({"prompt": "x", "colour": "red"}).to_string(),
             "unknown field `colour`",
+        ),
+        (
+            "/v1/jobs",
+            json!({"prompt": "x", "strength": -1}).to_string(),
+            "strength",
+        ),
+        // Refused before anything is allocated for them: a prompt per image, a resized input.
+        (
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "x", "batch_size": u64::MAX, "n_iter": u64::MAX}).to_string(),
+            "images in one request",
+        ),
+        (
+            "/sdapi/v1/img2img",
+            json!({"init_images": [RED_16X16_PNG], "width": 100000, "height": 64}).to_string(),
+            "width 100000",
         ),
     ];
     for (path, body, named) in cases {
