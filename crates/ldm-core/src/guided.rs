@@ -44,6 +44,13 @@ pub struct SamplingSetup {
     pub latent_shape: [usize; 3],
 }
 
+impl SamplingSetup {
+    /// Rows of each network call: the images, twice when guided.
+    pub fn rows(&self) -> usize {
+        self.images * if self.guided { 2 } else { 1 }
+    }
+}
+
 /// Image-to-image: sampling starts part-way from a known latent, noised to that step; with a
 /// mask, the known region is blended back after every step.
 #[derive(Debug, Clone)]
@@ -129,7 +136,7 @@ impl GuidedSampling {
 
     /// Rows of the next network call: the images, twice when guided.
     pub fn batch(&self) -> usize {
-        self.setup.images * if self.setup.guided { 2 } else { 1 }
+        self.setup.rows()
     }
 
     /// The model timestep of the next call. Call only while not [`Self::is_done`].

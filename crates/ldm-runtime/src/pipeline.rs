@@ -19,6 +19,8 @@
 //! # Ok::<(), ldm_runtime::RuntimeError>(())
 //! ```
 
+use std::borrow::Cow;
+
 use ldm_core::conditions::{class_ids, text_ids};
 use ldm_core::guided::repeat;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
@@ -59,8 +61,8 @@ pub struct Generation {
     sampling: GuidedSampling,
     /// The prompts' context then, when guided, the unconditional one: [rows, ...].
     context: Option<Tensor>,
-    /// The UNet's `concat` input of one image.
-    concat: Option<Vec<f32>>,
+    /// The UNet's `concat` input, one copy per row: [rows, k, h, w].
+    concat: Option<Tensor>,
 }
 
 impl Generation {
@@ -172,11 +174,20 @@ impl Pipeline {
         let context = self.context(request, plan.sampling.guided)?;
         let sampling =
             GuidedSampling::new(&self.planner.schedule, plan.sampling.clone(), inputs.known);
+        let rows = sampling.batch();
+        let concat = match inputs.concat {
+            Some(one) => {
+                let [_, h, w] = plan.sampling.latent_shape;
+                let k = one.len() / (h * w);
+                Some(Tensor::f32(&[rows, k, h, w], repeat(&one, rows))?)
+            }
+            None => None,
+        };
         Ok(Generation {
             plan,
             sampling,
             context,
-            concat: inputs.concat,
+            concat,
         })
     }
 
@@ -203,29 +214,14 @@ impl Pipeline {
         }
         let sample = Tensor::f32(&[rows, c, h, w], sample)?;
         let timestep = Tensor::f32(&[rows], timestep)?;
-        let context = stack_rows(batch.iter().map(|g| g.context.as_ref()))?;
-        let concat = match batch
-            .iter()
-            .map(|g| g.concat.as_deref())
-            .collect::<Option<Vec<_>>>()
-        {
-            Some(ones) => {
-                let k = ones[0].len() / (h * w);
-                let data = batch
-                    .iter()
-                    .zip(&ones)
-                    .flat_map(|(g, one)| repeat(one, g.sampling.batch()))
-                    .collect();
-                Some(Tensor::f32(&[rows, k, h, w], data)?)
-            }
-            None => None,
-        };
+        let context = row_input(batch, |g| g.context.as_ref())?;
+        let concat = row_input(batch, |g| g.concat.as_ref())?;
         let mut inputs = vec![("sample", &sample), ("timestep", &timestep)];
         if let Some(context) = &context {
-            inputs.push(("context", context));
+            inputs.push(("context", context.as_ref()));
         }
         if let Some(concat) = &concat {
-            inputs.push(("concat", concat));
+            inputs.push(("concat", concat.as_ref()));
         }
         let eps = run_finite(self.unet.as_mut(), "unet", &inputs)?;
         let mut eps = eps.as_f32().expect("checked f32");
@@ -463,26 +459,31 @@ impl Pipeline {
     }
 }
 
-/// Contexts (f32, of the same trailing shape) stacked along their first axis; None when there are
-/// none (models without a context).
-fn stack_rows<'a>(
-    tensors: impl Iterator<Item = Option<&'a Tensor>>,
-) -> Result<Option<Tensor>, RuntimeError> {
-    let tensors: Option<Vec<&Tensor>> = tensors.collect();
-    let Some(tensors) = tensors.filter(|t| !t.is_empty()) else {
+/// One UNet input of a batch, taken from each generation by `part` (its context, its
+/// concatenated channels: f32 rows of one trailing shape): one generation's as it is, several
+/// stacked along the first axis; None when the generations have none.
+fn row_input<'a>(
+    batch: &'a [&mut Generation],
+    part: fn(&Generation) -> Option<&Tensor>,
+) -> Result<Option<Cow<'a, Tensor>>, RuntimeError> {
+    if let [one] = batch {
+        return Ok(part(one).map(Cow::Borrowed));
+    }
+    let Some(tensors) = batch
+        .iter()
+        .map(|g| part(g))
+        .collect::<Option<Vec<&Tensor>>>()
+    else {
         return Ok(None);
     };
-    if let [one] = tensors.as_slice() {
-        return Ok(Some((*one).clone()));
-    }
     let mut shape = tensors[0].shape().to_vec();
     shape[0] = tensors.iter().map(|t| t.shape()[0]).sum();
     let data = tensors
         .iter()
-        .flat_map(|t| t.as_f32().expect("network outputs are checked f32"))
+        .flat_map(|t| t.as_f32().expect("contexts and channels are f32"))
         .copied()
         .collect();
-    Ok(Some(Tensor::f32(&shape, data)?))
+    Ok(Some(Cow::Owned(Tensor::f32(&shape, data)?)))
 }
 
 /// Runs `session` and returns its first output, refused when it is not f32 or holds a NaN or

@@ -261,11 +261,10 @@ pub fn plan(
         images,
         latent_shape: [m.latent_channels, latent_height, latent_width],
     };
-    let rows = images as u64 * if guided { 2 } else { 1 };
     let memory = MemoryEstimate::of(
         weight_bytes,
         activation_bytes(
-            rows,
+            sampling.rows() as u64,
             (latent_width * latent_height) as u64,
             images as u64,
             (width * height) as u64,

@@ -112,14 +112,8 @@ pub fn fit(
     height: usize,
     max_side: usize,
 ) -> Result<DynamicImage, ApiError> {
-    for (what, side) in [("width", width), ("height", height)] {
-        if side == 0 || side > max_side {
-            return Err(ApiError::field(
-                what,
-                format!("{what} {side}; at most {max_side} pixels are allowed"),
-            ));
-        }
-    }
+    crate::request::check_side("width", width, max_side)?;
+    crate::request::check_side("height", height, max_side)?;
     Ok(
         if image.width() as usize == width && image.height() as usize == height {
             image

@@ -147,14 +147,8 @@ impl State {
     /// Checks `request` as the runtime plans it and queues it on `model`.
     pub fn start(&self, model: &Model, request: Generate) -> Result<Arc<Job>, ApiError> {
         for (what, side) in [("width", request.width), ("height", request.height)] {
-            if let Some(side) = side.filter(|&s| s > self.options.max_side) {
-                return Err(ApiError::field(
-                    what,
-                    format!(
-                        "{what} {side}; at most {} pixels are allowed",
-                        self.options.max_side
-                    ),
-                ));
+            if let Some(side) = side {
+                request::check_side(what, side, self.options.max_side)?;
             }
         }
         if let Some(steps) = request.steps.filter(|&s| s > self.options.max_steps) {

@@ -31,6 +31,17 @@ pub fn generate(
         .seed(seed.unwrap_or_else(crate::random_seed)))
 }
 
+/// Refuses an image side of zero or beyond the server's `max_side`, by the field's name.
+pub fn check_side(what: &str, side: usize, max_side: usize) -> Result<(), ApiError> {
+    if side == 0 || side > max_side {
+        return Err(ApiError::field(
+            what,
+            format!("{what} {side}; sides of 1 to {max_side} pixels are allowed"),
+        ));
+    }
+    Ok(())
+}
+
 /// A sampler by name, when one is given ("" is the model's own).
 pub fn sampler(name: Option<&str>) -> Result<Option<SamplerKind>, ApiError> {
     name.filter(|n| !n.is_empty())

@@ -108,11 +108,13 @@ impl Worker {
             .map(|r| r.generation.plan().sampling.images)
             .sum();
         let rows: usize = running.iter().map(|r| r.generation.rows()).sum();
-        let own_rows = plan.sampling.images * if plan.sampling.guided { 2 } else { 1 };
         let planner = self.pipeline.planner();
         first.generation.plan().sampling.latent_shape == plan.sampling.latent_shape
             && images + plan.sampling.images <= self.max_batch
-            && planner.batch_memory(rows + own_rows, plan).total() <= planner.memory_budget()
+            && planner
+                .batch_memory(rows + plan.sampling.rows(), plan)
+                .total()
+                <= planner.memory_budget()
     }
 
     /// One step of every running job in one UNet call; reports progress, finishes the jobs
