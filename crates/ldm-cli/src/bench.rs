@@ -281,7 +281,7 @@ fn measure(task: &Task) -> anyhow::Result<Measured> {
         (Engine::Tch, target) => tch_eager::median_ms(task, target)?,
         (engine, Target::Graph(role)) => {
             let bundle = Bundle::load(&task.bundle)?;
-            let inputs = graph_inputs(&bundle, role)?;
+            let inputs = graph_inputs(&bundle, role, 1, bundle.manifest.resolution)?;
             let mut session = bundle.session(role, backend(engine), task.threads)?;
             let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
             median_ms(task.runs, task.warmup, || {
@@ -313,13 +313,19 @@ fn backend(engine: Engine) -> Backend {
     }
 }
 
-/// Seeded inputs of batch 1 at the bundle's resolution, as the manifest describes the graph.
-fn graph_inputs(bundle: &Bundle, role: GraphRole) -> anyhow::Result<Vec<(String, Tensor)>> {
+/// Seeded inputs of `batch` rows and images of `side` pixels (latents of side / f), as the
+/// manifest describes the graph.
+pub fn graph_inputs(
+    bundle: &Bundle,
+    role: GraphRole,
+    batch: usize,
+    side: usize,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
     let m = &bundle.manifest;
     let spec = m
         .graph(role)
         .with_context(|| format!("the bundle has no {} graph", role.as_str()))?;
-    let (side, latent) = (m.resolution, m.resolution / m.downsampling_factor);
+    let latent = side / m.downsampling_factor;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     spec.inputs
         .iter()
@@ -330,7 +336,7 @@ fn graph_inputs(bundle: &Bundle, role: GraphRole) -> anyhow::Result<Vec<(String,
                 .map(|d| match d {
                     DimSpec::Fixed(n) => *n,
                     DimSpec::Symbol(s) if s.starts_with("latent_") => latent,
-                    DimSpec::Symbol(s) if s == "batch" => 1,
+                    DimSpec::Symbol(s) if s == "batch" => batch,
                     DimSpec::Symbol(_) => side,
                 })
                 .collect();
@@ -481,20 +487,21 @@ mod tch_eager {
                 })?;
                 let mut ops = ldm_export::parity::reference_ops(weights)?;
                 let bundle = Bundle::load(&task.bundle)?;
-                let inputs: Vec<tch::Tensor> = graph_inputs(&bundle, role)?
-                    .iter()
-                    .map(|(_, t)| {
-                        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-                        match t.data() {
-                            ldm_runtime::TensorData::F32(v) => {
-                                tch::Tensor::from_slice(v).reshape(&shape)
+                let inputs: Vec<tch::Tensor> =
+                    graph_inputs(&bundle, role, 1, bundle.manifest.resolution)?
+                        .iter()
+                        .map(|(_, t)| {
+                            let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                            match t.data() {
+                                ldm_runtime::TensorData::F32(v) => {
+                                    tch::Tensor::from_slice(v).reshape(&shape)
+                                }
+                                ldm_runtime::TensorData::I64(v) => {
+                                    tch::Tensor::from_slice(v).reshape(&shape)
+                                }
                             }
-                            ldm_runtime::TensorData::I64(v) => {
-                                tch::Tensor::from_slice(v).reshape(&shape)
-                            }
-                        }
-                    })
-                    .collect();
+                        })
+                        .collect();
                 super::median_ms(task.runs, task.warmup, || {
                     ldm_nn::graphs::forward(role, &release.config, &mut ops, &inputs)?;
                     Ok(())

@@ -135,7 +135,7 @@ pub struct Accuracy {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let threads = a.threads.unwrap_or_else(|| default_threads(a.backend));
+    let threads = a.threads.unwrap_or_else(default_threads);
     let training = a.run.as_deref().map(training_throughput).transpose()?;
     let bundle = Bundle::load(&a.bundle)
         .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;

@@ -58,11 +58,15 @@ pub struct GenerateArgs {
     /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
-    /// Threads of tract's matrix products, or ONNX Runtime's intra-op threads (default: 1 for
-    /// tract, whose small matrix products run slower split; the machine's cores for ONNX
-    /// Runtime; see BENCHMARKS.md).
+    /// Threads (default: the machine's cores): tract runs the rows of a batch (a guided
+    /// image's two halves, several images) on threads of their own, ONNX Runtime splits
+    /// every operator (see BENCHMARKS.md).
     #[arg(long)]
     threads: Option<usize>,
+    /// Memory one request may use, in MB; an image whose decoding would not fit is decoded
+    /// in overlapping tiles, and a request that cannot fit even so is refused.
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    max_memory: Option<u64>,
 }
 
 /// How images are sampled; every option defaults to the bundle's manifest.
@@ -99,10 +103,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.bundle.display()
         )
     })?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| default_threads(args.backend));
+    let threads = args.threads.unwrap_or_else(default_threads);
     let mut pipeline = Pipeline::new(bundle, args.backend, threads)?;
+    if let Some(mb) = args.max_memory {
+        pipeline.set_memory_budget(mb * 1_000_000);
+    }
     eprintln!(
         "loaded {} on {} ({threads} thread(s)) in {:.1} s",
         pipeline.bundle().manifest.name,
@@ -159,12 +164,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Threads a backend runs best with here when the user does not say.
-pub fn default_threads(backend: Backend) -> usize {
-    match backend {
-        Backend::Tract => 1,
-        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
+/// Threads a backend runs with when the user does not say: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Images side by side in rows of up to 8, 2 pixels apart on white.

@@ -11,6 +11,7 @@ mod generate;
 #[cfg(feature = "train")]
 mod import;
 mod model;
+mod profile;
 mod progress;
 #[cfg(feature = "train")]
 mod sample;
@@ -39,6 +40,8 @@ enum Command {
     /// Latency and peak memory of a bundle's networks on every available engine, end-to-end
     /// text-to-image time, and achieved MAC/s against the machine's GEMM peak.
     Bench(bench::BenchArgs),
+    /// Where tract spends one graph's time, node by node in its optimised plan.
+    Profile(profile::ProfileArgs),
     /// The server under load: throughput, latency and memory at 1 to 64 clients.
     BenchServe(bench_serve::BenchServeArgs),
     /// Several `ldm eval` reports side by side: a Markdown table and a chart, speeds as
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchServe(args) => bench_serve::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Data(args) => data::run(args),
         Command::Model(args) => model::run(args),

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
-    /// Threads per model (default: 1 on tract, every core on ONNX Runtime).
+    /// Threads per model (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
     /// Jobs that may wait per model; more get 429 with Retry-After.
@@ -66,9 +66,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("LDM_API_KEY").ok())
         .filter(|k| !k.is_empty());
     let options = ServeOptions {
-        threads: args
-            .threads
-            .unwrap_or_else(|| default_threads(args.backend)),
+        threads: args.threads.unwrap_or_else(default_threads),
         bundles: args.bundles,
         backend: args.backend,
         queue: args.queue,

@@ -114,6 +114,11 @@ impl Bundle {
         backend: Backend,
         threads: usize,
     ) -> Result<Box<dyn Session>, RuntimeError> {
+        open(&self.graph_path(role)?, backend, threads)
+    }
+
+    /// The file of `role`'s graph.
+    pub fn graph_path(&self, role: GraphRole) -> Result<PathBuf, RuntimeError> {
         let spec = self
             .manifest
             .graph(role)
@@ -121,8 +126,7 @@ impl Bundle {
                 path: self.dir.join(ldm_core::manifest::MANIFEST_FILE),
                 message: format!("no `{}` graph", role.as_str()),
             })?;
-        let path = self.dir.join(&spec.file);
-        open(&path, backend, threads)
+        Ok(self.dir.join(&spec.file))
     }
 }
 

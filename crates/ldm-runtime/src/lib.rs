@@ -16,6 +16,7 @@ pub mod plan;
 mod request;
 mod session;
 mod tensor;
+mod tiled;
 mod tract;
 mod untrusted;
 
@@ -24,9 +25,10 @@ pub use error::{RequestError, RuntimeError};
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession, Provider};
 pub use pipeline::{Generation, Pipeline};
-pub use plan::{MemoryEstimate, Plan, Planner, Task};
+pub use plan::{Decode, MemoryEstimate, Plan, Planner, Task};
 pub use request::{Generate, Image, Progress};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
-pub use tract::TractSession;
+pub use tiled::Tiling;
+pub use tract::{NodeTime, TractSession};
 pub use untrusted::{check_bytes, check_graph};

@@ -27,7 +27,8 @@ use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
 use ldm_core::{GuidedSampling, KnownLatent};
 
 use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
-use crate::plan::{self, Plan, Task};
+use crate::plan::{self, Decode, Plan, Task};
+use crate::tiled::decode_tiled;
 use crate::{
     Backend, Bundle, Generate, Image, Progress, RequestError, RuntimeError, Session, Tensor,
 };
@@ -241,8 +242,17 @@ impl Pipeline {
     /// Decodes a generation's latents into its images.
     pub fn finish(&mut self, generation: Generation) -> Result<Vec<Image>, RuntimeError> {
         let [_, h, w] = generation.plan.sampling.latent_shape;
-        let images = generation.plan.sampling.images;
-        self.decode(generation.sampling.into_latents(), images, h, w)
+        let (images, decode) = (generation.plan.sampling.images, generation.plan.decode);
+        self.decode(generation.sampling.into_latents(), images, h, w, decode)
+    }
+
+    /// The images a generation under way would be if sampling stopped now: its current
+    /// latents decoded (noisy early on, sharpening as the steps go).
+    pub fn preview(&mut self, generation: &Generation) -> Result<Vec<Image>, RuntimeError> {
+        let [_, h, w] = generation.plan.sampling.latent_shape;
+        let latents = generation.sampling.latents().to_vec();
+        let plan = &generation.plan;
+        self.decode(latents, plan.sampling.images, h, w, plan.decode)
     }
 
     /// Warnings about the request that do not stop it: prompts longer than the text
@@ -357,7 +367,9 @@ impl Pipeline {
         }
         let tensor = image_tensor(image, self.bundle.manifest.image_channels)?;
         let latent = self.encode(&tensor)?;
-        Ok(self.decode(latent, 1, height / f, width / f)?.remove(0))
+        Ok(self
+            .decode(latent, 1, height / f, width / f, Decode::Whole)?
+            .remove(0))
     }
 
     /// One image [1, C, H, W] to its scaled latent (KL: the mean; VQ: before quantisation).
@@ -437,23 +449,33 @@ impl Pipeline {
         )?))
     }
 
-    fn decode(
+    /// Decodes scaled latents `[n, latent_channels, height, width]` into `n` images, whole or
+    /// in tiles.
+    pub fn decode(
         &mut self,
         latents: Vec<f32>,
         n: usize,
         height: usize,
         width: usize,
+        decode: Decode,
     ) -> Result<Vec<Image>, RuntimeError> {
         let m = &self.bundle.manifest;
         let shape = [n, m.latent_channels, height, width];
-        let pixels = match self.decoder.as_mut() {
-            Some(decoder) => {
+        let pixels = match (self.decoder.as_mut(), decode) {
+            (Some(decoder), decode) => {
                 let scale = m.latent_scale_factor as f32;
                 let unscaled: Vec<f32> = latents.iter().map(|v| v / scale).collect();
-                let latent = Tensor::f32(&shape, unscaled)?;
-                run_finite(decoder.as_mut(), "decoder", &[("latent", &latent)])?
+                let mut run = |latent: &Tensor| {
+                    run_finite(decoder.as_mut(), "decoder", &[("latent", latent)])
+                };
+                match decode {
+                    Decode::Whole => run(&Tensor::f32(&shape, unscaled)?)?,
+                    Decode::Tiled(tiling) => {
+                        decode_tiled(&unscaled, shape, m.downsampling_factor, tiling, &mut run)?
+                    }
+                }
             }
-            None => Tensor::f32(&shape, latents)?,
+            (None, _) => Tensor::f32(&shape, latents)?,
         };
         to_images(&pixels)
     }

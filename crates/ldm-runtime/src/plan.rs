@@ -4,10 +4,11 @@
 //! [`crate::Pipeline::plan`], so they all refuse the same requests with the same messages.
 
 use ldm_core::guided::MAX_GUIDANCE;
-use ldm_core::manifest::{BundleConditioning, ConcatKind};
+use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
 use ldm_core::{Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
 
 use crate::image_tasks::check_binary;
+use crate::tiled::Tiling;
 use crate::{Bundle, Generate, Image, RequestError, RuntimeError};
 
 /// Largest image side a request may ask for, in pixels.
@@ -108,7 +109,16 @@ pub struct Plan {
     /// DDIM's eta as resolved (other samplers ignore it).
     pub eta: f64,
     pub task: Task,
+    /// How the first stage decodes the latents: whole, or in tiles when a whole decode would
+    /// not fit the budget.
+    pub decode: Decode,
     pub memory: MemoryEstimate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    Whole,
+    Tiled(Tiling),
 }
 
 /// Bytes a request is estimated to need at its peak: the process and its engine, the weights
@@ -261,15 +271,7 @@ pub fn plan(
         images,
         latent_shape: [m.latent_channels, latent_height, latent_width],
     };
-    let memory = MemoryEstimate::of(
-        weight_bytes,
-        activation_bytes(
-            sampling.rows() as u64,
-            (latent_width * latent_height) as u64,
-            images as u64,
-            (width * height) as u64,
-        ),
-    );
+    let (decode, memory) = decoding(m, &sampling, weight_bytes, budget);
     if memory.total() > budget {
         return Err(RequestError::OverBudget {
             what: format!(
@@ -288,8 +290,44 @@ pub fn plan(
         sampling,
         eta,
         task,
+        decode,
         memory,
     })
+}
+
+/// A whole decode if it fits `budget`, else the largest tiles that do (no smaller than the
+/// training resolution's latent, the size the decoder was trained at), with the estimate.
+fn decoding(
+    m: &Manifest,
+    sampling: &SamplingSetup,
+    weight_bytes: u64,
+    budget: u64,
+) -> (Decode, MemoryEstimate) {
+    let [_, h, w] = sampling.latent_shape;
+    let f = m.downsampling_factor as u64;
+    let (rows, images) = (sampling.rows() as u64, sampling.images as u64);
+    let estimate = |decoded_images: u64, decoded_pixels: u64, extra: u64| {
+        MemoryEstimate::of(
+            weight_bytes,
+            activation_bytes(rows, (h * w) as u64, decoded_images, decoded_pixels)
+                .saturating_add(extra),
+        )
+    };
+    let whole = estimate(images, (h * w) as u64 * f * f, 0);
+    let smallest = (m.resolution / m.downsampling_factor).max(1);
+    if whole.total() <= budget || m.first_stage == FirstStage::Identity || h.max(w) <= smallest {
+        return (Decode::Whole, whole);
+    }
+    // The blended images and their weights, held while tiles are decoded.
+    let blended = images * 3 * (h * w) as u64 * f * f * 4 + (h * w) as u64 * f * f * 4;
+    let mut tile = h.max(w);
+    loop {
+        tile = (tile / 2).max(smallest);
+        let tiled = estimate(1, (tile * tile) as u64 * f * f, blended);
+        if tiled.total() <= budget || tile == smallest {
+            return (Decode::Tiled(Tiling::new(tile)), tiled);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,11 +4,19 @@
 //! known, so each new combination of input shapes gets its own plan, kept for reuse: the
 //! [`MAX_PLANS`] most recently used, so that a stream of different sizes cannot grow memory
 //! without bound.
+//!
+//! A batch of several rows runs as rows of one, spread over the session's threads, each row
+//! on a single-threaded plan. `ldm profile` shows why: tract's plans at batch 1 fuse what its
+//! plans for larger batches do not (lazy im2col, chained multiply-adds, broadcasts along one
+//! axis), so for the shipped UNet batch 2 costs 3.1x batch 1 and batch 8 11.4x; and its
+//! multi-threaded matrix products lose to one thread at these sizes (81 ms against 37 ms for
+//! the UNet at batch 1), where rows on threads of their own scale.
 
 use std::path::Path;
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::session::in_graph_order;
 use crate::{RuntimeError, Session, Tensor, TensorData};
@@ -17,8 +25,12 @@ pub struct TractSession {
     model: InferenceModel,
     /// Runs matrix products on a thread pool when more than one thread was asked for.
     executor: Executor,
+    threads: usize,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    /// Whether every input's first dimension is the symbolic `batch` of the bundle contract,
+    /// whose rows the graph computes independently.
+    rows_independent: bool,
     /// Plans by input shapes, least recently used first.
     plans: Vec<(Vec<Vec<usize>>, Arc<TypedRunnableModel>)>,
 }
@@ -49,7 +61,7 @@ impl TractSession {
                 path: path.to_path_buf(),
                 message: format!("{e:#}"),
             })?;
-        let inputs = model
+        let inputs: Vec<String> = model
             .input_outlets()
             .expect("an inference model lists its inputs")
             .iter()
@@ -66,6 +78,14 @@ impl TractSession {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
+        let rows_independent = (0..inputs.len()).all(|i| {
+            model.input_fact(i).is_ok_and(|fact| {
+                fact.shape
+                    .dim(0)
+                    .and_then(|d| d.concretize())
+                    .is_some_and(|d| d.to_string() == "batch")
+            })
+        });
         let executor = if threads > 1 {
             Executor::multithread(threads)
         } else {
@@ -74,14 +94,30 @@ impl TractSession {
         Ok(Self {
             model,
             executor,
+            threads,
             inputs,
             outputs,
+            rows_independent,
             plans: Vec::new(),
         })
     }
 
-    fn plan(&mut self, inputs: &[&Tensor]) -> Result<Arc<TypedRunnableModel>, RuntimeError> {
-        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    /// The plan for `inputs` with their first dimension replaced by `rows`.
+    fn plan(
+        &mut self,
+        inputs: &[&Tensor],
+        rows: Option<usize>,
+    ) -> Result<Arc<TypedRunnableModel>, RuntimeError> {
+        let key: Vec<Vec<usize>> = inputs
+            .iter()
+            .map(|t| {
+                let mut shape = t.shape().to_vec();
+                if let (Some(rows), Some(first)) = (rows, shape.first_mut()) {
+                    *first = rows;
+                }
+                shape
+            })
+            .collect();
         if let Some(index) = self.plans.iter().position(|(shapes, _)| *shapes == key) {
             let entry = self.plans.remove(index);
             let plan = entry.1.clone();
@@ -89,13 +125,13 @@ impl TractSession {
             return Ok(plan);
         }
         let mut model = self.model.clone();
-        for (index, tensor) in inputs.iter().enumerate() {
+        for (index, (tensor, shape)) in inputs.iter().zip(&key).enumerate() {
             let datum = match tensor.data() {
                 TensorData::F32(_) => f32::datum_type(),
                 TensorData::I64(_) => i64::datum_type(),
             };
             model
-                .set_input_fact(index, InferenceFact::dt_shape(datum, tensor.shape()))
+                .set_input_fact(index, InferenceFact::dt_shape(datum, shape))
                 .map_err(run_error)?;
         }
         let plan = model
@@ -121,27 +157,70 @@ impl Session for TractSession {
 
     fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>, RuntimeError> {
         let ordered = in_graph_order(&self.inputs, inputs)?;
-        let plan = self.plan(&ordered)?;
-        let values = ordered
+        let rows = ordered.first().and_then(|t| t.shape().first()).copied();
+        let splittable = self.rows_independent
+            && rows.is_some_and(|r| r > 1)
+            && ordered.iter().all(|t| t.shape().first() == rows.as_ref());
+        if !splittable {
+            let plan = self.plan(&ordered, None)?;
+            let values = tract_values(&ordered, None)?;
+            let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(values))
+                .map_err(run_error)?;
+            return self.gather(&[outputs]);
+        }
+        let rows = rows.unwrap_or(1);
+        let plan = self.plan(&ordered, Some(1))?;
+        let workers = self.threads.min(rows);
+        let run_rows = |range: std::ops::Range<usize>| {
+            range
+                .map(|row| {
+                    let values = tract_values(&ordered, Some(row))?;
+                    multithread_tract_scope(Executor::SingleThread, || plan.run(values))
+                        .map_err(run_error)
+                })
+                .collect::<Result<Vec<_>, RuntimeError>>()
+        };
+        // Contiguous rows per worker, so that their outputs joined in worker order are in
+        // row order.
+        let chunk = |w: usize| w * rows / workers..(w + 1) * rows / workers;
+        let per_row: Vec<TVec<TValue>> = if workers == 1 {
+            run_rows(0..rows)?
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| scope.spawn(move || run_rows(chunk(w))))
+                    .collect();
+                let mut joined = Vec::with_capacity(rows);
+                for handle in handles {
+                    joined.extend(
+                        handle
+                            .join()
+                            .map_err(|_| run_error("a row's run panicked"))??,
+                    );
+                }
+                Ok::<_, RuntimeError>(joined)
+            })?
+        };
+        self.gather(&per_row)
+    }
+}
+
+impl TractSession {
+    /// The graph's outputs from the outputs of each row (or of the whole batch), joined along
+    /// the first axis.
+    fn gather(&self, per_row: &[TVec<TValue>]) -> Result<Vec<Tensor>, RuntimeError> {
+        self.outputs
             .iter()
-            .map(|t| {
-                let tensor = match t.data() {
-                    TensorData::F32(v) => tract_onnx::prelude::Tensor::from_shape(t.shape(), v),
-                    TensorData::I64(v) => tract_onnx::prelude::Tensor::from_shape(t.shape(), v),
-                };
-                tensor.map(TValue::from).map_err(run_error)
-            })
-            .collect::<Result<TVec<_>, _>>()?;
-        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(values))
-            .map_err(run_error)?;
-        outputs
-            .iter()
-            .zip(&self.outputs)
-            .map(|(value, name)| {
-                let shape = value.shape();
-                match value.datum_type() {
-                    DatumType::F32 => Tensor::f32(shape, flat::<f32>(value)?),
-                    DatumType::I64 => Tensor::i64(shape, flat::<i64>(value)?),
+            .enumerate()
+            .map(|(index, name)| {
+                let parts: Vec<&TValue> = per_row.iter().map(|outputs| &outputs[index]).collect();
+                let mut shape = parts[0].shape().to_vec();
+                if per_row.len() > 1 {
+                    shape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+                }
+                match parts[0].datum_type() {
+                    DatumType::F32 => Tensor::f32(&shape, joined::<f32>(&parts)?),
+                    DatumType::I64 => Tensor::i64(&shape, joined::<i64>(&parts)?),
                     other => Err(RuntimeError::UnsupportedType {
                         name: name.clone(),
                         dtype: format!("{other:?}"),
@@ -152,11 +231,96 @@ impl Session for TractSession {
     }
 }
 
-fn flat<D: Datum + Copy>(value: &TValue) -> Result<Vec<D>, RuntimeError> {
-    Ok(value
-        .to_plain_array_view::<D>()
-        .map_err(run_error)?
+/// Time spent in one node of an optimised plan, averaged over the profiled runs.
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    pub node: String,
+    /// The operator's name as tract's optimiser left it (`Conv`, `OptMatMul`, ...).
+    pub op: String,
+    pub seconds: f64,
+}
+
+impl TractSession {
+    /// Runs the plan for `inputs` `runs` times (after one untimed run) and times every node:
+    /// where tract spends its time, in plan order.
+    pub fn profile(
+        &mut self,
+        inputs: &[(&str, &Tensor)],
+        runs: usize,
+    ) -> Result<Vec<NodeTime>, RuntimeError> {
+        let ordered = in_graph_order(&self.inputs, inputs)?;
+        let plan = self.plan(&ordered, None)?;
+        let mut state = plan.spawn().map_err(run_error)?;
+        let mut totals: Vec<(usize, f64)> = Vec::new();
+        for run in 0..=runs.max(1) {
+            let values = tract_values(&ordered, None)?;
+            multithread_tract_scope(self.executor.clone(), || {
+                state.run_plan_with_eval(values, |context, op_state, node, input| {
+                    let start = std::time::Instant::now();
+                    let output = tract_onnx::tract_core::plan::eval(context, op_state, node, input);
+                    if run > 0 {
+                        let seconds = start.elapsed().as_secs_f64();
+                        match totals.iter_mut().find(|(id, _)| *id == node.id) {
+                            Some(entry) => entry.1 += seconds,
+                            None => totals.push((node.id, seconds)),
+                        }
+                    }
+                    output
+                })
+            })
+            .map_err(run_error)?;
+        }
+        let model = plan.model();
+        Ok(totals
+            .into_iter()
+            .map(|(id, seconds)| {
+                let node = model.node(id);
+                NodeTime {
+                    node: node.name.clone(),
+                    op: node.op().name().to_string(),
+                    seconds: seconds / runs.max(1) as f64,
+                }
+            })
+            .collect())
+    }
+}
+
+/// tract's copies of `tensors`, whole or only their row `row`.
+fn tract_values(tensors: &[&Tensor], row: Option<usize>) -> Result<TVec<TValue>, RuntimeError> {
+    fn part<D: Datum + Copy>(
+        shape: &[usize],
+        data: &[D],
+        row: Option<usize>,
+    ) -> TractResult<tract_onnx::prelude::Tensor> {
+        let Some(row) = row else {
+            return tract_onnx::prelude::Tensor::from_shape(shape, data);
+        };
+        let mut row_shape = shape.to_vec();
+        row_shape[0] = 1;
+        let n: usize = row_shape.iter().product();
+        tract_onnx::prelude::Tensor::from_shape(&row_shape, &data[row * n..(row + 1) * n])
+    }
+    tensors
         .iter()
-        .copied()
-        .collect())
+        .map(|t| {
+            let tensor = match t.data() {
+                TensorData::F32(v) => part(t.shape(), v, row),
+                TensorData::I64(v) => part(t.shape(), v, row),
+            };
+            tensor.map(TValue::from).map_err(run_error)
+        })
+        .collect()
+}
+
+fn joined<D: Datum + Copy>(parts: &[&TValue]) -> Result<Vec<D>, RuntimeError> {
+    let mut data = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        data.extend(
+            part.to_plain_array_view::<D>()
+                .map_err(run_error)?
+                .iter()
+                .copied(),
+        );
+    }
+    Ok(data)
 }

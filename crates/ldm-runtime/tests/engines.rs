@@ -55,6 +55,11 @@ fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
 }
 
 fn tiny_graph(dir: &std::path::Path) -> std::path::PathBuf {
+    tiny_graph_over(dir, "batch")
+}
+
+/// The tiny graph with `first` as the name of its symbolic first dimension.
+fn tiny_graph_over(dir: &std::path::Path, first: &str) -> std::path::PathBuf {
     let model = pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto {
@@ -70,8 +75,8 @@ fn tiny_graph(dir: &std::path::Path) -> std::path::PathBuf {
                 node("Relu", &["z"], "y"),
             ],
             initializer: vec![initializer("w", &[3, 2], &W), initializer("b", &[2], &B)],
-            input: vec![value_info("x", &[Err("batch"), Ok(3)])],
-            output: vec![value_info("y", &[Err("batch"), Ok(2)])],
+            input: vec![value_info("x", &[Err(first), Ok(3)])],
+            output: vec![value_info("y", &[Err(first), Ok(2)])],
             ..Default::default()
         }),
         ..Default::default()
@@ -95,8 +100,8 @@ fn expected(x: &[f32]) -> Vec<f32> {
 fn check(session: &mut dyn Session) {
     assert_eq!(session.input_names(), ["x"]);
     assert_eq!(session.output_names(), ["y"]);
-    // Two batch sizes from one file: the batch dimension is symbolic.
-    for batch in [1usize, 4] {
+    // Several batch sizes from one file: the batch dimension is symbolic.
+    for batch in [1usize, 4, 5] {
         let x: Vec<f32> = (0..batch * 3).map(|i| i as f32 * 0.37 - 1.0).collect();
         let input = Tensor::f32(&[batch, 3], x.clone()).unwrap();
         let out = session.run(&[("x", &input)]).unwrap();
@@ -116,6 +121,16 @@ fn check(session: &mut dyn Session) {
 fn tract_runs_a_tiny_graph_at_two_batch_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let mut session = TractSession::load(&tiny_graph(dir.path())).unwrap();
+    check(&mut session);
+}
+
+#[test]
+fn tract_spreads_the_rows_of_a_batch_over_its_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut session = TractSession::with_threads(&tiny_graph(dir.path()), 2).unwrap();
+    check(&mut session);
+    // A first dimension that is not the contract's `batch` runs as one batch.
+    let mut session = TractSession::with_threads(&tiny_graph_over(dir.path(), "n"), 2).unwrap();
     check(&mut session);
 }
 

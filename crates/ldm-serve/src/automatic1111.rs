@@ -218,7 +218,7 @@ async fn process(
         request,
     } = processing_request(&body_bytes(body)?, with_image, &state.options, &resolution)?;
     let model = state.model(model.as_deref())?;
-    let job = state.start(model, request)?;
+    let job = state.start(model, request, 0)?;
     let done = state.finish(job).await?;
     let info = json!({
         "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,

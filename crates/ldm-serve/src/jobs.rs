@@ -38,6 +38,9 @@ pub struct Snapshot {
     pub error: Option<String>,
     /// The seed of its first image.
     pub seed: u64,
+    /// PNG files of the latents after this step, when the job asked for previews and the
+    /// step is one of them.
+    pub preview: Option<Arc<Vec<Vec<u8>>>>,
 }
 
 pub struct Job {
@@ -45,13 +48,15 @@ pub struct Job {
     pub model: String,
     /// Seconds since the epoch at submission.
     pub created: u64,
+    /// Steps between preview images (0: none).
+    pub preview_every: usize,
     cancelled: AtomicBool,
     state: watch::Sender<Snapshot>,
     finished: Mutex<Option<Instant>>,
 }
 
 impl Job {
-    pub fn new(id: String, model: String, seed: u64) -> Self {
+    pub fn new(id: String, model: String, seed: u64, preview_every: usize) -> Self {
         let (state, _) = watch::channel(Snapshot {
             status: Status::Queued,
             step: 0,
@@ -59,6 +64,7 @@ impl Job {
             images: Arc::new(Vec::new()),
             error: None,
             seed,
+            preview: None,
         });
         Job {
             id,
@@ -66,6 +72,7 @@ impl Job {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            preview_every,
             cancelled: AtomicBool::new(false),
             state,
             finished: Mutex::new(None),
@@ -89,11 +96,17 @@ impl Job {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    pub fn progress(&self, step: usize, total: usize) {
+    /// Whether the step just done is one to send a preview of.
+    pub fn wants_preview(&self, step: usize) -> bool {
+        self.preview_every > 0 && step.is_multiple_of(self.preview_every)
+    }
+
+    pub fn progress(&self, step: usize, total: usize, preview: Option<Vec<Vec<u8>>>) {
         self.state.send_modify(|s| {
             s.status = Status::Running;
             s.step = step;
             s.total = total;
+            s.preview = preview.map(Arc::new);
         });
     }
 
@@ -105,6 +118,7 @@ impl Job {
                 s.status = Status::Succeeded;
                 s.step = s.total;
                 s.images = Arc::new(images);
+                s.preview = None;
             }
             Err(Outcome::Cancelled) => s.status = Status::Cancelled,
             Err(Outcome::Failed(message)) => {

@@ -145,7 +145,13 @@ impl State {
     }
 
     /// Checks `request` as the runtime plans it and queues it on `model`.
-    pub fn start(&self, model: &Model, request: Generate) -> Result<Arc<Job>, ApiError> {
+    /// Queues `request` on `model`, with a preview image every `preview_every` steps (0: none).
+    pub fn start(
+        &self,
+        model: &Model,
+        request: Generate,
+        preview_every: usize,
+    ) -> Result<Arc<Job>, ApiError> {
         for (what, side) in [("width", request.width), ("height", request.height)] {
             if let Some(side) = side {
                 request::check_side(what, side, self.options.max_side)?;
@@ -168,6 +174,7 @@ impl State {
             JobStore::new_id(),
             model.name.clone(),
             request.seed,
+            preview_every,
         ));
         model.submit(Work {
             request,
@@ -231,7 +238,7 @@ pub fn fuzz_request(planner: &ldm_runtime::Planner, data: &[u8]) {
     let resolution = |_: Option<&str>| Ok(planner.manifest().resolution);
     let request = match api % 4 {
         0 => openai::generations_request(body, &options).map(|(_, r, _)| r),
-        1 => native::job_request(body, &options).map(|(_, r)| r),
+        1 => native::job_request(body, &options).map(|j| j.request),
         k => automatic1111::processing_request(body, k == 3, &options, &resolution)
             .map(|p| p.request),
     };

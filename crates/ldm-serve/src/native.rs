@@ -1,7 +1,9 @@
 //! The native job API: `POST /v1/jobs` queues a generation and answers its id at once;
 //! `GET /v1/jobs/{id}` reports it, `DELETE` cancels it, and `GET /v1/jobs/{id}/events`
-//! streams server-sent events: `progress` after every step, then one `done` with the job as
-//! `GET` reports it. Images are served at the URLs the job lists.
+//! streams server-sent events: `progress` after every step (with `preview` images, base64
+//! PNGs of the latents decoded, every `preview_every` steps when the job asked for them),
+//! then one `done` with the job as `GET` reports it. Images are served at the URLs the job
+//! lists.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,13 +59,20 @@ struct JobRequest {
     /// Base64 mask: white where to draw.
     mask: Option<String>,
     strength: Option<f64>,
+    /// Steps between preview images in the event stream (absent or 0: none).
+    #[serde(default, deserialize_with = "crate::request::whole")]
+    preview_every: Option<usize>,
 }
 
-/// A job body as the model it names and the runtime's request.
-pub fn job_request(
-    bytes: &[u8],
-    options: &ServeOptions,
-) -> Result<(Option<String>, Generate), ApiError> {
+/// A job body, read.
+pub struct JobAsk {
+    pub model: Option<String>,
+    pub request: Generate,
+    pub preview_every: usize,
+}
+
+/// A job body as the model it names, the runtime's request and how often to preview it.
+pub fn job_request(bytes: &[u8], options: &ServeOptions) -> Result<JobAsk, ApiError> {
     let r: JobRequest = parse_json(bytes)?;
     let decode = |field: &str, text: &Option<String>| {
         text.as_deref()
@@ -87,16 +96,20 @@ pub fn job_request(
             r.seed,
         )?
     };
-    Ok((r.model, ask))
+    Ok(JobAsk {
+        model: r.model,
+        request: ask,
+        preview_every: r.preview_every.unwrap_or(0),
+    })
 }
 
 async fn submit(
     Shared(state): Shared<Arc<State>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (model, ask) = job_request(&body_bytes(body)?, &state.options)?;
-    let model = state.model(model.as_deref())?;
-    let job = state.start(model, ask)?;
+    let ask = job_request(&body_bytes(body)?, &state.options)?;
+    let model = state.model(ask.model.as_deref())?;
+    let job = state.start(model, ask.request, ask.preview_every)?;
     Ok((StatusCode::ACCEPTED, Json(describe(&job, &job.snapshot()))))
 }
 
@@ -159,9 +172,13 @@ async fn events(
                     .event("done")
                     .data(describe(&job, &s).to_string())
             } else {
+                let mut progress = json!({"status": s.status, "step": s.step, "total": s.total});
+                if let Some(previews) = &s.preview {
+                    progress["preview"] = previews.iter().map(|p| images::base64(p)).collect();
+                }
                 Event::default()
                     .event("progress")
-                    .data(json!({"status": s.status, "step": s.step, "total": s.total}).to_string())
+                    .data(progress.to_string())
             };
             let ended = s.status.is_final();
             Some((Ok(event), (rx, job, true, ended)))

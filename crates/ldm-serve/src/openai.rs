@@ -211,7 +211,7 @@ async fn respond(
     out: Output,
 ) -> Result<Json<Value>, ApiError> {
     let model = state.model(model)?;
-    let job = state.start(model, ask)?;
+    let job = state.start(model, ask, 0)?;
     let done: Snapshot = state.finish(job.clone()).await?;
     let data: Vec<Value> = if out.url {
         let host = headers

@@ -202,7 +202,9 @@ pub fn document(state: &State) -> Value {
         "sampler": samplers(), "seed": seed,
         "init_image": {"type": "string", "description": "base64 PNG or JPEG"},
         "mask": {"type": "string", "description": "base64 mask, white where to draw"},
-        "strength": unit}});
+        "strength": unit,
+        "preview_every": {"type": "integer", "minimum": 0, "maximum": u32::MAX,
+            "description": "steps between preview images (base64 PNGs in the progress events' `preview`); 0: none"}}});
     let job_request = optional_nullable(job_request, &["prompt", "negative_prompt"]);
     let job = json!({"type": "object", "properties": {
         "id": {"type": "string"}, "model": {"type": "string"},

@@ -137,8 +137,15 @@ impl Worker {
         self.metrics.step(started.elapsed().as_secs_f64(), images);
         let mut still = Vec::with_capacity(running.len());
         for r in running {
-            let progress = r.generation.progress();
-            r.job.progress(progress.step, progress.total);
+            let (step, total) = {
+                let progress = r.generation.progress();
+                (progress.step, progress.total)
+            };
+            let preview = (r.job.wants_preview(step) && !r.generation.is_done())
+                .then(|| self.pipeline.preview(&r.generation))
+                .and_then(|decoded| decoded.ok())
+                .map(|images| images.iter().map(png).collect());
+            r.job.progress(step, total, preview);
             if r.job.is_cancelled() {
                 r.job.finish(Err(Outcome::Cancelled));
             } else if r.generation.is_done() {

@@ -143,6 +143,39 @@ fn automatic1111_clients_get_their_fields_and_endpoints() {
 }
 
 #[test]
+fn job_events_carry_previews_when_asked() {
+    let server = start(options());
+    let a = post(
+        &server,
+        "/v1/jobs",
+        json!({"prompt": "a red apple", "n": 2, "steps": 30, "seed": 3, "preview_every": 1}),
+    );
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let (_, events) = get(&server, &format!("/v1/jobs/{id}/events"));
+    let events = String::from_utf8(events).unwrap();
+    let previews: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+        .filter(|event| event.get("preview").is_some())
+        .collect();
+    assert!(!previews.is_empty(), "no preview in {events}");
+    for event in &previews {
+        let images = event["preview"].as_array().unwrap();
+        assert_eq!(images.len(), 2, "one preview per image");
+        for image in images {
+            assert_eq!(png_size(&unbase64(image.as_str().unwrap())), (64, 64));
+        }
+    }
+    // Without asking, none.
+    let a = post(&server, "/v1/jobs", json!({"prompt": "a cat", "steps": 3}));
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let (_, events) = get(&server, &format!("/v1/jobs/{id}/events"));
+    assert!(!String::from_utf8(events).unwrap().contains("preview"));
+}
+
+#[test]
 fn jobs_stream_their_progress_and_can_be_cancelled() {
     let server = start(options());
     let a = post(
