@@ -76,6 +76,10 @@ struct Task {
 struct Measured {
     median_ms: f64,
     peak_rss_mb: f64,
+    /// Cold start: from the worker's start to its first image (bundle loaded, plans
+    /// optimised, one generation); text-to-image on the runtime's engines only.
+    #[serde(default)]
+    first_image_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +91,7 @@ struct Row {
     peak_rss_mb: Option<f64>,
     /// Achieved multiply-accumulates per second, in units of 1e9.
     gmacs: Option<f64>,
+    first_image_ms: Option<f64>,
     unavailable: Option<String>,
 }
 
@@ -100,9 +105,10 @@ struct Report {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     if let Some(spec) = &a.worker {
         let task: Task = serde_json::from_str(spec).context("malformed --worker task")?;
-        let measured = measure(&task)?;
+        let measured = measure(&task, started)?;
         println!("{}", serde_json::to_string(&measured)?);
         return Ok(());
     }
@@ -176,6 +182,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     .ok()
                     .zip(mac_count)
                     .map(|(m, macs)| macs as f64 / (m.median_ms * 1e-3) / 1e9),
+                first_image_ms: result.as_ref().ok().and_then(|m| m.first_image_ms),
                 unavailable: result.err().map(|e| format!("{e:#}")),
             };
             print_row(&row);
@@ -276,7 +283,9 @@ pub fn peak_mb_of(pid: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn measure(task: &Task) -> anyhow::Result<Measured> {
+/// One task's measurement; `started` is when the worker process began.
+fn measure(task: &Task, started: Instant) -> anyhow::Result<Measured> {
+    let mut first_image_ms = None;
     let median_ms = match (task.engine, task.target) {
         (Engine::Tch, target) => tch_eager::median_ms(task, target)?,
         (engine, Target::Graph(role)) => {
@@ -292,8 +301,11 @@ fn measure(task: &Task) -> anyhow::Result<Measured> {
             let mut pipeline =
                 Pipeline::new(Bundle::load(&task.bundle)?, backend(engine), task.threads)?;
             let request = Generate::new(vec![BENCH_PROMPT.into()]).steps(task.steps);
-            // End-to-end runs are long: a third of the runs, at least one.
-            median_ms(task.runs.div_ceil(3), task.warmup.min(1), || {
+            pipeline.generate(&request, &mut |_| true)?;
+            first_image_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            // End-to-end runs are long: a third of the runs, at least one (the first,
+            // above, was the warm-up).
+            median_ms(task.runs.div_ceil(3), 0, || {
                 Ok(pipeline.generate(&request, &mut |_| true).map(drop)?)
             })?
         }
@@ -301,6 +313,7 @@ fn measure(task: &Task) -> anyhow::Result<Measured> {
     Ok(Measured {
         median_ms,
         peak_rss_mb: peak_rss_mb(),
+        first_image_ms,
     })
 }
 
@@ -404,6 +417,9 @@ fn print_row(r: &Row) {
             r.peak_rss_mb.unwrap_or(f64::NAN),
             r.gmacs
                 .map_or(String::new(), |g| format!("  {g:>6.2} GMAC/s"))
+                + &r.first_image_ms.map_or(String::new(), |ms| format!(
+                    "  first image {ms:.0} ms after start"
+                ))
         ),
         (None, reason) => println!(
             "{:<15} {:<10} {:>2} threads  unavailable: {}",
