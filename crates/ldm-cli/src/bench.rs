@@ -1,5 +1,5 @@
 //! `ldm bench`: per-network latency and peak memory of one bundle on every engine this build
-//! can run (tract on 1 and N threads, ONNX Runtime's CPU provider, and, with the `train`
+//! can run (tract and ONNX Runtime's CPU provider, each on 1 and N threads, and, with the `train`
 //! feature, PyTorch eager through tch on the release's weights), end-to-end text-to-image
 //! time, and the multiply-accumulates per second achieved against the machine's GEMM peak.
 //!
@@ -145,11 +145,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     ) {
         targets.push(Target::TextToImage);
     }
-    let mut engines = vec![(Engine::Tract, 1)];
+    // Both runtime engines on 1 and on N threads, so that they compare at the same count.
+    let mut engines = vec![(Engine::Tract, 1), (Engine::OrtCpu, 1)];
     if threads > 1 {
-        engines.push((Engine::Tract, threads));
+        engines.extend([(Engine::Tract, threads), (Engine::OrtCpu, threads)]);
     }
-    engines.extend([(Engine::OrtCpu, threads), (Engine::Tch, threads)]);
+    engines.push((Engine::Tch, threads));
     let mut rows = Vec::new();
     for &target in &targets {
         for &(engine, n) in &engines {

@@ -216,7 +216,15 @@ impl TractSession {
                 let parts: Vec<&TValue> = per_row.iter().map(|outputs| &outputs[index]).collect();
                 let mut shape = parts[0].shape().to_vec();
                 if per_row.len() > 1 {
-                    shape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+                    let rows = parts.iter().map(|p| p.shape().first().copied()).sum();
+                    match (shape.first_mut(), rows) {
+                        (Some(first), Some(rows)) => *first = rows,
+                        _ => {
+                            return Err(run_error(format!(
+                                "output '{name}' has no batch axis to join the rows along"
+                            )))
+                        }
+                    }
                 }
                 match parts[0].datum_type() {
                     DatumType::F32 => Tensor::f32(&shape, joined::<f32>(&parts)?),

@@ -59,7 +59,8 @@ struct JobRequest {
     /// Base64 mask: white where to draw.
     mask: Option<String>,
     strength: Option<f64>,
-    /// Steps between preview images in the event stream (absent or 0: none).
+    /// Steps between preview images in the event stream (absent or 0: none; at most the
+    /// steps allowed).
     #[serde(default, deserialize_with = "crate::request::whole")]
     preview_every: Option<usize>,
 }
@@ -96,10 +97,20 @@ pub fn job_request(bytes: &[u8], options: &ServeOptions) -> Result<JobAsk, ApiEr
             r.seed,
         )?
     };
+    let preview_every = r.preview_every.unwrap_or(0);
+    if preview_every > options.max_steps {
+        return Err(ApiError::field(
+            "preview_every",
+            format!(
+                "a preview every {preview_every} steps; at most {} (the steps allowed)",
+                options.max_steps
+            ),
+        ));
+    }
     Ok(JobAsk {
         model: r.model,
         request: ask,
-        preview_every: r.preview_every.unwrap_or(0),
+        preview_every,
     })
 }
 

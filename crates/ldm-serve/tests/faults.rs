@@ -63,6 +63,11 @@ fn bad_requests_are_refused_by_name_and_the_server_keeps_serving() {
         ),
         (openai, json!({"n": 1}).to_string(), "prompt"),
         (
+            "/v1/jobs",
+            json!({"prompt": "x", "preview_every": 4294967296u64}).to_string(),
+            "a preview every 4294967296 steps",
+        ),
+        (
             "/sdapi/v1/txt2img",
             json!({"prompt": "x", "seed": -5}).to_string(),
             "seed -5",
