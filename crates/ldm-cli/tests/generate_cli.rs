@@ -74,7 +74,7 @@ fn hostile_options_and_input_images_are_refused_by_name() {
     std::fs::write(&bomb, &bytes).unwrap();
     let out = dir.path().join("out.png");
     let out = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--threads", "100000"], "100000 threads: at most"),
         (&["--threads", "0"], "0 threads: at most"),
         (
@@ -92,6 +92,10 @@ fn hostile_options_and_input_images_are_refused_by_name() {
         ),
         (&["--guidance", "1e300"], "must be within -100..=100"),
         (
+            &["--max-memory", "100"],
+            "above the memory budget of 0.1 GB",
+        ),
+        (
             &["--width", "1000000"],
             "image width 1000000 is not a multiple of 16 up to 4096",
         ),
@@ -106,6 +110,30 @@ fn hostile_options_and_input_images_are_refused_by_name() {
         assert!(!ok && text.contains(expected), "{args:?}: {text}");
         assert!(!text.contains("panicked"), "{text}");
     }
+}
+
+#[test]
+fn profile_lists_where_tract_spends_its_time() {
+    let (ok, text) = output(ldm().current_dir(repo_root()).args([
+        "profile", "--graph", "unet", "--batch", "2", "--runs", "1", "--top", "3",
+    ]));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("unet of export/emoji-text, batch 2, 64x64 pixels")
+            && text.contains("by operator:")
+            && text.contains("OptMatMul"),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains(" ms  ")).count() >= 3,
+        "{text}"
+    );
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["profile", "--graph", "vae"]),
+    );
+    assert!(!ok && text.contains("unknown graph 'vae'"), "{text}");
 }
 
 #[cfg(feature = "train")]
