@@ -23,7 +23,7 @@ use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judge
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 use serde::{Deserialize, Serialize};
 
-use crate::generate::{default_threads, grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
+use crate::generate::{grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -135,7 +135,7 @@ pub struct Accuracy {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let threads = a.threads.unwrap_or_else(default_threads);
+    let threads = a.threads.unwrap_or_else(ldm_runtime::default_threads);
     let training = a.run.as_deref().map(training_throughput).transpose()?;
     let bundle = Bundle::load(&a.bundle)
         .with_context(|| format!("cannot open the bundle {}", a.bundle.display()))?;

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use image::ImageEncoder;
 use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
@@ -103,7 +102,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.bundle.display()
         )
     })?;
-    let threads = args.threads.unwrap_or_else(default_threads);
+    let threads = args.threads.unwrap_or_else(ldm_runtime::default_threads);
     let mut pipeline = Pipeline::new(bundle, args.backend, threads)?;
     if let Some(mb) = args.max_memory {
         pipeline.set_memory_budget(mb * 1_000_000);
@@ -164,11 +163,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Threads a backend runs with when the user does not say: the machine's cores.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// Images side by side in rows of up to 8, 2 pixels apart on white.
 pub fn grid(images: &[Image]) -> Image {
     if images.len() == 1 {
@@ -214,14 +208,6 @@ pub fn write_chart(path: &Path, (width, height, rgb): (u32, u32, Vec<u8>)) -> an
 }
 
 pub fn write_png(path: &Path, image: &Image) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(
-            &image.rgb,
-            image.width as u32,
-            image.height as u32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .context("PNG encoding")?;
-    ldm_data::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    ldm_data::write_png(path, image.width as u32, image.height as u32, &image.rgb)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

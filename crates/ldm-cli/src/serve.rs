@@ -8,7 +8,7 @@ use clap::Args;
 use ldm_runtime::Backend;
 use ldm_serve::ServeOptions;
 
-use crate::generate::{default_threads, DEFAULT_BUNDLE};
+use crate::generate::DEFAULT_BUNDLE;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -66,7 +66,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("LDM_API_KEY").ok())
         .filter(|k| !k.is_empty());
     let options = ServeOptions {
-        threads: args.threads.unwrap_or_else(default_threads),
+        threads: args.threads.unwrap_or_else(ldm_runtime::default_threads),
         bundles: args.bundles,
         backend: args.backend,
         queue: args.queue,

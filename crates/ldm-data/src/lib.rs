@@ -8,6 +8,7 @@
 mod atomic;
 pub mod decode;
 pub mod emoji;
+mod encode;
 mod error;
 pub mod judge;
 mod loader;
@@ -18,6 +19,7 @@ mod split;
 
 pub use atomic::{make_public_dir, write_atomic, StagingDir};
 pub use decode::{decode_image, open_image, MAX_DATA_SIDE};
+pub use encode::{png_bytes, write_png};
 pub use error::DataError;
 pub use loader::{push_chw, Batch, ImageFolder, Loader, LoaderConfig};
 pub use metadata::{parse_metadata, Record, METADATA_FILE};

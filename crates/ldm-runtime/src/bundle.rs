@@ -130,14 +130,18 @@ impl Bundle {
     }
 }
 
+/// Threads a pipeline runs with when its caller does not say: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Threads a session may be asked for, per core of the machine: more only slows it down, and
 /// an unbounded count exhausts the system's threads.
 const MAX_THREADS_PER_CORE: usize = 4;
 
 /// `threads` if the machine can run that many, at least 1.
 pub fn check_threads(threads: usize) -> Result<usize, RuntimeError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let max = cores * MAX_THREADS_PER_CORE;
+    let max = default_threads() * MAX_THREADS_PER_CORE;
     if !(1..=max).contains(&threads) {
         return Err(RuntimeError::Threads {
             asked: threads,

@@ -79,6 +79,8 @@ pub enum RuntimeError {
 pub enum RequestError {
     #[error("no prompts")]
     NoPrompts,
+    #[error("{asked} images; one request may ask for at most {max}")]
+    TooManyImages { asked: usize, max: usize },
     #[error("image {what} {side} is not a multiple of {multiple} up to {max}")]
     Size {
         what: &'static str,

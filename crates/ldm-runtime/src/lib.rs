@@ -20,7 +20,7 @@ mod tiled;
 mod tract;
 mod untrusted;
 
-pub use bundle::{Backend, Bundle};
+pub use bundle::{default_threads, Backend, Bundle};
 pub use error::{RequestError, RuntimeError};
 #[cfg(feature = "ort")]
 pub use onnxruntime::{onnxruntime_library, OrtSession, Provider};

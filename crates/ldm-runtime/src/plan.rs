@@ -13,6 +13,9 @@ use crate::{Bundle, Generate, Image, RequestError, RuntimeError};
 
 /// Largest image side a request may ask for, in pixels.
 pub const MAX_SIDE: usize = 4096;
+/// Images one request may ask for (the CLI's `--batch` is a u16); the memory budget usually
+/// refuses far fewer.
+pub const MAX_IMAGES: usize = u16::MAX as usize;
 /// Memory a pipeline lets one request use unless told otherwise
 /// ([`crate::Pipeline::set_memory_budget`]).
 pub const DEFAULT_MEMORY_BUDGET: u64 = 16_000_000_000;
@@ -199,6 +202,12 @@ pub fn plan(
     let images = request.prompts.len();
     if images == 0 {
         return Err(RequestError::NoPrompts);
+    }
+    if images > MAX_IMAGES {
+        return Err(RequestError::TooManyImages {
+            asked: images,
+            max: MAX_IMAGES,
+        });
     }
     let task = task_kind(m, request)?;
     // The output follows the input image when no size is asked (f times it for

@@ -3,6 +3,9 @@
 
 use ldm_core::SamplerKind;
 
+use crate::plan::MAX_IMAGES;
+use crate::RequestError;
+
 /// What to generate. Built with [`Generate::new`] and its setters; unset values take the
 /// bundle's defaults.
 #[derive(Debug, Clone)]
@@ -53,6 +56,19 @@ impl Generate {
             mask: None,
         }
     }
+    /// `count` images of one prompt (image i with seed + i), refused before anything is
+    /// allocated when `count` is 0 or above [`crate::plan::MAX_IMAGES`].
+    pub fn repeated(prompt: &str, count: usize) -> Result<Self, RequestError> {
+        match count {
+            0 => Err(RequestError::NoPrompts),
+            n if n > MAX_IMAGES => Err(RequestError::TooManyImages {
+                asked: n,
+                max: MAX_IMAGES,
+            }),
+            n => Ok(Self::new(vec![prompt.to_string(); n])),
+        }
+    }
+
     pub fn sampler(mut self, sampler: SamplerKind) -> Self {
         self.sampler = Some(sampler);
         self

@@ -2,8 +2,9 @@
 
 use crate::{RuntimeError, Tensor};
 
-/// One loaded ONNX graph, run with named inputs.
-pub trait Session {
+/// One loaded ONNX graph, run with named inputs. Sessions are `Send`, so a pipeline can move
+/// to the thread that runs it (a server's worker, a binding that releases its caller).
+pub trait Session: Send {
     /// Graph input names, in graph order.
     fn input_names(&self) -> &[String];
     /// Graph output names, in graph order.

@@ -21,6 +21,7 @@ use ldm_runtime::{Backend, Generate};
 pub mod automatic1111;
 pub mod error;
 pub mod images;
+pub mod in_process;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
