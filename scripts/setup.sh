@@ -10,6 +10,9 @@
 #   playwright           drives the server's web page in Debian's chromium (installed with
 #                        apt-get when missing; playwright downloads no browser)
 #   schemathesis         checks the server against its /openapi.json
+#   maturin, pytest      build the Python package's wheel (crates/ldm-python) and test it
+#   ray[serve]           the cluster its Ray Serve deployment is tested on
+# and, from Debian's packages when missing, valgrind (the C example's memory check)
 # and links them under .ldm/ where .cargo/config.toml points cargo, so plain
 # `cargo build` / `cargo test` work afterwards. Idempotent: a second run takes a second.
 #
@@ -28,6 +31,9 @@ openai_version=3.51.0
 webuiapi_version=0.9.17
 playwright_version=1.65.2
 schemathesis_version=4.32.5
+maturin_version=1.16.0
+pytest_version=9.2.0
+ray_version=2.60.0
 
 flavour=cpu
 case "${1:-auto}" in
@@ -39,7 +45,7 @@ esac
 ort_package=onnxruntime
 [ "$flavour" = gpu ] && ort_package=onnxruntime-gpu
 
-stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version-diffusers$diffusers_version-transformers$transformers_version-openai$openai_version-webuiapi$webuiapi_version-playwright$playwright_version-schemathesis$schemathesis_version"
+stamp="$venv/.ldm-setup-torch$torch_version-$ort_package$ort_version-onnx$onnx_version-diffusers$diffusers_version-transformers$transformers_version-openai$openai_version-webuiapi$webuiapi_version-playwright$playwright_version-schemathesis$schemathesis_version-maturin$maturin_version-pytest$pytest_version-ray$ray_version"
 if [ ! -f "$stamp" ]; then
   command -v python3 >/dev/null || { echo "setup.sh: python3 is missing; install it (apt-get install python3 python3-venv)" >&2; exit 1; }
   echo "setup.sh: creating $venv (torch $torch_version, $ort_package $ort_version, onnx $onnx_version, diffusers $diffusers_version, transformers $transformers_version; about 5 GB, a few minutes)"
@@ -50,7 +56,8 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" uninstall --quiet --yes "$other" >/dev/null 2>&1 || true
   "$venv/bin/pip" install --quiet "torch==$torch_version" "$ort_package==$ort_version" "onnx==$onnx_version" numpy \
     "diffusers==$diffusers_version" "transformers==$transformers_version" "openai==$openai_version" \
-    "webuiapi==$webuiapi_version" "playwright==$playwright_version" "schemathesis==$schemathesis_version"
+    "webuiapi==$webuiapi_version" "playwright==$playwright_version" "schemathesis==$schemathesis_version" \
+    "maturin==$maturin_version" "pytest==$pytest_version" "ray[serve]==$ray_version" pillow
   rm -f "$venv"/.ldm-setup-*
   touch "$stamp"
 fi
@@ -60,15 +67,19 @@ torch_dir=$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 ort_lib=$("$py" -c 'import glob, os, onnxruntime as o; c = sorted(glob.glob(os.path.join(os.path.dirname(o.__file__), "capi", "libonnxruntime.so.*"))); print(c[-1] if c else "")')
 [ -n "$ort_lib" ] || { echo "setup.sh: the $ort_package wheel has no capi/libonnxruntime.so.*; reinstall it: rm -rf $venv && scripts/setup.sh" >&2; exit 1; }
 
-# The browser of the web page test.
-if ! command -v chromium >/dev/null; then
-  command -v apt-get >/dev/null || { echo "setup.sh: chromium is missing and there is no apt-get to install it; install chromium" >&2; exit 1; }
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  echo "setup.sh: installing chromium (apt-get) for the web page test"
-  $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
-    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
-    || { echo "setup.sh: apt-get could not install chromium" >&2; exit 1; }
-fi
+# Debian packages the tests need: the browser of the web page test, valgrind for the C example.
+apt_install() {
+  local command=$1 package=$2 why=$3
+  command -v "$command" >/dev/null && return
+  command -v apt-get >/dev/null || { echo "setup.sh: $command is missing and there is no apt-get to install it; install $package" >&2; exit 1; }
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setup.sh: installing $package (apt-get) for $why"
+  $sudo apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$package" >/dev/null; } \
+    || { echo "setup.sh: apt-get could not install $package" >&2; exit 1; }
+}
+apt_install chromium chromium "the web page test"
+apt_install valgrind valgrind "the C example's memory check"
 
 # .cargo/config.toml reads these fixed, relative paths; only the links move.
 mkdir -p "$root/.ldm"
