@@ -255,7 +255,7 @@ impl PyServer {
         uri: &str,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
-    ) -> PyResult<(u16, Vec<(String, String)>, Py<PyBytes>)> {
+    ) -> PyResult<HttpAnswer> {
         let response = py
             .detach(|| {
                 self.server.handle(HostRequest {
@@ -273,6 +273,9 @@ impl PyServer {
         ))
     }
 }
+
+/// An HTTP answer as Python receives it: status, headers and body.
+type HttpAnswer = (u16, Vec<(String, String)>, Py<PyBytes>);
 
 /// The engines this build can run (`tract` always; ONNX Runtime's with the `ort` feature).
 #[pyfunction]

@@ -7,8 +7,9 @@ only interface is `lo`; `test_ray_serve.py` (and `scripts/bench-ray.sh`) start i
 with `unshare -n`. Every process it starts is stopped before it exits.
 
     python ray_cluster.py check [--requests 32]        both replicas answer every request
-    python ray_cluster.py bench [--requests 24] --out bench/ray.json
+    python ray_cluster.py bench [--requests 32] [--rounds 3] [--steps 25] --out bench/ray.json
                                                        one replica against two, images/s
+                                                       (the median of the rounds)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = ROOT / "export" / "emoji-text"
 GCS_PORT = 6380
 HTTP_PORT = 8000
-STEPS = 10
 
 
 def cpu_model() -> str:
@@ -92,10 +93,10 @@ def deploy(replicas: int):
               name="ldm")
 
 
-def generate(i: int):
+def generate(i: int, steps: int):
     """One OpenAI images request; its status, answering replica and image size."""
     body = json.dumps({"prompt": "red apple, twemoji style", "size": "64x64", "seed": i,
-                       "steps": STEPS, "response_format": "b64_json"}).encode()
+                       "steps": steps, "response_format": "b64_json"}).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{HTTP_PORT}/v1/images/generations", data=body,
         headers={"content-type": "application/json"})
@@ -112,17 +113,17 @@ def generate(i: int):
     return status, replica, image.size
 
 
-def load(requests: int, clients: int):
+def load(requests: int, clients: int, steps: int):
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        answers = list(pool.map(generate, range(requests)))
+        answers = list(pool.map(lambda i: generate(i, steps), range(requests)))
     return answers, time.perf_counter() - started
 
 
 def check(args):
     with Cluster():
         deploy(replicas=2)
-        answers, seconds = load(args.requests, args.requests)
+        answers, seconds = load(args.requests, args.requests, args.steps)
     statuses = [a[0] for a in answers]
     replicas = {a[1] for a in answers}
     print(json.dumps({"requests": args.requests, "ok": statuses.count(200),
@@ -133,23 +134,29 @@ def check(args):
 
 
 def bench(args):
+    """Images per second of one replica and of two, each the median of `args.rounds` loads."""
     from ray import serve
 
     results = {}
     with Cluster():
         for replicas in (1, 2):
             deploy(replicas)
-            load(2 * replicas, 2 * replicas)  # warm: every replica has run a request
-            answers, seconds = load(args.requests, args.clients)
-            assert [a[0] for a in answers] == [200] * args.requests
+            load(2 * replicas, 2 * replicas, args.steps)  # warm: every replica has run one
+            rates, used = [], set()
+            for _ in range(args.rounds):
+                answers, seconds = load(args.requests, args.clients, args.steps)
+                assert [a[0] for a in answers] == [200] * args.requests, answers
+                rates.append(args.requests / seconds)
+                used |= {a[1] for a in answers}
             results[f"{replicas} replica(s)"] = {
-                "images_per_s": args.requests / seconds, "seconds": seconds,
-                "replicas_used": len({a[1] for a in answers})}
+                "images_per_s": statistics.median(rates), "rounds": rates,
+                "replicas_used": len(used)}
             serve.delete("ldm")
     one, two = (results[k]["images_per_s"] for k in ("1 replica(s)", "2 replica(s)"))
     report = {"machine": cpu_model(), "cores": os.cpu_count(),
-              "requests": args.requests, "clients": args.clients, "steps": STEPS,
-              "threads_per_replica": 1, "results": results, "ratio": two / one}
+              "requests": args.requests, "clients": args.clients, "rounds": args.rounds,
+              "steps": args.steps, "size": "64x64", "threads_per_replica": 1,
+              "results": results, "ratio": two / one}
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -160,10 +167,13 @@ def main():
     parser.add_argument("mode", choices=["check", "bench"])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--out")
     args = parser.parse_args()
-    if not 1 <= args.requests <= 1000 or not 1 <= args.clients <= 64:
-        parser.error("--requests 1..1000, --clients 1..64")
+    if not (1 <= args.requests <= 1000 and 1 <= args.clients <= 64 and 1 <= args.rounds <= 20
+            and 1 <= args.steps <= 1000):
+        parser.error("--requests 1..1000, --clients 1..64, --rounds 1..20, --steps 1..1000")
     if interfaces() != ["lo"]:
         sys.exit(f"run inside a network namespace with only lo (found {interfaces()}): "
                  "unshare -n sh -c 'ip link set lo up && python ray_cluster.py ...'")

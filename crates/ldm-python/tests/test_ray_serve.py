@@ -25,7 +25,8 @@ def in_loopback_namespace(*command):
 def test_two_replicas_answer_32_concurrent_requests():
     pytest.importorskip("ray.serve")
     run = subprocess.run(
-        in_loopback_namespace(sys.executable, str(SCRIPT), "check", "--requests", "32"),
+        in_loopback_namespace(sys.executable, str(SCRIPT), "check", "--requests", "32",
+                              "--steps", "10"),
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
     )
