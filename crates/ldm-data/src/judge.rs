@@ -4,7 +4,7 @@
 
 use image::RgbImage;
 
-use crate::shapes::{BACKGROUNDS, COLOURS, GRID, POSITIONS};
+use crate::shapes::{BACKGROUNDS, COLOURS, GRID, LARGE_ABOVE, POSITIONS};
 
 /// What the pixels show, in the caption's vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +19,9 @@ pub struct Judgement {
 
 /// Pixels further than this (RGB Euclidean) from the nearest palette colour are edges or
 /// noise and do not vote.
-const PALETTE_TOLERANCE: f32 = 70.0;
+pub(crate) const PALETTE_TOLERANCE: f32 = 70.0;
 
-fn distance(a: [u8; 3], b: [u8; 3]) -> f32 {
+pub(crate) fn distance(a: [u8; 3], b: [u8; 3]) -> f32 {
     a.iter()
         .zip(&b)
         .map(|(&x, &y)| (x as f32 - y as f32).powi(2))
@@ -29,7 +29,7 @@ fn distance(a: [u8; 3], b: [u8; 3]) -> f32 {
         .sqrt()
 }
 
-fn nearest(table: &[(&'static str, [u8; 3])], rgb: [u8; 3]) -> (usize, f32) {
+pub(crate) fn nearest(table: &[(&'static str, [u8; 3])], rgb: [u8; 3]) -> (usize, f32) {
     table
         .iter()
         .enumerate()
@@ -41,14 +41,7 @@ fn nearest(table: &[(&'static str, [u8; 3])], rgb: [u8; 3]) -> (usize, f32) {
 /// Judges a scene image; `None` when no shape-coloured pixels are found.
 pub fn judge(image: &RgbImage) -> Option<Judgement> {
     let (w, h) = image.dimensions();
-    // Background: majority vote of the border pixels.
-    let mut votes = [0usize; BACKGROUNDS.len()];
-    for (x, y, p) in image.enumerate_pixels() {
-        if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
-            votes[nearest(&BACKGROUNDS, p.0).0] += 1;
-        }
-    }
-    let background = argmax(&votes);
+    let background = background_of(image);
     let bg = BACKGROUNDS[background].1;
 
     // Shape pixels: close to a shape colour and closer to it than to the background.
@@ -71,46 +64,73 @@ pub fn judge(image: &RgbImage) -> Option<Judgement> {
     if area < 4 {
         return None;
     }
+    let member = |x: u32, y: u32| is_shape(image.get_pixel(x, y).0).is_some();
+    let (shape, (_, height_in_radii)) = read_outline(&member, (x0, x1, y0, y1), area);
+    let bh = (y1 - y0 + 1) as f32;
+    let radius = bh / h as f32 / height_in_radii;
+    let (cx, cy) = (sx / area as f32 / w as f32, sy / area as f32 / h as f32);
+    Some(Judgement {
+        background: BACKGROUNDS[background].0,
+        colour: COLOURS[argmax(&colour_votes)].0,
+        shape,
+        large: radius > LARGE_ABOVE,
+        position: POSITIONS[grid_cell(cy)][grid_cell(cx)],
+    })
+}
+
+/// The background's index in BACKGROUNDS: the majority vote of the border pixels.
+pub(crate) fn background_of(image: &RgbImage) -> usize {
+    let (w, h) = image.dimensions();
+    let mut votes = [0usize; BACKGROUNDS.len()];
+    for (x, y, p) in image.enumerate_pixels() {
+        if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
+            votes[nearest(&BACKGROUNDS, p.0).0] += 1;
+        }
+    }
+    argmax(&votes)
+}
+
+/// The grid row or column (0..3) nearest to a coordinate given as a fraction of the side.
+pub(crate) fn grid_cell(c: f32) -> usize {
+    GRID.iter()
+        .enumerate()
+        .min_by(|a, b| (a.1 - c).abs().total_cmp(&(b.1 - c).abs()))
+        .expect("three cells")
+        .0
+}
+
+/// The outline a region of pixels shows (`member` tells which pixels are in it, inside the
+/// box (x0, x1, y0, y1) that bounds its `area` pixels), and that outline's (width, height)
+/// in radii.
+pub(crate) fn read_outline(
+    member: &impl Fn(u32, u32) -> bool,
+    (x0, x1, y0, y1): (u32, u32, u32, u32),
+    area: usize,
+) -> (&'static str, (f32, f32)) {
     let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
     let fill = area as f32 / (bw * bh);
     // Triangle and star point up, so the top of their box is nearly empty; the triangle's
     // base fills the bottom of its box, the star's two legs barely touch it. Of the others,
     // the square fills its box, the circle pi/4 of it.
-    let band = |top: bool| band_fill(image, &is_shape, (x0, x1, y0, y1), top);
-    let (shape, height_in_radii) = if band(true) < 0.3 {
+    let band = |top: bool| band_fill(member, (x0, x1, y0, y1), top);
+    if band(true) < 0.3 {
         if band(false) > 0.5 {
-            ("triangle", 1.5)
+            // Width 2 cos 30 degrees, height 1 + sin 30 degrees.
+            ("triangle", (1.732, 1.5))
         } else {
-            ("star", 1.81)
+            // Width 2 cos 18 degrees, height 1 + cos 36 degrees.
+            ("star", (1.902, 1.809))
         }
     } else if fill > 0.9 {
-        ("square", 1.7)
+        ("square", (1.7, 1.7))
     } else {
-        ("circle", 2.0)
-    };
-    let radius = bh / h as f32 / height_in_radii;
-    let (cx, cy) = (sx / area as f32 / w as f32, sy / area as f32 / h as f32);
-    let cell = |c: f32| {
-        GRID.iter()
-            .enumerate()
-            .min_by(|a, b| (a.1 - c).abs().total_cmp(&(b.1 - c).abs()))
-            .expect("three cells")
-            .0
-    };
-    Some(Judgement {
-        background: BACKGROUNDS[background].0,
-        colour: COLOURS[argmax(&colour_votes)].0,
-        shape,
-        // Small radii are 0.10-0.14 of the side, large ones 0.19-0.23.
-        large: radius > 0.165,
-        position: POSITIONS[cell(cy)][cell(cx)],
-    })
+        ("circle", (2.0, 2.0))
+    }
 }
 
-/// Fraction of shape pixels in the top (or bottom) 15 % of the bounding box.
+/// Fraction of the region's pixels in the top (or bottom) 15 % of its bounding box.
 fn band_fill(
-    image: &RgbImage,
-    is_shape: &impl Fn([u8; 3]) -> Option<usize>,
+    member: &impl Fn(u32, u32) -> bool,
     (x0, x1, y0, y1): (u32, u32, u32, u32),
     top: bool,
 ) -> f32 {
@@ -123,13 +143,13 @@ fn band_fill(
     let mut filled = 0;
     for y in ys {
         for x in x0..=x1 {
-            filled += is_shape(image.get_pixel(x, y).0).is_some() as u32;
+            filled += member(x, y) as u32;
         }
     }
     filled as f32 / (rows * (x1 - x0 + 1)) as f32
 }
 
-fn argmax(votes: &[usize]) -> usize {
+pub(crate) fn argmax(votes: &[usize]) -> usize {
     votes
         .iter()
         .enumerate()

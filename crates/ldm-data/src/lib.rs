@@ -2,7 +2,7 @@
 //!
 //! Every data set is an *image folder*: images next to a `metadata.jsonl` whose rows name
 //! the image (`file_name`) and carry a caption (`text`), an optional class (`label`) and
-//! any other attributes. The emoji and shapes preparers write that layout, split into
+//! any other attributes. The emoji, shapes and scenes preparers write that layout, split into
 //! `train/` and `validation/`; [`ImageFolder`] and [`Loader`] read any folder that follows it.
 
 mod atomic;
@@ -14,6 +14,8 @@ pub mod judge;
 mod loader;
 mod metadata;
 mod pixels;
+pub mod scene_judge;
+pub mod scenes;
 pub mod shapes;
 mod split;
 

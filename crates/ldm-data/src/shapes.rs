@@ -35,7 +35,12 @@ pub(crate) const POSITIONS: [[&str; 3]; 3] = [
     ["left", "center", "right"],
     ["bottom left", "bottom", "bottom right"],
 ];
-const VALIDATION_PERCENT: u32 = 10;
+/// Radii of small and large shapes, as fractions of the image side.
+pub(crate) const SMALL_RADII: std::ops::Range<f32> = 0.10..0.14;
+pub(crate) const LARGE_RADII: std::ops::Range<f32> = 0.19..0.23;
+/// Radii above this are large: halfway between the two ranges.
+pub(crate) const LARGE_ABOVE: f32 = 0.165;
+pub(crate) const VALIDATION_PERCENT: u32 = 10;
 /// Sub-samples per pixel side for anti-aliasing (4x4 per pixel).
 const SUPERSAMPLE: u32 = 4;
 
@@ -89,13 +94,8 @@ impl Scene {
         let background = BACKGROUNDS[rng.random_range(0..BACKGROUNDS.len())].0;
         let large = rng.random_bool(0.5);
         let (row, column) = (rng.random_range(0..3), rng.random_range(0..3));
-        let radius = if large {
-            rng.random_range(0.19..0.23)
-        } else {
-            rng.random_range(0.10..0.14)
-        };
-        let jitter = |rng: &mut ChaCha8Rng| rng.random_range(-0.03..0.03);
-        let centre = (GRID[column] + jitter(rng), GRID[row] + jitter(rng));
+        let radius = rng.random_range(if large { LARGE_RADII } else { SMALL_RADII });
+        let centre = jittered_centre(rng, row, column);
         Scene {
             shape,
             colour,
@@ -129,22 +129,9 @@ impl Scene {
     pub fn render(&self, size: u32) -> RgbImage {
         let fg = rgb_of(&COLOURS, self.colour);
         let bg = rgb_of(&BACKGROUNDS, self.background);
-        let side = size as f32;
-        let samples = SUPERSAMPLE * SUPERSAMPLE;
-        let outline = Outline::of(self.shape);
+        let coverage = coverage(self.shape, self.centre, self.radius, size);
         RgbImage::from_fn(size, size, |px, py| {
-            let mut inside = 0;
-            for sy in 0..SUPERSAMPLE {
-                for sx in 0..SUPERSAMPLE {
-                    let x = (px as f32 + (sx as f32 + 0.5) / SUPERSAMPLE as f32) / side;
-                    let y = (py as f32 + (sy as f32 + 0.5) / SUPERSAMPLE as f32) / side;
-                    // Shape-local coordinates in radii, y pointing up.
-                    let u = (x - self.centre.0) / self.radius;
-                    let v = (self.centre.1 - y) / self.radius;
-                    inside += outline.contains(u, v) as u32;
-                }
-            }
-            let c = inside as f32 / samples as f32;
+            let c = coverage[(py * size + px) as usize];
             Rgb(std::array::from_fn(|i| {
                 (bg[i] as f32 * (1.0 - c) + fg[i] as f32 * c).round() as u8
             }))
@@ -174,7 +161,39 @@ impl Scene {
     }
 }
 
-fn rgb_of(table: &[(&str, [u8; 3])], name: &str) -> [u8; 3] {
+/// The fraction of each pixel (row-major, `size` x `size`) that a shape of `radius` at
+/// `centre` (fractions of the side) covers, from 4x4 sub-samples per pixel.
+pub(crate) fn coverage(shape: &str, centre: (f32, f32), radius: f32, size: u32) -> Vec<f32> {
+    let side = size as f32;
+    let samples = (SUPERSAMPLE * SUPERSAMPLE) as f32;
+    let outline = Outline::of(shape);
+    let mut out = Vec::with_capacity((size * size) as usize);
+    for py in 0..size {
+        for px in 0..size {
+            let mut inside = 0;
+            for sy in 0..SUPERSAMPLE {
+                for sx in 0..SUPERSAMPLE {
+                    let x = (px as f32 + (sx as f32 + 0.5) / SUPERSAMPLE as f32) / side;
+                    let y = (py as f32 + (sy as f32 + 0.5) / SUPERSAMPLE as f32) / side;
+                    // Shape-local coordinates in radii, y pointing up.
+                    let u = (x - centre.0) / radius;
+                    let v = (centre.1 - y) / radius;
+                    inside += outline.contains(u, v) as u32;
+                }
+            }
+            out.push(inside as f32 / samples);
+        }
+    }
+    out
+}
+
+/// The centre of a shape in grid cell (row, column), moved by up to 3 % of the side.
+pub(crate) fn jittered_centre(rng: &mut ChaCha8Rng, row: usize, column: usize) -> (f32, f32) {
+    let jitter = |rng: &mut ChaCha8Rng| rng.random_range(-0.03..0.03);
+    (GRID[column] + jitter(rng), GRID[row] + jitter(rng))
+}
+
+pub(crate) fn rgb_of(table: &[(&str, [u8; 3])], name: &str) -> [u8; 3] {
     table
         .iter()
         .find(|(n, _)| *n == name)
@@ -183,7 +202,7 @@ fn rgb_of(table: &[(&str, [u8; 3])], name: &str) -> [u8; 3] {
 }
 
 /// A shape in local coordinates where the unit is the radius.
-enum Outline {
+pub(crate) enum Outline {
     Circle,
     /// Half side.
     Square(f32),
@@ -191,7 +210,7 @@ enum Outline {
 }
 
 impl Outline {
-    fn of(shape: &str) -> Outline {
+    pub(crate) fn of(shape: &str) -> Outline {
         match shape {
             "circle" => Outline::Circle,
             // Side 1.7 radii: about the circle's area, so size reads the same across shapes.
@@ -202,7 +221,7 @@ impl Outline {
         }
     }
 
-    fn contains(&self, u: f32, v: f32) -> bool {
+    pub(crate) fn contains(&self, u: f32, v: f32) -> bool {
         match self {
             Outline::Circle => u * u + v * v <= 1.0,
             Outline::Square(half) => u.abs() <= *half && v.abs() <= *half,

@@ -62,8 +62,22 @@ impl SplitWriter {
         image: &RgbImage,
         split_key: &str,
     ) -> Result<(), DataError> {
-        let split = Split::of(split_key, self.validation_percent);
-        let path = self.root.join(split.dir_name()).join(&record.file_name);
+        self.add_in(Split::of(split_key, self.validation_percent), record, image)
+    }
+
+    /// The folder of one split, for files that go beside its images.
+    pub fn dir(&self, split: Split) -> PathBuf {
+        self.root.join(split.dir_name())
+    }
+
+    /// Saves `image` as `record.file_name` (a PNG) in `split`.
+    pub fn add_in(
+        &mut self,
+        split: Split,
+        record: Record,
+        image: &RgbImage,
+    ) -> Result<(), DataError> {
+        let path = self.dir(split).join(&record.file_name);
         image
             .save_with_format(&path, image::ImageFormat::Png)
             .map_err(|source| DataError::Image { path, source })?;
