@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use ldm_core::semantic::ClassMap;
 use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
@@ -54,6 +55,10 @@ pub struct GenerateArgs {
     /// Inpainting mask PNG: white where to draw, black where --init-image stays.
     #[arg(long, value_name = "PNG", requires = "init_image")]
     mask: Option<PathBuf>,
+    /// Semantic-map bundles: a PNG of class ids (grayscale, as `ldm data scenes` writes its
+    /// maps) to draw; the output takes its size, so a larger map samples convolutionally.
+    #[arg(long, value_name = "PNG")]
+    semantic_map: Option<PathBuf>,
     /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
@@ -126,6 +131,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     request.strength = args.strength;
     request.init_image = args.init_image.as_deref().map(read_png).transpose()?;
     request.mask = args.mask.as_deref().map(read_png).transpose()?;
+    request.semantic_map = args
+        .semantic_map
+        .as_deref()
+        .map(read_class_map)
+        .transpose()?;
 
     for warning in pipeline.warnings(&request)? {
         eprintln!("warning: {warning}");
@@ -194,6 +204,25 @@ fn read_png(path: &Path) -> anyhow::Result<Image> {
         width: image.width() as usize,
         height: image.height() as usize,
         rgb: image.into_raw(),
+    })
+}
+
+/// A map of class ids: an 8-bit grayscale PNG, bounded as input images are.
+fn read_class_map(path: &Path) -> anyhow::Result<ClassMap> {
+    let map = ldm_data::open_image(path, ldm_runtime::plan::MAX_SIDE as u32)
+        .with_context(|| format!("cannot read the semantic map {}", path.display()))?;
+    if map.color() != image::ColorType::L8 {
+        bail!(
+            "the semantic map {} is {:?}; it must be an 8-bit grayscale PNG whose values are class ids",
+            path.display(),
+            map.color()
+        );
+    }
+    let map = map.to_luma8();
+    Ok(ClassMap {
+        width: map.width() as usize,
+        height: map.height() as usize,
+        ids: map.into_raw(),
     })
 }
 

@@ -7,6 +7,7 @@ pub mod guided;
 pub mod manifest;
 pub mod samplers;
 mod schedule;
+pub mod semantic;
 pub mod tokenizer;
 
 pub use conditions::ConditionError;

@@ -23,6 +23,6 @@ pub use atomic::{make_public_dir, write_atomic, StagingDir};
 pub use decode::{decode_image, open_image, MAX_DATA_SIDE};
 pub use encode::{png_bytes, write_png};
 pub use error::DataError;
-pub use loader::{push_chw, Batch, ImageFolder, Loader, LoaderConfig};
+pub use loader::{push_chw, Batch, ImageFolder, Loader, LoaderConfig, SEMANTIC_MAP};
 pub use metadata::{parse_metadata, Record, METADATA_FILE};
 pub use split::{Split, SplitWriter};

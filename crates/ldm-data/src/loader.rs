@@ -8,12 +8,13 @@ use std::sync::OnceLock;
 
 use image::RgbImage;
 use ldm_core::confined::{confined, is_plain_relative};
+use ldm_core::semantic::ClassMap;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::metadata::read_metadata;
-use crate::pixels::{resize_center_crop, rgb_on_white};
+use crate::pixels::{resize_center_crop, resize_center_crop_ids, rgb_on_white};
 use crate::{open_image, DataError, Record, MAX_DATA_SIDE, METADATA_FILE};
 
 /// The rows of a folder's `metadata.jsonl`, checked against the files on disk.
@@ -23,6 +24,9 @@ pub struct ImageFolder {
     /// (line in metadata.jsonl, row)
     rows: Vec<(usize, Record)>,
 }
+
+/// The column naming a row's semantic map.
+pub const SEMANTIC_MAP: &str = "semantic_map";
 
 impl ImageFolder {
     /// Reads `dir/metadata.jsonl`; every row must name an image that exists in `dir`.
@@ -81,6 +85,54 @@ impl ImageFolder {
     pub fn require_text(self) -> Result<Self, DataError> {
         self.require(|r| r.text.as_deref(), "text")?;
         Ok(self)
+    }
+
+    /// Refuses rows without a semantic map (the `semantic_map` column naming a file in the
+    /// folder, as `ldm data scenes` writes them).
+    pub fn require_semantic_maps(self) -> Result<Self, DataError> {
+        self.require(
+            |r| r.attributes.get(SEMANTIC_MAP).and_then(|v| v.as_str()),
+            SEMANTIC_MAP,
+        )?;
+        let metadata = self.root.join(METADATA_FILE);
+        for (line, record) in &self.rows {
+            let name = record.column(SEMANTIC_MAP).unwrap_or_default();
+            if !is_plain_relative(&name) {
+                return Err(DataError::UnsafeFileName {
+                    path: metadata,
+                    line: *line,
+                    file_name: name,
+                });
+            }
+            if let Err(e) = confined(&self.root, &name) {
+                return Err(DataError::Unconfined {
+                    path: metadata,
+                    line: *line,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(self)
+    }
+
+    /// The semantic map of row `index` (see [`Self::require_semantic_maps`]): class ids,
+    /// scaled and cropped to `size` as its image is, by nearest pixel.
+    pub fn load_semantic_map(&self, index: usize, size: u32) -> Result<ClassMap, DataError> {
+        let (line, record) = &self.rows[index];
+        let name = record
+            .column(SEMANTIC_MAP)
+            .ok_or_else(|| DataError::MissingColumn {
+                path: self.root.join(METADATA_FILE),
+                line: *line,
+                column: SEMANTIC_MAP,
+            })?;
+        let path = confined(&self.root, &name)?;
+        let map = resize_center_crop_ids(open_image(&path, MAX_DATA_SIDE)?.to_luma8(), size);
+        Ok(ClassMap {
+            width: size as usize,
+            height: size as usize,
+            ids: map.into_raw(),
+        })
     }
 
     /// Refuses rows without a class label.

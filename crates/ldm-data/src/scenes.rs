@@ -17,7 +17,7 @@ use crate::shapes::{
     coverage, jittered_centre, rgb_of, BACKGROUNDS, COLOURS, LARGE_RADII, POSITIONS, SHAPES,
     SMALL_RADII, VALIDATION_PERCENT,
 };
-use crate::{DataError, Record, Split, SplitWriter, StagingDir};
+use crate::{DataError, Record, Split, SplitWriter, StagingDir, SEMANTIC_MAP};
 
 /// Class ids of the semantic maps: 0 is the background, then the shapes in SHAPES' order.
 pub const CLASSES: [&str; 5] = ["background", "circle", "square", "triangle", "star"];
@@ -190,7 +190,7 @@ impl LayoutScene {
         let attributes = [
             ("background", json!(self.background)),
             ("objects", json!(self.objects)),
-            ("semantic_map", json!(map_name)),
+            (SEMANTIC_MAP, json!(map_name)),
             ("classes", json!(CLASSES)),
         ]
         .into_iter()

@@ -248,7 +248,7 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
             classes,
             class_names: release.info.class_names.clone(),
         },
-        Conditioning::Concat { task } => BundleConditioning::Concat {
+        Conditioning::Concat { task, .. } => BundleConditioning::Concat {
             task,
             channels: concat_channels,
         },

@@ -1,12 +1,13 @@
 //! The tasks that need exported bundles of their own kind, end to end on tiny random models:
-//! super-resolution and inpainting models conditioned by concatenation, a class-conditional
+//! super-resolution, inpainting and semantic-map models conditioned by concatenation, a class-conditional
 //! model, and an unconditional one in pixel space, each generated through the runtime.
 
 mod common;
 
 use std::sync::Mutex;
 
-use common::{config, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION};
+use common::{config, random_release, CLASS, INPAINTING, NONE, SEMANTIC_MAP, SUPER_RESOLUTION};
+use ldm_core::semantic::ClassMap;
 use ldm_export::{export_release, ExportOptions};
 use ldm_nn::FirstStage;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
@@ -83,4 +84,65 @@ fn concatenation_class_and_pixel_models_generate() {
     let mut pixels = pipeline(FirstStage::Identity, NONE, &dir.path().join("pixels"));
     let out = run(&mut pixels, &one().size(32)).unwrap();
     assert_eq!((out[0].width, out[0].height), (32, 32));
+}
+
+/// A map of `side` x `side` pixels: a square of class `id` in the top left quarter.
+fn square_map(side: usize, id: u8) -> ClassMap {
+    ClassMap {
+        width: side,
+        height: side,
+        ids: (0..side * side)
+            .map(|i| {
+                if i % side < side / 2 && i / side < side / 2 {
+                    id
+                } else {
+                    0
+                }
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn semantic_map_models_draw_from_their_map_at_any_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut semantic = pipeline(FirstStage::Kl, SEMANTIC_MAP, &dir.path().join("semantic"));
+    let m = &semantic.bundle().manifest;
+    let concat = m.conditioning.concat().unwrap();
+    assert_eq!(
+        (concat.task, concat.channels),
+        (ldm_core::manifest::ConcatKind::SemanticMap, 5)
+    );
+    let with_map = |map: ClassMap| {
+        let mut request = Generate::new(vec![String::new()]).steps(2);
+        request.semantic_map = Some(map);
+        request
+    };
+    // The output takes the map's size: the training size, then twice it.
+    for side in [16, 32] {
+        let out = run(&mut semantic, &with_map(square_map(side, 2))).unwrap();
+        assert_eq!((out[0].width, out[0].height), (side, side));
+    }
+    // The map decides the image: another map, another image from the same seed.
+    let a = run(&mut semantic, &with_map(square_map(16, 2))).unwrap();
+    let b = run(&mut semantic, &with_map(square_map(16, 4))).unwrap();
+    assert_ne!(a[0].rgb, b[0].rgb);
+    let err = run(&mut semantic, &Generate::new(vec![String::new()]).steps(2)).unwrap_err();
+    assert!(err.contains("needs a semantic map"), "{err}");
+    let err = run(&mut semantic, &with_map(square_map(16, 5))).unwrap_err();
+    assert!(
+        err.contains("pixel (0, 0) has class id 5, but the model knows ids 0 to 4"),
+        "{err}"
+    );
+    let err = run(&mut semantic, &with_map(square_map(16, 1)).size(32)).unwrap_err();
+    assert!(
+        err.contains("semantic map is 16x16; this request needs 32x32"),
+        "{err}"
+    );
+    let err = run(&mut semantic, &with_map(square_map(15, 1))).unwrap_err();
+    assert!(err.contains("15"), "{err}");
+    // A bundle of another kind refuses a map rather than ignoring it.
+    let mut plain = pipeline(FirstStage::Kl, NONE, &dir.path().join("plain"));
+    let err = run(&mut plain, &with_map(square_map(16, 1))).unwrap_err();
+    assert!(err.contains("does not take a semantic map"), "{err}");
 }

@@ -372,11 +372,13 @@ fn conditioning(
         ("concat", "torch.nn.Identity") if in_channels == latent + IMAGE_CHANNELS => {
             Ok(Conditioning::Concat {
                 task: ConcatKind::SuperResolution,
+                classes: None,
             })
         }
         ("concat", "__is_first_stage__") if in_channels == 2 * latent + 1 => {
             Ok(Conditioning::Concat {
                 task: ConcatKind::Inpainting,
+                classes: None,
             })
         }
         ("concat", _) => Err(unsupported(&format!(

@@ -201,7 +201,8 @@ fn super_resolution_concatenates_the_low_resolution_image() {
     assert_eq!(
         r.config.conditioning,
         Conditioning::Concat {
-            task: ConcatKind::SuperResolution
+            task: ConcatKind::SuperResolution,
+            classes: None,
         }
     );
     assert_eq!(r.config.unet_io().in_channels, 6);

@@ -133,8 +133,13 @@ pub enum Conditioning {
     },
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
-    /// Extra input channels concatenated to the latent (paper 4.4, 4.5).
-    Concat { task: ConcatKind },
+    /// Extra input channels concatenated to the latent (paper 4.3.2, 4.4, 4.5).
+    Concat {
+        task: ConcatKind,
+        /// Classes of a semantic map (`task = "semantic_map"`), the background included.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
+    },
 }
 
 /// The text transformer of a text-conditioned model.
@@ -277,6 +282,7 @@ impl ModelConfig {
                 Some(ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting) => {
                     ae.latent_channels + 1
                 }
+                Some(ConcatKind::SemanticMap) => self.conditioning.semantic_classes().unwrap_or(0),
                 None => 0,
             }
     }
@@ -430,14 +436,50 @@ impl Conditioning {
     /// What the UNet's `concat` input carries, if it has one.
     pub fn concat_task(&self) -> Option<ConcatKind> {
         match *self {
-            Conditioning::Concat { task } => Some(task),
+            Conditioning::Concat { task, .. } => Some(task),
             Conditioning::Text { concat, .. } => concat,
             Conditioning::None | Conditioning::Class { .. } => None,
         }
     }
 
+    /// The classes of a semantic-map model's maps.
+    pub fn semantic_classes(&self) -> Option<usize> {
+        match *self {
+            Conditioning::Concat {
+                task: ConcatKind::SemanticMap,
+                classes,
+            } => classes,
+            _ => None,
+        }
+    }
+
     fn validate(&self) -> Result<(), NnError> {
         match *self {
+            Conditioning::Concat { task, classes } => {
+                let semantic = task == ConcatKind::SemanticMap;
+                check(
+                    classes.is_some() == semantic,
+                    "conditioning.classes",
+                    || {
+                        if semantic {
+                            "a semantic map model needs its class count (the background included)"
+                                .into()
+                        } else {
+                            format!("only semantic_map models take classes, not {task:?}")
+                        }
+                    },
+                )?;
+                check(
+                    classes.is_none_or(|c| (2..=ldm_core::semantic::MAX_CLASSES).contains(&c)),
+                    "conditioning.classes",
+                    || {
+                        format!(
+                            "{classes:?} is outside 2..={}",
+                            ldm_core::semantic::MAX_CLASSES
+                        )
+                    },
+                )
+            }
             Conditioning::Text {
                 vocab_size,
                 max_length,
@@ -447,8 +489,16 @@ impl Conditioning {
                 head_channels,
                 mlp_width,
                 positions,
+                concat,
                 ..
             } => {
+                check(
+                    concat != Some(ConcatKind::SemanticMap),
+                    "conditioning.concat",
+                    || {
+                        "semantic maps condition concatenation models (conditioning.kind = \"concat\"), not text ones".into()
+                    },
+                )?;
                 check(mlp_width != Some(0), "conditioning.mlp_width", || {
                     "must be at least 1".into()
                 })?;
@@ -487,7 +537,7 @@ impl Conditioning {
                     "must be at least 1".into()
                 })
             }
-            Conditioning::Concat { .. } | Conditioning::None => Ok(()),
+            Conditioning::None => Ok(()),
         }
     }
 }

@@ -98,6 +98,10 @@ pub enum RequestError {
     TaskNeeds(&'static str),
     #[error("a mask needs an input image")]
     MaskWithoutImage,
+    #[error("this bundle does not take {0}")]
+    NotTaken(&'static str),
+    #[error("{0}")]
+    SemanticMap(#[from] ldm_core::semantic::SemanticError),
     #[error("strength {0} is not within 0..1")]
     Strength(f64),
     #[error("the {what} is {}x{}; this request needs {}x{}", got.0, got.1, needed.0, needed.1)]

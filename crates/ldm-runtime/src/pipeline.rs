@@ -24,6 +24,7 @@ use std::borrow::Cow;
 use ldm_core::conditions::{class_ids, text_ids};
 use ldm_core::guided::repeat;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
+use ldm_core::semantic::class_shares;
 use ldm_core::{GuidedSampling, KnownLatent};
 
 use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
@@ -300,6 +301,17 @@ impl Pipeline {
                     .as_f32()
                     .map(<[f32]>::to_vec),
             },
+            Task::SemanticMap => {
+                let map = request
+                    .semantic_map
+                    .as_ref()
+                    .expect("the plan checked the map");
+                let classes = m.conditioning.concat().map_or(0, |c| c.channels);
+                ImageInputs {
+                    known: None,
+                    concat: Some(class_shares(map, classes, f).map_err(RequestError::from)?),
+                }
+            }
             Task::Inpainting => {
                 let mask_first = m.conditioning.concat().map(|c| c.task)
                     == Some(ConcatKind::MaskFirstInpainting);

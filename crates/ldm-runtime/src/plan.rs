@@ -36,6 +36,8 @@ pub enum Task {
     Inpainting,
     /// A super-resolution bundle: the low-resolution image is the UNet's extra channels.
     SuperResolution,
+    /// A semantic-map bundle: the map's class shares are the UNet's extra channels.
+    SemanticMap,
 }
 
 /// What planning needs of a bundle, without its graphs: cheap to clone, so that requests can
@@ -219,13 +221,16 @@ pub fn plan(
     };
     let from_image =
         |side: fn(&Image) -> usize| request.init_image.as_ref().map(|i| side(i) * factor);
+    let map = request.semantic_map.as_ref();
     let width = request
         .width
         .or_else(|| from_image(|i| i.width))
+        .or(map.map(|m| m.width))
         .unwrap_or(m.resolution);
     let height = request
         .height
         .or_else(|| from_image(|i| i.height))
+        .or(map.map(|m| m.height))
         .unwrap_or(m.resolution);
     for (what, side) in [("width", width), ("height", height)] {
         if side == 0 || !side.is_multiple_of(m.size_multiple) || side > MAX_SIDE {
@@ -262,7 +267,14 @@ pub fn plan(
             .map_err(RequestError::DefaultSampler)?,
     };
     let sampler = sampler.with_eta(eta);
-    let task = check_images(request, task, m.downsampling_factor, (width, height), steps)?;
+    let classes = m.conditioning.concat().map_or(0, |c| c.channels);
+    let task = check_images(
+        request,
+        task,
+        (m.downsampling_factor, classes),
+        (width, height),
+        steps,
+    )?;
 
     let has_conditioner = matches!(
         m.conditioning,
@@ -345,11 +357,27 @@ enum TaskKind {
     ImageToImage,
     Inpainting,
     SuperResolution,
+    SemanticMap,
 }
 
 /// The task the bundle and the request's images make.
 fn task_kind(m: &Manifest, request: &Generate) -> Result<TaskKind, RequestError> {
     let concat = m.conditioning.concat().map(|c| c.task);
+    match (concat, &request.semantic_map) {
+        (Some(ConcatKind::SemanticMap), None) => {
+            return Err(RequestError::TaskNeeds("a semantic map"))
+        }
+        (Some(ConcatKind::SemanticMap), Some(_)) => {
+            if request.init_image.is_some() || request.mask.is_some() {
+                return Err(RequestError::NotTaken(
+                    "an input image or a mask (it draws from its semantic map)",
+                ));
+            }
+            return Ok(TaskKind::SemanticMap);
+        }
+        (_, Some(_)) => return Err(RequestError::NotTaken("a semantic map")),
+        (_, None) => {}
+    }
     Ok(match (concat, &request.init_image, &request.mask) {
         (Some(ConcatKind::SuperResolution), Some(_), _) => TaskKind::SuperResolution,
         (Some(ConcatKind::SuperResolution), None, _) => {
@@ -370,7 +398,7 @@ fn task_kind(m: &Manifest, request: &Generate) -> Result<TaskKind, RequestError>
 fn check_images(
     request: &Generate,
     task: TaskKind,
-    f: usize,
+    (f, classes): (usize, usize),
     (width, height): (usize, usize),
     steps: usize,
 ) -> Result<Task, RequestError> {
@@ -381,6 +409,18 @@ fn check_images(
     let image = request.init_image.as_ref();
     Ok(match task {
         TaskKind::Generate => Task::Generate,
+        TaskKind::SemanticMap => {
+            let map = request.semantic_map.as_ref().expect("the task has a map");
+            if (map.width, map.height) != (width, height) {
+                return Err(RequestError::ImageSize {
+                    what: "semantic map",
+                    got: (map.width, map.height),
+                    needed: (width, height),
+                });
+            }
+            map.check(classes, f)?;
+            Task::SemanticMap
+        }
         TaskKind::SuperResolution => {
             let image = image.expect("super-resolution has an image");
             expect_size(image, "low-resolution image", width / f, height / f)?;

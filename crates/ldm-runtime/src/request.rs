@@ -1,6 +1,7 @@
 //! What a caller asks of a pipeline: the [`Generate`] request, and the [`Image`]s and
 //! [`Progress`] reports it gets back.
 
+use ldm_core::semantic::ClassMap;
 use ldm_core::SamplerKind;
 
 use crate::plan::MAX_IMAGES;
@@ -37,6 +38,9 @@ pub struct Generate {
     /// bundle (the known region is blended back after every step, Sec. 4.5 of the paper's
     /// baseline) and feeds the mask channels of inpainting bundles.
     pub mask: Option<Image>,
+    /// Semantic-map bundles draw what this map of class ids shows (paper 4.3.2); the output
+    /// takes its size unless one is asked, and larger maps sample convolutionally.
+    pub semantic_map: Option<ClassMap>,
 }
 
 impl Generate {
@@ -54,6 +58,7 @@ impl Generate {
             init_image: None,
             strength: None,
             mask: None,
+            semantic_map: None,
         }
     }
     /// `count` images of one prompt (image i with seed + i), refused before anything is

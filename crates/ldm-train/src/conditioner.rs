@@ -3,8 +3,9 @@
 //! follow the rules every engine shares (`ldm_core::conditions`).
 
 use ldm_core::conditions::{class_ids, text_ids};
+use ldm_core::semantic::class_shares;
 use ldm_core::TextTokenizer;
-use ldm_data::Batch;
+use ldm_data::{Batch, ImageFolder};
 use ldm_nn::ModelConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -28,6 +29,11 @@ pub enum Conditioner {
     },
     SuperResolution,
     Inpainting,
+    /// Semantic maps of the training folder's rows (`ImageFolder::load_semantic_map`).
+    SemanticMap {
+        classes: usize,
+        folder: Box<ImageFolder>,
+    },
 }
 
 impl Conditioner {
@@ -63,9 +69,9 @@ impl Conditioner {
                 let ids = class_ids(prompts, *classes, names, guided)?;
                 Condition::Ids(Tensor::from_slice(&ids).to_device(device))
             }
-            Conditioner::SuperResolution | Conditioner::Inpainting => {
-                return Err(TrainError::NeedsImage)
-            }
+            Conditioner::SuperResolution
+            | Conditioner::Inpainting
+            | Conditioner::SemanticMap { .. } => return Err(TrainError::NeedsImage),
         })
     }
 
@@ -109,6 +115,13 @@ impl Conditioner {
             Conditioner::SuperResolution => {
                 Condition::Concat(cache.low_resolution(&batch.rows, device))
             }
+            Conditioner::SemanticMap { classes, folder } => Condition::Concat(semantic_condition(
+                folder,
+                &batch.rows,
+                *classes,
+                config,
+                device,
+            )?),
             Conditioner::Inpainting => {
                 let images = images_tensor(&batch.images, batch.shape, device);
                 let mask = random_boxes(batch.shape[0], config.resolution, device);
@@ -122,6 +135,33 @@ impl Conditioner {
             }
         })
     }
+}
+
+/// The semantic-map model's extra channels for folder rows `rows`: each map's class shares
+/// at the latent's size ([`class_shares`], as every engine builds them).
+pub fn semantic_condition(
+    folder: &ImageFolder,
+    rows: &[usize],
+    classes: usize,
+    config: &ModelConfig,
+    device: Device,
+) -> Result<Tensor, TrainError> {
+    let (size, f) = (config.resolution, config.autoencoder.factor);
+    let mut shares = Vec::with_capacity(rows.len() * classes * (size / f) * (size / f));
+    for &row in rows {
+        let map = folder.load_semantic_map(row, size as u32)?;
+        let row_shares = class_shares(&map, classes, f).map_err(|e| {
+            TrainError::Mismatch(format!(
+                "{}: {e}",
+                folder.records().nth(row).map_or("", |r| &r.file_name)
+            ))
+        })?;
+        shares.extend(row_shares);
+    }
+    let side = (size / f) as i64;
+    Ok(Tensor::from_slice(&shares)
+        .reshape([rows.len() as i64, classes as i64, side, side])
+        .to_device(device))
 }
 
 /// One random rectangle per image, 1 inside (the region to fill): sides from a quarter to

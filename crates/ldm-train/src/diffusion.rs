@@ -65,6 +65,10 @@ pub fn train_diffusion(
     folder = match config.conditioning {
         Conditioning::Text { .. } => folder.require_text()?,
         Conditioning::Class { .. } => folder.require_label()?,
+        Conditioning::Concat {
+            task: ConcatKind::SemanticMap,
+            ..
+        } => folder.require_semantic_maps()?,
         _ => folder,
     };
     run::check_data(&folder, config)?;
@@ -441,10 +445,22 @@ fn conditioner(
         Conditioning::None => (Conditioner::None, vec![]),
         Conditioning::Concat {
             task: ConcatKind::SuperResolution,
+            ..
         } => (Conditioner::SuperResolution, vec![]),
         Conditioning::Concat {
             task: ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting,
+            ..
         } => (Conditioner::Inpainting, vec![]),
+        Conditioning::Concat {
+            task: ConcatKind::SemanticMap,
+            classes,
+        } => (
+            Conditioner::SemanticMap {
+                classes: classes.expect("validated: semantic maps name their classes"),
+                folder: Box::new(loader.folder().clone()),
+            },
+            vec![],
+        ),
         Conditioning::Text {
             vocab_size,
             max_length,

@@ -10,7 +10,7 @@ use ldm_nn::ModelConfig;
 use tch::{Device, Kind, Tensor};
 
 use crate::autoencoder::decode_sampled;
-use crate::conditioner::{inpainting_condition, Conditioner};
+use crate::conditioner::{inpainting_condition, semantic_condition, Conditioner};
 use crate::denoiser::{split_named, Condition, Denoiser};
 use crate::images::save_grid;
 use crate::records::DiffusionOptions;
@@ -61,6 +61,13 @@ impl Preview {
             Conditioner::Class { classes, .. } => {
                 let ids = (0..GRID).map(|i| (i % classes).to_string()).collect();
                 (Inputs::Prompts(ids), GRID)
+            }
+            Conditioner::SemanticMap { classes, .. } => {
+                let count = GRID.min(folder.len());
+                let rows: Vec<usize> = (0..count).collect();
+                let folder = folder.require_semantic_maps()?;
+                let extra = semantic_condition(&folder, &rows, *classes, config, device)?;
+                (Inputs::Concat(extra), count)
             }
             Conditioner::SuperResolution | Conditioner::Inpainting => {
                 let count = GRID.min(folder.len());

@@ -576,3 +576,46 @@ fn every_first_stage_and_conditioning_trains_and_samples() {
         "{err}"
     );
 }
+
+#[test]
+fn a_semantic_map_model_trains_on_the_scenes_and_refuses_data_without_maps() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let scenes = ldm_data::scenes::ScenesConfig {
+        count: 40,
+        size: 16,
+        seed: 2,
+        max_objects: 3,
+    };
+    ldm_data::scenes::prepare(&tmp.path().join("scenes"), &scenes, |_, _| {}).unwrap();
+    let data = tmp.path().join("scenes/train");
+    let cfg = config("[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5");
+    assert_eq!(cfg.unet_in_channels(), 3 + 5);
+    let ae = tmp.path().join("ae");
+    autoencoder(&cfg, &data, &ae, ae_options(2), 2, false).unwrap();
+    let ldm = tmp.path().join("ldm");
+    diffusion(
+        &cfg,
+        (&data, &ae, None),
+        &ldm,
+        diffusion_options(3),
+        3,
+        false,
+    )
+    .unwrap();
+    assert!(logged(&ldm, 1).iter().all(|v| v.is_finite()));
+    assert!(ldm.join("samples/step-00000003.png").is_file());
+    // Images without maps are refused by the column's name before any step.
+    let shapes = shapes_data(tmp.path());
+    let err = diffusion(
+        &cfg,
+        (&shapes, &ae, None),
+        &tmp.path().join("nomaps"),
+        diffusion_options(3),
+        3,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("semantic_map"), "{err}");
+}

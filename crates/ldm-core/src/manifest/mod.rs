@@ -146,6 +146,9 @@ pub enum ConcatKind {
     /// mask first, sampled at every f-th pixel and binarised at 0.5, then the encoded masked
     /// image: 1 + latent channels.
     MaskFirstInpainting,
+    /// A semantic map (paper 4.3.2): one channel per class, each latent cell's share of
+    /// pixels the map gives that class (`crate::semantic::class_shares`).
+    SemanticMap,
 }
 
 impl ConcatKind {

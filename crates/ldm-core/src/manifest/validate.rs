@@ -7,6 +7,7 @@ use super::{
     BundleConditioning, ConcatKind, DimSpec, FirstStage, GraphRole, GraphSpec, Manifest, Schedule,
     MANIFEST_FORMAT,
 };
+use crate::semantic::MAX_CLASSES as MAX_MAP_CLASSES;
 
 /// Bounds of the numbers that size work and memory: far above any model served here, far
 /// below what would exhaust a machine before the request plan's estimate is consulted.
@@ -96,6 +97,8 @@ impl Manifest {
                 ConcatKind::Inpainting | ConcatKind::MaskFirstInpainting => {
                     self.latent_channels + 1
                 }
+                // One channel per class; any count the maps' 8-bit ids can name.
+                ConcatKind::SemanticMap => concat.channels.clamp(2, MAX_MAP_CLASSES),
             };
             if concat.channels != needed {
                 return Err(format!(

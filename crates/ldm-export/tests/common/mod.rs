@@ -15,6 +15,8 @@ pub const CLASS: &str = "[conditioning]\nkind = \"class\"\nclasses = 5\nwidth = 
 pub const NONE: &str = "";
 pub const SUPER_RESOLUTION: &str = "[conditioning]\nkind = \"concat\"\ntask = \"super_resolution\"";
 pub const INPAINTING: &str = "[conditioning]\nkind = \"concat\"\ntask = \"inpainting\"";
+pub const SEMANTIC_MAP: &str =
+    "[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5";
 
 const KL: &str = "regularizer = \"kl\"\nfactor = 2\nlatent_channels = 3\nchannels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\ngroups = 4\nattn_resolutions = [8]";
 const VQ: &str = "regularizer = \"vq\"\nfactor = 2\nlatent_channels = 3\ncodebook_size = 16\nchannels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\ngroups = 4";
