@@ -6,6 +6,8 @@
 //!   with its caption or class; FID, KID and precision/recall against the held-out images;
 //!   conditioning accuracy (the evaluator's first head against the row's value, and for
 //!   procedural scenes the colour and shape read back from the pixels); samples per second.
+//! - Semantic maps (semantic-map bundles): each held-out map drawn at 1x and 2x and read back
+//!   by the scene judge, as mean IoU (`eval_semantic`).
 //!
 //! Feature-space figures need an evaluator folder (`ldm train classifier`); they are on that
 //! network's features, not Inception's.
@@ -16,13 +18,14 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use image::RgbImage;
-use ldm_core::manifest::{BundleConditioning, FirstStage};
+use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
 use ldm_data::judge::judge;
 use ldm_data::{ImageFolder, Record};
 use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 use serde::{Deserialize, Serialize};
 
+use crate::eval_semantic::{self, SemanticScores};
 use crate::generate::{grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
 
 #[derive(Args)]
@@ -75,6 +78,9 @@ pub struct Report {
     pub training: Option<Training>,
     pub reconstruction: Option<Reconstruction>,
     pub generation: Option<Generation>,
+    /// Semantic-map bundles: maps drawn and read back.
+    #[serde(default)]
+    pub semantic: Option<SemanticScores>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -186,6 +192,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             real_judged.as_ref(),
         )?
     };
+    let semantic_bundle = pipeline
+        .bundle()
+        .manifest
+        .conditioning
+        .concat()
+        .map(|c| c.task)
+        == Some(ConcatKind::SemanticMap);
+    let semantic = if semantic_bundle && !a.no_generation {
+        let folder = folder.require_semantic_maps()?;
+        Some(eval_semantic::evaluate(
+            &mut pipeline,
+            &folder,
+            &picked,
+            &real,
+            &a.sampling,
+            &a.out,
+        )?)
+    } else {
+        None
+    };
     let report = Report {
         bundle: a.bundle.display().to_string(),
         data: a.data.display().to_string(),
@@ -195,6 +221,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         training,
         reconstruction,
         generation,
+        semantic,
     };
     print_report(&report);
     let path = a.out.join("eval.json");
@@ -240,12 +267,12 @@ fn training_throughput(run: &Path) -> anyhow::Result<Training> {
     })
 }
 
-fn to_rgb(image: Image) -> RgbImage {
+pub(crate) fn to_rgb(image: Image) -> RgbImage {
     RgbImage::from_raw(image.width as u32, image.height as u32, image.rgb)
         .expect("pipeline images hold width x height RGB pixels")
 }
 
-fn from_rgb(image: &RgbImage) -> Image {
+pub(crate) fn from_rgb(image: &RgbImage) -> Image {
     Image {
         width: image.width() as usize,
         height: image.height() as usize,
@@ -525,5 +552,11 @@ fn print_report(r: &Report) {
                 100.0 * acc.majority
             );
         }
+    }
+    if let Some(s) = &r.semantic {
+        println!(
+            "  semantic maps    mIoU {:.3} at the training size, {:.3} at 2x (the real images: {:.3}; the map ignored: {:.3})",
+            s.miou, s.miou_2x, s.real_miou, s.ignored_map_miou
+        );
     }
 }
