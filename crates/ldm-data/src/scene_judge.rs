@@ -305,15 +305,19 @@ pub struct ObjectCounts {
     pub extra: usize,
 }
 
-impl ObjectCounts {
-    pub fn add(self, other: ObjectCounts) -> ObjectCounts {
+impl std::ops::Add for ObjectCounts {
+    type Output = ObjectCounts;
+
+    fn add(self, other: ObjectCounts) -> ObjectCounts {
         ObjectCounts {
             correct: self.correct + other.correct,
             asked: self.asked + other.asked,
             extra: self.extra + other.extra,
         }
     }
+}
 
+impl ObjectCounts {
     pub fn share(&self) -> f64 {
         let all = self.asked + self.extra;
         if all == 0 {

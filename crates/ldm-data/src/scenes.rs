@@ -95,7 +95,7 @@ impl SceneObject {
     fn held_out(&self) -> bool {
         let size = if self.large { "large" } else { "small" };
         let key = format!("{} {} {size} {}", self.shape, self.colour, self.position);
-        crc32fast::hash(key.as_bytes()) % HELD_OUT_ONE_IN == 0
+        crc32fast::hash(key.as_bytes()).is_multiple_of(HELD_OUT_ONE_IN)
     }
 }
 

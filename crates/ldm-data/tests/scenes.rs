@@ -118,12 +118,12 @@ fn the_judge_reads_the_real_scenes_back_at_least_98_percent() {
     for scene in scenes::scenes(&config(count, size, 11)) {
         let (image, map) = scene.render(size);
         let read = read_scene(&image);
-        layout = layout.add(score_layout(&scene.objects, &read.objects));
+        layout = layout + score_layout(&scene.objects, &read.objects);
         let c = score_caption(&scene.objects, &read.objects);
-        caption = caption.add(c);
+        caption = caption + c;
         match scene.objects.len() {
-            1 => one = one.add(c),
-            2 => two = two.add(c),
+            1 => one = one + c,
+            2 => two = two + c,
             _ => {}
         }
         ious.push(map_mean_iou(&map, &read.map));
