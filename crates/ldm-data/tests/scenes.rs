@@ -5,6 +5,9 @@ use ldm_data::scene_judge::{map_mean_iou, read_scene, score_caption, score_layou
 use ldm_data::scenes::{self, LayoutScene, ScenesConfig};
 use ldm_data::ImageFolder;
 
+mod common;
+use common::tree_bytes;
+
 fn config(count: usize, size: u32, seed: u64) -> ScenesConfig {
     ScenesConfig {
         count,
@@ -21,20 +24,7 @@ fn same_seed_writes_identical_bytes_with_a_map_beside_every_image() {
         let (dir, train, validation) =
             scenes::prepare(&tmp.path().join(name), config, |_, _| {}).unwrap();
         assert_eq!(train + validation, config.count);
-        let mut files = Vec::new();
-        for split in ["train", "validation"] {
-            let mut names: Vec<_> = std::fs::read_dir(dir.join(split))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            names.sort();
-            for name in names {
-                files.push((
-                    name.clone(),
-                    std::fs::read(dir.join(split).join(name)).unwrap(),
-                ));
-            }
-        }
+        let files = tree_bytes(&dir);
         (dir, files)
     };
     let (dir, a) = run("a", &config(40, 32, 5));

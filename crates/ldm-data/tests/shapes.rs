@@ -3,21 +3,8 @@
 use ldm_data::shapes::{self, ShapesConfig};
 use ldm_data::{ImageFolder, Split};
 
-fn tree_bytes(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for split in ["train", "validation"] {
-        let mut names: Vec<_> = std::fs::read_dir(dir.join(split))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        for name in names {
-            let bytes = std::fs::read(dir.join(split).join(&name)).unwrap();
-            files.push((format!("{split}/{name}"), bytes));
-        }
-    }
-    files
-}
+mod common;
+use common::tree_bytes;
 
 #[test]
 fn same_seed_writes_identical_bytes_and_another_seed_does_not() {
