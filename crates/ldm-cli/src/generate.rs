@@ -15,7 +15,10 @@ pub const DEFAULT_BUNDLE: &str = "export/emoji-text";
 #[derive(Args)]
 pub struct GenerateArgs {
     /// What to draw: a caption (text models), a class name or id (class models); ignored by
-    /// unconditional models.
+    /// unconditional models. Each kind of bundle takes its own inputs: text and class bundles
+    /// the prompt, super-resolution ones --init-image (the low-resolution image), inpainting
+    /// ones --init-image and --mask, semantic-map ones --semantic-map; text, class and
+    /// unconditional bundles also take --init-image (image-to-image) with or without --mask.
     #[arg(default_value = "")]
     prompt: String,
     /// Class-conditional bundles: the class name or id (the same as giving it as the prompt).
