@@ -117,11 +117,12 @@ impl LayoutScene {
         let count = rng.random_range(1..=max_objects);
         let mut best: Option<(f32, LayoutScene)> = None;
         for _ in 0..LAYOUT_ATTEMPTS {
+            let (objects, covers) = sample_objects(rng, count, size);
             let scene = LayoutScene {
                 background: background.to_string(),
-                objects: sample_objects(rng, count, size),
+                objects,
             };
-            let visible = scene.least_visible_share(size);
+            let visible = least_visible_share(&covers);
             if visible >= MIN_VISIBLE {
                 return scene;
             }
@@ -168,24 +169,6 @@ impl LayoutScene {
         (image, map)
     }
 
-    /// The smallest share of any shape's pixels left visible by those drawn after it.
-    fn least_visible_share(&self, size: u32) -> f32 {
-        let covers: Vec<Vec<f32>> = self
-            .objects
-            .iter()
-            .map(|o| coverage(&o.shape, o.centre, o.radius, size))
-            .collect();
-        (0..covers.len())
-            .map(|i| {
-                let own = covers[i].iter().filter(|&&c| c >= 0.5).count().max(1);
-                let visible = (0..covers[i].len())
-                    .filter(|&p| covers[i][p] >= 0.5 && covers[i + 1..].iter().all(|c| c[p] < 0.5))
-                    .count();
-                visible as f32 / own as f32
-            })
-            .fold(1.0, f32::min)
-    }
-
     fn record(&self, file_name: String, map_name: String) -> Record {
         let attributes = [
             ("background", json!(self.background)),
@@ -224,9 +207,28 @@ impl LayoutScene {
     }
 }
 
+/// The smallest share of any shape's pixels (`covers`, in drawing order) left visible by
+/// those drawn after it.
+fn least_visible_share(covers: &[Vec<f32>]) -> f32 {
+    (0..covers.len())
+        .map(|i| {
+            let own = covers[i].iter().filter(|&&c| c >= 0.5).count().max(1);
+            let visible = (0..covers[i].len())
+                .filter(|&p| covers[i][p] >= 0.5 && covers[i + 1..].iter().all(|c| c[p] < 0.5))
+                .count();
+            visible as f32 / own as f32
+        })
+        .fold(1.0, f32::min)
+}
+
 /// `count` shapes in distinct grid cells and of distinct colours (so that each is told
-/// apart by its colour), with their boxes measured at `size` pixels.
-fn sample_objects(rng: &mut ChaCha8Rng, count: usize, size: u32) -> Vec<SceneObject> {
+/// apart by its colour), with their boxes measured at `size` pixels, and each one's coverage
+/// of the pixels.
+fn sample_objects(
+    rng: &mut ChaCha8Rng,
+    count: usize,
+    size: u32,
+) -> (Vec<SceneObject>, Vec<Vec<f32>>) {
     let mut cells: Vec<usize> = (0..9).collect();
     let mut colours: Vec<usize> = (0..COLOURS.len()).collect();
     (0..count)
@@ -238,17 +240,19 @@ fn sample_objects(rng: &mut ChaCha8Rng, count: usize, size: u32) -> Vec<SceneObj
             let radius = rng.random_range(if large { LARGE_RADII } else { SMALL_RADII });
             let (row, column) = (cell / 3, cell % 3);
             let centre = jittered_centre(rng, row, column);
-            SceneObject {
+            let cover = coverage(shape, centre, radius, size);
+            let object = SceneObject {
                 shape: shape.to_string(),
                 colour: COLOURS[colour].0.to_string(),
                 large,
                 position: POSITIONS[row][column].to_string(),
-                bbox: covered_box(&coverage(shape, centre, radius, size), size),
+                bbox: covered_box(&cover, size),
                 centre,
                 radius,
-            }
+            };
+            (object, cover)
         })
-        .collect()
+        .unzip()
 }
 
 /// The box (x0, y0, x1, y1), in fractions of the side, of the pixels at least half covered.
