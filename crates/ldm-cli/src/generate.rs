@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use ldm_core::semantic::ClassMap;
+use ldm_core::tokenizer::MAX_PROMPT_BYTES;
 use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
@@ -17,8 +18,9 @@ pub struct GenerateArgs {
     /// What to draw: a caption (text models), a class name or id (class models); ignored by
     /// unconditional models. Each kind of bundle takes its own inputs: text and class bundles
     /// the prompt, super-resolution ones --init-image (the low-resolution image), inpainting
-    /// ones --init-image and --mask, semantic-map ones --semantic-map; text, class and
-    /// unconditional bundles also take --init-image (image-to-image) with or without --mask.
+    /// ones --init-image and --mask, semantic-map ones --semantic-map, layout ones --layout
+    /// (or the layout's JSON or words as the prompt); text, class and unconditional
+    /// bundles also take --init-image (image-to-image) with or without --mask.
     #[arg(default_value = "")]
     prompt: String,
     /// Class-conditional bundles: the class name or id (the same as giving it as the prompt).
@@ -62,6 +64,11 @@ pub struct GenerateArgs {
     /// maps) to draw; the output takes its size, so a larger map samples convolutionally.
     #[arg(long, value_name = "PNG")]
     semantic_map: Option<PathBuf>,
+    /// Layout bundles: a JSON file of the boxes to draw, in drawing order:
+    /// {"objects": [{"class": "circle", "colour": "red", "box": [x0, y0, x1, y1]}]}, corners
+    /// in fractions of the image's width and height (0 to 1). It is the prompt.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["prompt", "class"])]
+    layout: Option<PathBuf>,
     /// tract (pure Rust, CPU), or ONNX Runtime: ort-cpu, ort-cuda, ort-trt (TensorRT).
     #[arg(long, default_value = "tract")]
     backend: Backend,
@@ -121,7 +128,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.backend.name(),
         loading.elapsed().as_secs_f64()
     );
-    let prompt = args.class.clone().unwrap_or_else(|| args.prompt.clone());
+    let prompt = match (&args.layout, &args.class) {
+        (Some(path), _) => read_layout(path, pipeline.bundle())?,
+        (None, Some(class)) => class.clone(),
+        (None, None) => args.prompt.clone(),
+    };
     let mut request = Generate::new(vec![prompt; args.batch as usize])
         .seed(args.sampling.seed)
         .negative_prompt(&args.negative_prompt);
@@ -211,6 +222,19 @@ fn read_png(path: &Path) -> anyhow::Result<Image> {
 }
 
 /// A map of class ids: an 8-bit grayscale PNG, bounded as input images are.
+/// A layout file's JSON, as the prompt of a layout bundle.
+fn read_layout(path: &Path, bundle: &Bundle) -> anyhow::Result<String> {
+    if bundle.manifest.conditioning.layout().is_none() {
+        bail!(
+            "--layout: {} is not a layout bundle (it was not trained on boxes)",
+            bundle.manifest.name
+        );
+    }
+    let bytes = ldm_core::confined::read_bounded(path, MAX_PROMPT_BYTES as u64)
+        .with_context(|| format!("cannot read the layout {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("the layout {} is not UTF-8", path.display()))
+}
+
 fn read_class_map(path: &Path) -> anyhow::Result<ClassMap> {
     let map = ldm_data::open_image(path, ldm_runtime::plan::MAX_SIDE as u32)
         .with_context(|| format!("cannot read the semantic map {}", path.display()))?;

@@ -3,7 +3,8 @@
 //! (the negative prompt, or the null class `classes`) in the same order as the images.
 
 use crate::guided::repeat;
-use crate::{TextTokenizer, TokenizerError};
+use crate::layout::{LayoutError, LayoutVocabulary};
+use crate::{Encoded, TextTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConditionError {
@@ -15,26 +16,54 @@ pub enum ConditionError {
     },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
 }
 
-/// Token ids [rows, max_length] of `prompts`, then `negative` once per prompt when `guided`.
-pub fn text_ids(
-    tokenizer: &TextTokenizer,
-    prompts: &[String],
-    negative: &str,
-    max_length: usize,
-    guided: bool,
-) -> Result<Vec<i64>, ConditionError> {
-    let rows = prompts.len() * if guided { 2 } else { 1 };
-    let mut ids = Vec::with_capacity(rows * max_length);
-    for prompt in prompts {
-        ids.extend(tokenizer.encode(prompt, max_length)?.ids);
+/// The prompts of a text model, with its layout vocabulary if it draws layouts.
+#[derive(Clone, Copy)]
+pub struct TextPrompts<'a> {
+    pub tokenizer: &'a TextTokenizer,
+    pub layout: Option<&'a LayoutVocabulary>,
+    pub max_length: usize,
+}
+
+impl TextPrompts<'_> {
+    /// A prompt as the tokenizer takes it: itself, or a layout model's layout (its JSON or
+    /// its words) in the vocabulary's words, refused if it is not one.
+    pub fn words(&self, prompt: &str) -> Result<String, ConditionError> {
+        Ok(match self.layout {
+            Some(layout) => layout.prompt(prompt)?,
+            None => prompt.to_string(),
+        })
     }
-    if guided {
-        let negative = tokenizer.encode(negative, max_length)?.ids;
-        ids.extend(repeat(&negative, prompts.len()));
+
+    /// The `max_length` ids of one prompt.
+    pub fn encode(&self, prompt: &str) -> Result<Encoded, ConditionError> {
+        Ok(self
+            .tokenizer
+            .encode(&self.words(prompt)?, self.max_length)?)
     }
-    Ok(ids)
+
+    /// Token ids [rows, max_length] of `prompts`, then `negative` once per prompt when
+    /// `guided`.
+    pub fn ids(
+        &self,
+        prompts: &[String],
+        negative: &str,
+        guided: bool,
+    ) -> Result<Vec<i64>, ConditionError> {
+        let rows = prompts.len() * if guided { 2 } else { 1 };
+        let mut ids = Vec::with_capacity(rows * self.max_length);
+        for prompt in prompts {
+            ids.extend(self.encode(prompt)?.ids);
+        }
+        if guided {
+            let negative = self.encode(negative)?.ids;
+            ids.extend(repeat(&negative, prompts.len()));
+        }
+        Ok(ids)
+    }
 }
 
 /// Class ids [rows] of `prompts` (class names, or ids below `classes`), then the null class

@@ -55,7 +55,12 @@ pub fn confined(dir: &Path, name: &str) -> Result<PathBuf, Unconfined> {
 
 /// The bytes of `dir/name` under [`confined`]'s rule, refusing files above `max_bytes`.
 pub fn read_confined(dir: &Path, name: &str, max_bytes: u64) -> Result<Vec<u8>, Unconfined> {
-    let path = confined(dir, name)?;
+    read_bounded(&confined(dir, name)?, max_bytes)
+}
+
+/// The bytes of `path`, refusing a file above `max_bytes` without reading past them.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Unconfined> {
+    let path = path.to_path_buf();
     let refuse = |reason: String| Unconfined {
         path: path.clone(),
         reason,

@@ -4,6 +4,7 @@ pub mod conditions;
 pub mod confined;
 mod ddim;
 pub mod guided;
+pub mod layout;
 pub mod manifest;
 pub mod samplers;
 mod schedule;

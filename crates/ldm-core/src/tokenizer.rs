@@ -18,6 +18,9 @@ pub const PAD: &str = "[PAD]";
 pub const UNK: &str = "[UNK]";
 pub const CLS: &str = "[CLS]";
 pub const SEP: &str = "[SEP]";
+/// The special tokens, ids 0 to 3 of a tokenizer made here.
+const SPECIALS: [&str; SPECIAL_TOKENS] = [PAD, UNK, CLS, SEP];
+pub const SPECIAL_TOKENS: usize = 4;
 /// A `tokenizer.json` larger than this is refused (the shipped ones are 43 kB).
 pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 /// Vocabulary entries a tokenizer may have (BERT's has 30,522, CLIP's 49,408).
@@ -160,6 +163,19 @@ pub fn check_untrusted(bytes: &[u8], source: &str) -> Result<(), TokenizerError>
     Ok(())
 }
 
+type BertTokenizer =
+    TokenizerImpl<WordPiece, BertNormalizer, BertPreTokenizer, BertProcessing, WordPieceDecoder>;
+
+/// BERT's lower-casing normalisation, word splitting and decoding around `model`.
+fn bert_pipeline(model: WordPiece) -> BertTokenizer {
+    let mut tokenizer: BertTokenizer = TokenizerImpl::new(model);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_decoder(Some(WordPieceDecoder::default()));
+    tokenizer
+}
+
 impl TextTokenizer {
     /// Trains a lower-casing WordPiece vocabulary of at most `vocab_size` entries (special
     /// tokens included) on `captions`.
@@ -168,7 +184,7 @@ impl TextTokenizer {
         I: Iterator<Item = S> + Send,
         S: AsRef<str> + Send,
     {
-        let specials: Vec<AddedToken> = [PAD, UNK, CLS, SEP]
+        let specials: Vec<AddedToken> = SPECIALS
             .iter()
             .map(|t| AddedToken::from(*t, true))
             .collect();
@@ -178,30 +194,15 @@ impl TextTokenizer {
             .show_progress(false)
             .special_tokens(specials)
             .build();
-        let mut tokenizer: TokenizerImpl<
-            WordPiece,
-            BertNormalizer,
-            BertPreTokenizer,
-            BertProcessing,
-            WordPieceDecoder,
-        > = TokenizerImpl::new(
+        let mut tokenizer = bert_pipeline(
             WordPiece::builder()
                 .unk_token(UNK.into())
                 .build()
                 .map_err(|e| TokenizerError::Train(e.to_string()))?,
         );
         tokenizer
-            .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
-            .with_pre_tokenizer(Some(BertPreTokenizer))
-            .with_decoder(Some(WordPieceDecoder::default()));
-        tokenizer
             .train(&mut trainer, captions)
             .map_err(|e| TokenizerError::Train(e.to_string()))?;
-        let id = |t: &str| {
-            tokenizer
-                .token_to_id(t)
-                .ok_or_else(|| TokenizerError::Train(format!("{t} missing after training")))
-        };
         // WordPiece keeps every character of the captions even past the requested size; a
         // vocabulary larger than asked would index past the model's embedding table.
         let trained = tokenizer.get_vocab_size(true);
@@ -210,6 +211,41 @@ impl TextTokenizer {
                 "the captions' characters alone need {trained} entries, more than the {vocab_size} asked for; raise the vocabulary size"
             )));
         }
+        Self::framed(tokenizer)
+    }
+
+    /// A lower-casing tokenizer of exactly the special tokens then `words`, in id order (a
+    /// layout model's fixed vocabulary, [`crate::layout`]): each word is one token, anything
+    /// else is unknown.
+    pub fn from_words(words: &[String]) -> Result<Self, TokenizerError> {
+        let vocab: serde_json::Map<String, serde_json::Value> = SPECIALS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(words.iter().cloned())
+            .enumerate()
+            .map(|(id, w)| (w, id.into()))
+            .collect();
+        // Through its serialised form: the builder wants the crate's own hash map type.
+        let model = serde_json::json!({
+            "type": "WordPiece",
+            "vocab": vocab,
+            "unk_token": UNK,
+            "continuing_subword_prefix": "##",
+            "max_input_chars_per_word": 100,
+        });
+        // From text: the model's deserialiser borrows its strings.
+        let model: WordPiece = serde_json::from_str(&model.to_string())
+            .map_err(|e| TokenizerError::Train(e.to_string()))?;
+        Self::framed(bert_pipeline(model))
+    }
+
+    /// The tokenizer with BERT's framing, [CLS] prompt [SEP], added.
+    fn framed(mut tokenizer: BertTokenizer) -> Result<Self, TokenizerError> {
+        let id = |t: &str| {
+            tokenizer
+                .token_to_id(t)
+                .ok_or_else(|| TokenizerError::Train(format!("the vocabulary has no {t}")))
+        };
         let (sep, cls) = (id(SEP)?, id(CLS)?);
         tokenizer.with_post_processor(Some(BertProcessing::new(
             (SEP.into(), sep),

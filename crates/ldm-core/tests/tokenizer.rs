@@ -85,3 +85,35 @@ fn a_vocabulary_smaller_than_the_alphabet_is_refused() {
         .to_string();
     assert!(err.contains("more than the 10 asked for"), "{err}");
 }
+
+#[test]
+fn a_layout_vocabulary_tokenizes_one_id_a_word_in_its_order_and_survives_a_round_trip() {
+    let vocabulary = ldm_core::layout::LayoutVocabulary {
+        classes: vec!["circle".into(), "star".into()],
+        colours: vec!["red".into()],
+        bins: 4,
+        max_objects: 2,
+    };
+    let words = vocabulary.words();
+    let tokenizer = TextTokenizer::from_words(&words).unwrap();
+    assert_eq!(tokenizer.vocab_size(), words.len() + 4);
+    let text = "star red l1 t0 r4 b2";
+    let ids = tokenizer.encode(text, vocabulary.max_length()).unwrap().ids;
+    // [PAD] [UNK] [CLS] [SEP] come first, then the words in order.
+    let id = |w: &str| 4 + words.iter().position(|x| x == w).unwrap() as i64;
+    let framed: Vec<i64> = std::iter::once(2)
+        .chain(text.split(' ').map(id))
+        .chain([3, 0, 0, 0, 0, 0, 0])
+        .collect();
+    assert_eq!(ids, framed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    tokenizer.save(&path).unwrap();
+    let loaded = TextTokenizer::load(&path).unwrap();
+    assert_eq!(loaded.encode(text, 14).unwrap().ids, ids);
+    assert_eq!(
+        loaded.encode("", 14).unwrap().ids[..3],
+        [2, 3, 0],
+        "the empty layout is the empty prompt"
+    );
+}

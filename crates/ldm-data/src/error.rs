@@ -36,6 +36,12 @@ pub enum DataError {
         line: usize,
         file_name: String,
     },
+    #[error("{path} line {line}: its layout: {message}")]
+    Layout {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path} line {line}: {reason}")]
     Unconfined {
         path: PathBuf,

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use image::RgbImage;
 use ldm_core::confined::{confined, is_plain_relative};
+use ldm_core::layout::LayoutVocabulary;
 use ldm_core::semantic::ClassMap;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -15,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::metadata::read_metadata;
 use crate::pixels::{resize_center_crop, resize_center_crop_ids, rgb_on_white};
+use crate::scenes::LayoutScene;
 use crate::{open_image, DataError, Record, MAX_DATA_SIDE, METADATA_FILE};
 
 /// The rows of a folder's `metadata.jsonl`, checked against the files on disk.
@@ -84,6 +86,24 @@ impl ImageFolder {
     /// Refuses rows without a caption (text-conditioned training needs one per image).
     pub fn require_text(self) -> Result<Self, DataError> {
         self.require(|r| r.text.as_deref(), "text")?;
+        Ok(self)
+    }
+
+    /// Replaces every row's caption by its layout (the `objects` column, as `ldm data scenes`
+    /// writes it) in `vocabulary`'s words: what a layout model is conditioned on. A row
+    /// without a layout the vocabulary can say is refused by its line.
+    pub fn layouts_as_text(mut self, vocabulary: &LayoutVocabulary) -> Result<Self, DataError> {
+        let metadata = self.root.join(METADATA_FILE);
+        for (line, record) in &mut self.rows {
+            let text = LayoutScene::from_record(record)
+                .and_then(|scene| vocabulary.text(&scene.layout()).map_err(|e| e.to_string()))
+                .map_err(|message| DataError::Layout {
+                    path: metadata.clone(),
+                    line: *line,
+                    message,
+                })?;
+            record.text = Some(text);
+        }
         Ok(self)
     }
 

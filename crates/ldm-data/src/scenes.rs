@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
+use ldm_core::layout::{Layout, LayoutObject};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -184,6 +185,21 @@ impl LayoutScene {
             text: Some(self.caption()),
             label: None,
             attributes,
+        }
+    }
+
+    /// The layout of its shapes, in drawing order.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            objects: self
+                .objects
+                .iter()
+                .map(|o| LayoutObject {
+                    class: o.shape.clone(),
+                    colour: o.colour.clone(),
+                    bbox: o.bbox.map(f64::from),
+                })
+                .collect(),
         }
     }
 

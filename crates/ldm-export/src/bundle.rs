@@ -242,6 +242,7 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
                         task,
                         channels: concat_channels,
                     }),
+                layout: release.config.conditioning.layout().cloned(),
             }
         }
         Conditioning::Class { classes, .. } => BundleConditioning::Class {

@@ -454,6 +454,7 @@ fn infer_config(
         mlp_width: Some(mlp_width),
         positions: Some(positions),
         concat: infer_concat(unet)?,
+        layout: None,
     };
     let unet_config = infer_unet(unet, width)?;
     Ok(ModelConfig {

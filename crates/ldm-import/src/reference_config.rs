@@ -367,6 +367,7 @@ fn conditioning(
                 mlp_width: None,
                 positions: None,
                 concat: None,
+                layout: None,
             })
         }
         ("concat", "torch.nn.Identity") if in_channels == latent + IMAGE_CHANNELS => {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use ldm_core::layout::LayoutVocabulary;
 pub use ldm_core::manifest::{ConcatKind, FirstStage, LinearSchedule};
 use ldm_core::NoiseSchedule;
 use serde::{Deserialize, Serialize};
@@ -130,6 +131,11 @@ pub enum Conditioning {
         /// inpainting UNets: `mask_first_inpainting`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         concat: Option<ConcatKind>,
+        /// Layout-to-image (paper 4.3.1): the prompts are bounding-box layouts, tokenized
+        /// by this fixed vocabulary (`ldm_core::layout`) instead of a tokenizer trained on
+        /// captions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layout: Option<LayoutVocabulary>,
     },
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
@@ -432,7 +438,47 @@ impl UnetConfig {
     }
 }
 
+/// A layout model's vocabulary, and the text sizes it fixes.
+fn check_layout(
+    layout: &LayoutVocabulary,
+    vocab_size: usize,
+    max_length: usize,
+    encoder: TextEncoderKind,
+) -> Result<(), NnError> {
+    layout
+        .validate()
+        .map_err(|e| NnError::config("conditioning.layout", e.to_string()))?;
+    let needed = layout.words().len() + ldm_core::tokenizer::SPECIAL_TOKENS;
+    check(vocab_size >= needed, "conditioning.vocab_size", || {
+        format!("{vocab_size} is below the layout vocabulary's {needed} tokens")
+    })?;
+    check(
+        max_length == layout.max_length(),
+        "conditioning.max_length",
+        || {
+            format!(
+                "{max_length}, but a layout of up to {} objects takes {} tokens",
+                layout.max_objects,
+                layout.max_length()
+            )
+        },
+    )?;
+    check(
+        encoder == TextEncoderKind::Ldm,
+        "conditioning.encoder",
+        || "layouts are encoded by the jointly trained transformer (encoder = \"ldm\")".into(),
+    )
+}
+
 impl Conditioning {
+    /// The box vocabulary of a layout-to-image model.
+    pub fn layout(&self) -> Option<&LayoutVocabulary> {
+        match self {
+            Conditioning::Text { layout, .. } => layout.as_ref(),
+            _ => None,
+        }
+    }
+
     /// What the UNet's `concat` input carries, if it has one.
     pub fn concat_task(&self) -> Option<ConcatKind> {
         match *self {
@@ -490,8 +536,13 @@ impl Conditioning {
                 mlp_width,
                 positions,
                 concat,
+                ref layout,
+                encoder,
                 ..
             } => {
+                if let Some(layout) = layout {
+                    check_layout(layout, vocab_size, max_length, encoder)?;
+                }
                 check(
                     concat != Some(ConcatKind::SemanticMap),
                     "conditioning.concat",

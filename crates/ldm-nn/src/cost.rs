@@ -91,6 +91,7 @@ impl ModelConfig {
                 mlp_width,
                 positions,
                 concat: _,
+                layout: _,
             } => Some(TextEncoderShape {
                 vocab_size,
                 max_length,

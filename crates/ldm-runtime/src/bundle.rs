@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use ldm_core::conditions::TextPrompts;
 use ldm_core::confined::read_confined;
 use ldm_core::manifest::{BundleConditioning, GraphRole};
 use ldm_core::tokenizer::MAX_TOKENIZER_BYTES;
@@ -62,6 +63,23 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// How a text bundle's prompts become token ids.
+    pub fn text_prompts(&self) -> Option<TextPrompts<'_>> {
+        match (&self.tokenizer, &self.manifest.conditioning) {
+            (
+                Some(tokenizer),
+                BundleConditioning::Text {
+                    max_length, layout, ..
+                },
+            ) => Some(TextPrompts {
+                tokenizer,
+                layout: layout.as_ref(),
+                max_length: *max_length,
+            }),
+            _ => None,
+        }
+    }
+
     /// Reads and validates `dir/manifest.json`, checks every graph file as untrusted input
     /// (see `untrusted.rs`) and against the manifest's inputs and outputs (`contract.rs`), and
     /// loads the tokenizer of a text model.

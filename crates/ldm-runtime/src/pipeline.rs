@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use ldm_core::conditions::{class_ids, text_ids};
+use ldm_core::conditions::class_ids;
 use ldm_core::guided::repeat;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
 use ldm_core::semantic::class_shares;
@@ -259,14 +259,13 @@ impl Pipeline {
     /// Warnings about the request that do not stop it: prompts longer than the text
     /// encoder's context, which are cut to fit.
     pub fn warnings(&self, request: &Generate) -> Result<Vec<String>, RuntimeError> {
-        let (Some(tokenizer), BundleConditioning::Text { max_length, .. }) =
-            (&self.bundle.tokenizer, &self.bundle.manifest.conditioning)
-        else {
+        let Some(text) = self.bundle.text_prompts() else {
             return Ok(Vec::new());
         };
+        let max_length = text.max_length;
         let mut warnings = Vec::new();
         for prompt in request.prompts.iter().chain([&request.negative_prompt]) {
-            if tokenizer.encode(prompt, *max_length)?.truncated {
+            if text.encode(prompt).map_err(RequestError::from)?.truncated {
                 warnings.push(format!(
                     "the prompt \"{prompt}\" is longer than the model's {max_length} tokens; its end is cut"
                 ));
@@ -423,21 +422,15 @@ impl Pipeline {
         let n = request.prompts.len();
         let rows = if guided { 2 * n } else { n };
         let ids = match &self.bundle.manifest.conditioning {
-            BundleConditioning::Text { max_length, .. } => {
-                let tokenizer = self
+            BundleConditioning::Text { .. } => {
+                let text = self
                     .bundle
-                    .tokenizer
-                    .as_ref()
+                    .text_prompts()
                     .expect("text bundles load their tokenizer");
-                let ids = text_ids(
-                    tokenizer,
-                    &request.prompts,
-                    &request.negative_prompt,
-                    *max_length,
-                    guided,
-                )
-                .map_err(RequestError::from)?;
-                Tensor::i64(&[rows, *max_length], ids)?
+                let ids = text
+                    .ids(&request.prompts, &request.negative_prompt, guided)
+                    .map_err(RequestError::from)?;
+                Tensor::i64(&[rows, text.max_length], ids)?
             }
             BundleConditioning::Class {
                 classes,

@@ -5,7 +5,7 @@
 
 use ldm_core::guided::MAX_GUIDANCE;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
-use ldm_core::{Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
+use ldm_core::{ConditionError, Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
 
 use crate::image_tasks::check_binary;
 use crate::tiled::Tiling;
@@ -210,6 +210,15 @@ pub fn plan(
             asked: images,
             max: MAX_IMAGES,
         });
+    }
+    if let BundleConditioning::Text {
+        layout: Some(layout),
+        ..
+    } = &m.conditioning
+    {
+        for prompt in request.prompts.iter().chain([&request.negative_prompt]) {
+            layout.prompt(prompt).map_err(ConditionError::from)?;
+        }
     }
     let task = task_kind(m, request)?;
     // The output follows the input image when no size is asked (f times it for

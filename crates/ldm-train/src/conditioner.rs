@@ -2,7 +2,8 @@
 //! or images, and a sampling request's prompts, become the denoiser's [`Condition`]. Prompts
 //! follow the rules every engine shares (`ldm_core::conditions`).
 
-use ldm_core::conditions::{class_ids, text_ids};
+use ldm_core::conditions::{class_ids, TextPrompts};
+use ldm_core::layout::LayoutVocabulary;
 use ldm_core::semantic::class_shares;
 use ldm_core::TextTokenizer;
 use ldm_data::{Batch, ImageFolder};
@@ -21,6 +22,7 @@ pub enum Conditioner {
         // Boxed: the tokenizer is large next to the other variants.
         tokenizer: Box<TextTokenizer>,
         max_length: usize,
+        layout: Option<LayoutVocabulary>,
     },
     Class {
         classes: usize,
@@ -56,8 +58,14 @@ impl Conditioner {
             Conditioner::Text {
                 tokenizer,
                 max_length,
+                layout,
             } => {
-                let ids = text_ids(tokenizer, prompts, negative, *max_length, guided)?;
+                let text = TextPrompts {
+                    tokenizer,
+                    layout: layout.as_ref(),
+                    max_length: *max_length,
+                };
+                let ids = text.ids(prompts, negative, guided)?;
                 let rows = ids.len() / max_length;
                 Condition::Ids(
                     Tensor::from_slice(&ids)

@@ -61,16 +61,7 @@ pub fn train_diffusion(
     device: Device,
     resume: bool,
 ) -> Result<DiffusionSummary, TrainError> {
-    let mut folder = ImageFolder::open(inputs.data)?;
-    folder = match config.conditioning {
-        Conditioning::Text { .. } => folder.require_text()?,
-        Conditioning::Class { .. } => folder.require_label()?,
-        Conditioning::Concat {
-            task: ConcatKind::SemanticMap,
-            ..
-        } => folder.require_semantic_maps()?,
-        _ => folder,
-    };
+    let folder = open_folder(config, inputs.data)?;
     run::check_data(&folder, config)?;
     let begun: Begun<DiffusionState> = trainer::begin(out, inputs.data, config, options, resume)?;
     run::write_config(out, config)?;
@@ -82,6 +73,25 @@ pub fn train_diffusion(
         scale_factor: stage.scale_factor,
         checkpoint: finished.checkpoint,
         interrupted: finished.interrupted,
+    })
+}
+
+/// An image folder with what `config`'s conditioning needs of every row checked (captions,
+/// labels, semantic maps), a layout model's captions being its rows' layouts.
+pub(crate) fn open_folder(config: &ModelConfig, path: &Path) -> Result<ImageFolder, TrainError> {
+    let folder = ImageFolder::open(path)?;
+    Ok(match &config.conditioning {
+        Conditioning::Text {
+            layout: Some(vocabulary),
+            ..
+        } => folder.layouts_as_text(vocabulary)?,
+        Conditioning::Text { .. } => folder.require_text()?,
+        Conditioning::Class { .. } => folder.require_label()?,
+        Conditioning::Concat {
+            task: ConcatKind::SemanticMap,
+            ..
+        } => folder.require_semantic_maps()?,
+        _ => folder,
     })
 }
 
@@ -464,13 +474,21 @@ fn conditioner(
         Conditioning::Text {
             vocab_size,
             max_length,
+            ref layout,
             ..
         } => {
             let saved = out.join(TOKENIZER_FILE);
-            let tokenizer = match (resumed, tokenizer) {
-                (Some(_), _) => TextTokenizer::load(&saved)?,
-                (None, Some(path)) => TextTokenizer::load(path)?,
-                (None, None) => {
+            let tokenizer = match (resumed, tokenizer, layout) {
+                (Some(_), _, _) => TextTokenizer::load(&saved)?,
+                (None, Some(path), Some(_)) => {
+                    return Err(TrainError::Mismatch(format!(
+                        "a layout model's tokenizer is its layout vocabulary; drop --tokenizer {}",
+                        path.display()
+                    )))
+                }
+                (None, None, Some(layout)) => TextTokenizer::from_words(&layout.words())?,
+                (None, Some(path), None) => TextTokenizer::load(path)?,
+                (None, None, None) => {
                     let captions = loader.folder().records().filter_map(|r| r.text.clone());
                     TextTokenizer::train(captions, vocab_size)?
                 }
@@ -488,6 +506,7 @@ fn conditioner(
                 Conditioner::Text {
                     tokenizer,
                     max_length,
+                    layout: layout.clone(),
                 },
                 vec![],
             )

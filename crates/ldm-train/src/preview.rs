@@ -5,13 +5,13 @@
 use std::path::Path;
 
 use ldm_core::{NoiseSchedule, SamplingSetup};
-use ldm_data::ImageFolder;
 use ldm_nn::ModelConfig;
 use tch::{Device, Kind, Tensor};
 
 use crate::autoencoder::decode_sampled;
 use crate::conditioner::{inpainting_condition, semantic_condition, Conditioner};
 use crate::denoiser::{split_named, Condition, Denoiser};
+use crate::diffusion::open_folder;
 use crate::images::save_grid;
 use crate::records::DiffusionOptions;
 use crate::sampling::sample_latents;
@@ -47,7 +47,7 @@ impl Preview {
         scale_factor: f64,
         device: Device,
     ) -> Result<Self, TrainError> {
-        let folder = ImageFolder::open(folder)?;
+        let folder = open_folder(config, folder)?;
         let (inputs, count) = match conditioner {
             Conditioner::None => (Inputs::None, GRID),
             Conditioner::Text { .. } => {
@@ -65,7 +65,6 @@ impl Preview {
             Conditioner::SemanticMap { classes, .. } => {
                 let count = GRID.min(folder.len());
                 let rows: Vec<usize> = (0..count).collect();
-                let folder = folder.require_semantic_maps()?;
                 let extra = semantic_condition(&folder, &rows, *classes, config, device)?;
                 (Inputs::Concat(extra), count)
             }

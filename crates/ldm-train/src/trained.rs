@@ -63,9 +63,12 @@ impl TrainedModel {
         }
         let conditioner = match &config.conditioning {
             Conditioning::None => Conditioner::None,
-            Conditioning::Text { max_length, .. } => Conditioner::Text {
+            Conditioning::Text {
+                max_length, layout, ..
+            } => Conditioner::Text {
                 tokenizer: Box::new(release.tokenizer.expect("text releases load a tokenizer")),
                 max_length: *max_length,
+                layout: layout.clone(),
             },
             Conditioning::Class { classes, .. } => Conditioner::Class {
                 classes: *classes,

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::LayoutVocabulary;
 use crate::{NoiseSchedule, Prediction};
 
 mod validate;
@@ -97,6 +98,10 @@ pub enum BundleConditioning {
         /// inpainting UNets).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         concat: Option<ConcatInput>,
+        /// A layout-to-image model's box vocabulary: its prompts are layouts
+        /// ([`crate::layout`]), which the tokenizer holds exactly the words of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layout: Option<LayoutVocabulary>,
     },
     /// Labels 0..classes for the `class_embedder` graph; label `classes` is "no class".
     Class {
@@ -119,6 +124,14 @@ pub struct ConcatInput {
 }
 
 impl BundleConditioning {
+    /// The box vocabulary of a layout bundle.
+    pub fn layout(&self) -> Option<&LayoutVocabulary> {
+        match self {
+            BundleConditioning::Text { layout, .. } => layout.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The task and channel count of the UNet's `concat` input, if it has one.
     pub fn concat(&self) -> Option<ConcatInput> {
         match self {

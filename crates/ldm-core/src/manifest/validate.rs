@@ -126,8 +126,20 @@ impl Manifest {
             BundleConditioning::Text {
                 max_length,
                 vocab_size,
+                layout,
                 ..
             } => {
+                if let Some(layout) = layout {
+                    layout
+                        .validate()
+                        .map_err(|e| format!("conditioning.layout: {e}"))?;
+                    if layout.max_length() != *max_length {
+                        return Err(format!(
+                            "conditioning.max_length = {max_length}, but its layouts take {} tokens",
+                            layout.max_length()
+                        ));
+                    }
+                }
                 bounded.push(("conditioning.max_length", *max_length, MAX_TOKENS));
                 bounded.push(("conditioning.vocab_size", *vocab_size, MAX_VOCABULARY));
             }

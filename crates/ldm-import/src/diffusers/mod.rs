@@ -332,6 +332,7 @@ fn text_config(text: &Config) -> Result<Conditioning, ImportError> {
         mlp_width: Some(text.usize("intermediate_size")?),
         positions: Some(positions),
         concat: None,
+        layout: None,
     })
 }
 
