@@ -69,6 +69,9 @@ fn conditioning_name(config: &ModelConfig) -> &'static str {
         ldm_nn::Conditioning::Text {
             concat: Some(_), ..
         } => "text and concatenation",
+        ldm_nn::Conditioning::Text {
+            layout: Some(_), ..
+        } => "layout (boxes as tokens)",
         ldm_nn::Conditioning::Text { .. } => "text",
         ldm_nn::Conditioning::Class { .. } => "class",
         ldm_nn::Conditioning::Concat { .. } => "concatenation",

@@ -6,7 +6,9 @@ mod common;
 
 use std::sync::Mutex;
 
-use common::{config, random_release, CLASS, INPAINTING, NONE, SEMANTIC_MAP, SUPER_RESOLUTION};
+use common::{
+    config, random_release, CLASS, INPAINTING, LAYOUT, NONE, SEMANTIC_MAP, SUPER_RESOLUTION, TEXT,
+};
 use ldm_core::semantic::ClassMap;
 use ldm_export::{export_release, ExportOptions};
 use ldm_nn::FirstStage;
@@ -145,4 +147,46 @@ fn semantic_map_models_draw_from_their_map_at_any_size() {
     let mut plain = pipeline(FirstStage::Kl, NONE, &dir.path().join("plain"));
     let err = run(&mut plain, &with_map(square_map(16, 1))).unwrap_err();
     assert!(err.contains("does not take a semantic map"), "{err}");
+}
+
+#[test]
+fn layout_models_draw_boxes_given_as_json_or_words_and_refuse_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = pipeline(FirstStage::Kl, LAYOUT, &dir.path().join("layout"));
+    let vocabulary = layout
+        .bundle()
+        .manifest
+        .conditioning
+        .layout()
+        .unwrap()
+        .clone();
+    assert_eq!((vocabulary.bins, vocabulary.max_objects), (4, 2));
+    let draw = |prompt: &str| Generate::new(vec![prompt.to_string()]).steps(2);
+    let json = r#"{"objects": [{"class": "star", "colour": "blue", "box": [0.25, 0, 1, 0.5]}]}"#;
+    let from_json = run(&mut layout, &draw(json)).unwrap();
+    let from_words = run(&mut layout, &draw("star blue l1 t0 r4 b2")).unwrap();
+    assert_eq!(
+        from_json[0].rgb, from_words[0].rgb,
+        "the same layout, the same tokens"
+    );
+    let other = run(&mut layout, &draw("circle red l0 t2 r2 b4")).unwrap();
+    assert_ne!(from_json[0].rgb, other[0].rgb);
+    for (prompt, says) in [
+        ("a blue star", "not a layout"),
+        ("square red l0 t0 r2 b2", "unknown class 'square'"),
+        (
+            r#"{"objects": [{"class": "star", "colour": "blue", "box": [0.6, 0, 0.2, 1]}]}"#,
+            "box",
+        ),
+        ("star blue l0 t0 r9 b2", "is not an edge r0 to r4"),
+    ] {
+        let err = run(&mut layout, &draw(prompt)).unwrap_err();
+        assert!(err.contains(says), "{prompt}: {err}");
+    }
+    let err = run(&mut layout, &draw("").negative_prompt("a red thing")).unwrap_err();
+    assert!(err.contains("not a layout"), "{err}");
+    // A caption model takes a layout's words as any other caption: only layout bundles parse.
+    let mut text = pipeline(FirstStage::Kl, TEXT, &dir.path().join("text"));
+    assert!(text.bundle().manifest.conditioning.layout().is_none());
+    run(&mut text, &draw("star blue l1 t0 r4 b2")).unwrap();
 }

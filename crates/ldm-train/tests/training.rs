@@ -25,13 +25,16 @@ use tch::{Device, Tensor};
 static TORCH_RNG: Mutex<()> = Mutex::new(());
 
 fn config(conditioning: &str) -> ModelConfig {
-    ModelConfig::parse(&format!(
+    ModelConfig::parse(&config_text(conditioning)).unwrap()
+}
+
+fn config_text(conditioning: &str) -> String {
+    format!(
         "resolution = 16\n\
          [autoencoder]\nregularizer = \"kl\"\nfactor = 2\nlatent_channels = 3\nchannels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\ngroups = 4\n\
          [unet]\nmodel_channels = 8\nchannel_mult = [1, 2]\nres_blocks = 1\nattention_resolutions = [2]\nhead_channels = 4\ngroups = 4\n\
          {conditioning}\n[diffusion]\ntimesteps = 100\nbeta_start = 0.0015\nbeta_end = 0.0195"
-    ))
-    .unwrap()
+    )
 }
 
 const TEXT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 256\nmax_length = 16\nwidth = 12\ndepth = 1\nheads = 3";
@@ -618,4 +621,69 @@ fn a_semantic_map_model_trains_on_the_scenes_and_refuses_data_without_maps() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("semantic_map"), "{err}");
+}
+
+const LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 64\nmax_length = 20\nwidth = 12\ndepth = 1\nheads = 3\n\
+     [conditioning.layout]\nclasses = [\"circle\", \"square\", \"triangle\", \"star\"]\n\
+     colours = [\"red\", \"orange\", \"yellow\", \"green\", \"blue\", \"purple\", \"pink\"]\nbins = 8\nmax_objects = 3";
+
+#[test]
+fn a_layout_model_trains_on_the_scenes_boxes_and_refuses_rows_without_layouts() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let scenes = ldm_data::scenes::ScenesConfig {
+        count: 40,
+        size: 16,
+        seed: 2,
+        max_objects: 3,
+    };
+    ldm_data::scenes::prepare(&tmp.path().join("scenes"), &scenes, |_, _| {}).unwrap();
+    let data = tmp.path().join("scenes/train");
+    let cfg = config(LAYOUT);
+    let vocabulary = cfg.conditioning.layout().unwrap().clone();
+    let ae = tmp.path().join("ae");
+    autoencoder(&cfg, &data, &ae, ae_options(2), 2, false).unwrap();
+    let ldm = tmp.path().join("ldm");
+    diffusion(
+        &cfg,
+        (&data, &ae, None),
+        &ldm,
+        diffusion_options(3),
+        3,
+        false,
+    )
+    .unwrap();
+    assert!(logged(&ldm, 1).iter().all(|v| v.is_finite()));
+    assert!(ldm.join("samples/step-00000003.png").is_file());
+    // The run's tokenizer is the vocabulary's, one id a word.
+    let saved = ldm_core::TextTokenizer::load(&ldm.join("tokenizer.json")).unwrap();
+    let words = vocabulary.prompt("star red l0 t0 r4 b4").unwrap();
+    assert_eq!(
+        saved.encode(&words, 20).unwrap().ids[..8],
+        [2, 7, 8, 15, 24, 37, 46, 3]
+    );
+    // Rows without layouts are refused by their line.
+    let shapes = shapes_data(tmp.path());
+    let err = diffusion(
+        &cfg,
+        (&shapes, &ae, None),
+        &tmp.path().join("nolayouts"),
+        diffusion_options(3),
+        3,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("line 1: its layout") && err.contains("objects"),
+        "{err}"
+    );
+    // A vocabulary that does not fit the text sizes is refused when the config is read.
+    let err = ModelConfig::parse(&config_text(
+        &LAYOUT.replace("max_length = 20", "max_length = 16"),
+    ))
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("3 objects takes 20 tokens"), "{err}");
 }

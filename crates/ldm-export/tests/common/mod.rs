@@ -15,6 +15,9 @@ pub const CLASS: &str = "[conditioning]\nkind = \"class\"\nclasses = 5\nwidth = 
 pub const NONE: &str = "";
 pub const SUPER_RESOLUTION: &str = "[conditioning]\nkind = \"concat\"\ntask = \"super_resolution\"";
 pub const INPAINTING: &str = "[conditioning]\nkind = \"concat\"\ntask = \"inpainting\"";
+/// Boxes of two classes and two colours on a 4-step grid, at most two a layout.
+pub const LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 28\nmax_length = 14\nwidth = 12\ndepth = 1\nheads = 3\n\
+     [conditioning.layout]\nclasses = [\"circle\", \"star\"]\ncolours = [\"red\", \"blue\"]\nbins = 4\nmax_objects = 2";
 pub const SEMANTIC_MAP: &str =
     "[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5";
 
@@ -71,10 +74,15 @@ pub fn random_release(config: &ModelConfig, seed: i64) -> Release {
         .unwrap();
         randomised(sorted_params(&ops))
     });
-    let tokenizer = config.text_encoder_shape().map(|_| {
-        let captions = ["a red circle", "a blue square at the top", "a green star"];
-        TextTokenizer::train(captions.iter(), 64).unwrap()
-    });
+    let tokenizer = config
+        .text_encoder_shape()
+        .map(|_| match config.conditioning.layout() {
+            Some(layout) => TextTokenizer::from_words(&layout.words()).unwrap(),
+            None => {
+                let captions = ["a red circle", "a blue square at the top", "a green star"];
+                TextTokenizer::train(captions.iter(), 64).unwrap()
+            }
+        });
     Release {
         config: config.clone(),
         info: ReleaseInfo {
