@@ -580,25 +580,23 @@ fn every_first_stage_and_conditioning_trains_and_samples() {
     );
 }
 
-#[test]
-fn a_semantic_map_model_trains_on_the_scenes_and_refuses_data_without_maps() {
-    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
+/// Trains `cfg` for 3 steps on 40 tiny scenes (its first stage for 2), checks the run, and
+/// returns it with the error of the same training on the shapes data, whose rows have no
+/// scene columns.
+fn train_on_scenes_then_on_shapes(tmp: &Path, cfg: &ModelConfig) -> (PathBuf, String) {
     let scenes = ldm_data::scenes::ScenesConfig {
         count: 40,
         size: 16,
         seed: 2,
         max_objects: 3,
     };
-    ldm_data::scenes::prepare(&tmp.path().join("scenes"), &scenes, |_, _| {}).unwrap();
-    let data = tmp.path().join("scenes/train");
-    let cfg = config("[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5");
-    assert_eq!(cfg.unet_in_channels(), 3 + 5);
-    let ae = tmp.path().join("ae");
-    autoencoder(&cfg, &data, &ae, ae_options(2), 2, false).unwrap();
-    let ldm = tmp.path().join("ldm");
+    ldm_data::scenes::prepare(&tmp.join("scenes"), &scenes, |_, _| {}).unwrap();
+    let data = tmp.join("scenes/train");
+    let ae = tmp.join("ae");
+    autoencoder(cfg, &data, &ae, ae_options(2), 2, false).unwrap();
+    let ldm = tmp.join("ldm");
     diffusion(
-        &cfg,
+        cfg,
         (&data, &ae, None),
         &ldm,
         diffusion_options(3),
@@ -608,18 +606,28 @@ fn a_semantic_map_model_trains_on_the_scenes_and_refuses_data_without_maps() {
     .unwrap();
     assert!(logged(&ldm, 1).iter().all(|v| v.is_finite()));
     assert!(ldm.join("samples/step-00000003.png").is_file());
-    // Images without maps are refused by the column's name before any step.
-    let shapes = shapes_data(tmp.path());
+    let shapes = shapes_data(tmp);
     let err = diffusion(
-        &cfg,
+        cfg,
         (&shapes, &ae, None),
-        &tmp.path().join("nomaps"),
+        &tmp.join("shapes-run"),
         diffusion_options(3),
         3,
         false,
     )
     .unwrap_err()
     .to_string();
+    (ldm, err)
+}
+
+#[test]
+fn a_semantic_map_model_trains_on_the_scenes_and_refuses_data_without_maps() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config("[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5");
+    assert_eq!(cfg.unet_in_channels(), 3 + 5);
+    let (_, err) = train_on_scenes_then_on_shapes(tmp.path(), &cfg);
+    // Images without maps are refused by the column's name before any step.
     assert!(err.contains("semantic_map"), "{err}");
 }
 
@@ -631,30 +639,9 @@ const LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 64\nmax_leng
 fn a_layout_model_trains_on_the_scenes_boxes_and_refuses_rows_without_layouts() {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let scenes = ldm_data::scenes::ScenesConfig {
-        count: 40,
-        size: 16,
-        seed: 2,
-        max_objects: 3,
-    };
-    ldm_data::scenes::prepare(&tmp.path().join("scenes"), &scenes, |_, _| {}).unwrap();
-    let data = tmp.path().join("scenes/train");
     let cfg = config(LAYOUT);
     let vocabulary = cfg.conditioning.layout().unwrap().clone();
-    let ae = tmp.path().join("ae");
-    autoencoder(&cfg, &data, &ae, ae_options(2), 2, false).unwrap();
-    let ldm = tmp.path().join("ldm");
-    diffusion(
-        &cfg,
-        (&data, &ae, None),
-        &ldm,
-        diffusion_options(3),
-        3,
-        false,
-    )
-    .unwrap();
-    assert!(logged(&ldm, 1).iter().all(|v| v.is_finite()));
-    assert!(ldm.join("samples/step-00000003.png").is_file());
+    let (ldm, err) = train_on_scenes_then_on_shapes(tmp.path(), &cfg);
     // The run's tokenizer is the vocabulary's, one id a word.
     let saved = ldm_core::TextTokenizer::load(&ldm.join("tokenizer.json")).unwrap();
     let words = vocabulary.prompt("star red l0 t0 r4 b4").unwrap();
@@ -663,17 +650,6 @@ fn a_layout_model_trains_on_the_scenes_boxes_and_refuses_rows_without_layouts() 
         [2, 7, 8, 15, 24, 37, 46, 3]
     );
     // Rows without layouts are refused by their line.
-    let shapes = shapes_data(tmp.path());
-    let err = diffusion(
-        &cfg,
-        (&shapes, &ae, None),
-        &tmp.path().join("nolayouts"),
-        diffusion_options(3),
-        3,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
     assert!(
         err.contains("line 1: its layout") && err.contains("objects"),
         "{err}"
