@@ -343,6 +343,18 @@ fn prompts(
         // benchmark.
         return Ok(None);
     }
+    if conditioning.layout().is_some() {
+        // A layout bundle draws each row's boxes: its prompt is the row's layout.
+        return rows
+            .iter()
+            .map(|r| {
+                let scene = ldm_data::scenes::LayoutScene::from_record(r)
+                    .map_err(|e| anyhow::anyhow!("a layout bundle prompts with layouts: {e}"))?;
+                Ok(serde_json::to_string(&scene.layout())?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(Some);
+    }
     Ok(match conditioning {
         BundleConditioning::Text { .. } => Some(column("text")?),
         BundleConditioning::Class { .. } => Some(column("label")?),
