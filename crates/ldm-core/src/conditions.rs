@@ -31,7 +31,7 @@ pub struct TextPrompts<'a> {
 impl TextPrompts<'_> {
     /// A prompt as the tokenizer takes it: itself, or a layout model's layout (its JSON or
     /// its words) in the vocabulary's words, refused if it is not one.
-    pub fn words(&self, prompt: &str) -> Result<String, ConditionError> {
+    fn words(&self, prompt: &str) -> Result<String, ConditionError> {
         Ok(match self.layout {
             Some(layout) => layout.prompt(prompt)?,
             None => prompt.to_string(),

@@ -169,8 +169,9 @@ impl LayoutVocabulary {
         Ok(grid)
     }
 
-    /// The layout that `words` ([`Self::text`]'s form) describe, boxes on the grid.
-    pub fn parse_words(&self, words: &str) -> Result<Layout, LayoutError> {
+    /// The layout that `words` ([`Self::text`]'s form) describe, boxes on the grid; its
+    /// classes and colours are checked by [`Self::text`].
+    fn parse_words(&self, words: &str) -> Result<Layout, LayoutError> {
         let words: Vec<&str> = words.split_whitespace().collect();
         let refuse = |message: String| LayoutError::Words {
             message,
@@ -207,9 +208,7 @@ impl LayoutVocabulary {
                 })
             })
             .collect::<Result<Vec<_>, LayoutError>>()?;
-        let layout = Layout { objects };
-        self.text(&layout)?;
-        Ok(layout)
+        Ok(Layout { objects })
     }
 
     /// A prompt of a layout model, as its JSON or its words, in the words the tokenizer takes;
