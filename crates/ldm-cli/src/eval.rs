@@ -6,6 +6,8 @@
 //!   with its caption or class; FID, KID and precision/recall against the held-out images;
 //!   conditioning accuracy (the evaluator's first head against the row's value, and for
 //!   procedural scenes the colour and shape read back from the pixels); samples per second.
+//! - Placement (held-out scenes): the objects read back from the generated images against
+//!   the row's boxes (layout bundles) or caption (text bundles) (`eval_scenes`).
 //! - Semantic maps (semantic-map bundles): each held-out map drawn at 1x and 2x and read back
 //!   by the scene judge, as mean IoU (`eval_semantic`).
 //!
@@ -25,6 +27,7 @@ use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judge
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 use serde::{Deserialize, Serialize};
 
+use crate::eval_scenes::{self, PlacementScores};
 use crate::eval_semantic::{self, SemanticScores};
 use crate::generate::{grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
 
@@ -116,6 +119,9 @@ pub struct Generation {
     pub other_heads: Vec<Accuracy>,
     /// Procedural scenes: colour and shape both read back as the caption says.
     pub colour_and_shape: Option<Accuracy>,
+    /// Held-out scenes of several objects: each placed as its boxes or caption say.
+    #[serde(default)]
+    pub placement: Option<PlacementScores>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -492,6 +498,8 @@ fn generate(
                 })),
             }
         });
+    let by_boxes = m.conditioning.layout().is_some();
+    let placement = eval_scenes::score(rows, &generated, real, by_boxes);
     Ok(Some(Generation {
         sampler: sampler.name().into(),
         steps,
@@ -503,6 +511,7 @@ fn generate(
         category,
         other_heads: heads,
         colour_and_shape,
+        placement,
     }))
 }
 
@@ -564,6 +573,15 @@ fn print_report(r: &Report) {
                 100.0 * acc.majority
             );
         }
+    }
+    if let Some(p) = r.generation.as_ref().and_then(|g| g.placement.as_ref()) {
+        println!(
+            "  placement        {:.1} % of objects right by the {} (the real images: {:.1} %; scored against another row: {:.1} %)",
+            100.0 * p.generated,
+            p.judged_by,
+            100.0 * p.real,
+            100.0 * p.other_rows
+        );
     }
     if let Some(s) = &r.semantic {
         println!(

@@ -68,8 +68,9 @@ fn eval_measures_reconstruction_generation_and_conditioning_and_compare_tabulate
         number(&report, "/generation/colour_and_shape/real") >= 0.75,
         "{report}"
     );
-    // No evaluator: no feature-space figures.
+    // No evaluator: no feature-space figures; single shapes are no scenes to place.
     assert!(report["generation"]["features"].is_null());
+    assert!(report["generation"]["placement"].is_null());
     for png in ["samples.png", "reconstructions.png"] {
         assert!(image::open(out.join(png)).is_ok(), "{png}");
     }
@@ -96,6 +97,39 @@ fn eval_measures_reconstruction_generation_and_conditioning_and_compare_tabulate
         "{table}"
     );
     assert!(image::open(compared.join("compare.png")).is_ok());
+}
+
+#[test]
+fn eval_scores_how_a_text_bundle_places_the_objects_of_held_out_scenes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenes = dir.path().join("scenes");
+    let (ok, text) = output(
+        ldm()
+            .args(["data", "scenes", "--count", "80", "--out"])
+            .arg(&scenes),
+    );
+    assert!(ok, "{text}");
+    let out = dir.path().join("eval");
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["eval", "--bundle", "export/shapes-text", "--data"])
+            .arg(scenes.join("validation"))
+            .args(["--samples", "8", "--steps", "2", "--out"])
+            .arg(&out),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("placement"), "{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(report["generation"]["placement"]["judged_by"], "caption");
+    // The judge reads real scenes mostly right, and another row's caption fits them far worse.
+    let real = number(&report, "/generation/placement/real");
+    assert!(real >= 0.7, "{report}");
+    for share in ["generated", "other_rows"] {
+        let v = number(&report, &format!("/generation/placement/{share}"));
+        assert!((0.0..=1.0).contains(&v), "{share} {v}");
+    }
 }
 
 /// An emoji-like image folder: flat-coloured images with the caption and the three columns the
