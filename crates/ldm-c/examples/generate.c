@@ -2,10 +2,11 @@
  *
  *   cc -I crates/ldm-c/include crates/ldm-c/examples/generate.c -L target/release -lldm \
  *      -o generate
- *   LD_LIBRARY_PATH=target/release ./generate export/emoji-text apple.png [STEPS]
+ *   LD_LIBRARY_PATH=target/release ./generate export/emoji-text apple.png [STEPS [SEMANTIC]]
  *
  * Exits 0 when the image was written, the second generation was cancelled by its callback,
- * and the bad requests were refused with the expected statuses. */
+ * and the bad requests were refused with the expected statuses; given a semantic-map bundle
+ * (export/scenes-semantic), it also draws a map of a square and refuses bad maps. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -78,6 +79,31 @@ int main(int argc, char **argv) {
 
   ldm_request_free(request);
   ldm_pipeline_free(pipeline);
+
+  /* 4. A semantic map: a square (class 2) on a 128x64 background (class 0). */
+  if (argc > 4 && ldm_pipeline_load(argv[4], "tract", 1, &pipeline) == LDM_OK) {
+    static uint8_t ids[64][128];
+    for (int y = 16; y < 48; y++)
+      for (int x = 16; x < 48; x++) ids[y][x] = 2;
+    LdmRequest *drawn = ldm_request_new("");
+    ldm_request_set_steps(drawn, 2);
+    expect(ldm_request_set_semantic_map(drawn, 128, 64, &ids[0][0]), LDM_OK, "semantic map");
+    LdmImages *map_images = NULL;
+    expect(ldm_generate(pipeline, drawn, NULL, NULL, &map_images), LDM_OK, "draw the map");
+    if (map_images != NULL)
+      printf("drew %ux%u\n", ldm_image_width(map_images, 0), ldm_image_height(map_images, 0));
+    ldm_images_free(map_images);
+    ids[0][0] = 9;
+    ldm_request_set_semantic_map(drawn, 128, 64, &ids[0][0]);
+    expect(ldm_generate(pipeline, drawn, NULL, NULL, &map_images), LDM_REQUEST, "class 9");
+    expect(ldm_request_set_semantic_map(drawn, 100000, 64, &ids[0][0]), LDM_INVALID_ARGUMENT,
+           "map 100000 wide");
+    expect(ldm_request_set_semantic_map(drawn, 128, 64, NULL), LDM_INVALID_ARGUMENT, "NULL ids");
+    ldm_request_free(drawn);
+    ldm_pipeline_free(pipeline);
+  } else if (argc > 4) {
+    expect(LDM_BUNDLE, LDM_OK, "load the semantic-map bundle");
+  }
   printf("%d unexpected result(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }

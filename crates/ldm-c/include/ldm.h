@@ -126,6 +126,16 @@ enum LdmStatus ldm_request_set_size(struct LdmRequest *request, uint32_t width, 
 // `request` is NULL or a live request; `sampler` a NUL-terminated string.
 enum LdmStatus ldm_request_set_sampler(struct LdmRequest *request, const char *sampler);
 
+// The map a semantic-map bundle draws: `width` x `height` class ids, row-major, one byte
+// each (copied). The image takes the map's size.
+//
+// # Safety
+// `request` is NULL or a live request; `ids` is NULL or points to `width * height` bytes.
+enum LdmStatus ldm_request_set_semantic_map(struct LdmRequest *request,
+                                            uint32_t width,
+                                            uint32_t height,
+                                            const uint8_t *ids);
+
 // Generates `request` on `pipeline` and stores its images in `*out` (NULL on failure).
 // `progress`, when not NULL, is called after every step with `user_data`; returning false
 // stops the generation with `LDM_CANCELLED`. Free the images with `ldm_images_free`.

@@ -11,7 +11,9 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use ldm_core::semantic::ClassMap;
 use ldm_core::SamplerKind;
+use ldm_runtime::plan::MAX_SIDE;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, RuntimeError};
 
 /// What a call came to.
@@ -340,6 +342,39 @@ pub unsafe extern "C" fn ldm_request_set_sampler(
             Ok(Err(message)) => fail(LDM_INVALID_ARGUMENT, message),
             Err(status) => status,
         }
+    })
+}
+
+/// The map a semantic-map bundle draws: `width` x `height` class ids, row-major, one byte
+/// each (copied). The image takes the map's size.
+///
+/// # Safety
+/// `request` is NULL or a live request; `ids` is NULL or points to `width * height` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn ldm_request_set_semantic_map(
+    request: *mut LdmRequest,
+    width: u32,
+    height: u32,
+    ids: *const u8,
+) -> LdmStatus {
+    with_request(request, |r| {
+        let (w, h) = (width as usize, height as usize);
+        // Bounded before the pointer is read: the sides alone size the copy.
+        if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+            return fail(
+                LDM_INVALID_ARGUMENT,
+                format!("a semantic map of {w}x{h}; each side must be 1 to {MAX_SIDE}"),
+            );
+        }
+        if ids.is_null() {
+            return fail(LDM_INVALID_ARGUMENT, "ids is NULL");
+        }
+        r.semantic_map = Some(ClassMap {
+            width: w,
+            height: h,
+            ids: std::slice::from_raw_parts(ids, w * h).to_vec(),
+        });
+        LDM_OK
     })
 }
 

@@ -65,7 +65,12 @@ fn the_c_example_generates_cancels_and_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_example(dir.path());
     let png = dir.path().join("apple.png");
-    let (ok, text) = run(Command::new(&exe).arg(bundle()).arg(&png).arg("5"));
+    let semantic = bundle().with_file_name("scenes-semantic");
+    let (ok, text) = run(Command::new(&exe)
+        .arg(bundle())
+        .arg(&png)
+        .arg("5")
+        .arg(semantic));
     assert!(ok, "the example failed:\n{text}");
     for line in [
         "1 image(s) of 64x64",
@@ -74,6 +79,10 @@ fn the_c_example_generates_cancels_and_refuses() {
         "sampler heun: LDM_INVALID_ARGUMENT: unknown sampler 'heun'",
         "100000 images: LDM_REQUEST: 100000 images; one request may ask for at most 65535",
         "missing bundle: LDM_BUNDLE",
+        "drew 128x64",
+        "class 9: LDM_REQUEST: ",
+        "map 100000 wide: LDM_INVALID_ARGUMENT: a semantic map of 100000x64",
+        "NULL ids: LDM_INVALID_ARGUMENT: ids is NULL",
         "0 unexpected result(s)",
     ] {
         assert!(text.contains(line), "no '{line}' in:\n{text}");

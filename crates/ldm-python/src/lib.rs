@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use ldm_core::semantic::ClassMap;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline, RuntimeError};
 use ldm_serve::in_process::{HostRequest, InProcess};
 use ldm_serve::ServeOptions;
@@ -28,7 +29,7 @@ create_exception!(
     "A generation stopped by its callback."
 );
 
-/// An image as it crosses into Python.
+/// An image as it crosses into Python (a semantic map: one class id per pixel).
 type RawImage = (usize, usize, Vec<u8>);
 
 fn error(e: impl std::fmt::Display) -> PyErr {
@@ -106,7 +107,7 @@ impl PyPipeline {
     /// Generates `n` images of `prompt` (image i with seed + i) with the GIL released; `callback(step, total)` runs
     /// after every step, and a false answer (or an exception) stops the generation.
     #[pyo3(signature = (prompt, n, negative_prompt, steps, guidance, sampler, eta, seed,
-                        width, height, init_image, mask, strength, callback))]
+                        width, height, init_image, mask, strength, semantic_map, callback))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -124,6 +125,7 @@ impl PyPipeline {
         init_image: Option<RawImage>,
         mask: Option<RawImage>,
         strength: Option<f64>,
+        semantic_map: Option<RawImage>,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<Vec<(usize, usize, Py<PyBytes>)>> {
         let mut request = Generate::repeated(&prompt, n).map_err(error)?.seed(seed);
@@ -141,6 +143,9 @@ impl PyPipeline {
         request.init_image = init_image.map(image).transpose()?;
         request.mask = mask.map(image).transpose()?;
         request.strength = strength;
+        // Its length and ids are checked by the runtime, as every engine's are.
+        request.semantic_map =
+            semantic_map.map(|(width, height, ids)| ClassMap { width, height, ids });
 
         // An exception raised by the callback, re-raised once the pipeline has stopped.
         let mut raised: Option<PyErr> = None;

@@ -146,6 +146,27 @@ def test_image_to_image_and_inpainting_equal_the_cli(pipeline, tmp_path):
         pipeline.generate(PROMPT, init_image=init, mask=grey)
 
 
+def test_a_semantic_map_draws_as_the_cli_draws_it(tmp_path):
+    semantic = ldm.Pipeline.load(ROOT / "export" / "scenes-semantic", threads=1)
+    ids = np.zeros((64, 128), dtype=np.uint8)
+    ids[16:48, 16:48] = 2  # a square on the left of a wide map
+    Image.fromarray(ids, mode="L").save(tmp_path / "map.png")
+    out = tmp_path / "cli.png"
+    subprocess.run(
+        [ldm_binary(), "generate", "--bundle", ROOT / "export" / "scenes-semantic",
+         "--semantic-map", tmp_path / "map.png", "--steps", "4", "--out", out],
+        check=True, capture_output=True,
+    )
+    for given in (ids, Image.fromarray(ids, mode="L")):
+        ours = semantic.generate("", semantic_map=given, steps=4, as_numpy=True)[0]
+        assert ours.shape == (64, 128, 3)
+        assert np.array_equal(ours, np.asarray(Image.open(out).convert("RGB")))
+    with pytest.raises(ldm.LdmError, match="class id 9"):
+        semantic.generate("", semantic_map=np.full((64, 64), 9, dtype=np.uint8), steps=2)
+    with pytest.raises(ldm.LdmError, match="mode L"):
+        semantic.generate("", semantic_map=Image.new("RGB", (64, 64)), steps=2)
+
+
 @pytest.mark.skipif("ort-cpu" not in ldm.backends(), reason="built without ONNX Runtime")
 def test_onnx_runtime_draws_the_same_image_within_a_few_levels(pipeline):
     if not os.environ.get("ORT_DYLIB_PATH"):

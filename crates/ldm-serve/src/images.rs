@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use image::{DynamicImage, ImageFormat, ImageReader};
+use ldm_core::semantic::ClassMap;
 use ldm_runtime::plan::MAX_SIDE;
 use ldm_runtime::Image;
 
@@ -59,6 +60,24 @@ pub fn decode(field: &str, bytes: &[u8]) -> Result<DynamicImage, ApiError> {
         .map_err(|e| ApiError::field(field, format!("{field}: {e}")))?;
     reader.no_limits();
     reader.decode().map_err(bad)
+}
+
+/// A semantic map upload: 8-bit grayscale, each value a class id.
+pub fn class_map(field: &str, image: &DynamicImage) -> Result<ClassMap, ApiError> {
+    let DynamicImage::ImageLuma8(map) = image else {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "{field} is {:?}; it must be an 8-bit grayscale PNG whose values are class ids",
+                image.color()
+            ),
+        ));
+    };
+    Ok(ClassMap {
+        width: map.width() as usize,
+        height: map.height() as usize,
+        ids: map.as_raw().clone(),
+    })
 }
 
 pub fn rgb(image: &DynamicImage) -> Image {

@@ -59,6 +59,9 @@ struct JobRequest {
     /// Base64 mask: white where to draw.
     mask: Option<String>,
     strength: Option<f64>,
+    /// Base64 8-bit grayscale PNG of class ids: the map a semantic-map model draws (the
+    /// image takes its size).
+    semantic_map: Option<String>,
     /// Steps between preview images in the event stream (absent or 0: none; at most the
     /// steps allowed).
     #[serde(default, deserialize_with = "crate::request::whole")]
@@ -89,6 +92,9 @@ pub fn job_request(bytes: &[u8], options: &ServeOptions) -> Result<JobAsk, ApiEr
         init_image: decode("init_image", &r.init_image)?.map(|i| images::rgb(&i)),
         mask: decode("mask", &r.mask)?.map(|m| images::binary(&m)),
         strength: r.strength,
+        semantic_map: decode("semantic_map", &r.semantic_map)?
+            .map(|m| images::class_map("semantic_map", &m))
+            .transpose()?,
         ..request::generate(
             &r.prompt,
             r.n.unwrap_or(1),

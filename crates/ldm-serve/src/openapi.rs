@@ -203,6 +203,7 @@ pub fn document(state: &State) -> Value {
         "init_image": {"type": "string", "description": "base64 PNG or JPEG"},
         "mask": {"type": "string", "description": "base64 mask, white where to draw"},
         "strength": unit,
+        "semantic_map": {"type": "string", "description": "base64 8-bit grayscale PNG of class ids, for semantic-map models; the image takes its size"},
         "preview_every": {"type": "integer", "minimum": 0, "maximum": limits.steps,
             "description": "steps between preview images (base64 PNGs in the progress events' `preview`); 0: none"}}});
     let job_request = optional_nullable(job_request, &["prompt", "negative_prompt"]);

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{get, options, png_size, post, send, start, unbase64};
+use ldm_serve::ServeOptions;
 use serde_json::json;
 
 #[test]
@@ -233,6 +234,67 @@ fn jobs_stream_their_progress_and_can_be_cancelled() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(get(&server, "/v1/jobs/unknown").0, 404);
+}
+
+/// A base64 PNG of `image`.
+fn base64_png(image: image::DynamicImage) -> String {
+    use base64::Engine;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+}
+
+#[test]
+fn jobs_draw_semantic_maps_at_their_size_and_refuse_maps_that_are_not() {
+    let semantic = common::bundle().with_file_name("scenes-semantic");
+    let server = start(ServeOptions {
+        bundles: vec![common::bundle(), semantic],
+        ..options()
+    });
+    // A square (class 2) on the left of a 128x64 map, the rest background.
+    let map = image::GrayImage::from_fn(128, 64, |x, y| {
+        image::Luma([u8::from((16..48).contains(&x) && (16..48).contains(&y)) * 2])
+    });
+    let map = base64_png(image::DynamicImage::ImageLuma8(map));
+    let job = |body: serde_json::Value| post(&server, "/v1/jobs", body);
+    let a = job(json!({"model": "scenes-semantic", "semantic_map": map, "steps": 3}));
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    get(&server, &format!("/v1/jobs/{id}/events"));
+    let (_, report) = get(&server, &format!("/v1/jobs/{id}"));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let (status, png) = get(&server, report["images"][0].as_str().unwrap());
+    assert_eq!((status, png_size(&png)), (200, (128, 64)));
+
+    let rgb = base64_png(image::DynamicImage::new_rgb8(64, 64));
+    let unknown = base64_png(image::DynamicImage::ImageLuma8(
+        image::GrayImage::from_pixel(64, 64, image::Luma([9])),
+    ));
+    for (body, named) in [
+        (
+            json!({"model": "scenes-semantic", "semantic_map": rgb}),
+            "grayscale",
+        ),
+        (
+            json!({"model": "scenes-semantic", "semantic_map": "%%"}),
+            "base64",
+        ),
+        (
+            json!({"model": "scenes-semantic", "semantic_map": unknown}),
+            "class id 9",
+        ),
+        (json!({"model": "scenes-semantic"}), "semantic"),
+        (
+            json!({"prompt": "an apple", "semantic_map": map}),
+            "semantic",
+        ),
+    ] {
+        let answer = job(body.clone());
+        let text = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 400, "{body}: {text}");
+        assert!(text.contains(named), "{body}: {text}");
+    }
 }
 
 #[test]

@@ -44,6 +44,27 @@ def _raw(image: Any, what: str):
     return (array.shape[1], array.shape[0], np.ascontiguousarray(array).tobytes())
 
 
+def _class_map(image: Any):
+    """``(width, height, id bytes)`` of a PIL image of mode ``L`` or an ``HxW`` uint8 array."""
+    if image is None:
+        return None
+    if hasattr(image, "mode") and hasattr(image, "tobytes"):
+        if image.mode != "L":
+            raise LdmError(
+                f"the semantic_map must be a grayscale (mode L) image of class ids, not mode {image.mode}"
+            )
+        return (image.width, image.height, image.tobytes())
+    import numpy as np
+
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 2:
+        raise LdmError(
+            f"the semantic_map must be a PIL image of mode L or an HxW uint8 array of class ids, "
+            f"not {array.dtype} of shape {array.shape}"
+        )
+    return (array.shape[1], array.shape[0], np.ascontiguousarray(array).tobytes())
+
+
 def _pil(width: int, height: int, rgb: bytes):
     from PIL import Image
 
@@ -107,6 +128,7 @@ class Pipeline:
         init_image: Any = None,
         mask: Any = None,
         strength: Optional[float] = None,
+        semantic_map: Any = None,
         callback: Optional[Callback] = None,
         as_numpy: bool = False,
     ) -> List[Any]:
@@ -114,7 +136,8 @@ class Pipeline:
         ``HxWx3`` uint8 numpy arrays with ``as_numpy``. Unset options take the bundle's
         defaults, as ``ldm generate`` does; the same seed gives the same image. ``init_image``
         (PIL or numpy) starts image-to-image, with ``mask`` (white: draw, black: keep)
-        inpainting. The GIL is released while the engine runs; ``callback(step, total)``
+        inpainting. ``semantic_map`` (a PIL image of mode ``L`` or an ``HxW`` uint8 array of
+        class ids) is what a semantic-map bundle draws, at its size. The GIL is released while the engine runs; ``callback(step, total)``
         runs after every step and cancels with ``ldm.Cancelled`` when it returns False."""
         if not isinstance(n, int) or n < 1:
             raise LdmError(f"n must be a whole number of images, at least 1, not {n!r}")
@@ -132,6 +155,7 @@ class Pipeline:
             _raw(init_image, "init_image"),
             _raw(mask, "mask"),
             strength,
+            _class_map(semantic_map),
             callback,
         )
         convert = _numpy if as_numpy else _pil

@@ -38,6 +38,7 @@ class Pipeline:
         init_image: Any = None,
         mask: Any = None,
         strength: Optional[float] = None,
+        semantic_map: Any = None,
         callback: Optional[Callback] = None,
         as_numpy: bool = False,
     ) -> List[Any]: ...

@@ -36,6 +36,7 @@ class Pipeline:
         init_image: Optional[RawImage],
         mask: Optional[RawImage],
         strength: Optional[float],
+        semantic_map: Optional[RawImage],
         callback: Optional[Callable[[int, int], Optional[bool]]],
     ) -> List[RawImage]: ...
 

@@ -38,11 +38,15 @@ pub fn options() -> ServeOptions {
     }
 }
 
-/// The shipped bundle served with `options` (its bundles and a short grace filled in),
+/// `options` served (the shipped bundle when they name none, and a short grace filled in),
 /// once it is ready.
 pub fn start(options: ServeOptions) -> Server {
     let options = ServeOptions {
-        bundles: vec![bundle()],
+        bundles: if options.bundles.is_empty() {
+            vec![bundle()]
+        } else {
+            options.bundles.clone()
+        },
         grace: Duration::from_secs(2),
         ..options
     };
