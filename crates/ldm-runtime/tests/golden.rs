@@ -1,10 +1,11 @@
-//! Golden outputs of the shipped bundles (the default, emoji-text, and shapes-text): a seeded
-//! generation summarised (rounded) and snapshotted per backend, so a change to a sampler, a
-//! graph or the pipeline that moves the numbers fails here; and tract against ONNX Runtime
-//! step by step, within tolerances.
+//! Golden outputs of the shipped bundles (the default, emoji-text, shapes-text and
+//! scenes-semantic): a seeded generation summarised (rounded) and snapshotted per backend, so
+//! a change to a sampler, a graph or the pipeline that moves the numbers fails here; and
+//! tract against ONNX Runtime step by step, within tolerances.
 
 use std::path::Path;
 
+use ldm_core::semantic::ClassMap;
 use ldm_core::SamplerKind;
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 
@@ -35,19 +36,22 @@ fn run_at(
     sampler: &str,
     dimensions: Option<(usize, usize)>,
 ) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let mut request = Generate::new(prompts.iter().map(|p| p.to_string()).collect())
+        .sampler(sampler.parse::<SamplerKind>().unwrap());
+    if let Some((width, height)) = dimensions {
+        request = request.dimensions(width, height);
+    }
+    run_request(bundle, backend, request)
+}
+
+/// `request` (6 steps, guidance 3, eta 0, seed 42) on the shipped `bundle`: the latents after
+/// every step, and the images.
+fn run_request(bundle: &str, backend: Backend, request: Generate) -> (Vec<Vec<f32>>, Vec<Image>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../export")
         .join(bundle);
     let mut pipeline = Pipeline::new(Bundle::load(&dir).unwrap(), backend, 1).unwrap();
-    let mut request = Generate::new(prompts.iter().map(|p| p.to_string()).collect())
-        .sampler(sampler.parse::<SamplerKind>().unwrap())
-        .steps(6)
-        .guidance(3.0)
-        .eta(0.0)
-        .seed(42);
-    if let Some((width, height)) = dimensions {
-        request = request.dimensions(width, height);
-    }
+    let request = request.steps(6).guidance(3.0).eta(0.0).seed(42);
     let mut trajectory = Vec::new();
     let images = pipeline
         .generate(&request, &mut |p| {
@@ -119,6 +123,96 @@ fn tract_non_square_generation_matches_its_snapshot() {
             summary(&trajectory, &images)
         );
     }
+}
+
+/// A 64x96 map: a square (class 2) in the top half, a circle (class 1) in the bottom half.
+fn two_shape_map() -> ClassMap {
+    let (w, h) = (64, 96);
+    let ids = (0..w * h)
+        .map(|i| {
+            let (x, y) = ((i % w) as f32, (i / w) as f32);
+            if (16.0..48.0).contains(&x) && (8.0..40.0).contains(&y) {
+                2
+            } else if (x - 32.0).powi(2) + (y - 70.0).powi(2) < 16.0f32.powi(2) {
+                1
+            } else {
+                0
+            }
+        })
+        .collect();
+    ClassMap {
+        width: w,
+        height: h,
+        ids,
+    }
+}
+
+fn semantic_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let mut request =
+        Generate::new(vec![String::new()]).sampler("ddim".parse::<SamplerKind>().unwrap());
+    request.semantic_map = Some(two_shape_map());
+    run_request("scenes-semantic", backend, request)
+}
+
+#[test]
+fn a_semantic_map_draws_its_shapes_where_it_puts_them_and_matches_its_snapshot() {
+    let (trajectory, images) = semantic_run(Backend::Tract);
+    let image = &images[0];
+    assert_eq!((image.width, image.height), (64, 96));
+    // The shapes stand out of the background where the map puts them: their pixels lie far
+    // from the background's mean colour, and the background's own pixels near it. (An image
+    // that ignored the map would score the same inside and out. Mean colours would not do:
+    // a shape drawn in two colours can average to the background's grey.)
+    let map = two_shape_map();
+    let pixel = |i: usize| [0, 1, 2].map(|c| image.rgb[3 * i + c] as f32);
+    let ids = &map.ids;
+    let of_class = |class: u8| (0..ids.len()).filter(move |&i| ids[i] == class);
+    let count = of_class(0).count() as f32;
+    let background = of_class(0).fold([0f32; 3], |sum, i| {
+        let p = pixel(i);
+        [0, 1, 2].map(|c| sum[c] + p[c] / count)
+    });
+    let off_background = |class: u8| {
+        let distances: Vec<f32> = of_class(class)
+            .map(|i| (0..3).map(|c| (pixel(i)[c] - background[c]).abs()).sum())
+            .collect();
+        distances.iter().sum::<f32>() / distances.len() as f32
+    };
+    let noise = off_background(0);
+    for shape in [1, 2] {
+        let contrast = off_background(shape);
+        assert!(
+            contrast > 3.0 * noise,
+            "class {shape}: {contrast:.1} off the background's colour, the background itself {noise:.1}"
+        );
+    }
+    insta::assert_snapshot!(
+        "scenes-semantic_tract_ddim_64x96",
+        summary(&trajectory, &images)
+    );
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn onnxruntime_follows_tract_on_a_semantic_map() {
+    let (tract, tract_images) = semantic_run(Backend::Tract);
+    let (ort, ort_images) = semantic_run(Backend::OrtCpu);
+    for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "step {}: latents differ by {worst}", step + 1);
+    }
+    let worst = tract_images[0]
+        .rgb
+        .iter()
+        .zip(&ort_images[0].rgb)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(worst <= 2, "pixels differ by {worst} of 255");
 }
 
 #[cfg(feature = "ort")]
