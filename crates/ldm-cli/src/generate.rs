@@ -221,7 +221,6 @@ fn read_png(path: &Path) -> anyhow::Result<Image> {
     })
 }
 
-/// A map of class ids: an 8-bit grayscale PNG, bounded as input images are.
 /// A layout file's JSON, as the prompt of a layout bundle.
 fn read_layout(path: &Path, bundle: &Bundle) -> anyhow::Result<String> {
     if bundle.manifest.conditioning.layout().is_none() {
@@ -235,6 +234,7 @@ fn read_layout(path: &Path, bundle: &Bundle) -> anyhow::Result<String> {
     String::from_utf8(bytes).with_context(|| format!("the layout {} is not UTF-8", path.display()))
 }
 
+/// A map of class ids: an 8-bit grayscale PNG, bounded as input images are.
 fn read_class_map(path: &Path) -> anyhow::Result<ClassMap> {
     let map = ldm_data::open_image(path, ldm_runtime::plan::MAX_SIDE as u32)
         .with_context(|| format!("cannot read the semantic map {}", path.display()))?;

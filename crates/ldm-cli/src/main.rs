@@ -81,9 +81,45 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose words are already
+/// printed (many errors quote their source in their own message, as `{path}: {source}`).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn an_error_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let quoted = anyhow::anyhow!("map.png: {io}").context("cannot read the semantic map");
+        assert_eq!(
+            one_line(&quoted.context("generate")),
+            "generate: cannot read the semantic map: map.png: No such file or directory"
+        );
+        let chained = anyhow::Error::new(io).context("cannot read map.png");
+        assert_eq!(
+            one_line(&chained),
+            "cannot read map.png: No such file or directory"
+        );
     }
 }
 
