@@ -301,7 +301,8 @@ fn measure(task: &Task, started: Instant) -> anyhow::Result<Measured> {
         (engine, Target::TextToImage) => {
             let mut pipeline =
                 Pipeline::new(Bundle::load(&task.bundle)?, backend(engine), task.threads)?;
-            let request = Generate::new(vec![BENCH_PROMPT.into()]).steps(task.steps);
+            let prompt = bench_prompt(&pipeline.bundle().manifest)?;
+            let request = Generate::new(vec![prompt]).steps(task.steps);
             pipeline.generate(&request, &mut |_| true)?;
             first_image_ms = Some(started.elapsed().as_secs_f64() * 1e3);
             // End-to-end runs are long: a third of the runs, at least one (the first,
@@ -318,7 +319,22 @@ fn measure(task: &Task, started: Instant) -> anyhow::Result<Measured> {
     })
 }
 
-const BENCH_PROMPT: &str = "red apple, twemoji style";
+/// The text-to-image prompt: a caption, or for a layout bundle one box of its first class
+/// and colour over the middle of the image.
+fn bench_prompt(manifest: &ldm_core::manifest::Manifest) -> anyhow::Result<String> {
+    let Some(vocabulary) = manifest.conditioning.layout() else {
+        return Ok("red apple, twemoji style".into());
+    };
+    let object = ldm_core::layout::LayoutObject {
+        class: vocabulary.classes[0].clone(),
+        colour: vocabulary.colours[0].clone(),
+        bbox: [0.25, 0.25, 0.75, 0.75],
+    };
+    let layout = ldm_core::layout::Layout {
+        objects: vec![object],
+    };
+    Ok(vocabulary.text(&layout)?)
+}
 
 fn backend(engine: Engine) -> Backend {
     match engine {
@@ -529,8 +545,8 @@ mod tch_eager {
                     ldm_train::trained::TrainedModel::load(&task.release, tch::Device::Cpu)?;
                 // The request the runtime side of the benchmark runs, as its plan resolves it.
                 let manifest = Bundle::load(&task.bundle)?.manifest;
-                let request =
-                    ldm_runtime::Generate::new(vec![BENCH_PROMPT.into()]).steps(task.steps);
+                let prompt = super::bench_prompt(&manifest)?;
+                let request = ldm_runtime::Generate::new(vec![prompt.clone()]).steps(task.steps);
                 let schedule = manifest.schedule.noise_schedule()?;
                 let plan = ldm_runtime::plan::plan(&request, &manifest, &schedule, 0, u64::MAX)?;
                 let options = ldm_train::trained::SampleOptions {
@@ -540,7 +556,7 @@ mod tch_eager {
                     seed: 0,
                 };
                 super::median_ms(task.runs.div_ceil(3), task.warmup.min(1), || {
-                    let _image = model.generate(&[BENCH_PROMPT.to_string()], "", &options)?;
+                    let _image = model.generate(std::slice::from_ref(&prompt), "", &options)?;
                     Ok(())
                 })
             }
