@@ -192,27 +192,47 @@ fn a_semantic_map_draws_its_shapes_where_it_puts_them_and_matches_its_snapshot()
     );
 }
 
+/// Two engines' runs of one request agree: latents within 1e-3 after every step, pixels
+/// within 2/255.
+#[cfg(feature = "ort")]
+fn assert_engines_agree(
+    what: &str,
+    a: &(Vec<Vec<f32>>, Vec<Image>),
+    b: &(Vec<Vec<f32>>, Vec<Image>),
+) {
+    assert_eq!(a.0.len(), b.0.len(), "{what}: steps");
+    for (step, (x, y)) in a.0.iter().zip(&b.0).enumerate() {
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "{what}: step {}: latents differ by {worst}",
+            step + 1
+        );
+    }
+    for (x, y) in a.1.iter().zip(&b.1) {
+        let worst = x
+            .rgb
+            .iter()
+            .zip(&y.rgb)
+            .map(|(p, q)| p.abs_diff(*q))
+            .max()
+            .unwrap();
+        assert!(worst <= 2, "{what}: pixels differ by {worst} of 255");
+    }
+}
+
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_follows_tract_on_a_semantic_map() {
-    let (tract, tract_images) = semantic_run(Backend::Tract);
-    let (ort, ort_images) = semantic_run(Backend::OrtCpu);
-    for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-3, "step {}: latents differ by {worst}", step + 1);
-    }
-    let worst = tract_images[0]
-        .rgb
-        .iter()
-        .zip(&ort_images[0].rgb)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap();
-    assert!(worst <= 2, "pixels differ by {worst} of 255");
+    assert_engines_agree(
+        "scenes-semantic",
+        &semantic_run(Backend::Tract),
+        &semantic_run(Backend::OrtCpu),
+    );
 }
 
 #[cfg(feature = "ort")]
@@ -222,36 +242,13 @@ fn onnxruntime_follows_tract_step_by_step() {
         .iter()
         .flat_map(|b| [(*b, None), (*b, Some(NON_SQUARE))])
     {
-        let (tract, tract_images) = run_at(shipped, Backend::Tract, "ddim", dimensions);
-        let (ort, ort_images) = run_at(shipped, Backend::OrtCpu, "ddim", dimensions);
-        assert_eq!(tract.len(), ort.len());
-        for (step, (a, b)) in tract.iter().zip(&ort).enumerate() {
-            let worst = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                worst < 1e-3,
-                "{}: step {}: latents differ by {worst}",
-                shipped.0,
-                step + 1
-            );
-        }
-        for (a, b) in tract_images.iter().zip(&ort_images) {
-            let worst = a
-                .rgb
-                .iter()
-                .zip(&b.rgb)
-                .map(|(x, y)| x.abs_diff(*y))
-                .max()
-                .unwrap();
-            assert!(worst <= 2, "{}: pixels differ by {worst} of 255", shipped.0);
-        }
+        let tract = run_at(shipped, Backend::Tract, "ddim", dimensions);
+        let ort = run_at(shipped, Backend::OrtCpu, "ddim", dimensions);
+        assert_engines_agree(shipped.0, &tract, &ort);
         let size = dimensions.map_or(String::new(), |(w, h)| format!("_{w}x{h}"));
         insta::assert_snapshot!(
             format!("{}_ort_ddim{size}", shipped.0),
-            summary(&ort, &ort_images)
+            summary(&ort.0, &ort.1)
         );
     }
 }
