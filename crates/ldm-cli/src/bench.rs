@@ -1,7 +1,8 @@
 //! `ldm bench`: per-network latency and peak memory of one bundle on every engine this build
 //! can run (tract and ONNX Runtime's CPU provider, each on 1 and N threads, and, with the `train`
 //! feature, PyTorch eager through tch on the release's weights), end-to-end text-to-image
-//! time, and the multiply-accumulates per second achieved against the machine's GEMM peak.
+//! time, and the multiply-accumulates per second achieved against the machine's f32 peak
+//! ([`crate::peak`]).
 //!
 //! Each measurement runs in a child process of its own (`ldm bench --worker`), so that peak
 //! resident memory (VmHWM) belongs to one engine and one network.
@@ -18,6 +19,8 @@ use ldm_runtime::{Backend, Bundle, Generate, Pipeline, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+use crate::peak::Peak;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -99,8 +102,8 @@ struct Row {
 struct Report {
     bundle: String,
     threads: usize,
-    /// Single-precision GEMM peak of this machine, GMAC/s, on 1 and N threads.
-    gemm_peak_gmacs: (f64, f64),
+    /// The machine's f32 peak on 1 thread and, where N > 1, on N.
+    peaks: Vec<Peak>,
     rows: Vec<Row>,
 }
 
@@ -127,11 +130,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|c| (c.network.to_string(), c.macs))
         .collect();
-    let gemm = (gemm_peak(1), gemm_peak(threads));
-    println!(
-        "GEMM peak (f32): {:.1} GMAC/s on 1 thread, {:.1} on {threads}",
-        gemm.0, gemm.1
-    );
+    let mut peaks = vec![Peak::measure(1)];
+    if threads > 1 {
+        peaks.push(Peak::measure(threads));
+    }
+    for peak in &peaks {
+        println!("f32 peak on {} threads: {}", peak.threads, peak.describe());
+    }
 
     let mut targets: Vec<Target> = bundle
         .manifest
@@ -184,16 +189,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     .zip(mac_count)
                     .map(|(m, macs)| macs as f64 / (m.median_ms * 1e-3) / 1e9),
                 first_image_ms: result.as_ref().ok().and_then(|m| m.first_image_ms),
-                unavailable: result.err().map(|e| format!("{e:#}")),
+                unavailable: result.err().map(|e| ldm_core::one_line(e.as_ref())),
             };
-            print_row(&row);
+            print_row(&row, &peaks);
             rows.push(row);
         }
     }
     let report = Report {
         bundle: a.bundle.display().to_string(),
         threads,
-        gemm_peak_gmacs: gemm,
+        peaks,
         rows,
     };
     print_ratios(&report);
@@ -384,46 +389,11 @@ pub fn graph_inputs(
         .collect()
 }
 
-/// Achieved f32 GEMM throughput: 512x512 products, one independent product per thread.
-fn gemm_peak(threads: usize) -> f64 {
-    const N: usize = 512;
-    const REPEATS: usize = 20;
-    let a = vec![1.0f32; N * N];
-    let b = vec![0.5f32; N * N];
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let mut c = vec![0.0f32; N * N];
-                for _ in 0..REPEATS {
-                    // SAFETY: a, b and c hold N x N row-major f32 matrices; strides match.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            N,
-                            N,
-                            N,
-                            1.0,
-                            a.as_ptr(),
-                            N as isize,
-                            1,
-                            b.as_ptr(),
-                            N as isize,
-                            1,
-                            0.0,
-                            c.as_mut_ptr(),
-                            N as isize,
-                            1,
-                        );
-                    }
-                }
-                std::hint::black_box(&c);
-            });
-        }
-    });
-    (threads * REPEATS * N * N * N) as f64 / started.elapsed().as_secs_f64() / 1e9
-}
-
-fn print_row(r: &Row) {
+fn print_row(r: &Row, peaks: &[Peak]) {
+    let peak = peaks
+        .iter()
+        .find(|p| p.threads == r.threads)
+        .map(|p| p.gmacs);
     match (r.median_ms, &r.unavailable) {
         (Some(ms), _) => println!(
             "{:<15} {:<10} {:>2} threads  {:>9.2} ms  {:>7.0} MB{}",
@@ -432,11 +402,15 @@ fn print_row(r: &Row) {
             r.threads,
             ms,
             r.peak_rss_mb.unwrap_or(f64::NAN),
-            r.gmacs
-                .map_or(String::new(), |g| format!("  {g:>6.2} GMAC/s"))
-                + &r.first_image_ms.map_or(String::new(), |ms| format!(
-                    "  first image {ms:.0} ms after start"
+            r.gmacs.map_or(String::new(), |g| format!(
+                "  {g:>6.2} GMAC/s{}",
+                peak.map_or(String::new(), |p| format!(
+                    " ({:.0} % of peak)",
+                    100.0 * g / p
                 ))
+            )) + &r.first_image_ms.map_or(String::new(), |ms| format!(
+                "  first image {ms:.0} ms after start"
+            ))
         ),
         (None, reason) => println!(
             "{:<15} {:<10} {:>2} threads  unavailable: {}",

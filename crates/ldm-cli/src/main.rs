@@ -13,6 +13,7 @@ mod generate;
 #[cfg(feature = "train")]
 mod import;
 mod model;
+mod peak;
 mod profile;
 mod progress;
 #[cfg(feature = "train")]
@@ -40,7 +41,7 @@ enum Command {
     /// conditioning accuracy, samples/s.
     Eval(eval::EvalArgs),
     /// Latency and peak memory of a bundle's networks on every available engine, end-to-end
-    /// text-to-image time, and achieved MAC/s against the machine's GEMM peak.
+    /// text-to-image time, and achieved MAC/s against the machine's f32 peak.
     Bench(bench::BenchArgs),
     /// Where tract spends one graph's time, node by node in its optimised plan.
     Profile(profile::ProfileArgs),
@@ -87,40 +88,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The error and its causes joined by ": ", leaving out a cause whose words are already
-/// printed (many errors quote their source in their own message, as `{path}: {source}`).
+/// The error and its causes on one line, each cause once.
 fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain().map(ToString::to_string) {
-        if line.contains(&cause) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&cause);
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn an_error_prints_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        let quoted = anyhow::anyhow!("map.png: {io}").context("cannot read the semantic map");
-        assert_eq!(
-            one_line(&quoted.context("generate")),
-            "generate: cannot read the semantic map: map.png: No such file or directory"
-        );
-        let chained = anyhow::Error::new(io).context("cannot read map.png");
-        assert_eq!(
-            one_line(&chained),
-            "cannot read map.png: No such file or directory"
-        );
-    }
+    ldm_core::one_line(e.as_ref())
 }
 
 /// Rust starts with SIGPIPE ignored, so the next print after `ldm ... | head` has closed the
@@ -153,5 +123,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         #[cfg(feature = "train")]
         Command::ParityEngine(args) => export::parity_engine(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn an_error_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let quoted = anyhow::anyhow!("map.png: {io}").context("cannot read the semantic map");
+        assert_eq!(
+            one_line(&quoted.context("generate")),
+            "generate: cannot read the semantic map: map.png: No such file or directory"
+        );
+        let chained = anyhow::Error::new(io).context("cannot read map.png");
+        assert_eq!(
+            one_line(&chained),
+            "cannot read map.png: No such file or directory"
+        );
     }
 }

@@ -316,7 +316,14 @@ fn bench_measures_every_graph_and_writes_json_and_a_plot() {
         .find(|r| r["target"] == "unet" && r["engine"] == "tract")
         .unwrap();
     assert!(unet["gmacs"].as_f64().unwrap() > 0.0);
-    assert!(number(&report, "/gemm_peak_gmacs/0") > 0.0);
+    // The peak is the best of the matrix products measured, tract's own among them.
+    let peak = number(&report, "/peaks/0/gmacs");
+    let kernels = report["peaks"][0]["kernels"].as_array().unwrap();
+    assert!(kernels.iter().any(|k| k["kernel"] == "tract"), "{report}");
+    for kernel in kernels {
+        let gmacs = kernel["gmacs"].as_f64().unwrap();
+        assert!(gmacs > 0.0 && gmacs <= peak, "{kernel} against {peak}");
+    }
     assert!(image::open(out.join("bench.png")).is_ok());
 
     let (ok, text) = output(ldm().current_dir(repo_root()).args([
@@ -327,4 +334,40 @@ fn bench_measures_every_graph_and_writes_json_and_a_plot() {
         out.to_str().unwrap(),
     ]));
     assert!(!ok && text.contains("/no/release/model.toml"), "{text}");
+}
+
+#[test]
+fn bench_runs_a_layout_bundle_end_to_end_from_a_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let (ok, text) = output(
+        ldm()
+            .current_dir(repo_root())
+            .args(["bench", "--bundle", "export/scenes-layout"])
+            .args(["--release", "models/scenes-layout"])
+            .args([
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--steps",
+                "1",
+                "--threads",
+                "1",
+            ])
+            .args(["--out", out.to_str().unwrap()]),
+    );
+    assert!(ok, "{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let end_to_end = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["target"] == "text-to-image" && r["engine"] == "tract")
+        .unwrap_or_else(|| panic!("no text-to-image row: {report}"));
+    assert!(
+        end_to_end["median_ms"].as_f64().unwrap() > 0.0,
+        "{end_to_end}"
+    );
 }

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod confined;
 mod ddim;
+pub mod error_line;
 pub mod guided;
 pub mod layout;
 pub mod manifest;
@@ -13,6 +14,7 @@ pub mod tokenizer;
 
 pub use conditions::ConditionError;
 pub use ddim::{ddim_step, ddim_timesteps};
+pub use error_line::one_line;
 pub use guided::{GuidedSampling, KnownLatent, SamplingSetup};
 pub use manifest::{Manifest, ManifestError};
 pub use samplers::{Sampler, SamplerKind};

@@ -237,7 +237,7 @@ impl PyServer {
         };
         let server = py
             .detach(|| InProcess::load(options))
-            .map_err(|e| error(format!("{e:#}")))?;
+            .map_err(|e| error(ldm_core::one_line(e.as_ref())))?;
         Ok(PyServer { server })
     }
 
@@ -270,7 +270,7 @@ impl PyServer {
                     body,
                 })
             })
-            .map_err(|e| error(format!("{e:#}")))?;
+            .map_err(|e| error(ldm_core::one_line(e.as_ref())))?;
         Ok((
             response.status,
             response.headers,

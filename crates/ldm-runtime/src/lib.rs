@@ -30,5 +30,5 @@ pub use request::{Generate, Image, Progress};
 pub use session::Session;
 pub use tensor::{Tensor, TensorData};
 pub use tiled::Tiling;
-pub use tract::{NodeTime, TractSession};
+pub use tract::{matmul_macs_per_second as tract_matmul_macs_per_second, NodeTime, TractSession};
 pub use untrusted::{check_bytes, check_graph};

@@ -38,10 +38,14 @@ pub struct TractSession {
 /// Optimised plans a session keeps (each may hold its own packed copy of the weights).
 pub const MAX_PLANS: usize = 8;
 
-fn run_error(e: impl std::fmt::Display) -> RuntimeError {
+fn run_error(e: TractError) -> RuntimeError {
+    run_failure(ldm_core::one_line(e.as_ref()))
+}
+
+fn run_failure(message: impl Into<String>) -> RuntimeError {
     RuntimeError::Run {
         engine: "tract",
-        message: format!("{e:#}"),
+        message: message.into(),
     }
 }
 
@@ -59,7 +63,7 @@ impl TractSession {
             .map_err(|e| RuntimeError::Load {
                 engine: "tract",
                 path: path.to_path_buf(),
-                message: format!("{e:#}"),
+                message: ldm_core::one_line(e.as_ref()),
             })?;
         let inputs: Vec<String> = model
             .input_outlets()
@@ -195,7 +199,7 @@ impl Session for TractSession {
                     joined.extend(
                         handle
                             .join()
-                            .map_err(|_| run_error("a row's run panicked"))??,
+                            .map_err(|_| run_failure("a row's run panicked"))??,
                     );
                 }
                 Ok::<_, RuntimeError>(joined)
@@ -220,7 +224,7 @@ impl TractSession {
                     match (shape.first_mut(), rows) {
                         (Some(first), Some(rows)) => *first = rows,
                         _ => {
-                            return Err(run_error(format!(
+                            return Err(run_failure(format!(
                                 "output '{name}' has no batch axis to join the rows along"
                             )))
                         }
@@ -294,6 +298,43 @@ impl TractSession {
 }
 
 /// tract's copies of `tensors`, whole or only their row `row`.
+/// Multiply-accumulates per second of tract's own f32 matrix product: the optimised plan of a
+/// `side` x `side` by `side` x `side` product, run `repeats` times on the calling thread.
+pub fn matmul_macs_per_second(side: usize, repeats: usize) -> Result<f64, RuntimeError> {
+    let mut model = TypedModel::default();
+    let a = model
+        .add_source("a", f32::fact([side, side]))
+        .map_err(run_error)?;
+    let b = model
+        .add_const(
+            "b",
+            tract_ndarray::Array2::from_elem((side, side), 0.5f32).into_tensor(),
+        )
+        .map_err(run_error)?;
+    let product = model
+        .wire_node(
+            "product",
+            tract_onnx::tract_core::ops::einsum::EinSum::new(
+                "mk,kn->mn".parse().map_err(run_error)?,
+                f32::datum_type(),
+            ),
+            &[a, b],
+        )
+        .map_err(run_error)?;
+    model.select_output_outlets(&product).map_err(run_error)?;
+    let plan = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(run_error)?;
+    let input = tract_ndarray::Array2::from_elem((side, side), 1.0f32).into_tvalue();
+    plan.run(tvec![input.clone()]).map_err(run_error)?;
+    let started = std::time::Instant::now();
+    for _ in 0..repeats {
+        std::hint::black_box(plan.run(tvec![input.clone()]).map_err(run_error)?);
+    }
+    Ok((repeats * side * side * side) as f64 / started.elapsed().as_secs_f64())
+}
+
 fn tract_values(tensors: &[&Tensor], row: Option<usize>) -> Result<TVec<TValue>, RuntimeError> {
     fn part<D: Datum + Copy>(
         shape: &[usize],

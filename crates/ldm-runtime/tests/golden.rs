@@ -1,5 +1,5 @@
-//! Golden outputs of the shipped bundles (the default, emoji-text, shapes-text and
-//! scenes-semantic): a seeded generation summarised (rounded) and snapshotted per backend, so
+//! Golden outputs of the shipped bundles (the default, emoji-text, shapes-text, scenes-semantic
+//! and scenes-layout): a seeded generation summarised (rounded) and snapshotted per backend, so
 //! a change to a sampler, a graph or the pipeline that moves the numbers fails here; and
 //! tract against ONNX Runtime step by step, within tolerances.
 
@@ -189,6 +189,48 @@ fn a_semantic_map_draws_its_shapes_where_it_puts_them_and_matches_its_snapshot()
     insta::assert_snapshot!(
         "scenes-semantic_tract_ddim_64x96",
         summary(&trajectory, &images)
+    );
+}
+
+/// A red circle in the top-left box and a blue square in the bottom-right one, in the layout
+/// bundle's words: class, colour, then left, top, right and bottom edges on its 16-step grid.
+const TWO_BOX_LAYOUT: &str = "circle red l1 t1 r7 b7 square blue l9 t9 r15 b15";
+
+fn layout_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let request =
+        Generate::new(vec![TWO_BOX_LAYOUT.into()]).sampler("ddim".parse::<SamplerKind>().unwrap());
+    run_request("scenes-layout", backend, request)
+}
+
+#[test]
+fn a_layout_draws_the_objects_it_names_and_matches_its_snapshot() {
+    let (trajectory, images) = layout_run(Backend::Tract);
+    let image = &images[0];
+    assert_eq!((image.width, image.height), (64, 64));
+    // Both named colours are drawn: pixels whose asked channel stands well above the other
+    // two. (Where they land is what models/README.md says the shipped steps do not follow.)
+    let pixels = |asked: usize| {
+        image
+            .rgb
+            .chunks(3)
+            .filter(|p| {
+                let others = (0..3).filter(|&c| c != asked).map(|c| p[c]).max().unwrap();
+                p[asked] as i32 > others as i32 + 80
+            })
+            .count()
+    };
+    let (red, blue) = (pixels(0), pixels(2));
+    assert!(red >= 40 && blue >= 40, "{red} red and {blue} blue pixels");
+    insta::assert_snapshot!("scenes-layout_tract_ddim", summary(&trajectory, &images));
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn onnxruntime_follows_tract_on_a_layout() {
+    assert_engines_agree(
+        "scenes-layout",
+        &layout_run(Backend::Tract),
+        &layout_run(Backend::OrtCpu),
     );
 }
 

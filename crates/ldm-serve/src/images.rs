@@ -3,8 +3,9 @@
 //! runtime reads them (white: draw anew, black: keep).
 
 use base64::Engine;
-use image::{DynamicImage, ImageFormat, ImageReader};
+use image::{DynamicImage, ImageFormat};
 use ldm_core::semantic::ClassMap;
+use ldm_data::DataError;
 use ldm_runtime::plan::MAX_SIDE;
 use ldm_runtime::Image;
 
@@ -42,24 +43,19 @@ pub fn from_base64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
 
 /// A PNG or JPEG upload, its size checked before it is decoded.
 pub fn decode(field: &str, bytes: &[u8]) -> Result<DynamicImage, ApiError> {
-    let bad = |e: image::ImageError| {
-        ApiError::field(field, format!("{field} is not a PNG or JPEG image: {e}"))
-    };
-    let reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ApiError::field(field, format!("{field}: {e}")))?;
-    let (w, h) = reader.into_dimensions().map_err(bad)?;
-    if w as usize > MAX_SIDE || h as usize > MAX_SIDE {
-        return Err(ApiError::field(
-            field,
-            format!("{field} is {w}x{h}; images may be at most {MAX_SIDE} pixels a side"),
-        ));
-    }
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ApiError::field(field, format!("{field}: {e}")))?;
-    reader.no_limits();
-    reader.decode().map_err(bad)
+    let max_side = MAX_SIDE as u32;
+    ldm_data::decode_image(bytes, max_side, std::path::Path::new(field)).map_err(|e| {
+        let message = match e {
+            DataError::ImageTooLarge { width, height, .. } => format!(
+                "{field} is {width}x{height}; images may be at most {max_side} pixels a side"
+            ),
+            DataError::Image { source, .. } => {
+                format!("{field} is not a PNG or JPEG image: {source}")
+            }
+            other => other.to_string(),
+        };
+        ApiError::field(field, message)
+    })
 }
 
 /// A semantic map upload: 8-bit grayscale, each value a class id.
