@@ -267,20 +267,15 @@ fn compare_refuses_folders_without_a_report_by_name() {
     );
 }
 
-#[test]
-fn bench_measures_every_graph_and_writes_json_and_a_plot() {
+/// `ldm bench` of a shipped bundle and its release (one run of each, one thread, one
+/// sampling step): its bench.json, and the folder it wrote into.
+fn quick_bench(bundle: &str, release: &str) -> (Value, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench");
     let (ok, text) = output(
         ldm()
             .current_dir(repo_root())
-            .args([
-                "bench",
-                "--bundle",
-                "export/shapes-text",
-                "--release",
-                "models/shapes-text",
-            ])
+            .args(["bench", "--bundle", bundle, "--release", release])
             .args([
                 "--runs",
                 "1",
@@ -294,8 +289,14 @@ fn bench_measures_every_graph_and_writes_json_and_a_plot() {
             .args(["--out", out.to_str().unwrap()]),
     );
     assert!(ok, "{text}");
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let report = serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    (report, dir)
+}
+
+#[test]
+fn bench_measures_every_graph_and_writes_json_and_a_plot() {
+    let (report, dir) = quick_bench("export/shapes-text", "models/shapes-text");
+    let out = dir.path().join("bench");
     let rows = report["rows"].as_array().unwrap();
     for target in [
         "encoder",
@@ -338,28 +339,7 @@ fn bench_measures_every_graph_and_writes_json_and_a_plot() {
 
 #[test]
 fn bench_runs_a_layout_bundle_end_to_end_from_a_layout() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bench");
-    let (ok, text) = output(
-        ldm()
-            .current_dir(repo_root())
-            .args(["bench", "--bundle", "export/scenes-layout"])
-            .args(["--release", "models/scenes-layout"])
-            .args([
-                "--runs",
-                "1",
-                "--warmup",
-                "0",
-                "--steps",
-                "1",
-                "--threads",
-                "1",
-            ])
-            .args(["--out", out.to_str().unwrap()]),
-    );
-    assert!(ok, "{text}");
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let (report, _dir) = quick_bench("export/scenes-layout", "models/scenes-layout");
     let end_to_end = report["rows"]
         .as_array()
         .unwrap()
