@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use ldm_core::manifest::Precision;
+use ldm_core::manifest::{Precision, SlicedAttention};
 use ldm_export::{export, parity_tolerance, ExportOptions};
 
 #[derive(Args)]
@@ -32,6 +32,10 @@ pub struct ExportArgs {
     /// checked engine by engine in child processes.
     #[arg(long, value_name = "BYTES")]
     external_data_above: Option<usize>,
+    /// Self-attention over positions always whole, even at sizes where its scores would not
+    /// fit (by default it attends in chunks of queries above a 32x32 latent).
+    #[arg(long)]
+    whole_attention: bool,
 }
 
 /// `ldm parity-engine GRAPH ENGINE CASES` (hidden): what `ldm export` runs in a child process
@@ -61,6 +65,7 @@ impl ExportArgs {
             fp16_weights: precision == Precision::F16Weights,
             no_parity: false,
             external_data_above: None,
+            whole_attention: false,
         }
     }
 }
@@ -79,6 +84,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         engine_program: Some(
             std::env::current_exe().context("cannot find the ldm executable for parity checks")?,
         ),
+        sliced_attention: (!args.whole_attention).then_some(SlicedAttention::DEFAULT),
     };
     eprintln!(
         "exporting {} to {}",

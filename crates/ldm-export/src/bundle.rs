@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ldm_core::manifest::{
     BundleConditioning, ConcatInput, GraphRole, GraphSpec, Manifest, Precision, SamplerDefaults,
-    Schedule, MANIFEST_FILE, MANIFEST_FORMAT,
+    Schedule, SlicedAttention, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use ldm_data::{make_public_dir, write_atomic, StagingDir};
 use ldm_nn::{Conditioning, ModelConfig};
@@ -42,6 +42,8 @@ pub struct ExportOptions {
     /// it, so that one engine's copy of the weights is in memory at a time beside this
     /// process's. Without it every engine runs here, one after the other.
     pub engine_program: Option<PathBuf>,
+    /// How self-attention over positions bounds its memory; `None`: always whole.
+    pub sliced_attention: Option<SlicedAttention>,
 }
 
 impl Default for ExportOptions {
@@ -51,6 +53,7 @@ impl Default for ExportOptions {
             parity: true,
             external_data_above: PROTOBUF_LIMIT,
             engine_program: None,
+            sliced_attention: Some(SlicedAttention::DEFAULT),
         }
     }
 }
@@ -129,6 +132,9 @@ pub fn export_release(
             GraphRole::TextEncoder | GraphRole::ClassEmbedder => &conditioner,
         };
         let mut ops = OnnxOps::new(weights, options.precision);
+        if let Some(sliced) = options.sliced_attention {
+            ops = ops.with_sliced_attention(sliced);
+        }
         let (input_specs, output_specs) = io_specs(role, config);
         let inputs: Vec<_> = input_specs.iter().map(|s| ops.input(s)).collect();
         let outputs = graphs::forward(role, config, &mut ops, &inputs)?;
@@ -182,6 +188,7 @@ pub fn export_release(
             eta: options_of_run.sample_eta,
         },
         graphs: graph_specs,
+        sliced_attention: options.sliced_attention,
     };
     // What is written is what a runtime will read: validate the text, not the struct.
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");

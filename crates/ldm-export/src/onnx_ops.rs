@@ -3,7 +3,8 @@
 //!
 //! Only standard opset-17 operators are emitted (the portable profile): GroupNorm is lowered
 //! through InstanceNormalization, SiLU is Sigmoid·Mul, GELU its Erf form, attention MatMul +
-//! Softmax, upsampling Resize(nearest), downsampling AveragePool. Shapes stay symbolic: reshapes copy (0) or infer (-1)
+//! Softmax (with [`SlicedAttention`], self-attention over positions a `Scan` over chunks of
+//! queries), upsampling Resize(nearest), downsampling AveragePool. Shapes stay symbolic: reshapes copy (0) or infer (-1)
 //! the dimensions they do not fix, so one graph serves every batch and spatial size.
 //!
 //! In f16-weights precision the initializers are float16 and each is cast to float32 once
@@ -15,9 +16,9 @@
 
 use std::collections::HashMap;
 
-use ldm_core::manifest::{DType, Precision, TensorSpec};
-use ldm_nn::ops::Result;
-use ldm_nn::{Dim, Init, NnError, Ops};
+use ldm_core::manifest::{DType, Precision, SlicedAttention, TensorSpec};
+use ldm_nn::ops::{scaled_dot_product, Result};
+use ldm_nn::{Dim, Init, Keys, NnError, Ops};
 use tract_onnx::pb;
 
 use crate::proto::{self, Attr};
@@ -56,6 +57,7 @@ pub struct OnnxOps<'w> {
     inputs: Vec<pb::ValueInfoProto>,
     params: HashMap<String, Value>,
     next_id: usize,
+    sliced_attention: Option<SlicedAttention>,
 }
 
 fn shape_error(op: &'static str, message: String) -> NnError {
@@ -72,7 +74,15 @@ impl<'w> OnnxOps<'w> {
             inputs: Vec::new(),
             params: HashMap::new(),
             next_id: 0,
+            sliced_attention: None,
         }
+    }
+
+    /// Self-attention over positions attends in chunks of queries above `sliced.above` of
+    /// them; without this it always attends whole.
+    pub fn with_sliced_attention(mut self, sliced: SlicedAttention) -> Self {
+        self.sliced_attention = Some(sliced);
+        self
     }
 
     /// Declares a graph input.
@@ -130,6 +140,108 @@ impl<'w> OnnxOps<'w> {
             }),
             ..Default::default()
         }
+    }
+
+    /// A subgraph (the body of a `Scan`) of the nodes `body` emits from `inputs` to its
+    /// result, gathered apart from the graph's. Initializers stay in the graph, where the
+    /// subgraph sees them as outer-scope values, as it sees every value of the graph.
+    fn subgraph(
+        &mut self,
+        inputs: &[&Value],
+        body: impl FnOnce(&mut Self) -> Result<Value>,
+    ) -> Result<(pb::GraphProto, Value)> {
+        let outer = std::mem::take(&mut self.nodes);
+        let result = body(self);
+        let nodes = std::mem::replace(&mut self.nodes, outer);
+        let output = result?;
+        let info = |v: &Value| proto::shapeless_value_info(&v.name, v.dtype);
+        let graph = pb::GraphProto {
+            name: self.fresh("graph"),
+            node: nodes,
+            input: inputs.iter().map(|v| info(v)).collect(),
+            output: vec![info(&output)],
+            ..Default::default()
+        };
+        Ok((graph, output))
+    }
+
+    /// Attention of `q` [B, heads, n, d] a chunk of queries at a time: `sliced.chunk` of them
+    /// when n is above `sliced.above`, else all n in one chunk. The queries are padded to a
+    /// multiple of the chunk, a `Scan` runs over the chunks, and the padding's rows are cut
+    /// off. The chunk is worked out in the graph (a `Where` on n), since one graph serves
+    /// every size; engines that know the shapes when they optimise (tract) fold it, and
+    /// inline the one-chunk `Scan` of small sizes into plain attention.
+    fn chunked_attention(
+        &mut self,
+        q: &Value,
+        kt: &Value,
+        v: &Value,
+        head_dim: usize,
+        sliced: SlicedAttention,
+    ) -> Result<Value> {
+        let shape = self.emit("Shape", &[&q.name], vec![], 1, DType::Int64);
+        let queries = self.narrow(&shape, 0, 2, 1)?;
+        let above = self.const_i64(&[sliced.above as i64]);
+        // A bool, which `Value` has no type for: only the `Where` below reads it.
+        let large = self.fresh("Greater");
+        self.nodes.push(proto::node(
+            "Greater",
+            large.clone(),
+            &[&queries.name, &above.name],
+            &[&large],
+            vec![],
+        ));
+        let chunk_len = self.const_i64(&[sliced.chunk as i64]);
+        let chunk = self.emit(
+            "Where",
+            &[&large, &chunk_len.name, &queries.name],
+            vec![],
+            1,
+            DType::Int64,
+        );
+        let over = self.binary("Mod", &queries, &chunk);
+        let short = self.binary("Sub", &chunk, &over);
+        let pad = self.binary("Mod", &short, &chunk);
+        // ONNX pads: the begins of all four axes, then the ends; only the queries' end pads.
+        let begins = self.const_i64(&[0; 6]);
+        let end = self.const_i64(&[0]);
+        let pads = self.concat(&[&begins, &pad, &end], 0)?;
+        let padded = self.emit("Pad", &[&q.name, &pads.name], vec![], 4, q.dtype);
+        // [B, heads, chunks, chunk, d]: 0 copies a dimension, -1 is inferred.
+        let (leading, tail) = (
+            self.const_i64(&[0, 0, -1]),
+            self.const_i64(&[head_dim as i64]),
+        );
+        let chunked_shape = self.concat(&[&leading, &chunk, &tail], 0)?;
+        let chunks = self.emit(
+            "Reshape",
+            &[&padded.name, &chunked_shape.name],
+            vec![],
+            5,
+            q.dtype,
+        );
+        let slice = Value {
+            name: self.fresh("query_chunk"),
+            rank: 4,
+            dtype: q.dtype,
+        };
+        let (body, out) = self.subgraph(&[&slice], |o| {
+            scaled_dot_product(o, &slice, kt, v, head_dim)
+        })?;
+        let attrs = vec![
+            ("body", Attr::Graph(body)),
+            ("num_scan_inputs", Attr::Int(1)),
+            ("scan_input_axes", Attr::Ints(vec![2])),
+            ("scan_output_axes", Attr::Ints(vec![2])),
+        ];
+        let scanned = self.emit("Scan", &[&chunks.name], attrs, 5, out.dtype);
+        let joined = self.reshape(
+            &scanned,
+            &[Dim::Keep, Dim::Keep, Dim::Infer, Dim::Fixed(head_dim)],
+        )?;
+        let (start, axis) = (self.const_i64(&[0]), self.const_i64(&[2]));
+        let inputs = [joined.name.as_str(), &start.name, &queries.name, &axis.name];
+        Ok(self.emit("Slice", &inputs, vec![], 4, joined.dtype))
     }
 
     fn fresh(&mut self, op: &str) -> String {
@@ -583,5 +695,25 @@ impl Ops for OnnxOps<'_> {
 
     fn straight_through(&mut self, value: &Value, _gradient_to: &Value) -> Result<Value> {
         Ok(value.clone())
+    }
+
+    /// With [`SlicedAttention`], self-attention over positions is
+    /// [`OnnxOps::chunked_attention`]. (Not an `If` between whole and chunked attention:
+    /// tract 0.23 names every `If` it translates "If", so a graph with two fails to load.)
+    fn attention(
+        &mut self,
+        q: &Value,
+        k: &Value,
+        v: &Value,
+        head_dim: usize,
+        keys: Keys,
+    ) -> Result<Value> {
+        let kt = self.transpose_last(k)?;
+        match (keys, self.sliced_attention) {
+            (Keys::Positions, Some(sliced)) if q.rank == 4 => {
+                self.chunked_attention(q, &kt, v, head_dim, sliced)
+            }
+            _ => scaled_dot_product(self, q, &kt, v, head_dim),
+        }
     }
 }

@@ -12,6 +12,8 @@ pub enum Attr {
     Float(f32),
     Ints(Vec<i64>),
     Text(&'static str),
+    /// A subgraph: the branches of an `If`, the body of a `Scan`.
+    Graph(pb::GraphProto),
 }
 
 pub fn node(
@@ -53,6 +55,10 @@ fn attribute(name: &str, value: Attr) -> pb::AttributeProto {
             a.r#type = AttributeType::String as i32;
             a.s = s.as_bytes().to_vec();
         }
+        Attr::Graph(g) => {
+            a.r#type = AttributeType::Graph as i32;
+            a.g = Some(g);
+        }
     }
     a
 }
@@ -89,6 +95,21 @@ pub fn f16_bytes(values: &[f32]) -> Vec<u8> {
 
 pub fn i64_bytes(values: &[i64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A subgraph's input or output: its element type, its shape left to the engines.
+pub fn shapeless_value_info(name: &str, dtype: DType) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: data_type(dtype) as i32,
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// A graph input or output with its element type and (partly symbolic) shape.

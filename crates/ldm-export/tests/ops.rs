@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use ldm_core::manifest::{DType, DimSpec, Precision, TensorSpec};
+use ldm_core::manifest::{DType, DimSpec, Precision, SlicedAttention, TensorSpec};
 use ldm_export::parity::{load_engine, ENGINES};
 use ldm_export::OnnxOps;
 use ldm_nn::ops::Result;
-use ldm_nn::{Dim, Ops};
+use ldm_nn::{Dim, Keys, Ops};
 use ldm_runtime::{Tensor as RtTensor, TensorData};
 use prost::Message;
 use rand::{Rng, SeedableRng};
@@ -51,9 +51,16 @@ enum Case {
     Silu,
     Gelu,
     Attention,
+    /// Self-attention over positions, at most [`TEST_SLICING`]'s `above`: whole.
+    AttentionOverFewPositions,
+    /// Above it: chunks of queries, the last one padded.
+    AttentionOverManyPositions,
 }
 
-const CASES: [Case; 34] = [
+/// Slicing small enough for a test's tensors: chunks of 4 queries above 8.
+const TEST_SLICING: SlicedAttention = SlicedAttention { above: 8, chunk: 4 };
+
+const CASES: [Case; 36] = [
     Case::Conv3x3Bias,
     Case::ConvStride2NoBias,
     Case::Pad2d,
@@ -88,9 +95,12 @@ const CASES: [Case; 34] = [
     Case::Silu,
     Case::Gelu,
     Case::Attention,
+    Case::AttentionOverFewPositions,
+    Case::AttentionOverManyPositions,
 ];
 
 /// An input: f32 shape, or int64 shape with values below a bound.
+#[derive(Clone)]
 enum Input {
     F(Vec<usize>),
     I(Vec<usize>, i64),
@@ -130,6 +140,8 @@ impl Case {
                 F(vec![2, 3, 7, 4]),
                 F(vec![2, 3, 7, 4]),
             ],
+            Case::AttentionOverFewPositions => vec![F(vec![2, 3, 6, 4]); 3],
+            Case::AttentionOverManyPositions => vec![F(vec![2, 3, 10, 4]); 3],
         }
     }
 
@@ -171,7 +183,10 @@ impl Case {
             Case::Linear => o.linear(&x[0], &x[1], Some(&x[2])),
             Case::Silu => o.silu(&x[0]),
             Case::Gelu => o.gelu(&x[0]),
-            Case::Attention => o.attention(&x[0], &x[1], &x[2], 4),
+            Case::Attention => o.attention(&x[0], &x[1], &x[2], 4, Keys::Sequence),
+            Case::AttentionOverFewPositions | Case::AttentionOverManyPositions => {
+                o.attention(&x[0], &x[1], &x[2], 4, Keys::Positions)
+            }
         }
     }
 }
@@ -214,7 +229,7 @@ fn tch_output(case: Case, inputs: &[RtTensor]) -> (Vec<usize>, Vec<f32>) {
 /// The op as a one-op ONNX file; every input is a graph input (weights included).
 fn onnx_file(case: Case, inputs: &[RtTensor], dir: &std::path::Path) -> std::path::PathBuf {
     let weights = HashMap::new();
-    let mut o = OnnxOps::new(&weights, Precision::F32);
+    let mut o = OnnxOps::new(&weights, Precision::F32).with_sliced_attention(TEST_SLICING);
     let specs: Vec<TensorSpec> = inputs
         .iter()
         .enumerate()
@@ -295,4 +310,83 @@ fn every_op_matches_tch_on_tract_and_onnxruntime() {
         CASES.len() * 2,
         "tract and ONNX Runtime ran every op"
     );
+}
+
+/// Self-attention over positions as the bundles hold it, the query count symbolic: with
+/// [`TEST_SLICING`] and without, on both engines and at counts below, above and at a multiple
+/// of the chunk; and tract's plan loops over chunks only above `above`.
+#[test]
+fn sliced_attention_over_symbolic_positions_is_whole_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = HashMap::new();
+    let spec = |name: &str| {
+        let shape = [
+            DimSpec::Fixed(1),
+            DimSpec::Fixed(2),
+            DimSpec::Symbol("positions".into()),
+            DimSpec::Fixed(4),
+        ];
+        TensorSpec::new(name, DType::Float32, &shape)
+    };
+    let graph = |sliced: Option<SlicedAttention>, file: &str| {
+        let mut o = OnnxOps::new(&weights, Precision::F32);
+        if let Some(sliced) = sliced {
+            o = o.with_sliced_attention(sliced);
+        }
+        let [q, k, v] = ["q", "k", "v"].map(|n| o.input(&spec(n)));
+        // Twice, as a network attends: engines must take more than one in a graph.
+        let once = o.attention(&q, &k, &v, 4, Keys::Positions).unwrap();
+        let y = o.attention(&once, &k, &v, 4, Keys::Positions).unwrap();
+        let model = o.finish("attention", &[(y, spec("y"))]);
+        let path = dir.path().join(file);
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        path
+    };
+    let whole = graph(None, "whole.onnx");
+    let sliced = graph(Some(TEST_SLICING), "sliced.onnx");
+    for positions in [6, 10, 12] {
+        let inputs = random(&vec![F(vec![1, 2, positions, 4]); 3], positions as u64);
+        let named = [("q", &inputs[0]), ("k", &inputs[1]), ("v", &inputs[2])];
+        for engine in ENGINES {
+            let run = |path: &std::path::Path| {
+                let mut session = load_engine(engine, path).unwrap();
+                session.run(&named).unwrap().remove(0)
+            };
+            let (expected, got) = (run(&whole), run(&sliced));
+            assert_eq!(
+                got.shape(),
+                expected.shape(),
+                "{engine}, {positions} positions"
+            );
+            let worst = expected
+                .as_f32()
+                .unwrap()
+                .iter()
+                .zip(got.as_f32().unwrap())
+                .map(|(e, g)| (e - g).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-5,
+                "{engine}, {positions} positions: off by {worst:e}"
+            );
+        }
+        let scans = tract_scans(&sliced, positions);
+        let expected = 2 * usize::from(positions > TEST_SLICING.above);
+        assert_eq!(scans, expected, "tract's plan at {positions} positions");
+    }
+}
+
+/// Scan nodes in tract's optimised plan of `path` with `positions` positions.
+fn tract_scans(path: &std::path::Path, positions: usize) -> usize {
+    use tract_onnx::prelude::*;
+    let mut model = tract_onnx::onnx().model_for_path(path).unwrap();
+    for input in 0..3 {
+        let fact = InferenceFact::dt_shape(f32::datum_type(), [1, 2, positions, 4]);
+        model.set_input_fact(input, fact).unwrap();
+    }
+    let plan = model.into_optimized().unwrap();
+    plan.nodes()
+        .iter()
+        .filter(|n| n.op().name().contains("Scan"))
+        .count()
 }

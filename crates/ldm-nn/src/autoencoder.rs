@@ -4,7 +4,7 @@
 
 use crate::config::{AutoencoderConfig, FirstStage};
 use crate::layers::{conv1x1, conv2d, conv3x3, from_tokens, group_norm, to_tokens, Path};
-use crate::ops::{Dim, Init, Ops, Result};
+use crate::ops::{Dim, Init, Keys, Ops, Result};
 
 /// The autoencoder's normalisations use eps = 1e-6, as in the reference.
 const EPS: f64 = 1e-6;
@@ -45,7 +45,7 @@ fn attn_block<O: Ops>(o: &mut O, p: &Path, x: &O::T, c: usize, groups: usize) ->
         o.reshape(&t, &[Dim::Keep, Dim::Fixed(1), Dim::Infer, Dim::Fixed(c)])
     };
     let (q, k, v) = (tokens(o, &q)?, tokens(o, &k)?, tokens(o, &v)?);
-    let a = o.attention(&q, &k, &v, c)?;
+    let a = o.attention(&q, &k, &v, c, Keys::Positions)?;
     let a = o.reshape(&a, &[Dim::Keep, Dim::Infer, Dim::Fixed(c)])?;
     let a = from_tokens(o, &a, x)?;
     let a = conv1x1(o, &p.pp("proj_out"), &a, c, c)?;

@@ -3,7 +3,7 @@
 
 use crate::config::{Activation, TextEncoderKind};
 use crate::layers::{layer_norm, linear, merge_heads, multi_head_attention, split_heads, Path};
-use crate::ops::{Dim, Init, Ops, Result};
+use crate::ops::{Dim, Init, Keys, Ops, Result};
 
 /// The sizes of a text encoder (from [`crate::Conditioning::Text`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,7 +76,17 @@ fn ldm_text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> R
     for i in 0..shape.depth {
         let p = Path::root("layers").pp(i);
         let n = layer_norm(o, &p.pp("attn_norm"), &x, width)?;
-        let a = multi_head_attention(o, &p.pp("attn"), &n, &n, width, width, heads, head_dim)?;
+        let a = multi_head_attention(
+            o,
+            &p.pp("attn"),
+            &n,
+            &n,
+            width,
+            width,
+            heads,
+            head_dim,
+            Keys::Sequence,
+        )?;
         x = o.add(&x, &a)?;
         let n = layer_norm(o, &p.pp("ff_norm"), &x, width)?;
         let h = linear(o, &p.pp("ff").pp(0), &n, width, shape.mlp_width, true)?;

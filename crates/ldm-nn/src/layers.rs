@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use crate::ops::{Dim, Init, Ops, Result};
+use crate::ops::{Dim, Init, Keys, Ops, Result};
 
 /// A hierarchical parameter path: `Path::root("encoder").pp("down").pp(0)` names
 /// `encoder.down.0.*`, the same keys in checkpoints and ONNX initializers.
@@ -139,8 +139,8 @@ pub fn merge_heads<O: Ops>(o: &mut O, t: &O::T, inner: usize) -> Result<O::T> {
     o.reshape(&t, &[Dim::Keep, Dim::Keep, Dim::Fixed(inner)])
 }
 
-/// Multi-head attention of query tokens [B, N, C] onto context tokens [B, M, Cc]:
-/// to_q / to_k / to_v (no bias), heads of `head_dim`, to_out.0 (with bias).
+/// Multi-head attention of query tokens [B, N, C] onto context tokens [B, M, Cc] (`keys`: what
+/// they range over): to_q / to_k / to_v (no bias), heads of `head_dim`, to_out.0 (with bias).
 #[allow(clippy::too_many_arguments)]
 pub fn multi_head_attention<O: Ops>(
     o: &mut O,
@@ -151,6 +151,7 @@ pub fn multi_head_attention<O: Ops>(
     context_dim: usize,
     heads: usize,
     head_dim: usize,
+    keys: Keys,
 ) -> Result<O::T> {
     let inner = heads * head_dim;
     let q = linear(o, &p.pp("to_q"), x, query_dim, inner, false)?;
@@ -160,7 +161,7 @@ pub fn multi_head_attention<O: Ops>(
     let q = split_heads(o, &q, heads, head_dim)?;
     let k = split_heads(o, &k, heads, head_dim)?;
     let v = split_heads(o, &v, heads, head_dim)?;
-    let out = o.attention(&q, &k, &v, head_dim)?;
+    let out = o.attention(&q, &k, &v, head_dim, keys)?;
     let out = merge_heads(o, &out, inner)?;
     linear(o, &p.pp("to_out").pp(0), &out, inner, query_dim, true)
 }

@@ -23,5 +23,5 @@ pub use config::{
 };
 pub use cost::NetworkCost;
 pub use error::NnError;
-pub use ops::{Dim, Init, Ops};
+pub use ops::{Dim, Init, Keys, Ops};
 pub use shape::ShapeOps;

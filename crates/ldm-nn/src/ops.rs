@@ -29,6 +29,17 @@ pub enum Dim {
     Fixed(usize),
 }
 
+/// What an attention's queries and keys range over. Self-attention over a feature map's
+/// positions holds a score for every pair of positions, which grows with the square of the
+/// image's area; attention within a fixed-length sequence (tokens) or onto one (a context)
+/// holds scores bounded by that length. An interpretation may compute the first in chunks of
+/// queries to bound its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    Positions,
+    Sequence,
+}
+
 pub trait Ops {
     type T;
 
@@ -134,23 +145,36 @@ pub trait Ops {
         self.mul(&half, &e)
     }
 
-    /// softmax(q·kᵀ/√d)·v over [..., n, d] tensors (heads in a leading axis).
+    /// softmax(q·kᵀ/√d)·v over [B, heads, n, d] tensors; `keys` says whether the scores grow
+    /// with the image.
     fn attention(
         &mut self,
         q: &Self::T,
         k: &Self::T,
         v: &Self::T,
         head_dim: usize,
+        _keys: Keys,
     ) -> Result<Self::T> {
         let kt = self.transpose_last(k)?;
-        let scores = self.matmul(q, &kt)?;
-        let scores = self.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;
-        let weights = self.softmax(&scores)?;
-        self.matmul(&weights, v)
+        scaled_dot_product(self, q, &kt, v, head_dim)
     }
 
     /// Swaps the last two axes of a rank-4 tensor.
     fn transpose_last(&mut self, x: &Self::T) -> Result<Self::T> {
         self.permute(x, &[0, 1, 3, 2])
     }
+}
+
+/// softmax(q·kt/√d)·v with the keys already transposed: the body of every attention.
+pub fn scaled_dot_product<O: Ops + ?Sized>(
+    o: &mut O,
+    q: &O::T,
+    kt: &O::T,
+    v: &O::T,
+    head_dim: usize,
+) -> Result<O::T> {
+    let scores = o.matmul(q, kt)?;
+    let scores = o.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;
+    let weights = o.softmax(&scores)?;
+    o.matmul(&weights, v)
 }

@@ -7,7 +7,7 @@ use crate::layers::{
     conv2d, conv3x3, from_tokens, group_norm, layer_norm, linear, merge_heads,
     multi_head_attention, split_heads, to_tokens, Path,
 };
-use crate::ops::{Dim, Ops, Result};
+use crate::ops::{Dim, Keys, Ops, Result};
 
 /// GroupNorm eps of the UNet's ResBlocks (`normalization` in the reference) and of the
 /// SpatialTransformer's input norm.
@@ -132,7 +132,7 @@ fn attention_block<O: Ops>(
         split_heads(o, &t, heads, head_dim)
     };
     let (q, k, v) = (split(o, 0)?, split(o, c)?, split(o, 2 * c)?);
-    let a = o.attention(&q, &k, &v, head_dim)?;
+    let a = o.attention(&q, &k, &v, head_dim, Keys::Positions)?;
     let a = merge_heads(o, &a, c)?;
     let a = from_tokens(o, &a, x)?;
     let a = conv2d(o, &p.pp("proj_out"), &a, c, c, 1, 1, 0, true)?;
@@ -187,7 +187,17 @@ fn spatial_transformer<O: Ops>(
     for d in 0..cfg.transformer_depth {
         let b = p.pp("transformer_blocks").pp(d);
         let n = layer_norm(o, &b.pp("norm1"), &t, inner)?;
-        let a = multi_head_attention(o, &b.pp("attn1"), &n, &n, inner, inner, heads, head_dim)?;
+        let a = multi_head_attention(
+            o,
+            &b.pp("attn1"),
+            &n,
+            &n,
+            inner,
+            inner,
+            heads,
+            head_dim,
+            Keys::Positions,
+        )?;
         t = o.add(&t, &a)?;
         let n = layer_norm(o, &b.pp("norm2"), &t, inner)?;
         let a = multi_head_attention(
@@ -199,6 +209,7 @@ fn spatial_transformer<O: Ops>(
             context_dim,
             heads,
             head_dim,
+            Keys::Sequence,
         )?;
         t = o.add(&t, &a)?;
         let n = layer_norm(o, &b.pp("norm3"), &t, inner)?;

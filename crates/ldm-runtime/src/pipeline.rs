@@ -362,10 +362,12 @@ impl Pipeline {
             }
             .into());
         }
-        let pixels = (width * height) as u64;
+        let latent_pixels = (width * height / (f * f)) as u64;
         let needed = plan::MemoryEstimate::of(
             self.planner.weight_bytes,
-            plan::activation_bytes(0, 0, 1, pixels),
+            self.planner
+                .activations()
+                .decoder(1, latent_pixels, f as u64),
         )
         .total();
         if needed > self.planner.memory_budget {

@@ -4,7 +4,7 @@
 //! [`crate::Pipeline::plan`], so they all refuse the same requests with the same messages.
 
 use ldm_core::guided::MAX_GUIDANCE;
-use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
+use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, SlicedAttention};
 use ldm_core::{ConditionError, Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
 
 use crate::image_tasks::check_binary;
@@ -87,8 +87,13 @@ impl Planner {
         let latent_pixels = (plan.latent_width * plan.latent_height) as u64;
         MemoryEstimate::of(
             self.weight_bytes,
-            activation_bytes(rows as u64, latent_pixels, 0, 0),
+            self.activations().unet(rows as u64, latent_pixels),
         )
+    }
+
+    /// The activation model of the bundle's graphs.
+    pub fn activations(&self) -> Activations {
+        Activations::of(&self.manifest)
     }
 
     pub fn plan(&self, request: &Generate) -> Result<Plan, RequestError> {
@@ -127,16 +132,7 @@ pub enum Decode {
 }
 
 /// Bytes a request is estimated to need at its peak: the process and its engine, the weights
-/// of the graphs it opens, and the activations of the largest network call.
-///
-/// The activation model is a coarse upper bound that needs only the manifest: per latent
-/// pixel of a UNet row, [`UNET_BYTES_PER_LATENT_PIXEL`]; per pair of latent pixels,
-/// [`ATTENTION_BYTES_PER_PAIR`] (self-attention at the full latent resolution, whose score
-/// matrices grow with the square of the latent's area and dominate large images); per output
-/// pixel of the decoder, [`DECODER_BYTES_PER_PIXEL`]. Against the peak resident memory of
-/// `ldm generate` with the shipped emoji bundle on tract (one guided image, see
-/// BENCHMARKS.md): 246 MB measured / 253 MB estimated at 64x64, 270 / 297 MB at 128x128,
-/// 825 / 851 MB at 256x256, 8.95 / 9.11 GB at 512x512.
+/// of the graphs it opens, and the activations of the largest network call ([`Activations`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
     pub engine: u64,
@@ -160,6 +156,67 @@ impl MemoryEstimate {
     }
 }
 
+/// The activation model of a bundle's graphs: a coarse upper bound that needs only the
+/// manifest. Per latent pixel of a UNet row, [`UNET_BYTES_PER_LATENT_PIXEL`]; per output pixel
+/// of the decoder, [`DECODER_BYTES_PER_PIXEL`]; and per pair of positions whose attention
+/// scores are held at once, [`ATTENTION_BYTES_PER_PAIR`] in the UNet and
+/// [`DECODER_ATTENTION_BYTES_PER_PAIR`] in the decoder's middle block (self-attention at the
+/// full latent resolution). Attending whole holds every pair, so it grows with the square of
+/// the latent's area and dominates large images; a bundle exported with
+/// [`SlicedAttention`] holds `chunk` queries' pairs above `above` positions, which keeps the
+/// growth linear. Measured against the estimate in BENCHMARKS.md ("Memory against image
+/// size").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activations {
+    sliced: Option<SlicedAttention>,
+    /// Pixel-space bundles have no decoder to run.
+    has_decoder: bool,
+}
+
+impl Activations {
+    pub fn of(manifest: &Manifest) -> Self {
+        Self {
+            sliced: manifest.sliced_attention,
+            has_decoder: manifest.first_stage != FirstStage::Identity,
+        }
+    }
+
+    /// Pairs of positions whose scores are held at once when `positions` attend to each other.
+    fn pairs_at_once(&self, positions: u64) -> u64 {
+        let queries = self
+            .sliced
+            .map_or(positions, |s| s.queries_at_once(positions));
+        queries.saturating_mul(positions)
+    }
+
+    /// One UNet call over `rows` rows of a latent of `latent_pixels` pixels.
+    pub fn unet(&self, rows: u64, latent_pixels: u64) -> u64 {
+        let per_row = latent_pixels
+            .saturating_mul(UNET_BYTES_PER_LATENT_PIXEL)
+            .saturating_add(
+                self.pairs_at_once(latent_pixels)
+                    .saturating_mul(ATTENTION_BYTES_PER_PAIR),
+            );
+        rows.saturating_mul(per_row)
+    }
+
+    /// One decoder call over `images` latents of `latent_pixels` pixels, each side upsampled
+    /// `factor` times.
+    pub fn decoder(&self, images: u64, latent_pixels: u64, factor: u64) -> u64 {
+        if !self.has_decoder {
+            return 0;
+        }
+        let per_image = latent_pixels
+            .saturating_mul(factor.saturating_mul(factor))
+            .saturating_mul(DECODER_BYTES_PER_PIXEL)
+            .saturating_add(
+                self.pairs_at_once(latent_pixels)
+                    .saturating_mul(DECODER_ATTENTION_BYTES_PER_PAIR),
+            );
+        images.saturating_mul(per_image)
+    }
+}
+
 /// The process, the engine and its optimised plans, without weights or activations (the
 /// emoji bundle's peak at 64x64, less its weights and activations, rounded up).
 pub const ENGINE_BYTES: u64 = 200_000_000;
@@ -169,22 +226,9 @@ pub const UNET_BYTES_PER_LATENT_PIXEL: u64 = 32 * 64 * 4;
 pub const ATTENTION_BYTES_PER_PAIR: u64 = 2 * 2 * 4;
 /// Live feature maps of the decoder per output pixel: about 10 tensors of 32 f32 channels.
 pub const DECODER_BYTES_PER_PIXEL: u64 = 10 * 32 * 4;
-
-/// The activation estimate of one UNet call of `rows` rows of a `latent_pixels` latent, and
-/// of one decoder call of `images` images of `pixels` pixels; the larger of the two.
-pub fn activation_bytes(rows: u64, latent_pixels: u64, images: u64, pixels: u64) -> u64 {
-    let unet = rows
-        .saturating_mul(latent_pixels)
-        .saturating_mul(UNET_BYTES_PER_LATENT_PIXEL)
-        .saturating_add(
-            rows.saturating_mul(latent_pixels.saturating_mul(latent_pixels))
-                .saturating_mul(ATTENTION_BYTES_PER_PAIR),
-        );
-    let decoder = images
-        .saturating_mul(pixels)
-        .saturating_mul(DECODER_BYTES_PER_PIXEL);
-    unet.max(decoder)
-}
+/// Attention scores and their softmax, f32, for the decoder's one head, per pair of latent
+/// pixels.
+pub const DECODER_ATTENTION_BYTES_PER_PAIR: u64 = 2 * 4;
 
 /// `bytes` in gigabytes, for messages.
 pub fn gigabytes(bytes: u64) -> String {
@@ -336,14 +380,13 @@ fn decoding(
     let [_, h, w] = sampling.latent_shape;
     let f = m.downsampling_factor as u64;
     let (rows, images) = (sampling.rows() as u64, sampling.images as u64);
-    let estimate = |decoded_images: u64, decoded_pixels: u64, extra: u64| {
-        MemoryEstimate::of(
-            weight_bytes,
-            activation_bytes(rows, (h * w) as u64, decoded_images, decoded_pixels)
-                .saturating_add(extra),
-        )
+    let activations = Activations::of(m);
+    let unet = activations.unet(rows, (h * w) as u64);
+    let estimate = |decoded_images: u64, decoded_latent_pixels: u64, extra: u64| {
+        let decoder = activations.decoder(decoded_images, decoded_latent_pixels, f);
+        MemoryEstimate::of(weight_bytes, unet.max(decoder).saturating_add(extra))
     };
-    let whole = estimate(images, (h * w) as u64 * f * f, 0);
+    let whole = estimate(images, (h * w) as u64, 0);
     let smallest = (m.resolution / m.downsampling_factor).max(1);
     if whole.total() <= budget || m.first_stage == FirstStage::Identity || h.max(w) <= smallest {
         return (Decode::Whole, whole);
@@ -353,7 +396,7 @@ fn decoding(
     let mut tile = h.max(w);
     loop {
         tile = (tile / 2).max(smallest);
-        let tiled = estimate(1, (tile * tile) as u64 * f * f, blended);
+        let tiled = estimate(1, (tile * tile) as u64, blended);
         if tiled.total() <= budget || tile == smallest {
             return (Decode::Tiled(Tiling::new(tile)), tiled);
         }
@@ -497,12 +540,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_estimate_grows_with_the_square_of_the_latent_area() {
+    fn whole_attention_grows_with_the_square_of_the_latent_area_and_sliced_does_not() {
         // The emoji bundle at 64x64 (16x16 latents) and 512x512 (128x128), guided batch 1.
-        let small = activation_bytes(2, 256, 1, 64 * 64);
-        let large = activation_bytes(2, 128 * 128, 1, 512 * 512);
-        assert!(small < 10_000_000, "{small}");
-        assert!((8_000_000_000..9_500_000_000).contains(&large), "{large}");
-        assert_eq!(activation_bytes(u64::MAX, u64::MAX, 1, 1), u64::MAX);
+        let whole = Activations {
+            sliced: None,
+            has_decoder: true,
+        };
+        let sliced = Activations {
+            sliced: Some(SlicedAttention::DEFAULT),
+            ..whole
+        };
+        let (small, large) = (16 * 16, 128 * 128);
+        assert!(whole.unet(2, small) < 10_000_000);
+        assert_eq!(whole.unet(2, small), sliced.unet(2, small));
+        assert!((8_000_000_000..9_500_000_000).contains(&whole.unet(2, large)));
+        assert!(sliced.unet(2, large) * 20 < whole.unet(2, large));
+        assert!(whole.decoder(1, large, 4) > 2 * sliced.decoder(1, large, 4));
+        assert_eq!(whole.unet(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(sliced.decoder(u64::MAX, u64::MAX, u64::MAX), u64::MAX);
     }
 }

@@ -54,6 +54,41 @@ pub struct Manifest {
     pub defaults: SamplerDefaults,
     /// Graphs by role: `encoder`, `decoder`, `unet`, and `text_encoder` or `class_embedder`.
     pub graphs: BTreeMap<GraphRole, GraphSpec>,
+    /// How the graphs bound self-attention over positions; absent in bundles whose graphs
+    /// always attend whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliced_attention: Option<SlicedAttention>,
+}
+
+/// Self-attention over a feature map's positions holds a score for every pair of positions,
+/// so its memory grows with the square of the image's area. Graphs with this in their
+/// manifest attend whole up to `above` queries and, above that, `chunk` queries at a time (a
+/// `Scan` over the queries whose chunk a `Where` on the query count picks): the same result,
+/// with scores for `chunk` queries held at once instead of all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlicedAttention {
+    pub above: usize,
+    pub chunk: usize,
+}
+
+impl SlicedAttention {
+    /// What exports write: whole up to a 32x32 latent (1,024 positions, 4 MB of f32 scores per
+    /// head), where chunks would only add steps; 256 queries at a time above it, a matrix
+    /// product still large enough to run at full speed.
+    pub const DEFAULT: SlicedAttention = SlicedAttention {
+        above: 1024,
+        chunk: 256,
+    };
+
+    /// Queries whose scores are held at once when `queries` attend.
+    pub fn queries_at_once(&self, queries: u64) -> u64 {
+        if queries > self.above as u64 {
+            queries.min(self.chunk as u64)
+        } else {
+            queries
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

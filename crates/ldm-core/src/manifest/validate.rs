@@ -49,6 +49,15 @@ impl Manifest {
             ));
         }
         self.schedule.noise_schedule().map_err(|e| e.to_string())?;
+        if let Some(sliced) = self.sliced_attention {
+            if sliced.chunk == 0 || sliced.chunk > MAX_SIDE * MAX_SIDE {
+                return Err(format!(
+                    "sliced_attention.chunk {} is not between 1 and {}",
+                    sliced.chunk,
+                    MAX_SIDE * MAX_SIDE
+                ));
+            }
+        }
         let mut required = vec![GraphRole::Unet];
         if self.first_stage != FirstStage::Identity {
             required.extend([GraphRole::Encoder, GraphRole::Decoder]);
