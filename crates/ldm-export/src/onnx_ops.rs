@@ -143,26 +143,26 @@ impl<'w> OnnxOps<'w> {
     }
 
     /// A subgraph (the body of a `Scan`) of the nodes `body` emits from `inputs` to its
-    /// result, gathered apart from the graph's. Initializers stay in the graph, where the
+    /// results, gathered apart from the graph's. Initializers stay in the graph, where the
     /// subgraph sees them as outer-scope values, as it sees every value of the graph.
-    fn subgraph(
+    fn subgraph<const N: usize>(
         &mut self,
         inputs: &[&Value],
-        body: impl FnOnce(&mut Self) -> Result<Value>,
-    ) -> Result<(pb::GraphProto, Value)> {
+        body: impl FnOnce(&mut Self) -> Result<[Value; N]>,
+    ) -> Result<(pb::GraphProto, [Value; N])> {
         let outer = std::mem::take(&mut self.nodes);
         let result = body(self);
         let nodes = std::mem::replace(&mut self.nodes, outer);
-        let output = result?;
+        let outputs = result?;
         let info = |v: &Value| proto::shapeless_value_info(&v.name, v.dtype);
         let graph = pb::GraphProto {
             name: self.fresh("graph"),
             node: nodes,
             input: inputs.iter().map(|v| info(v)).collect(),
-            output: vec![info(&output)],
+            output: outputs.iter().map(info).collect(),
             ..Default::default()
         };
-        Ok((graph, output))
+        Ok((graph, outputs))
     }
 
     /// Attention of `q` [B, heads, n, d] a chunk of queries at a time: `sliced.chunk` of them
@@ -220,21 +220,43 @@ impl<'w> OnnxOps<'w> {
             5,
             q.dtype,
         );
-        let slice = Value {
-            name: self.fresh("query_chunk"),
-            rank: 4,
+        let [largest, slice] = [("largest", 0), ("query_chunk", 4)].map(|(name, rank)| Value {
+            name: self.fresh(name),
+            rank,
             dtype: q.dtype,
-        };
-        let (body, out) = self.subgraph(&[&slice], |o| {
-            scaled_dot_product(o, &slice, kt, v, head_dim)
+        });
+        // The loop carries one state that nothing outside reads: the largest output so far.
+        // A body output that also feeds a body node stays in the loop; without one, tract's
+        // optimiser hoists the body's last nodes (the product with V, then the softmax) out of
+        // it to run on every chunk at once, which holds all the scores again
+        // (`declutter_pull_batcheable_output`, tract-core 0.23.9).
+        let (body, [_, out]) = self.subgraph(&[&largest, &slice], |o| {
+            let out = scaled_dot_product(o, &slice, kt, v, head_dim)?;
+            let all = vec![("keepdims", Attr::Int(0))];
+            let chunk_max = o.emit("ReduceMax", &[&out.name], all, 0, out.dtype);
+            Ok([o.binary("Max", &largest, &chunk_max), out])
         })?;
+        let lowest = self.scalar(f32::NEG_INFINITY, q.dtype);
         let attrs = vec![
             ("body", Attr::Graph(body)),
             ("num_scan_inputs", Attr::Int(1)),
             ("scan_input_axes", Attr::Ints(vec![2])),
             ("scan_output_axes", Attr::Ints(vec![2])),
         ];
-        let scanned = self.emit("Scan", &[&chunks.name], attrs, 5, out.dtype);
+        let name = self.fresh("Scan");
+        let (state, scanned) = (format!("{name}_largest"), name.clone());
+        self.nodes.push(proto::node(
+            "Scan",
+            name,
+            &[&lowest.name, &chunks.name],
+            &[&state, &scanned],
+            attrs,
+        ));
+        let scanned = Value {
+            name: scanned,
+            rank: 5,
+            dtype: out.dtype,
+        };
         let joined = self.reshape(
             &scanned,
             &[Dim::Keep, Dim::Keep, Dim::Infer, Dim::Fixed(head_dim)],
