@@ -522,7 +522,17 @@ mod tch_eager {
                 let prompt = super::bench_prompt(&manifest)?;
                 let request = ldm_runtime::Generate::new(vec![prompt.clone()]).steps(task.steps);
                 let schedule = manifest.schedule.noise_schedule()?;
-                let plan = ldm_runtime::plan::plan(&request, &manifest, &schedule, 0, u64::MAX)?;
+                let plan = ldm_runtime::plan::plan(
+                    &request,
+                    &manifest,
+                    &schedule,
+                    ldm_runtime::plan::Footprint {
+                        engine: 0,
+                        weights: 0,
+                        activations: ldm_runtime::plan::Activations::of(&manifest),
+                    },
+                    u64::MAX,
+                )?;
                 let options = ldm_train::trained::SampleOptions {
                     sampler: plan.sampling.sampler,
                     steps: plan.sampling.steps,

@@ -8,7 +8,7 @@ use clap::Args;
 use ldm_core::semantic::ClassMap;
 use ldm_core::tokenizer::MAX_PROMPT_BYTES;
 use ldm_core::SamplerKind;
-use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
+use ldm_runtime::{Backend, Bundle, Decode, Generate, Image, Pipeline};
 
 /// The bundle `ldm generate` uses when none is named.
 pub const DEFAULT_BUNDLE: &str = "export/emoji-text";
@@ -154,6 +154,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     for warning in pipeline.warnings(&request)? {
         eprintln!("warning: {warning}");
     }
+    let plan = pipeline.plan(&request)?;
+    let decode = match plan.decode {
+        Decode::Whole => String::new(),
+        Decode::Tiled(t) => format!(", decoded in tiles of {0}x{0} latent pixels", t.tile),
+    };
+    eprintln!(
+        "planned {}x{}: estimated peak {:.0} MB{decode}",
+        plan.width,
+        plan.height,
+        plan.memory.total() as f64 / 1e6
+    );
     let bar = crate::progress::bar("sampling");
     let started = Instant::now();
     // Sampling steps alone, from the end of the first to the end of the last.

@@ -93,7 +93,7 @@ fn hostile_options_and_input_images_are_refused_by_name() {
         (&["--guidance", "1e300"], "must be within -100..=100"),
         (
             &["--max-memory", "100"],
-            "above the memory budget of 0.1 GB",
+            "above the memory budget of 100 MB",
         ),
         (
             &["--width", "1000000"],

@@ -102,7 +102,8 @@ impl Generation {
 impl Pipeline {
     /// Opens the graphs generation needs on `backend` with `threads` threads.
     pub fn new(bundle: Bundle, backend: Backend, threads: usize) -> Result<Self, RuntimeError> {
-        let planner = plan::Planner::new(&bundle)?;
+        let mut planner = plan::Planner::new(&bundle)?;
+        planner.for_engine(backend, threads);
         let m = &bundle.manifest;
         let unet = bundle.session(GraphRole::Unet, backend, threads)?;
         let conditioner = match m.conditioning {
@@ -363,13 +364,10 @@ impl Pipeline {
             .into());
         }
         let latent_pixels = (width * height / (f * f)) as u64;
-        let needed = plan::MemoryEstimate::of(
-            self.planner.weight_bytes,
-            self.planner
-                .activations()
-                .decoder(1, latent_pixels, f as u64),
-        )
-        .total();
+        let footprint = self.planner.footprint();
+        let needed = footprint
+            .estimate(footprint.activations.decoder(1, latent_pixels, f as u64))
+            .total();
         if needed > self.planner.memory_budget {
             return Err(RequestError::OverBudget {
                 what: format!("reconstructing a {width}x{height} image"),

@@ -49,6 +49,13 @@ pub struct Planner {
     pub(crate) schedule: NoiseSchedule,
     pub(crate) weight_bytes: u64,
     pub(crate) memory_budget: u64,
+    /// The process and engine without weights or activations ([`TRACT_ENGINE_BYTES`],
+    /// [`ORT_ENGINE_BYTES`]).
+    pub(crate) engine_bytes: u64,
+    /// Rows the engine runs at once, if it runs them in turns (tract: one per thread).
+    pub(crate) rows_at_once: Option<u64>,
+    /// The engine's live activations against the model's ([`ORT_ACTIVATION_FACTOR`]).
+    pub(crate) activation_factor: u64,
 }
 
 impl Planner {
@@ -68,7 +75,25 @@ impl Planner {
             schedule,
             weight_bytes,
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            engine_bytes: ORT_ENGINE_BYTES,
+            rows_at_once: None,
+            activation_factor: ORT_ACTIVATION_FACTOR,
         })
+    }
+
+    /// Estimates for `backend` on `threads` threads (by default, ONNX Runtime's, the larger).
+    pub fn for_engine(&mut self, backend: crate::Backend, threads: usize) {
+        if backend == crate::Backend::Tract {
+            // tract runs a call's rows in turns on its threads (`TractSession::run`); ONNX
+            // Runtime runs them as one batch.
+            self.engine_bytes = TRACT_ENGINE_BYTES;
+            self.rows_at_once = Some(threads as u64);
+            self.activation_factor = 1;
+        } else {
+            self.engine_bytes = ORT_ENGINE_BYTES;
+            self.rows_at_once = None;
+            self.activation_factor = ORT_ACTIVATION_FACTOR;
+        }
     }
 
     /// The manifest of the bundle the plans are for.
@@ -85,15 +110,26 @@ impl Planner {
     /// requests sharing the call needs (see [`crate::Pipeline::step`]).
     pub fn batch_memory(&self, rows: usize, plan: &Plan) -> MemoryEstimate {
         let latent_pixels = (plan.latent_width * plan.latent_height) as u64;
-        MemoryEstimate::of(
-            self.weight_bytes,
-            self.activations().unet(rows as u64, latent_pixels),
-        )
+        self.footprint()
+            .estimate(self.activations().unet(rows as u64, latent_pixels))
     }
 
     /// The activation model of the bundle's graphs.
+    /// What every estimate of the bundle's requests counts.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            engine: self.engine_bytes,
+            weights: self.weight_bytes,
+            activations: self.activations(),
+        }
+    }
+
     pub fn activations(&self) -> Activations {
-        Activations::of(&self.manifest)
+        Activations {
+            rows_at_once: self.rows_at_once,
+            factor: self.activation_factor,
+            ..Activations::of(&self.manifest)
+        }
     }
 
     pub fn plan(&self, request: &Generate) -> Result<Plan, RequestError> {
@@ -101,7 +137,7 @@ impl Planner {
             request,
             &self.manifest,
             &self.schedule,
-            self.weight_bytes,
+            self.footprint(),
             self.memory_budget,
         )
     }
@@ -140,17 +176,27 @@ pub struct MemoryEstimate {
     pub activations: u64,
 }
 
-impl MemoryEstimate {
-    /// The estimate of a call with `weights` bytes of weights and `activations` bytes of
-    /// activations at its peak.
-    pub fn of(weights: u64, activations: u64) -> Self {
-        Self {
-            engine: ENGINE_BYTES,
-            weights,
+/// What an estimate counts besides the request: the engine's bytes, the bundle's weights and
+/// the model of its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub engine: u64,
+    pub weights: u64,
+    pub activations: Activations,
+}
+
+impl Footprint {
+    /// The estimate of a call whose activations take `activations` bytes at its peak.
+    pub fn estimate(&self, activations: u64) -> MemoryEstimate {
+        MemoryEstimate {
+            engine: self.engine,
+            weights: self.weights,
             activations,
         }
     }
+}
 
+impl MemoryEstimate {
     pub fn total(&self) -> u64 {
         self.engine + self.weights + self.activations
     }
@@ -171,14 +217,33 @@ pub struct Activations {
     sliced: Option<SlicedAttention>,
     /// Pixel-space bundles have no decoder to run.
     has_decoder: bool,
+    /// Rows (or images) whose activations are live at once; `None`: all of a call's.
+    rows_at_once: Option<u64>,
+    /// The engine's live bytes per byte of the model's.
+    factor: u64,
 }
 
 impl Activations {
+    /// The model of an engine that runs all of a call's rows at once (an upper bound).
     pub fn of(manifest: &Manifest) -> Self {
         Self {
             sliced: manifest.sliced_attention,
             has_decoder: manifest.first_stage != FirstStage::Identity,
+            rows_at_once: None,
+            factor: 1,
         }
+    }
+
+    /// The bytes of `rows` rows of `per_row` bytes each, as the engine holds them: the rows
+    /// live at once, each one beyond the first with its thread's [`ROW_THREAD_BYTES`].
+    fn live(&self, rows: u64, per_row: u64) -> u64 {
+        let live = self.rows_at_once.map_or(rows, |n| rows.min(n));
+        let threads = self
+            .rows_at_once
+            .map_or(0, |_| live.saturating_sub(1).saturating_mul(ROW_THREAD_BYTES));
+        live.saturating_mul(per_row)
+            .saturating_mul(self.factor)
+            .saturating_add(threads)
     }
 
     /// Pairs of positions whose scores are held at once when `positions` attend to each other.
@@ -197,7 +262,7 @@ impl Activations {
                 self.pairs_at_once(latent_pixels)
                     .saturating_mul(ATTENTION_BYTES_PER_PAIR),
             );
-        rows.saturating_mul(per_row)
+        self.live(rows, per_row)
     }
 
     /// One decoder call over `images` latents of `latent_pixels` pixels, each side upsampled
@@ -213,13 +278,22 @@ impl Activations {
                 self.pairs_at_once(latent_pixels)
                     .saturating_mul(DECODER_ATTENTION_BYTES_PER_PAIR),
             );
-        images.saturating_mul(per_image)
+        self.live(images, per_image)
     }
 }
 
-/// The process, the engine and its optimised plans, without weights or activations (the
-/// emoji bundle's peak at 64x64, less its weights and activations, rounded up).
-pub const ENGINE_BYTES: u64 = 200_000_000;
+/// The process, tract and its optimised plans, without weights or activations (the emoji
+/// bundle's peak at 64x64 on tract, 132 MB, less its 46 MB of weights, rounded up).
+pub const TRACT_ENGINE_BYTES: u64 = 100_000_000;
+/// The same for ONNX Runtime (250 MB at 64x64 less the weights, rounded up).
+pub const ORT_ENGINE_BYTES: u64 = 220_000_000;
+/// ONNX Runtime's memory arena holds about twice the live activations the model counts
+/// (923 MB measured at 512x512 against 668 MB modelled at a factor of 1).
+pub const ORT_ACTIVATION_FACTOR: u64 = 2;
+/// What each of tract's row threads beyond the first adds: its own allocator arena, which
+/// keeps what the thread freed (at 256x256, two threads peak 73 MB above one, for 50 MB of
+/// modelled row activations).
+pub const ROW_THREAD_BYTES: u64 = 40_000_000;
 /// Live feature maps of one UNet row per latent pixel: about 32 tensors of 64 f32 channels.
 pub const UNET_BYTES_PER_LATENT_PIXEL: u64 = 32 * 64 * 4;
 /// Attention scores and their softmax, f32, for two heads, per pair of latent pixels.
@@ -230,18 +304,21 @@ pub const DECODER_BYTES_PER_PIXEL: u64 = 10 * 32 * 4;
 /// pixels.
 pub const DECODER_ATTENTION_BYTES_PER_PAIR: u64 = 2 * 4;
 
-/// `bytes` in gigabytes, for messages.
-pub fn gigabytes(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / 1e9)
+/// `bytes` for messages: in megabytes below a gigabyte, else in gigabytes.
+pub fn memory_size(bytes: u64) -> String {
+    match bytes as f64 {
+        b if b < 1e9 => format!("{:.0} MB", b / 1e6),
+        b => format!("{:.1} GB", b / 1e9),
+    }
 }
 
-/// Resolves and checks `request` against the bundle (`manifest`, its `schedule`, whether it
-/// has a conditioner, the bytes of its weights) within `budget` bytes.
+/// Resolves and checks `request` against the bundle (`manifest`, its `schedule`, and what
+/// its estimates count besides the request) within `budget` bytes.
 pub fn plan(
     request: &Generate,
     manifest: &Manifest,
     schedule: &NoiseSchedule,
-    weight_bytes: u64,
+    footprint: Footprint,
     budget: u64,
 ) -> Result<Plan, RequestError> {
     let m = manifest;
@@ -345,7 +422,7 @@ pub fn plan(
         images,
         latent_shape: [m.latent_channels, latent_height, latent_width],
     };
-    let (decode, memory) = decoding(m, &sampling, weight_bytes, budget);
+    let (decode, memory) = decoding(m, &sampling, footprint, budget);
     if memory.total() > budget {
         return Err(RequestError::OverBudget {
             what: format!(
@@ -374,17 +451,17 @@ pub fn plan(
 fn decoding(
     m: &Manifest,
     sampling: &SamplingSetup,
-    weight_bytes: u64,
+    footprint: Footprint,
     budget: u64,
 ) -> (Decode, MemoryEstimate) {
     let [_, h, w] = sampling.latent_shape;
     let f = m.downsampling_factor as u64;
     let (rows, images) = (sampling.rows() as u64, sampling.images as u64);
-    let activations = Activations::of(m);
+    let activations = footprint.activations;
     let unet = activations.unet(rows, (h * w) as u64);
     let estimate = |decoded_images: u64, decoded_latent_pixels: u64, extra: u64| {
         let decoder = activations.decoder(decoded_images, decoded_latent_pixels, f);
-        MemoryEstimate::of(weight_bytes, unet.max(decoder).saturating_add(extra))
+        footprint.estimate(unet.max(decoder).saturating_add(extra))
     };
     let whole = estimate(images, (h * w) as u64, 0);
     let smallest = (m.resolution / m.downsampling_factor).max(1);
@@ -545,6 +622,8 @@ mod tests {
         let whole = Activations {
             sliced: None,
             has_decoder: true,
+            rows_at_once: None,
+            factor: 1,
         };
         let sliced = Activations {
             sliced: Some(SlicedAttention::DEFAULT),
@@ -558,5 +637,32 @@ mod tests {
         assert!(whole.decoder(1, large, 4) > 2 * sliced.decoder(1, large, 4));
         assert_eq!(whole.unet(u64::MAX, u64::MAX), u64::MAX);
         assert_eq!(sliced.decoder(u64::MAX, u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn rows_run_in_turns_hold_only_their_own_activations() {
+        let all = Activations {
+            sliced: Some(SlicedAttention::DEFAULT),
+            has_decoder: true,
+            rows_at_once: None,
+            factor: 1,
+        };
+        let one = Activations {
+            rows_at_once: Some(1),
+            ..all
+        };
+        let two = Activations {
+            rows_at_once: Some(2),
+            ..all
+        };
+        let pixels = 128 * 128;
+        assert_eq!(all.unet(2, pixels), 2 * one.unet(2, pixels));
+        assert_eq!(one.unet(2, pixels), one.unet(1, pixels));
+        assert_eq!(all.decoder(4, pixels, 4), 4 * one.decoder(4, pixels, 4));
+        assert_eq!(
+            two.unet(4, pixels),
+            all.unet(2, pixels) + ROW_THREAD_BYTES
+        );
+        assert_eq!(one.unet(u64::MAX, u64::MAX), u64::MAX);
     }
 }

@@ -482,7 +482,7 @@ fn reconstruction_round_trips_an_image_of_any_fitting_size_and_refuses_others() 
         .reconstruct(&white(64, 64))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("above the memory budget of 0.0 GB"), "{err}");
+    assert!(err.contains("above the memory budget of 1 MB"), "{err}");
 }
 
 #[test]
