@@ -210,7 +210,7 @@ impl MemoryEstimate {
 /// full latent resolution). Attending whole holds every pair, so it grows with the square of
 /// the latent's area and dominates large images; a bundle exported with
 /// [`SlicedAttention`] holds `chunk` queries' pairs above `above` positions, which keeps the
-/// growth linear. Measured against the estimate in BENCHMARKS.md ("Memory against image
+/// growth linear. Measured against the estimate in BENCHMARKS.md ("Peak memory against image
 /// size").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Activations {
