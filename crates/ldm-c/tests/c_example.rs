@@ -1,7 +1,8 @@
 //! The C example (`examples/generate.c`), compiled with the system's `cc` against
 //! `include/ldm.h` and the `libldm.so` cargo built for this test: it generates an image,
 //! has a second generation cancelled by its callback, and takes the error paths; then again
-//! under valgrind, which must find no definite or indirect leak and no invalid access.
+//! under valgrind, which must find no definite or indirect leak and no invalid access (one
+//! false positive inside tract is suppressed: `tests/valgrind.supp` says why).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,6 +104,10 @@ fn the_c_example_is_clean_under_valgrind() {
             "--errors-for-leak-kinds=definite,indirect",
             "--error-exitcode=99",
         ])
+        .arg(format!(
+            "--suppressions={}",
+            crate_dir().join("tests/valgrind.supp").display()
+        ))
         .arg(&exe)
         .arg(bundle())
         .arg(&png)
