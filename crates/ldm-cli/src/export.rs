@@ -1,11 +1,14 @@
 //! `ldm export`: a trained model to an ONNX bundle, with the parity table against tch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 use ldm_core::manifest::{Precision, SlicedAttention};
-use ldm_export::{export, parity_tolerance, ExportOptions};
+use ldm_export::{
+    calibrate_int8, export, parity_tolerance, ExportOptions, INT8_PARITY_TOLERANCE,
+};
+use ldm_train::trained::TrainedModel;
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -36,6 +39,36 @@ pub struct ExportArgs {
     /// fit (by default it attends in chunks of queries above a 32x32 latent).
     #[arg(long)]
     whole_attention: bool,
+    /// Quantise the UNet's convolutions and linear layers to int8 (integer kernels on every
+    /// engine), calibrated on the sampling trajectories of the prompts in this file, one per
+    /// line: captions, class names, or any lines for an unconditional model (one trajectory
+    /// each), drawn with the model's own sampler settings.
+    #[arg(long, value_name = "PROMPTS")]
+    int8_unet: Option<PathBuf>,
+}
+
+/// Calibration prompts a file may hold, and its size.
+const MAX_CALIBRATION_PROMPTS: usize = 1024;
+const MAX_CALIBRATION_BYTES: u64 = 1 << 20;
+
+/// The non-empty lines of a calibration prompt file.
+fn calibration_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
+    let bytes = ldm_core::confined::read_bounded(path, MAX_CALIBRATION_BYTES)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    anyhow::ensure!(
+        (1..=MAX_CALIBRATION_PROMPTS).contains(&prompts.len()),
+        "{} holds {} prompts (expected 1 to {MAX_CALIBRATION_PROMPTS}, one per line)",
+        path.display(),
+        prompts.len()
+    );
+    Ok(prompts)
 }
 
 /// `ldm parity-engine GRAPH ENGINE CASES` (hidden): what `ldm export` runs in a child process
@@ -66,6 +99,7 @@ impl ExportArgs {
             no_parity: false,
             external_data_above: None,
             whole_attention: false,
+            int8_unet: None,
         }
     }
 }
@@ -85,6 +119,24 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             std::env::current_exe().context("cannot find the ldm executable for parity checks")?,
         ),
         sliced_attention: (!args.whole_attention).then_some(SlicedAttention::DEFAULT),
+        int8_unet: match &args.int8_unet {
+            Some(file) => {
+                let prompts = calibration_prompts(file)?;
+                eprintln!(
+                    "calibrating the int8 UNet on {} sampling trajectories",
+                    prompts.len()
+                );
+                let calibrate = || {
+                    let mut model = TrainedModel::load(&args.model, tch::Device::Cpu)?;
+                    anyhow::Ok(calibrate_int8(&mut model, &prompts)?)
+                };
+                Some(
+                    calibrate()
+                        .with_context(|| format!("cannot calibrate {}", args.model.display()))?,
+                )
+            }
+            None => None,
+        },
     };
     eprintln!(
         "exporting {} to {}",
@@ -98,8 +150,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     if options.parity {
         println!(
-            "\nparity with tch on random inputs (tolerance {:.0e} relative to the largest output):",
-            parity_tolerance(options.precision)
+            "\nparity with tch on random inputs (tolerance {:.0e} relative to the largest output{}):",
+            parity_tolerance(options.precision),
+            match options.int8_unet {
+                Some(_) => format!(", {INT8_PARITY_TOLERANCE:.0e} for the int8 UNet"),
+                None => String::new(),
+            }
         );
         println!(
             "{:<16} {:<16} {:>9} {:>11} {:>11}",

@@ -7,13 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ldm_core::manifest::{
-    BundleConditioning, ConcatInput, GraphRole, GraphSpec, Manifest, Precision, SamplerDefaults,
-    Schedule, SlicedAttention, MANIFEST_FILE, MANIFEST_FORMAT,
+    BundleConditioning, ConcatInput, GraphRole, GraphSpec, Int8Unet, Manifest, Precision,
+    SamplerDefaults, Schedule, SlicedAttention, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use ldm_data::{make_public_dir, write_atomic, StagingDir};
+use ldm_nn::quant::ActivationRanges;
 use ldm_nn::{Conditioning, ModelConfig};
 use ldm_runtime::Tensor as RtTensor;
 use ldm_train::release::{load_release_or_run, Release};
+use ldm_train::trained::TrainedModel;
 use prost::Message;
 use tch::Tensor;
 
@@ -44,6 +46,16 @@ pub struct ExportOptions {
     pub engine_program: Option<PathBuf>,
     /// How self-attention over positions bounds its memory; `None`: always whole.
     pub sliced_attention: Option<SlicedAttention>,
+    /// The UNet's convolutions and linear layers in int8, with these input ranges.
+    pub int8_unet: Option<Int8Calibration>,
+}
+
+/// What an int8 UNet is quantised with ([`ldm_train::TrainedModel::calibrate_unet`]).
+#[derive(Debug, Clone)]
+pub struct Int8Calibration {
+    pub ranges: ActivationRanges,
+    /// Prompts whose sampling trajectories gave the ranges.
+    pub prompts: usize,
 }
 
 impl Default for ExportOptions {
@@ -54,6 +66,7 @@ impl Default for ExportOptions {
             external_data_above: PROTOBUF_LIMIT,
             engine_program: None,
             sliced_attention: Some(SlicedAttention::DEFAULT),
+            int8_unet: None,
         }
     }
 }
@@ -76,6 +89,24 @@ pub fn parity_tolerance(precision: Precision) -> f32 {
         Precision::F32 | Precision::F16Weights => 1e-3,
         Precision::F16 => 3e-2,
     }
+}
+
+/// Largest parity error accepted for an int8 UNet, relative to the largest reference output:
+/// the rounding of every layer's input to 256 levels, on random inputs (contexts outside the
+/// calibrated range are clipped to it).
+pub const INT8_PARITY_TOLERANCE: f32 = 0.1;
+
+/// The int8 calibration of `model`'s UNet: the input ranges of its layers along the sampling
+/// trajectories of `prompts`, drawn on tch with the sampler settings its bundle defaults to.
+pub fn calibrate_int8(
+    model: &mut TrainedModel,
+    prompts: &[String],
+) -> Result<Int8Calibration, ExportError> {
+    let defaults = model.defaults;
+    Ok(Int8Calibration {
+        ranges: model.calibrate_unet(prompts, &defaults)?,
+        prompts: prompts.len(),
+    })
 }
 
 /// Exports the model at `model` (release folder or diffusion run) to the bundle folder `out`.
@@ -135,6 +166,9 @@ pub fn export_release(
         if let Some(sliced) = options.sliced_attention {
             ops = ops.with_sliced_attention(sliced);
         }
+        if let (GraphRole::Unet, Some(int8)) = (role, &options.int8_unet) {
+            ops = ops.with_int8(&int8.ranges);
+        }
         let (input_specs, output_specs) = io_specs(role, config);
         let inputs: Vec<_> = input_specs.iter().map(|s| ops.input(s)).collect();
         let outputs = graphs::forward(role, config, &mut ops, &inputs)?;
@@ -189,6 +223,10 @@ pub fn export_release(
         },
         graphs: graph_specs,
         sliced_attention: options.sliced_attention,
+        int8: options.int8_unet.as_ref().map(|int8| Int8Unet {
+            layers: int8.ranges.len(),
+            calibration_prompts: int8.prompts,
+        }),
     };
     // What is written is what a runtime will read: validate the text, not the struct.
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
@@ -324,9 +362,12 @@ fn check_parity(
     engine_program: Option<&Path>,
 ) -> Result<ParityReport, ExportError> {
     let config = &release.config;
-    let tolerance = parity_tolerance(manifest.precision);
     let (mut rows, mut unavailable) = (Vec::new(), Vec::new());
     for (&role, spec) in &manifest.graphs {
+        let tolerance = match (role, manifest.int8) {
+            (GraphRole::Unet, Some(_)) => INT8_PARITY_TOLERANCE,
+            _ => parity_tolerance(manifest.precision),
+        };
         // Both f16 precisions store rounded weights; a release's are already f16, a run's
         // are f32 and would otherwise differ by the rounding (about 5e-4).
         let rounded;

@@ -17,11 +17,14 @@
 use std::collections::HashMap;
 
 use ldm_core::manifest::{DType, Precision, SlicedAttention, TensorSpec};
-use ldm_nn::ops::{scaled_dot_product, Result};
+use ldm_nn::ops::{linear_by_matmul, scaled_dot_product, Result};
+use ldm_nn::quant::ActivationRanges;
 use ldm_nn::{Dim, Init, Keys, NnError, Ops};
 use tract_onnx::pb;
 
 use crate::proto::{self, Attr};
+
+mod int8;
 
 /// The opset every graph imports.
 pub const OPSET: i64 = 17;
@@ -56,8 +59,12 @@ pub struct OnnxOps<'w> {
     initializers: Vec<pb::TensorProto>,
     inputs: Vec<pb::ValueInfoProto>,
     params: HashMap<String, Value>,
+    /// The parameter each parameter value (or its cast to f32) holds.
+    param_of_value: HashMap<String, String>,
     next_id: usize,
     sliced_attention: Option<SlicedAttention>,
+    /// Layers with a calibrated input range run in int8 (`int8.rs`).
+    int8: Option<&'w ActivationRanges>,
 }
 
 fn shape_error(op: &'static str, message: String) -> NnError {
@@ -73,9 +80,17 @@ impl<'w> OnnxOps<'w> {
             initializers: Vec::new(),
             inputs: Vec::new(),
             params: HashMap::new(),
+            param_of_value: HashMap::new(),
             next_id: 0,
             sliced_attention: None,
+            int8: None,
         }
+    }
+
+    /// Every convolution and linear layer whose weight `ranges` calibrated runs in int8.
+    pub fn with_int8(mut self, ranges: &'w ActivationRanges) -> Self {
+        self.int8 = Some(ranges);
+        self
     }
 
     /// Self-attention over positions attends in chunks of queries above `sliced.above` of
@@ -119,6 +134,20 @@ impl<'w> OnnxOps<'w> {
             };
             self.nodes.push(node);
         }
+        let mut graph = pb::GraphProto {
+            name: graph_name.into(),
+            node: self.nodes,
+            initializer: self.initializers,
+            input: self.inputs,
+            output: outputs
+                .iter()
+                .map(|(_, spec)| proto::value_info(spec))
+                .collect(),
+            ..Default::default()
+        };
+        if self.int8.is_some() {
+            int8::prune(&mut graph);
+        }
         pb::ModelProto {
             ir_version: IR_VERSION,
             opset_import: vec![pb::OperatorSetIdProto {
@@ -127,17 +156,7 @@ impl<'w> OnnxOps<'w> {
             }],
             producer_name: "ldm".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
-            graph: Some(pb::GraphProto {
-                name: graph_name.into(),
-                node: self.nodes,
-                initializer: self.initializers,
-                input: self.inputs,
-                output: outputs
-                    .iter()
-                    .map(|(_, spec)| proto::value_info(spec))
-                    .collect(),
-                ..Default::default()
-            }),
+            graph: Some(graph),
             ..Default::default()
         }
     }
@@ -411,6 +430,7 @@ impl Ops for OnnxOps<'_> {
             Precision::F32 | Precision::F16 => stored,
         };
         self.params.insert(name.into(), v.clone());
+        self.param_of_value.insert(v.name.clone(), name.into());
         Ok(v)
     }
 
@@ -432,6 +452,9 @@ impl Ops for OnnxOps<'_> {
         stride: usize,
         padding: usize,
     ) -> Result<Value> {
+        if let Some(layer) = self.int8_layer(w) {
+            return self.conv2d_int8(x, layer, b, stride, padding);
+        }
         let x = self.cast(x, w.dtype);
         let mut inputs = vec![x.name.as_str(), w.name.as_str()];
         if let Some(b) = b {
@@ -462,6 +485,12 @@ impl Ops for OnnxOps<'_> {
 
     fn matmul(&mut self, a: &Value, b: &Value) -> Result<Value> {
         Ok(self.binary("MatMul", a, b))
+    }
+    fn linear(&mut self, x: &Value, w: &Value, b: Option<&Value>) -> Result<Value> {
+        if let Some(layer) = self.int8_layer(w) {
+            return self.linear_int8(x, layer, b);
+        }
+        linear_by_matmul(self, x, w, b)
     }
     fn add(&mut self, a: &Value, b: &Value) -> Result<Value> {
         Ok(self.binary("Add", a, b))

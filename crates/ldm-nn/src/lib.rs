@@ -13,6 +13,7 @@ mod error;
 pub mod graphs;
 pub mod layers;
 pub mod ops;
+pub mod quant;
 pub mod shape;
 pub mod unet;
 

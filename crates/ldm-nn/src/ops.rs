@@ -122,12 +122,7 @@ pub trait Ops {
 
     /// x [..., in] · weightᵀ [out, in] + bias.
     fn linear(&mut self, x: &Self::T, weight: &Self::T, bias: Option<&Self::T>) -> Result<Self::T> {
-        let wt = self.permute(weight, &[1, 0])?;
-        let y = self.matmul(x, &wt)?;
-        match bias {
-            Some(b) => self.add(&y, b),
-            None => Ok(y),
-        }
+        linear_by_matmul(self, x, weight, bias)
     }
 
     fn silu(&mut self, x: &Self::T) -> Result<Self::T> {
@@ -162,6 +157,21 @@ pub trait Ops {
     /// Swaps the last two axes of a rank-4 tensor.
     fn transpose_last(&mut self, x: &Self::T) -> Result<Self::T> {
         self.permute(x, &[0, 1, 3, 2])
+    }
+}
+
+/// [`Ops::linear`] as a transpose, a matrix product and an add.
+pub fn linear_by_matmul<O: Ops + ?Sized>(
+    o: &mut O,
+    x: &O::T,
+    weight: &O::T,
+    bias: Option<&O::T>,
+) -> Result<O::T> {
+    let wt = o.permute(weight, &[1, 0])?;
+    let y = o.matmul(x, &wt)?;
+    match bias {
+        Some(b) => o.add(&y, b),
+        None => Ok(y),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use ldm_nn::ops::Result;
+use ldm_nn::quant::ActivationRanges;
 use ldm_nn::{Dim, Init, NnError, Ops};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -14,6 +15,14 @@ pub struct TchOps {
     /// When set, asking for a parameter that does not exist yet is an error (inference on a
     /// loaded checkpoint must not silently initialise missing weights).
     frozen: bool,
+    /// While calibrating: the input range of every convolution and linear layer.
+    observed: Option<Observer>,
+}
+
+/// Records layer inputs, finding each layer by its weight's storage.
+struct Observer {
+    names: HashMap<usize, String>,
+    ranges: ActivationRanges,
 }
 
 fn backend(e: tch::TchError) -> NnError {
@@ -26,7 +35,39 @@ impl TchOps {
             vs: nn::VarStore::new(device),
             params: HashMap::new(),
             frozen: false,
+            observed: None,
         }
+    }
+
+    /// From now on, records the range of the input of every convolution and linear layer
+    /// (for int8 export), until [`TchOps::take_ranges`].
+    pub fn observe_layer_inputs(&mut self) {
+        let names = self
+            .params
+            .iter()
+            .map(|(name, t)| (t.data_ptr() as usize, name.clone()))
+            .collect();
+        self.observed = Some(Observer {
+            names,
+            ranges: ActivationRanges::default(),
+        });
+    }
+
+    /// The ranges recorded since [`TchOps::observe_layer_inputs`]; recording stops.
+    pub fn take_ranges(&mut self) -> Option<ActivationRanges> {
+        self.observed.take().map(|o| o.ranges)
+    }
+
+    fn observe(&mut self, x: &Tensor, weight: &Tensor) -> Result<()> {
+        let Some(observer) = self.observed.as_mut() else {
+            return Ok(());
+        };
+        if let Some(name) = observer.names.get(&(weight.data_ptr() as usize)) {
+            let min = x.f_min().and_then(|t| t.f_double_value(&[])).map_err(backend)?;
+            let max = x.f_max().and_then(|t| t.f_double_value(&[])).map_err(backend)?;
+            observer.ranges.observe(name, min as f32, max as f32);
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -134,6 +175,7 @@ impl Ops for TchOps {
         stride: usize,
         padding: usize,
     ) -> Result<Tensor> {
+        self.observe(x, w)?;
         let (s, p) = (stride as i64, padding as i64);
         x.f_conv2d(w, b, [s, s], [p, p], [1, 1], 1).map_err(backend)
     }
@@ -276,6 +318,7 @@ impl Ops for TchOps {
     }
 
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        self.observe(x, w)?;
         x.f_linear(w, b).map_err(backend)
     }
 }

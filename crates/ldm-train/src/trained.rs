@@ -6,6 +6,7 @@ use std::path::Path;
 
 use ldm_core::guided::MAX_GUIDANCE;
 use ldm_core::{NoiseSchedule, SamplerKind, SamplingSetup};
+use ldm_nn::quant::ActivationRanges;
 use ldm_nn::{Conditioning, ModelConfig};
 use tch::{Device, Tensor};
 
@@ -15,6 +16,9 @@ use crate::denoiser::Denoiser;
 use crate::release::{load_release_or_run, Release};
 use crate::sampling::sample_latents;
 use crate::{TchOps, TrainError};
+
+/// Trajectories sampled at once while calibrating.
+const CALIBRATION_BATCH: usize = 16;
 
 /// How to sample: as `ldm generate` takes it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +42,8 @@ pub struct TrainedModel {
     first_stage: Option<TchOps>,
     schedule: NoiseSchedule,
     device: Device,
+    /// How its run sampled its previews (seed 0): what its bundle defaults to.
+    pub defaults: SampleOptions,
 }
 
 impl TrainedModel {
@@ -46,7 +52,8 @@ impl TrainedModel {
         Self::from_release(load_release_or_run(path)?, device)
     }
 
-    fn from_release(release: Release, device: Device) -> Result<Self, TrainError> {
+    /// A loaded release.
+    pub fn from_release(release: Release, device: Device) -> Result<Self, TrainError> {
         let config = release.config;
         let denoiser = Denoiser::new(&config, device, Some((release.unet, release.encoder)))?;
         let first_stage = match release.autoencoder {
@@ -77,6 +84,13 @@ impl TrainedModel {
             Conditioning::Concat { .. } => return Err(TrainError::NeedsImage),
         };
         let schedule = config.noise_schedule()?;
+        let run = &release.info.diffusion_options;
+        let defaults = SampleOptions {
+            sampler: run.sample_sampler()?,
+            steps: run.sample_steps,
+            guidance: run.sample_guidance,
+            seed: 0,
+        };
         Ok(Self {
             step: release.info.diffusion_steps,
             scale_factor: release.info.scale_factor,
@@ -86,7 +100,35 @@ impl TrainedModel {
             first_stage,
             schedule,
             device,
+            defaults,
         })
+    }
+
+    /// The input range of every convolution and linear layer of the UNet along the sampling
+    /// trajectories of `prompts` (as [`TrainedModel::generate`] draws them): the calibration
+    /// of an int8 export.
+    pub fn calibrate_unet(
+        &mut self,
+        prompts: &[String],
+        options: &SampleOptions,
+    ) -> Result<ActivationRanges, TrainError> {
+        self.denoiser.unet.observe_layer_inputs();
+        let sampled = prompts
+            .chunks(CALIBRATION_BATCH)
+            .enumerate()
+            .try_for_each(|(i, chunk)| {
+                let seed = options.seed + (i * CALIBRATION_BATCH) as u64;
+                let options = SampleOptions { seed, ..*options };
+                self.generate(chunk, "", &options).map(drop)
+            });
+        let ranges = self.denoiser.unet.take_ranges().unwrap_or_default();
+        sampled?;
+        if let Some(layer) = ranges.non_finite() {
+            return Err(TrainError::Sampling(format!(
+                "calibration met a non-finite input of '{layer}'"
+            )));
+        }
+        Ok(ranges)
     }
 
     /// One image per prompt (text: a caption; class: a class name or id; unconditional:

@@ -58,6 +58,20 @@ pub struct Manifest {
     /// always attend whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliced_attention: Option<SlicedAttention>,
+    /// Post-training int8 quantisation of the UNet's convolutions and linear layers; absent
+    /// in float bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Unet>,
+}
+
+/// An int8 UNet: `layers` of its convolutions and linear layers run on integer kernels
+/// (`ConvInteger` / `MatMulInteger`: u8 inputs with a calibrated scale, u8 weights with a scale
+/// per output channel), calibrated on the sampling trajectories of `calibration_prompts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8Unet {
+    pub layers: usize,
+    pub calibration_prompts: usize,
 }
 
 /// Self-attention over a feature map's positions holds a score for every pair of positions,
