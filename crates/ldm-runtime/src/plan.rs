@@ -463,13 +463,15 @@ fn decoding(
         let decoder = activations.decoder(decoded_images, decoded_latent_pixels, f);
         footprint.estimate(unet.max(decoder).saturating_add(extra))
     };
-    let whole = estimate(images, (h * w) as u64, 0);
+    // Values of the decoded images, all held at the end: as f32 (the engine's output and its
+    // copy joined from rows, or the tiles' blend and its weights) and as 8-bit images.
+    let decoded_values = images * 3 * (h * w) as u64 * f * f;
+    let whole = estimate(images, (h * w) as u64, decoded_values * (2 * 4 + 1));
     let smallest = (m.resolution / m.downsampling_factor).max(1);
     if whole.total() <= budget || m.first_stage == FirstStage::Identity || h.max(w) <= smallest {
         return (Decode::Whole, whole);
     }
-    // The blended images and their weights, held while tiles are decoded.
-    let blended = images * 3 * (h * w) as u64 * f * f * 4 + (h * w) as u64 * f * f * 4;
+    let blended = decoded_values * (4 + 1) + (h * w) as u64 * f * f * 4;
     let mut tile = h.max(w);
     loop {
         tile = (tile / 2).max(smallest);

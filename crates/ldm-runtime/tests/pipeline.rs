@@ -161,8 +161,9 @@ fn bundles_and_requests_that_do_not_fit_are_refused() {
     refuse(one().eta(2.0), "eta 2");
     refuse(one().guidance(f64::NAN), "guidance NaN");
     refuse(Generate::new(vec![]), "no prompts");
+    // Over the default 16 GB budget however it decodes (its finished images alone are 26 GB).
     refuse(
-        Generate::new(vec![PROMPT.into(); 80]).size(512),
+        Generate::new(vec![PROMPT.into(); 2048]).size(1024),
         "megapixels",
     );
     let grey = Image {
