@@ -189,3 +189,31 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     println!("\nwrote {}", exported.dir.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_prompts_are_the_non_empty_lines_of_a_bounded_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prompts.txt");
+        std::fs::write(&file, "red apple, twemoji style\n\n  grinning face, noto style  \n").unwrap();
+        assert_eq!(
+            calibration_prompts(&file).unwrap(),
+            ["red apple, twemoji style", "grinning face, noto style"]
+        );
+        std::fs::write(&file, "\n \n").unwrap();
+        let err = calibration_prompts(&file).unwrap_err().to_string();
+        assert!(err.contains("holds 0 prompts (expected 1 to 1024"), "{err}");
+        std::fs::write(&file, "a\n".repeat(1025)).unwrap();
+        assert!(calibration_prompts(&file).is_err());
+        std::fs::write(&file, [0xff, 0xfe, b'\n']).unwrap();
+        let err = calibration_prompts(&file).unwrap_err().to_string();
+        assert!(err.contains("is not UTF-8 text"), "{err}");
+        let err = calibration_prompts(&dir.path().join("missing.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.txt"), "{err}");
+    }
+}
