@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use ldm_core::manifest::{Precision, SlicedAttention};
-use ldm_export::{
-    calibrate_int8, export, parity_tolerance, ExportOptions, INT8_PARITY_TOLERANCE,
-};
+use ldm_export::{calibrate_int8, export, parity_tolerance, ExportOptions, INT8_PARITY_TOLERANCE};
 use ldm_train::trained::TrainedModel;
 
 #[derive(Args)]
@@ -198,7 +196,11 @@ mod tests {
     fn calibration_prompts_are_the_non_empty_lines_of_a_bounded_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("prompts.txt");
-        std::fs::write(&file, "red apple, twemoji style\n\n  grinning face, noto style  \n").unwrap();
+        std::fs::write(
+            &file,
+            "red apple, twemoji style\n\n  grinning face, noto style  \n",
+        )
+        .unwrap();
         assert_eq!(
             calibration_prompts(&file).unwrap(),
             ["red apple, twemoji style", "grinning face, noto style"]

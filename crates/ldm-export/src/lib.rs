@@ -17,8 +17,8 @@ pub mod parity;
 mod proto;
 
 pub use bundle::{
-    calibrate_int8, export, export_release, parity_sizes, parity_tolerance, ExportOptions, Exported,
-    Int8Calibration, INT8_PARITY_TOLERANCE, TOKENIZER_FILE,
+    calibrate_int8, export, export_release, parity_sizes, parity_tolerance, ExportOptions,
+    Exported, Int8Calibration, INT8_PARITY_TOLERANCE, TOKENIZER_FILE,
 };
 pub use error::ExportError;
 pub use onnx_ops::{OnnxOps, Value, Weight, OPSET};

@@ -75,7 +75,11 @@ fn an_int8_unet_runs_integer_products_within_its_tolerance_on_both_engines() {
     assert_eq!(manifest.layers, calibration.ranges.len());
 
     let ops = op_counts(&int8.join("unet.onnx"));
-    assert_eq!(ops.get("Conv"), None, "every convolution is an integer one: {ops:?}");
+    assert_eq!(
+        ops.get("Conv"),
+        None,
+        "every convolution is an integer one: {ops:?}"
+    );
     assert_eq!(ops["ConvInteger"], float_ops["Conv"]);
     // Linear layers become integer products; attention's products of activations stay float.
     assert_eq!(
@@ -103,6 +107,8 @@ fn an_int8_unet_runs_integer_products_within_its_tolerance_on_both_engines() {
         .iter()
         .filter(|n| n.node.starts_with("ConvInteger") || n.node.starts_with("MatMulInteger"))
         .count();
-    assert!(integer >= manifest.layers, "{integer} integer product nodes in tract's plan");
+    assert!(
+        integer >= manifest.layers,
+        "{integer} integer product nodes in tract's plan"
+    );
 }
-

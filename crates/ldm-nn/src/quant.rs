@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(&values[3..6], &[128, 128, 128]);
         for (i, (&q, &w)) in values.iter().zip(&data).enumerate() {
             let back = (q as f32 - 128.0) * scales[i / 3];
-            assert!((back - w).abs() <= scales[i / 3] / 2.0 + 1e-6, "{i}: {back} vs {w}");
+            assert!(
+                (back - w).abs() <= scales[i / 3] / 2.0 + 1e-6,
+                "{i}: {back} vs {w}"
+            );
         }
     }
 

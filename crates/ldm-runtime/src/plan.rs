@@ -238,9 +238,9 @@ impl Activations {
     /// live at once, each one beyond the first with its thread's [`ROW_THREAD_BYTES`].
     fn live(&self, rows: u64, per_row: u64) -> u64 {
         let live = self.rows_at_once.map_or(rows, |n| rows.min(n));
-        let threads = self
-            .rows_at_once
-            .map_or(0, |_| live.saturating_sub(1).saturating_mul(ROW_THREAD_BYTES));
+        let threads = self.rows_at_once.map_or(0, |_| {
+            live.saturating_sub(1).saturating_mul(ROW_THREAD_BYTES)
+        });
         live.saturating_mul(per_row)
             .saturating_mul(self.factor)
             .saturating_add(threads)
@@ -661,10 +661,7 @@ mod tests {
         assert_eq!(all.unet(2, pixels), 2 * one.unet(2, pixels));
         assert_eq!(one.unet(2, pixels), one.unet(1, pixels));
         assert_eq!(all.decoder(4, pixels, 4), 4 * one.decoder(4, pixels, 4));
-        assert_eq!(
-            two.unet(4, pixels),
-            all.unet(2, pixels) + ROW_THREAD_BYTES
-        );
+        assert_eq!(two.unet(4, pixels), all.unet(2, pixels) + ROW_THREAD_BYTES);
         assert_eq!(one.unet(u64::MAX, u64::MAX), u64::MAX);
     }
 }

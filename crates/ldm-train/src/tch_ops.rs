@@ -63,8 +63,14 @@ impl TchOps {
             return Ok(());
         };
         if let Some(name) = observer.names.get(&(weight.data_ptr() as usize)) {
-            let min = x.f_min().and_then(|t| t.f_double_value(&[])).map_err(backend)?;
-            let max = x.f_max().and_then(|t| t.f_double_value(&[])).map_err(backend)?;
+            let min = x
+                .f_min()
+                .and_then(|t| t.f_double_value(&[]))
+                .map_err(backend)?;
+            let max = x
+                .f_max()
+                .and_then(|t| t.f_double_value(&[]))
+                .map_err(backend)?;
             observer.ranges.observe(name, min as f32, max as f32);
         }
         Ok(())

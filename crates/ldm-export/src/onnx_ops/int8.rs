@@ -47,10 +47,7 @@ impl OnnxOps<'_> {
         // Per output channel, along axis 1 of [N, C, H, W].
         let scales: Vec<f32> = w_scales.iter().map(|s| s * x_scale).collect();
         let scales = self.f32_initializer(&scales, &[shape[0], 1, 1]);
-        let bias = match bias {
-            Some(b) => Some(self.channel_vector(b, 4)),
-            None => None,
-        };
+        let bias = bias.map(|b| self.channel_vector(b, 4));
         Ok(self.rescaled(&product, 4, &scales, bias.as_ref()))
     }
 
@@ -191,9 +188,7 @@ pub(super) fn prune(graph: &mut pb::GraphProto) {
         }
     }
     let read = names_read(graph);
-    graph
-        .initializer
-        .retain(|t| read.contains(t.name.as_str()));
+    graph.initializer.retain(|t| read.contains(t.name.as_str()));
 }
 
 /// Every name a node (or a node of a subgraph) or a graph output reads.
