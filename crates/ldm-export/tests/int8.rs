@@ -1,7 +1,7 @@
 //! int8 export: a tiny text model calibrated on its own sampling trajectories exports a UNet
 //! whose every convolution and linear layer is an integer product, which both engines run
 //! within the int8 tolerance of tch's float UNet (the export's parity check) and which tract
-//! keeps integer in its optimised plan.
+//! keeps integer in its optimised plan; the graph passes the reference ONNX checker.
 
 mod common;
 
@@ -88,6 +88,22 @@ fn an_int8_unet_runs_integer_products_within_its_tolerance_on_both_engines() {
     );
     assert_eq!(ops["MatMulInteger"], manifest.layers - ops["ConvInteger"]);
     assert_eq!(ops["QuantizeLinear"], manifest.layers);
+    // Standard ONNX: the reference checker passes it, shapes inferred through every node.
+    let checked = std::process::Command::new(
+        std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)"),
+    )
+    .args([
+        "-c",
+        "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)",
+    ])
+    .arg(int8.join("unet.onnx"))
+    .output()
+    .unwrap();
+    assert!(
+        checked.status.success(),
+        "onnx.checker: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     // The other graphs are the float ones.
     for graph in ["decoder.onnx", "text_encoder.onnx"] {
         assert_eq!(op_counts(&int8.join(graph)), op_counts(&float.join(graph)));
