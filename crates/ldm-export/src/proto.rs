@@ -73,10 +73,15 @@ pub fn data_type(dtype: DType) -> DataType {
 
 /// A tensor with its little-endian bytes inline.
 pub fn tensor(name: &str, dtype: DType, dims: &[usize], raw: Vec<u8>) -> pb::TensorProto {
+    typed_tensor(name, data_type(dtype), dims, raw)
+}
+
+/// A tensor of any ONNX element type (the int8 layers' u8 weights and zero points).
+pub fn typed_tensor(name: &str, dtype: DataType, dims: &[usize], raw: Vec<u8>) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
         dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: data_type(dtype) as i32,
+        data_type: dtype as i32,
         raw_data: raw,
         ..Default::default()
     }

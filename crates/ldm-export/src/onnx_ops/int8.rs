@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use ldm_core::manifest::DType;
 use ldm_nn::ops::Result;
 use ldm_nn::quant::{activation_qparams, quantize_weights, WEIGHT_ZERO_POINT};
+use ldm_nn::NnError;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
@@ -37,7 +38,7 @@ impl OnnxOps<'_> {
     ) -> Result<Value> {
         let (shape, data) = self.weight_of(&param);
         let (x_q, x_zero, x_scale) = self.quantize_input(x, range);
-        let (w_q, w_zero, w_scales) = self.quantized_weight(&param, &shape, &data, false);
+        let (w_q, w_zero, w_scales) = self.quantized_weight(&param, &shape, &data, None);
         let (s, p) = (stride as i64, padding as i64);
         let attrs = vec![
             ("strides", Attr::Ints(vec![s, s])),
@@ -59,11 +60,18 @@ impl OnnxOps<'_> {
         bias: Option<&Value>,
     ) -> Result<Value> {
         let (shape, data) = self.weight_of(&param);
+        let &[out, inner] = shape.as_slice() else {
+            return Err(NnError::Shape {
+                op: "linear",
+                message: format!("the weight '{param}' has shape {shape:?}, not [out, in]"),
+            });
+        };
         let (x_q, x_zero, x_scale) = self.quantize_input(x, range);
-        let (w_q, w_zero, w_scales) = self.quantized_weight(&param, &shape, &data, true);
+        let (w_q, w_zero, w_scales) =
+            self.quantized_weight(&param, &shape, &data, Some((out, inner)));
         let product = self.integer_node("MatMulInteger", &[&x_q, &w_q, &x_zero, &w_zero], vec![]);
         let scales: Vec<f32> = w_scales.iter().map(|s| s * x_scale).collect();
-        let scales = self.f32_initializer(&scales, &[shape[0]]);
+        let scales = self.f32_initializer(&scales, &[out]);
         Ok(self.rescaled(&product, x.rank, &scales, bias))
     }
 
@@ -90,19 +98,19 @@ impl OnnxOps<'_> {
     }
 
     /// The u8 initializer of `param`'s weight (`data`, [out, ...], quantised per output
-    /// channel), transposed to [in, out] for a linear layer's `MatMulInteger`; its zero point;
-    /// the scales.
+    /// channel), its zero point and the scales; a linear layer's ([out, in] given as
+    /// `transpose`) laid out as [in, out] for `MatMulInteger`.
     fn quantized_weight(
         &mut self,
         param: &str,
         shape: &[usize],
         data: &[f32],
-        transpose: bool,
+        transpose: Option<(usize, usize)>,
     ) -> (String, String, Vec<f32>) {
         let (values, scales) = quantize_weights(data, shape[0]);
-        let (values, dims) = match (transpose, shape) {
-            (true, &[out, inner]) => (transposed(&values, out, inner), vec![inner, out]),
-            _ => (values, shape.to_vec()),
+        let (values, dims) = match transpose {
+            Some((out, inner)) => (transposed(&values, out, inner), vec![inner, out]),
+            None => (values, shape.to_vec()),
         };
         let weight = self.raw_initializer(&format!("{param}_int8"), DataType::Uint8, &dims, values);
         let zero = self.raw_initializer(
@@ -160,9 +168,8 @@ impl OnnxOps<'_> {
         raw: Vec<u8>,
     ) -> String {
         let name = self.fresh(prefix);
-        let mut tensor = proto::tensor(&name, DType::Float32, dims, raw);
-        tensor.data_type = dtype as i32;
-        self.initializers.push(tensor);
+        self.initializers
+            .push(proto::typed_tensor(&name, dtype, dims, raw));
         name
     }
 }
