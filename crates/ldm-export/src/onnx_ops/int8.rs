@@ -15,15 +15,15 @@ use ldm_nn::NnError;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
-use super::{OnnxOps, Value};
+use super::{OnnxOps, Value, Weight};
 use crate::proto::{self, Attr};
 
-impl OnnxOps<'_> {
+impl<'w> OnnxOps<'w> {
     /// The parameter name and calibrated input range of `weight`, when the layer it belongs
     /// to runs in int8.
     pub(super) fn int8_layer(&self, weight: &Value) -> Option<(String, (f32, f32))> {
         let ranges = self.int8?;
-        let param = self.param_of_value.get(&weight.name)?;
+        let (param, _) = self.params.iter().find(|(_, v)| v.name == weight.name)?;
         Some((param.clone(), ranges.get(param)?))
     }
 
@@ -38,7 +38,7 @@ impl OnnxOps<'_> {
     ) -> Result<Value> {
         let (shape, data) = self.weight_of(&param);
         let (x_q, x_zero, x_scale) = self.quantize_input(x, range);
-        let (w_q, w_zero, w_scales) = self.quantized_weight(&param, &shape, &data, None);
+        let (w_q, w_zero, w_scales) = self.quantized_weight(&param, shape, data, None);
         let (s, p) = (stride as i64, padding as i64);
         let attrs = vec![
             ("strides", Attr::Ints(vec![s, s])),
@@ -60,7 +60,7 @@ impl OnnxOps<'_> {
         bias: Option<&Value>,
     ) -> Result<Value> {
         let (shape, data) = self.weight_of(&param);
-        let &[out, inner] = shape.as_slice() else {
+        let &[out, inner] = shape else {
             return Err(NnError::Shape {
                 op: "linear",
                 message: format!("the weight '{param}' has shape {shape:?}, not [out, in]"),
@@ -68,16 +68,16 @@ impl OnnxOps<'_> {
         };
         let (x_q, x_zero, x_scale) = self.quantize_input(x, range);
         let (w_q, w_zero, w_scales) =
-            self.quantized_weight(&param, &shape, &data, Some((out, inner)));
+            self.quantized_weight(&param, shape, data, Some((out, inner)));
         let product = self.integer_node("MatMulInteger", &[&x_q, &w_q, &x_zero, &w_zero], vec![]);
         let scales: Vec<f32> = w_scales.iter().map(|s| s * x_scale).collect();
         let scales = self.f32_initializer(&scales, &[out]);
         Ok(self.rescaled(&product, x.rank, &scales, bias))
     }
 
-    fn weight_of(&self, param: &str) -> (Vec<usize>, Vec<f32>) {
-        let weight = &self.weights[param];
-        (weight.shape.clone(), weight.data.clone())
+    fn weight_of(&self, param: &str) -> (&'w [usize], &'w [f32]) {
+        let weight: &'w Weight = &self.weights[param];
+        (&weight.shape, &weight.data)
     }
 
     /// `x` as u8 with the scale and zero point of `range`: (quantised, zero point, scale).
