@@ -9,7 +9,11 @@
 //! - Placement (held-out scenes): the objects read back from the generated images against
 //!   the row's boxes (layout bundles) or caption (text bundles) (`eval_scenes`).
 //! - Semantic maps (semantic-map bundles): each held-out map drawn at 1x and 2x and read back
-//!   by the scene judge, as mean IoU (`eval_semantic`).
+//!   by the scene judge, as mean IoU (`eval_semantic`); with maps in the folder, the judge
+//!   on the reconstructions too (the first stage's ceiling).
+//! - Restoration (super-resolution and inpainting bundles): each held-out image degraded,
+//!   restored, and scored beside bicubic upscaling or a mean-colour fill
+//!   (`eval_restoration`).
 //!
 //! Feature-space figures need an evaluator folder (`ldm train classifier`); they are on that
 //! network's features, not Inception's.
@@ -19,14 +23,16 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
 use ldm_data::judge::judge;
-use ldm_data::{ImageFolder, Record};
+use ldm_data::scene_judge::{map_mean_iou, read_scene};
+use ldm_data::{ImageFolder, Record, SEMANTIC_MAP};
 use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
 use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
 use serde::{Deserialize, Serialize};
 
+use crate::eval_restoration::{self, RestorationScores};
 use crate::eval_scenes::{self, PlacementScores};
 use crate::eval_semantic::{self, SemanticScores};
 use crate::generate::{grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
@@ -84,6 +90,9 @@ pub struct Report {
     /// Semantic-map bundles: maps drawn and read back.
     #[serde(default)]
     pub semantic: Option<SemanticScores>,
+    /// Super-resolution and inpainting bundles: restorations against a trivial one.
+    #[serde(default)]
+    pub restoration: Option<RestorationScores>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -101,6 +110,10 @@ pub struct Reconstruction {
     pub ms_ssim: f64,
     /// FID between originals and reconstructions (evaluator features).
     pub rfid: Option<f64>,
+    /// Folders with semantic maps: the scene judge's mean IoU on the round trips against the
+    /// rows' maps, the first stage's ceiling for semantic synthesis.
+    #[serde(default)]
+    pub map_miou: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,6 +194,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(reconstruct(
             &mut pipeline,
             &real,
+            semantic_maps(&folder, &picked, side)?,
             evaluator.as_mut(),
             real_judged.as_ref(),
             &a.out,
@@ -198,14 +212,27 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             real_judged.as_ref(),
         )?
     };
-    let semantic_bundle = pipeline
+    let concat_task = pipeline
         .bundle()
         .manifest
         .conditioning
         .concat()
-        .map(|c| c.task)
-        == Some(ConcatKind::SemanticMap);
-    let semantic = if semantic_bundle && !a.no_generation {
+        .map(|c| c.task);
+    let restoration = match concat_task {
+        Some(task) if task != ConcatKind::SemanticMap && !a.no_generation => {
+            Some(eval_restoration::evaluate(
+                &mut pipeline,
+                task,
+                &real,
+                evaluator.as_mut(),
+                real_judged.as_ref(),
+                &a.sampling,
+                &a.out,
+            )?)
+        }
+        _ => None,
+    };
+    let semantic = if concat_task == Some(ConcatKind::SemanticMap) && !a.no_generation {
         let folder = folder.require_semantic_maps()?;
         Some(eval_semantic::evaluate(
             &mut pipeline,
@@ -228,6 +255,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         reconstruction,
         generation,
         semantic,
+        restoration,
     };
     print_report(&report);
     let path = a.out.join("eval.json");
@@ -290,9 +318,31 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
+/// The rows' semantic maps at `side`, where the folder has them.
+fn semantic_maps(
+    folder: &ImageFolder,
+    rows: &[usize],
+    side: usize,
+) -> anyhow::Result<Option<Vec<GrayImage>>> {
+    if !folder.records().all(|r| r.column(SEMANTIC_MAP).is_some()) {
+        return Ok(None);
+    }
+    let folder = folder.clone().require_semantic_maps()?;
+    let maps = rows
+        .iter()
+        .map(|&row| {
+            let map = folder.load_semantic_map(row, side as u32)?;
+            Ok(GrayImage::from_raw(side as u32, side as u32, map.ids)
+                .expect("maps hold side x side ids"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some(maps))
+}
+
 fn reconstruct(
     pipeline: &mut Pipeline,
     real: &[RgbImage],
+    maps: Option<Vec<GrayImage>>,
     evaluator: Option<&mut Evaluator>,
     real_judged: Option<&Judged>,
     out: &Path,
@@ -328,6 +378,14 @@ fn reconstruct(
         ssim: mean(&scores[1]),
         ms_ssim: mean(&scores[2]),
         rfid,
+        map_miou: maps.map(|maps| {
+            let ious: Vec<f64> = maps
+                .iter()
+                .zip(&recs)
+                .map(|(asked, rec)| map_mean_iou(asked, &read_scene(rec).map))
+                .collect();
+            mean(&ious)
+        }),
     })
 }
 
@@ -551,6 +609,9 @@ fn print_report(r: &Report) {
             rec.rfid
                 .map_or(String::new(), |f| format!("   rFID {f:.2}"))
         );
+        if let Some(miou) = rec.map_miou {
+            println!("  reconstruction   semantic map mIoU {miou:.3} (the scene judge on the round trips)");
+        }
     }
     if let Some(g) = &r.generation {
         println!(
@@ -582,6 +643,25 @@ fn print_report(r: &Report) {
             100.0 * p.real,
             100.0 * p.other_rows
         );
+    }
+    if let Some(s) = &r.restoration {
+        let fid = |q: &eval_restoration::Quality| {
+            q.fid.map_or(String::new(), |f| format!("   FID {f:.1}"))
+        };
+        let place = if s.task == "inpainting" {
+            " (in the hole)"
+        } else {
+            ""
+        };
+        for (who, q) in [("the bundle", &s.model), (s.baseline.as_str(), &s.trivial)] {
+            println!(
+                "  {}{place}: {who:<18} PSNR {:.2} dB   SSIM {:.4}{}",
+                s.task,
+                q.psnr,
+                q.ssim,
+                fid(q)
+            );
+        }
     }
     if let Some(s) = &r.semantic {
         println!(

@@ -5,6 +5,7 @@ mod bench_serve;
 mod compare;
 mod data;
 mod eval;
+mod eval_restoration;
 mod eval_scenes;
 mod eval_semantic;
 #[cfg(feature = "train")]

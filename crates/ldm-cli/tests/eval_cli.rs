@@ -130,6 +130,10 @@ fn eval_scores_how_a_text_bundle_places_the_objects_of_held_out_scenes() {
         let v = number(&report, &format!("/generation/placement/{share}"));
         assert!((0.0..=1.0).contains(&v), "{share} {v}");
     }
+    // The scenes have semantic maps: the judge reads them back from the round trips too.
+    let map_miou = number(&report, "/reconstruction/map_miou");
+    assert!((0.3..=1.0).contains(&map_miou), "{report}");
+    assert!(text.contains("semantic map mIoU"), "{text}");
 }
 
 /// An emoji-like image folder: flat-coloured images with the caption and the three columns the
