@@ -147,6 +147,10 @@ pub struct FeatureScores {
     pub kid_std: f64,
     pub precision: f64,
     pub recall: f64,
+    /// FID of the sampler's starting noise decoded as it is, with no denoising: what any
+    /// generation must beat (bundles with a first stage).
+    #[serde(default)]
+    pub fid_decoded_noise: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -477,6 +481,17 @@ fn generate(
     let (features, mut heads) = match (evaluator, real_judged) {
         (Some(e), Some(r)) => {
             let g = e.judge(&generated)?;
+            let fid_decoded_noise = if m.first_stage == FirstStage::Identity {
+                None
+            } else {
+                let mut noise = Vec::with_capacity(prompts.len());
+                for (i, chunk) in prompts.chunks(BATCH).enumerate() {
+                    let request = request(chunk.to_vec(), sampling.seed + (i * BATCH) as u64);
+                    let untouched = pipeline.start(&request)?;
+                    noise.extend(pipeline.finish(untouched)?.into_iter().map(to_rgb));
+                }
+                Some(fid(&r.features, &e.judge(&noise)?.features)?)
+            };
             // Subsets of half the rows (at most the usual 1,000), so that the spread over
             // subsets says something on held-out splits of a few hundred images.
             let subset = (rows.len() / 2).min(1000);
@@ -497,6 +512,7 @@ fn generate(
                 kid_std: k.std,
                 precision: pr.precision,
                 recall: pr.recall,
+                fid_decoded_noise,
             };
             let heads = e.manifest.config.heads.iter().enumerate().map(|(h, head)| {
                 let wanted: Vec<Option<usize>> = rows
@@ -623,6 +639,9 @@ fn print_report(r: &Report) {
                 "  features         FID {:.2} (held-out halves: {:.2})   KID {:.4} ± {:.4}   precision {:.3}   recall {:.3}",
                 f.fid, f.fid_real_halves, f.kid, f.kid_std, f.precision, f.recall
             );
+            if let Some(noise) = f.fid_decoded_noise {
+                println!("  features         FID {noise:.2} of the starting noise decoded without denoising");
+            }
         }
         let judged = g.category.iter().chain(&g.other_heads);
         for acc in judged.chain(&g.colour_and_shape) {

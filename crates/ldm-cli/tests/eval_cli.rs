@@ -196,6 +196,11 @@ fn eval_judges_every_head_of_the_evaluator() {
     }
     // Half the rows are of each style.
     assert_eq!(generation["other_heads"][1]["majority"], 0.5, "{report}");
+    // Decoded noise is the trivial baseline every generation is set against.
+    let noise = generation["features"]["fid_decoded_noise"]
+        .as_f64()
+        .unwrap();
+    assert!(noise.is_finite() && noise > 0.0, "{report}");
 }
 
 #[test]
