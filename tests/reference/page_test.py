@@ -1,8 +1,8 @@
 """The server's web page in headless chromium, driven by playwright as a user would use it:
-the API key given when the page asks, a prompt typed, Generate clicked, the progress bar
-seen moving, the image shown.
+the API key given when the page asks, a prompt typed (or, given MAP_PNG, a semantic map
+chosen), Generate clicked, the progress bar seen moving, the image shown.
 
-    python page_test.py BASE_URL API_KEY OUT_DIR
+    python page_test.py BASE_URL API_KEY OUT_DIR [MAP_PNG]
 
 The chromium is $LDM_CHROMIUM (default: chromium on the PATH); playwright downloads none.
 Writes OUT_DIR/serve-page.png, a screenshot of the page at the end; prints a JSON summary; exits non-zero with the reason when a step fails.
@@ -19,6 +19,7 @@ from playwright.sync_api import sync_playwright
 
 def main():
     base, key, out = sys.argv[1:4]
+    semantic_map = sys.argv[4] if len(sys.argv) > 4 else None
     chromium = os.environ.get("LDM_CHROMIUM") or shutil.which("chromium")
     summary = {"progress": []}
     with sync_playwright() as p:
@@ -31,7 +32,10 @@ def main():
         page.wait_for_function("document.querySelector('#model').options.length > 0",
                                timeout=30_000)
         summary["models"] = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
-        page.fill("#prompt", "red apple, twemoji style")
+        if semantic_map:
+            page.set_input_files("#semantic", semantic_map)
+        else:
+            page.fill("#prompt", "red apple, twemoji style")
         page.fill("#steps", "20")
         page.fill("#seed", "7")
         page.click("#generate")

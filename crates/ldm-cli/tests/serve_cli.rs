@@ -54,7 +54,13 @@ fn serve_bundle(bundle: &Path, args: &[&str]) -> (Child, String) {
 /// Runs `tests/reference/<script> BASE KEY OUT` against a server with an API key; returns
 /// the summary it prints.
 fn client(script: &str) -> serde_json::Value {
-    let (mut child, base) = serve(&["--api-key", "test-key"]);
+    client_of(&shipped_bundle(), script, &[])
+}
+
+/// `script` run against `ldm serve` of `bundle` (API key "test-key"), with `extra` arguments
+/// after its base URL, key and output folder.
+fn client_of(bundle: &Path, script: &str, extra: &[&str]) -> serde_json::Value {
+    let (mut child, base) = serve_bundle(bundle, &["--api-key", "test-key"]);
     let dir = tempfile::tempdir().unwrap();
     let python = std::env::var("LDM_PYTHON").expect("LDM_PYTHON (set in .cargo/config.toml)");
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,6 +69,7 @@ fn client(script: &str) -> serde_json::Value {
     let run = Command::new(python)
         .arg(path)
         .args([base.as_str(), "test-key", dir.path().to_str().unwrap()])
+        .args(extra)
         .output()
         .unwrap();
     child.kill().unwrap();
@@ -129,6 +136,27 @@ fn the_web_page_generates_in_headless_chromium() {
         .filter(|v| *v > 0.0 && *v < 1.0)
         .collect();
     assert!(moving.len() >= 2, "the progress bar was seen at {summary}");
+}
+
+#[test]
+fn the_web_page_sends_a_semantic_map_as_it_is() {
+    // A 128x128 map (twice the training size): a square (class 2) on the background. Its
+    // size reaching the model shows its bytes were sent, not a canvas's redrawing.
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("map.png");
+    image::GrayImage::from_fn(128, 128, |x, y| {
+        image::Luma([if (32..96).contains(&x) && (32..96).contains(&y) {
+            2
+        } else {
+            0
+        }])
+    })
+    .save(&map)
+    .unwrap();
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/scenes-semantic");
+    let summary = client_of(&bundle, "page_test.py", &[map.to_str().unwrap()]);
+    assert_eq!(summary["models"], serde_json::json!(["scenes-semantic"]));
+    assert_eq!(summary["image"], serde_json::json!([128, 128]), "{summary}");
 }
 
 #[test]
