@@ -26,6 +26,7 @@ use crate::proto::{self, Attr};
 
 mod attention;
 mod int8;
+mod position;
 
 /// The opset every graph imports.
 pub const OPSET: i64 = 17;
@@ -579,6 +580,10 @@ impl Ops for OnnxOps<'_> {
             x.rank,
             x.dtype,
         ))
+    }
+
+    fn coordinate_grid(&mut self, like: &Value) -> Result<Value> {
+        self.grid_of(like)
     }
 
     fn avg_pool2x(&mut self, x: &Value) -> Result<Value> {

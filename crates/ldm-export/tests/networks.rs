@@ -140,6 +140,32 @@ fn scale_shift_norm_and_resampling_resblocks_export_with_parity() {
     assert_eq!(emb.size(), [16, 32]);
 }
 
+/// Position features on a text model's cross-attention: the coordinate grid is worked out in
+/// the graph from each feature map's size, so both sizes of the parity check (square and
+/// not) match tch from one file.
+#[test]
+fn position_features_export_with_parity_at_every_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(FirstStage::Kl, TEXT, "position_frequencies = 3");
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let release = random_release(&config, 13);
+    let projection = &release
+        .unet
+        .iter()
+        .find(|(n, _)| n == "input_blocks.3.1.position.weight")
+        .expect("a position projection at the attention level")
+        .1;
+    // sin and cos of x and y at three frequencies, into the level's 16 channels.
+    assert_eq!(projection.size(), [16, 12, 1, 1]);
+    let exported = export_release(
+        &release,
+        &dir.path().join("placed"),
+        &ExportOptions::default(),
+    )
+    .unwrap();
+    assert_parity(&exported, "position features");
+}
+
 #[test]
 fn every_conditioning_kind_and_first_stage_exports_with_parity() {
     let dir = tempfile::tempdir().unwrap();

@@ -556,6 +556,7 @@ fn infer_unet(unet: &Weights, context: usize) -> Result<UnetConfig, ImportError>
         linear_projection,
         scale_shift_norm,
         resblock_updown: false,
+        position_frequencies: 0,
     })
 }
 

@@ -481,5 +481,6 @@ fn unet(
         linear_projection: p.bool_or("use_linear_in_transformer", false)?,
         scale_shift_norm: p.bool_or("use_scale_shift_norm", false)?,
         resblock_updown: p.bool_or("resblock_updown", false)?,
+        position_frequencies: 0,
     })
 }

@@ -89,8 +89,23 @@ pub struct UnetConfig {
     /// `resblock_updown`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resblock_updown: bool,
+    /// Fourier features of where each position is (its coordinates in (-1, 1) at frequencies
+    /// pi · 2^k for k below this), projected by a zero-initialised 1x1 convolution into every
+    /// SpatialTransformer's normalised input: the queries know their place, so cross-attention
+    /// can put what the context names where it says (layouts, "at the top left"). 0 (the
+    /// reference's UNet): none; at most [`MAX_POSITION_FREQUENCIES`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_frequencies: usize,
     #[serde(default = "default_groups")]
     pub groups: usize,
+}
+
+/// Above this, the finest of the position features would alternate between neighbouring
+/// latent cells of any grid this project samples.
+pub const MAX_POSITION_FREQUENCIES: usize = 8;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What conditions the denoiser (paper 3.3).
@@ -377,6 +392,16 @@ impl AutoencoderConfig {
 
 impl UnetConfig {
     fn validate(&self, latent_resolution: usize) -> Result<(), NnError> {
+        check(
+            self.position_frequencies <= MAX_POSITION_FREQUENCIES,
+            "unet.position_frequencies",
+            || {
+                format!(
+                    "{} is above {MAX_POSITION_FREQUENCIES}",
+                    self.position_frequencies
+                )
+            },
+        )?;
         let levels = self.channel_mult.len();
         check(levels >= 1, "unet.channel_mult", || {
             "needs at least one level".into()

@@ -105,6 +105,9 @@ pub trait Ops {
     fn upsample2x(&mut self, x: &Self::T) -> Result<Self::T>;
     /// Average of each 2x2 window of the last two axes, stride 2 (even sides).
     fn avg_pool2x(&mut self, x: &Self::T) -> Result<Self::T>;
+    /// Where each position of `like` ([..., H, W]) lies, as [1, 2, H, W] f32: x then y of the
+    /// pixel centres scaled to (-1, 1), so "top left" means the same at every size.
+    fn coordinate_grid(&mut self, like: &Self::T) -> Result<Self::T>;
     /// Rows of `table` ([n, d]) at integer `ids` (any shape): ids.shape + [d].
     fn embedding(&mut self, table: &Self::T, ids: &Self::T) -> Result<Self::T>;
     /// Index of the minimum along the last axis (integer tensor).

@@ -313,6 +313,16 @@ impl Ops for ShapeOps {
         Ok(out)
     }
 
+    fn coordinate_grid(&mut self, like: &Shape) -> Result<Shape> {
+        match like[..] {
+            [.., h, w] => Ok(vec![1, 2, h, w]),
+            _ => Err(err(
+                "coordinate_grid",
+                format!("{like:?} has no two spatial axes"),
+            )),
+        }
+    }
+
     fn avg_pool2x(&mut self, x: &Shape) -> Result<Shape> {
         let rank = x.len();
         if rank < 2 || !x[rank - 1].is_multiple_of(2) || !x[rank - 2].is_multiple_of(2) {

@@ -175,7 +175,11 @@ fn spatial_transformer<O: Ops>(
         .head_layout(c)
         .map_err(|m| crate::NnError::config("unet", m))?;
     let inner = heads * head_dim;
-    let h = group_norm(o, &p.pp("norm"), x, c, cfg.groups, TRANSFORMER_EPS)?;
+    let mut h = group_norm(o, &p.pp("norm"), x, c, cfg.groups, TRANSFORMER_EPS)?;
+    if cfg.position_frequencies > 0 {
+        let place = position_features(o, &p.pp(POSITION), &h, c, cfg.position_frequencies)?;
+        h = o.add(&h, &place)?;
+    }
     // The convolutional projection's output gives the token grid's shape back at the end.
     let (mut t, projected) = if cfg.linear_projection {
         let t = to_tokens(o, &h)?;
@@ -227,6 +231,35 @@ fn spatial_transformer<O: Ops>(
         }
     };
     o.add(x, &h)
+}
+
+/// Whether `name` is a parameter of the position features (`unet.position_frequencies`).
+pub fn is_position_param(name: &str) -> bool {
+    name.split('.').any(|part| part == POSITION)
+}
+
+/// The path segment of the position features' projection.
+const POSITION: &str = "position";
+
+/// Where each position of `x` [N, c, H, W] is, as [1, c, H, W]: sin and cos of its x and y
+/// in (-1, 1) at frequencies pi · 2^k (k < `frequencies`), through a zero-initialised 1x1
+/// convolution (so a fine-tuned UNet starts out computing what it did without them).
+fn position_features<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    c: usize,
+    frequencies: usize,
+) -> Result<O::T> {
+    let grid = o.coordinate_grid(x)?;
+    let mut features = Vec::with_capacity(2 * frequencies);
+    for k in 0..frequencies {
+        let angle = o.scale(&grid, std::f32::consts::PI * (1 << k) as f32)?;
+        features.push(o.sin(&angle)?);
+        features.push(o.cos(&angle)?);
+    }
+    let features = o.concat(&features.iter().collect::<Vec<_>>(), 1)?;
+    conv2d(o, p, &features, 4 * frequencies, c, 1, 1, 0, true)
 }
 
 /// Predicted noise for latent `x` [B, in, h, w] at timesteps `t` [B] (f32), attending to

@@ -193,6 +193,10 @@ fn wrong_configurations_name_the_field() {
         "invalid configuration: unet.channel_mult[0]: set exactly one of unet.heads and unet.head_channels"
     );
     assert_eq!(
+        error_of(&tiny(AE, &format!("{UNET}\nposition_frequencies = 9"), "")),
+        "invalid configuration: unet.position_frequencies: 9 is above 8"
+    );
+    assert_eq!(
         error_of(&tiny(&AE.replace("\"kl\"", "\"vq\""), UNET, "")),
         "invalid configuration: autoencoder.codebook_size: a VQ autoencoder needs codebook_size >= 1"
     );

@@ -114,7 +114,7 @@ pub fn load_weights(
     file: &str,
     expected: Option<&BTreeMap<String, Vec<usize>>>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    read_checked(checkpoint, file, expected, false)
+    read_checked(checkpoint, file, expected, false, |_| false)
 }
 
 /// [`load_weights`] for weights stored in another float type (f16 releases): converted to f32
@@ -124,7 +124,19 @@ pub fn load_weights_as_f32(
     file: &str,
     expected: Option<&BTreeMap<String, Vec<usize>>>,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    read_checked(dir, file, expected, true)
+    read_checked(dir, file, expected, true, |_| false)
+}
+
+/// [`load_weights_as_f32`] for the source of a fine-tune, which may lack the parameters
+/// `may_lack` names: they keep their initialisation (zero-initialised additions, with which
+/// the network computes what the source did).
+pub fn load_fine_tune_source(
+    dir: &Path,
+    file: &str,
+    expected: &BTreeMap<String, Vec<usize>>,
+    may_lack: fn(&str) -> bool,
+) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    read_checked(dir, file, Some(expected), true, may_lack)
 }
 
 fn read_checked(
@@ -132,6 +144,7 @@ fn read_checked(
     file: &str,
     expected: Option<&BTreeMap<String, Vec<usize>>>,
     to_f32: bool,
+    may_lack: fn(&str) -> bool,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let weights_path = checkpoint.join(format!("{file}.safetensors"));
     if !weights_path.is_file() {
@@ -183,7 +196,7 @@ fn read_checked(
     }
     if let Some(missing) = expected
         .keys()
-        .find(|k| !weights.iter().any(|(n, _)| n == *k))
+        .find(|k| !may_lack(k) && !weights.iter().any(|(n, _)| n == *k))
     {
         return Err(mismatch(format!("'{missing}' is missing")));
     }

@@ -185,7 +185,9 @@ impl<'a> DiffusionStage<'a> {
         let model = match &weights_from {
             None => Denoiser::new(config, device, None)?,
             Some(checkpoint) => {
-                Denoiser::new(config, device, Some(trained_weights(checkpoint, config)?))?
+                let fine_tune = matches!(begun.start, Start::Fresh);
+                let weights = trained_weights(checkpoint, config, fine_tune)?;
+                Denoiser::new(config, device, Some(weights))?
             }
         };
         let params = model.named_params();
@@ -240,12 +242,32 @@ impl<'a> DiffusionStage<'a> {
 }
 
 /// The UNet and conditioning encoder of a checkpoint or release, checked against `config`.
+/// The source of a fine-tune may lack the UNet's position features (`unet.position_frequencies`
+/// added to a model trained without them): they start at zero.
 fn trained_weights(
     checkpoint: &Path,
     config: &ModelConfig,
+    fine_tune: bool,
 ) -> Result<(NamedWeights, Option<NamedWeights>), TrainError> {
     let (unet_expected, encoder_expected) = expected_params(config)?;
-    let unet = checkpoint::load_weights_as_f32(checkpoint, UNET, Some(&unet_expected))?;
+    let may_lack = if fine_tune {
+        ldm_nn::unet::is_position_param
+    } else {
+        |_: &str| false
+    };
+    let mut unet = checkpoint::load_fine_tune_source(checkpoint, UNET, &unet_expected, may_lack)?;
+    let absent: Vec<(String, Tensor)> = unet_expected
+        .iter()
+        .filter(|(name, _)| !unet.iter().any(|(have, _)| have == *name))
+        .map(|(name, shape)| {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            (
+                name.clone(),
+                Tensor::zeros(dims, (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect();
+    unet.extend(absent);
     let encoder = match (encoder_name(config), encoder_expected) {
         (Some(name), Some(expected)) => Some(checkpoint::load_weights_as_f32(
             checkpoint,

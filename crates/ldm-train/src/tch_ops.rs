@@ -300,6 +300,25 @@ impl Ops for TchOps {
             .map_err(backend)
     }
 
+    fn coordinate_grid(&mut self, like: &Tensor) -> Result<Tensor> {
+        let size = like.size();
+        let [.., h, w] = size[..] else {
+            return Err(NnError::Shape {
+                op: "coordinate_grid",
+                message: format!("{size:?} has no two spatial axes"),
+            });
+        };
+        // (2i + 1) / n - 1: the centres of n equal cells of (-1, 1).
+        let axis = |n: i64| {
+            Tensor::f_arange(n, (Kind::Float, like.device()))
+                .map(|i| (i * 2.0 + 1.0) / n as f64 - 1.0)
+                .map_err(backend)
+        };
+        let xs = axis(w)?.view([1, 1, 1, w]).expand([1, 1, h, w], false);
+        let ys = axis(h)?.view([1, 1, h, 1]).expand([1, 1, h, w], false);
+        Tensor::f_cat(&[xs, ys], 1).map_err(backend)
+    }
+
     fn embedding(&mut self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         Tensor::f_embedding(table, ids, -1, false, false).map_err(backend)
     }

@@ -366,6 +366,29 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         state.autoencoder_checkpoint,
         Some(std::fs::canonicalize(&shipped).unwrap())
     );
+    // Position features added in a fine-tune start at zero (the source has none), and the
+    // source's other weights carry over.
+    let placed_cfg =
+        ModelConfig::parse(&config_text(&format!("position_frequencies = 2\n{TEXT}"))).unwrap();
+    let placed = tmp.path().join("ldm-placed");
+    let placed_summary = diffusion(
+        &placed_cfg,
+        on_release,
+        &placed,
+        tuned_from(&shipped),
+        15,
+        false,
+    )
+    .unwrap();
+    let (new, carried): (Vec<_>, Vec<_>) = weights(&placed_summary.checkpoint, "unet")
+        .into_iter()
+        .partition(|(name, _)| ldm_nn::unet::is_position_param(name));
+    assert!(!new.is_empty());
+    assert_started_from(&carried, &weights(&shipped, "unet"));
+    for (name, t) in &new {
+        let largest = t.abs().max().double_value(&[]);
+        assert!(largest < 0.01, "{name} began at zero, now {largest}");
+    }
     let rereleased = tmp.path().join("release-2");
     release::write_release(&from_release, &rereleased).unwrap();
     let (before, after) = (

@@ -533,6 +533,7 @@ fn unet_config(unet: &Config, conditioning: &Conditioning) -> Result<UnetConfig,
         },
         // diffusers' cross-attention blocks change size with convolutions.
         resblock_updown: false,
+        position_frequencies: 0,
     })
 }
 
