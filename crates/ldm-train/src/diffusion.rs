@@ -171,9 +171,12 @@ impl<'a> DiffusionStage<'a> {
             (None, Some(source)) => release::scale_factor_of(source)?,
             (None, None) => first_batch_scale(config, &cache, &loader, options.seed)?,
         };
-        // A fine-tuned text encoder only understands its own token ids.
+        // A fine-tuned text encoder only understands its own token ids (a layout model's are
+        // its fixed vocabulary's, made anew).
         let source_tokenizer = match (resumed, &options.init_from) {
-            (None, Some(source)) => Some(source.join(TOKENIZER_FILE)),
+            (None, Some(source)) if config.conditioning.layout().is_none() => {
+                Some(source.join(TOKENIZER_FILE))
+            }
             _ => None,
         };
         let tokenizer = inputs.tokenizer.or(source_tokenizer.as_deref());

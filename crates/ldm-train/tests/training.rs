@@ -677,6 +677,26 @@ fn a_layout_model_trains_on_the_scenes_boxes_and_refuses_rows_without_layouts() 
         err.contains("line 1: its layout") && err.contains("objects"),
         "{err}"
     );
+    // It fine-tunes from its own run: the tokenizer is the vocabulary's again.
+    let tuned = tmp.path().join("tuned");
+    let options = DiffusionOptions {
+        init_from: Some(ldm.clone()),
+        ..diffusion_options(1)
+    };
+    let inputs = (tmp.path().join("scenes/train"), tmp.path().join("ae"));
+    diffusion(
+        &cfg,
+        (&inputs.0, &inputs.1, None),
+        &tuned,
+        options,
+        1,
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(tuned.join("tokenizer.json")).unwrap(),
+        std::fs::read(ldm.join("tokenizer.json")).unwrap()
+    );
     // A vocabulary that does not fit the text sizes is refused when the config is read.
     let err = ModelConfig::parse(&config_text(
         &LAYOUT.replace("max_length = 20", "max_length = 16"),
