@@ -25,7 +25,7 @@ use anyhow::Context;
 use clap::Args;
 use image::{GrayImage, RgbImage};
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
-use ldm_data::judge::judge;
+use ldm_data::judge::{judge, Judgement};
 use ldm_data::scene_judge::{map_mean_iou, read_scene};
 use ldm_data::{ImageFolder, Record, SEMANTIC_MAP};
 use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
@@ -130,8 +130,12 @@ pub struct Generation {
     /// The evaluator's other heads (for emoji: subcategory and style), judged the same way.
     #[serde(default)]
     pub other_heads: Vec<Accuracy>,
-    /// Procedural scenes: colour and shape both read back as the caption says.
+    /// Procedural shapes: colour and shape both read back as the caption says.
     pub colour_and_shape: Option<Accuracy>,
+    /// Procedural shapes: each of colour, shape, size and position read back as the caption
+    /// says, then all four at once.
+    #[serde(default)]
+    pub caption_attributes: Vec<Accuracy>,
     /// Held-out scenes of several objects: each placed as its boxes or caption say.
     #[serde(default)]
     pub placement: Option<PlacementScores>,
@@ -542,36 +546,19 @@ fn generate(
         _ => (None, Vec::new()),
     };
     let category = (!heads.is_empty()).then(|| heads.remove(0));
-    let colour_and_shape = rows
+    let single_shapes = rows
         .iter()
-        .all(|r| r.column("colour").is_some() && r.column("shape").is_some())
-        .then(|| {
-            let share = |images: &[RgbImage]| {
-                let right = rows
-                    .iter()
-                    .zip(images)
-                    .filter(|(row, image)| {
-                        judge(image).is_some_and(|j| {
-                            row.column("colour").as_deref() == Some(j.colour)
-                                && row.column("shape").as_deref() == Some(j.shape)
-                        })
-                    })
-                    .count();
-                right as f64 / rows.len() as f64
-            };
-            Accuracy {
-                column: "colour+shape".into(),
-                generated: share(&generated),
-                real: share(real),
-                majority: majority(rows.iter().map(|row| {
-                    Some(format!(
-                        "{:?} {:?}",
-                        row.column("colour"),
-                        row.column("shape")
-                    ))
-                })),
-            }
-        });
+        .all(|r| SHAPE_ATTRIBUTES.iter().all(|a| r.column(a).is_some()));
+    let (colour_and_shape, caption_attributes) = if single_shapes {
+        let mut judged = [["colour", "shape"].as_slice()]
+            .into_iter()
+            .chain(SHAPE_ATTRIBUTES.iter().map(std::slice::from_ref))
+            .chain([SHAPE_ATTRIBUTES.as_slice()])
+            .map(|attributes| caption_accuracy(rows, &generated, real, attributes));
+        (judged.next(), judged.collect())
+    } else {
+        (None, Vec::new())
+    };
     let by_boxes = m.conditioning.layout().is_some();
     let placement = eval_scenes::score(rows, &generated, real, by_boxes);
     Ok(Some(Generation {
@@ -585,11 +572,60 @@ fn generate(
         category,
         other_heads: heads,
         colour_and_shape,
+        caption_attributes,
         placement,
     }))
 }
 
 /// The share of the most common value (rows without one count against it).
+/// The columns of a procedural shapes row that its caption names.
+const SHAPE_ATTRIBUTES: [&str; 4] = ["colour", "shape", "size", "position"];
+
+/// Images whose shape the pixel judge reads back with every one of `attributes` as its row
+/// says, among `generated` and among `real`; the most common combination's share beside.
+fn caption_accuracy(
+    rows: &[Record],
+    generated: &[RgbImage],
+    real: &[RgbImage],
+    attributes: &[&str],
+) -> Accuracy {
+    let read = |j: &Judgement, attribute: &str| match attribute {
+        "colour" => j.colour,
+        "shape" => j.shape,
+        "size" if j.large => "large",
+        "size" => "small",
+        _ => j.position,
+    };
+    let share = |images: &[RgbImage]| {
+        let right = rows
+            .iter()
+            .zip(images)
+            .filter(|(row, image)| {
+                judge(image).is_some_and(|j| {
+                    attributes
+                        .iter()
+                        .all(|a| row.column(a).as_deref() == Some(read(&j, a)))
+                })
+            })
+            .count();
+        right as f64 / rows.len().max(1) as f64
+    };
+    Accuracy {
+        column: attributes.join("+"),
+        generated: share(generated),
+        real: share(real),
+        majority: majority(rows.iter().map(|row| {
+            Some(
+                attributes
+                    .iter()
+                    .map(|a| row.column(a).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        })),
+    }
+}
+
 fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
     let mut counts = std::collections::BTreeMap::new();
     let mut total = 0usize;
@@ -644,7 +680,10 @@ fn print_report(r: &Report) {
             }
         }
         let judged = g.category.iter().chain(&g.other_heads);
-        for acc in judged.chain(&g.colour_and_shape) {
+        for acc in judged
+            .chain(&g.colour_and_shape)
+            .chain(&g.caption_attributes)
+        {
             println!(
                 "  {:<16} {:.1} % of generated images (the real images: {:.1} %; most common value: {:.1} %)",
                 acc.column,

@@ -68,6 +68,27 @@ fn eval_measures_reconstruction_generation_and_conditioning_and_compare_tabulate
         number(&report, "/generation/colour_and_shape/real") >= 0.75,
         "{report}"
     );
+    // Each attribute of the caption on its own, then all four at once.
+    let attributes: Vec<&str> = report["generation"]["caption_attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        attributes,
+        [
+            "colour",
+            "shape",
+            "size",
+            "position",
+            "colour+shape+size+position"
+        ]
+    );
+    assert!(
+        number(&report, "/generation/caption_attributes/4/real") >= 0.75,
+        "{report}"
+    );
     // No evaluator: no feature-space figures; single shapes are no scenes to place.
     assert!(report["generation"]["features"].is_null());
     assert!(report["generation"]["placement"].is_null());
