@@ -322,7 +322,7 @@ pub(crate) fn from_rgb(image: &RgbImage) -> Image {
     }
 }
 
-fn mean(values: &[f64]) -> f64 {
+pub(crate) fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
@@ -550,11 +550,13 @@ fn generate(
         .iter()
         .all(|r| SHAPE_ATTRIBUTES.iter().all(|a| r.column(a).is_some()));
     let (colour_and_shape, caption_attributes) = if single_shapes {
+        let judged_generated: Vec<_> = generated.iter().map(judge).collect();
+        let judged_real: Vec<_> = real.iter().map(judge).collect();
         let mut judged = [["colour", "shape"].as_slice()]
             .into_iter()
             .chain(SHAPE_ATTRIBUTES.iter().map(std::slice::from_ref))
             .chain([SHAPE_ATTRIBUTES.as_slice()])
-            .map(|attributes| caption_accuracy(rows, &generated, real, attributes));
+            .map(|attributes| caption_accuracy(rows, &judged_generated, &judged_real, attributes));
         (judged.next(), judged.collect())
     } else {
         (None, Vec::new())
@@ -577,34 +579,28 @@ fn generate(
     }))
 }
 
-/// The share of the most common value (rows without one count against it).
 /// The columns of a procedural shapes row that its caption names.
 const SHAPE_ATTRIBUTES: [&str; 4] = ["colour", "shape", "size", "position"];
 
-/// Images whose shape the pixel judge reads back with every one of `attributes` as its row
-/// says, among `generated` and among `real`; the most common combination's share beside.
+/// Images whose shape the pixel judge read back (`generated` and `real`, one judgement per
+/// image) with every one of `attributes` as its row says; the most common combination's share
+/// beside.
 fn caption_accuracy(
     rows: &[Record],
-    generated: &[RgbImage],
-    real: &[RgbImage],
+    generated: &[Option<Judgement>],
+    real: &[Option<Judgement>],
     attributes: &[&str],
 ) -> Accuracy {
-    let read = |j: &Judgement, attribute: &str| match attribute {
-        "colour" => j.colour,
-        "shape" => j.shape,
-        "size" if j.large => "large",
-        "size" => "small",
-        _ => j.position,
-    };
-    let share = |images: &[RgbImage]| {
+    let share = |judged: &[Option<Judgement>]| {
         let right = rows
             .iter()
-            .zip(images)
-            .filter(|(row, image)| {
-                judge(image).is_some_and(|j| {
-                    attributes
-                        .iter()
-                        .all(|a| row.column(a).as_deref() == Some(read(&j, a)))
+            .zip(judged)
+            .filter(|(row, j)| {
+                j.as_ref().is_some_and(|j| {
+                    attributes.iter().all(|a| {
+                        row.column(a)
+                            .is_some_and(|v| j.attribute(a) == Some(v.as_str()))
+                    })
                 })
             })
             .count();
@@ -626,6 +622,7 @@ fn caption_accuracy(
     }
 }
 
+/// The share of the most common value (rows without one count against it).
 fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
     let mut counts = std::collections::BTreeMap::new();
     let mut total = 0usize;

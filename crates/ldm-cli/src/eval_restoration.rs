@@ -2,8 +2,8 @@
 //! (downsampled f times by block averages, as the trainer makes its inputs, or a seeded
 //! rectangle cut out, as the trainer's masks are), restored by the bundle, and scored against
 //! the original beside a trivial restoration of the same input: bicubic upscaling, or the
-//! hole filled with the mean colour of the pixels around it. Inpainting is scored inside the
-//! hole, where the two differ.
+//! hole filled with the mean colour of every pixel outside it. Inpainting is scored inside
+//! the hole, where the two differ.
 
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{from_rgb, to_rgb};
+use crate::eval::{from_rgb, mean, to_rgb};
 use crate::generate::{grid, write_png, SamplingArgs};
 
 #[derive(Serialize, Deserialize)]
@@ -109,7 +109,6 @@ pub fn evaluate(
             (Some(e), Some(r)) => Some(fid(&r.features, &e.judge(images)?.features)?),
             _ => None,
         };
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         Ok(Quality {
             psnr: mean(&psnrs),
             ssim: mean(&ssims),
@@ -208,8 +207,9 @@ fn mean_fill(image: &RgbImage, hole: Hole) -> RgbImage {
     filled
 }
 
-/// Up to eight columns: originals, inputs (upscaled by nearest neighbours to be seen), the
-/// bundle's restorations, the trivial ones.
+/// Four rows of up to eight images (the grid's width; shorter rows padded white): originals,
+/// inputs (upscaled by nearest neighbours to be seen), the bundle's restorations, the trivial
+/// ones.
 fn write_samples(
     real: &[RgbImage],
     inputs: &[RgbImage],
@@ -217,14 +217,18 @@ fn write_samples(
     trivial: &[RgbImage],
     out: &Path,
 ) -> anyhow::Result<()> {
-    let shown = real.len().min(8);
-    let visible = |image: &RgbImage| -> Image {
-        let (w, h) = real[0].dimensions();
-        from_rgb(&imageops::resize(image, w, h, FilterType::Nearest))
+    const COLUMNS: usize = 8;
+    let Some((w, h)) = real.first().map(|r| r.dimensions()) else {
+        return Ok(());
     };
+    let visible = |image: &RgbImage| from_rgb(&imageops::resize(image, w, h, FilterType::Nearest));
+    let blank = from_rgb(&RgbImage::from_pixel(w, h, Rgb([255; 3])));
     let tiles: Vec<Image> = [real, inputs, restored, trivial]
         .iter()
-        .flat_map(|row| row[..shown].iter().map(visible))
+        .flat_map(|row| {
+            let shown = row.iter().take(COLUMNS).map(visible);
+            shown.chain(std::iter::repeat(blank.clone())).take(COLUMNS)
+        })
         .collect();
     write_png(&out.join("restoration-samples.png"), &grid(&tiles))
 }

@@ -134,13 +134,7 @@ fn report_shapes(rows: &[Record], images: &[image::RgbImage]) {
                 .to_string()
         };
         let Some(j) = judge(image) else { continue };
-        let got = [
-            j.colour,
-            j.shape,
-            if j.large { "large" } else { "small" },
-            j.position,
-            j.background,
-        ];
+        let got = names.map(|name| j.attribute(name).unwrap_or_default());
         for (i, name) in names.iter().enumerate() {
             right[i] += (got[i] == want(name)) as usize;
         }

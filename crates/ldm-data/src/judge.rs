@@ -17,6 +17,21 @@ pub struct Judgement {
     pub position: &'static str,
 }
 
+impl Judgement {
+    /// The value read for a caption attribute, as the shapes metadata names it ("colour",
+    /// "shape", "size", "position" or "background"); None for any other name.
+    pub fn attribute(&self, name: &str) -> Option<&'static str> {
+        match name {
+            "colour" => Some(self.colour),
+            "shape" => Some(self.shape),
+            "size" => Some(if self.large { "large" } else { "small" }),
+            "position" => Some(self.position),
+            "background" => Some(self.background),
+            _ => None,
+        }
+    }
+}
+
 /// Pixels further than this (RGB Euclidean) from the nearest palette colour are edges or
 /// noise and do not vote.
 pub(crate) const PALETTE_TOLERANCE: f32 = 70.0;

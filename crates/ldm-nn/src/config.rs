@@ -100,8 +100,10 @@ pub struct UnetConfig {
     pub groups: usize,
 }
 
-/// Above this, the finest of the position features would alternate between neighbouring
-/// latent cells of any grid this project samples.
+/// A bound on the position features' work. A frequency pi · 2^k has a period of n / 2^k
+/// cells on a grid n cells wide, so where that is under two cells (2^k > n / 2) it is constant
+/// or aliased there and adds nothing: on the 4x4 and 8x8 grids of small models, k < 2 and
+/// k < 3 are what count.
 pub const MAX_POSITION_FREQUENCIES: usize = 8;
 
 fn is_zero(n: &usize) -> bool {

@@ -128,15 +128,28 @@ pub fn load_weights_as_f32(
 }
 
 /// [`load_weights_as_f32`] for the source of a fine-tune, which may lack the parameters
-/// `may_lack` names: they keep their initialisation (zero-initialised additions, with which
-/// the network computes what the source did).
+/// `may_lack` names: they are added as zeros (for zero-initialised additions, with which the
+/// network computes what the source did).
 pub fn load_fine_tune_source(
     dir: &Path,
     file: &str,
     expected: &BTreeMap<String, Vec<usize>>,
     may_lack: fn(&str) -> bool,
 ) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    read_checked(dir, file, Some(expected), true, may_lack)
+    let mut weights = read_checked(dir, file, Some(expected), true, may_lack)?;
+    let absent: Vec<(String, Tensor)> = expected
+        .iter()
+        .filter(|(name, _)| !weights.iter().any(|(have, _)| have == *name))
+        .map(|(name, shape)| {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            (
+                name.clone(),
+                Tensor::zeros(dims, (tch::Kind::Float, tch::Device::Cpu)),
+            )
+        })
+        .collect();
+    weights.extend(absent);
+    Ok(weights)
 }
 
 fn read_checked(

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ldm_core::layout::LayoutVocabulary;
 use ldm_core::{NoiseSchedule, Prediction, TextTokenizer};
 use ldm_data::{ImageFolder, Loader, LoaderConfig};
 use ldm_nn::{ConcatKind, Conditioning, FirstStage, ModelConfig};
@@ -172,10 +173,12 @@ impl<'a> DiffusionStage<'a> {
             (None, None) => first_batch_scale(config, &cache, &loader, options.seed)?,
         };
         // A fine-tuned text encoder only understands its own token ids (a layout model's are
-        // its fixed vocabulary's, made anew).
-        let source_tokenizer = match (resumed, &options.init_from) {
-            (None, Some(source)) if config.conditioning.layout().is_none() => {
-                Some(source.join(TOKENIZER_FILE))
+        // its fixed vocabulary's, made anew, which must be the source's).
+        let source_tokenizer = match (resumed, &options.init_from, config.conditioning.layout()) {
+            (None, Some(source), None) => Some(source.join(TOKENIZER_FILE)),
+            (None, Some(source), Some(layout)) => {
+                check_layout_source(source, layout)?;
+                None
             }
             _ => None,
         };
@@ -244,6 +247,22 @@ impl<'a> DiffusionStage<'a> {
     }
 }
 
+/// Refuses to fine-tune a layout model from one trained on another vocabulary (other classes,
+/// colours or bins): the same ids would mean other words.
+fn check_layout_source(source: &Path, layout: &LayoutVocabulary) -> Result<(), TrainError> {
+    let words = layout.words();
+    let (text, length) = (words.join(" "), words.len() + 2);
+    let theirs = TextTokenizer::load(&source.join(TOKENIZER_FILE))?.encode(&text, length)?;
+    let ours = TextTokenizer::from_words(&words)?.encode(&text, length)?;
+    if theirs.ids != ours.ids {
+        return Err(TrainError::Mismatch(format!(
+            "{} was trained on another layout vocabulary than the configuration's (classes, colours or bins differ): its token ids would mean other words",
+            source.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The UNet and conditioning encoder of a checkpoint or release, checked against `config`.
 /// The source of a fine-tune may lack the UNet's position features (`unet.position_frequencies`
 /// added to a model trained without them): they start at zero.
@@ -258,19 +277,7 @@ fn trained_weights(
     } else {
         |_: &str| false
     };
-    let mut unet = checkpoint::load_fine_tune_source(checkpoint, UNET, &unet_expected, may_lack)?;
-    let absent: Vec<(String, Tensor)> = unet_expected
-        .iter()
-        .filter(|(name, _)| !unet.iter().any(|(have, _)| have == *name))
-        .map(|(name, shape)| {
-            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            (
-                name.clone(),
-                Tensor::zeros(dims, (Kind::Float, Device::Cpu)),
-            )
-        })
-        .collect();
-    unet.extend(absent);
+    let unet = checkpoint::load_fine_tune_source(checkpoint, UNET, &unet_expected, may_lack)?;
     let encoder = match (encoder_name(config), encoder_expected) {
         (Some(name), Some(expected)) => Some(checkpoint::load_weights_as_f32(
             checkpoint,

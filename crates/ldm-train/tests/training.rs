@@ -697,6 +697,23 @@ fn a_layout_model_trains_on_the_scenes_boxes_and_refuses_rows_without_layouts() 
         std::fs::read(tuned.join("tokenizer.json")).unwrap(),
         std::fs::read(ldm.join("tokenizer.json")).unwrap()
     );
+    // Not from a run of another vocabulary, whose ids mean other words.
+    let other = config(&LAYOUT.replace("\"red\", \"orange\"", "\"orange\", \"red\""));
+    let options = DiffusionOptions {
+        init_from: Some(ldm.clone()),
+        ..diffusion_options(1)
+    };
+    let err = diffusion(
+        &other,
+        (&inputs.0, &inputs.1, None),
+        &tmp.path().join("other"),
+        options,
+        1,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another layout vocabulary"), "{err}");
     // A vocabulary that does not fit the text sizes is refused when the config is read.
     let err = ModelConfig::parse(&config_text(
         &LAYOUT.replace("max_length = 20", "max_length = 16"),

@@ -4,7 +4,7 @@
 
 use ldm_core::manifest::DType;
 use ldm_nn::ops::Result;
-use ldm_nn::Ops;
+use ldm_nn::{NnError, Ops};
 
 use super::{OnnxOps, Value};
 use crate::proto;
@@ -12,6 +12,12 @@ use crate::proto;
 impl OnnxOps<'_> {
     /// [1, 2, H, W] f32 for `like` [N, C, H, W]: x then y of the pixel centres in (-1, 1).
     pub(super) fn grid_of(&mut self, like: &Value) -> Result<Value> {
+        if like.rank < 2 {
+            return Err(NnError::Shape {
+                op: "coordinate_grid",
+                message: format!("a rank-{} value has no two spatial axes", like.rank),
+            });
+        }
         let shape = self.emit("Shape", &[&like.name], vec![], 1, DType::Int64);
         let h = self.narrow(&shape, 0, like.rank - 2, 1)?;
         let w = self.narrow(&shape, 0, like.rank - 1, 1)?;
