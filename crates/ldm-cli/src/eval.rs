@@ -6,6 +6,7 @@
 //!   with its caption or class; FID, KID and precision/recall against the held-out images;
 //!   conditioning accuracy (the evaluator's first head against the row's value, and for
 //!   procedural scenes the colour and shape read back from the pixels); samples per second.
+//!   Procedural shapes are read back attribute by attribute (`eval_shapes`).
 //! - Placement (held-out scenes): the objects read back from the generated images against
 //!   the row's boxes (layout bundles) or caption (text bundles) (`eval_scenes`).
 //! - Semantic maps (semantic-map bundles): each held-out map drawn at 1x and 2x and read back
@@ -25,16 +26,16 @@ use anyhow::Context;
 use clap::Args;
 use image::{GrayImage, RgbImage};
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage};
-use ldm_data::judge::{judge, Judgement};
 use ldm_data::scene_judge::{map_mean_iou, read_scene};
 use ldm_data::{ImageFolder, Record, SEMANTIC_MAP};
 use ldm_eval::{fid, kid, ms_ssim, precision_recall, psnr, ssim, Evaluator, Judged};
-use ldm_runtime::{Backend, Bundle, Generate, Image, Pipeline};
+use ldm_runtime::{Backend, Bundle, Image, Pipeline};
 use serde::{Deserialize, Serialize};
 
 use crate::eval_restoration::{self, RestorationScores};
 use crate::eval_scenes::{self, PlacementScores};
 use crate::eval_semantic::{self, SemanticScores};
+use crate::eval_shapes;
 use crate::generate::{grid, write_png, SamplingArgs, DEFAULT_BUNDLE};
 
 #[derive(Args)]
@@ -192,6 +193,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         .map(|&i| folder.load(i, side as u32))
         .collect::<Result<Vec<_>, _>>()?;
     let real_judged = evaluator.as_mut().map(|e| e.judge(&real)).transpose()?;
+    let concat_task = bundle.manifest.conditioning.concat().map(|c| c.task);
+    let draw_maps = concat_task == Some(ConcatKind::SemanticMap) && !a.no_generation;
+    let maps = semantic_maps(&folder, &picked, side, draw_maps)?;
     let mut pipeline = Pipeline::new(bundle, a.backend, threads)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
@@ -202,7 +206,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(reconstruct(
             &mut pipeline,
             &real,
-            semantic_maps(&folder, &picked, side)?,
+            maps.as_deref(),
             evaluator.as_mut(),
             real_judged.as_ref(),
             &a.out,
@@ -220,12 +224,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             real_judged.as_ref(),
         )?
     };
-    let concat_task = pipeline
-        .bundle()
-        .manifest
-        .conditioning
-        .concat()
-        .map(|c| c.task);
     let restoration = match concat_task {
         Some(task) if task != ConcatKind::SemanticMap && !a.no_generation => {
             Some(eval_restoration::evaluate(
@@ -240,18 +238,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let semantic = if concat_task == Some(ConcatKind::SemanticMap) && !a.no_generation {
-        let folder = folder.require_semantic_maps()?;
-        Some(eval_semantic::evaluate(
+    let semantic = match (&maps, draw_maps) {
+        (Some(maps), true) => Some(eval_semantic::evaluate(
             &mut pipeline,
-            &folder,
-            &picked,
+            maps,
             &real,
             &a.sampling,
             &a.out,
-        )?)
-    } else {
-        None
+        )?),
+        _ => None,
     };
     let report = Report {
         bundle: a.bundle.display().to_string(),
@@ -326,13 +321,15 @@ pub(crate) fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
-/// The rows' semantic maps at `side`, where the folder has them.
+/// The rows' semantic maps at `side`, where the folder has them; `required` (a semantic-map
+/// bundle to draw them) refuses a folder without them.
 fn semantic_maps(
     folder: &ImageFolder,
     rows: &[usize],
     side: usize,
+    required: bool,
 ) -> anyhow::Result<Option<Vec<GrayImage>>> {
-    if !folder.records().all(|r| r.column(SEMANTIC_MAP).is_some()) {
+    if !required && !folder.records().all(|r| r.column(SEMANTIC_MAP).is_some()) {
         return Ok(None);
     }
     let folder = folder.clone().require_semantic_maps()?;
@@ -350,7 +347,7 @@ fn semantic_maps(
 fn reconstruct(
     pipeline: &mut Pipeline,
     real: &[RgbImage],
-    maps: Option<Vec<GrayImage>>,
+    maps: Option<&[GrayImage]>,
     evaluator: Option<&mut Evaluator>,
     real_judged: Option<&Judged>,
     out: &Path,
@@ -448,14 +445,8 @@ fn generate(
         return Ok(None);
     };
     let sampling = &a.sampling;
-    let request = |prompts: Vec<String>, seed: u64| {
-        let mut request = Generate::new(prompts).seed(seed).size(m.resolution);
-        request.sampler = sampling.sampler;
-        request.steps = sampling.steps;
-        request.guidance = sampling.guidance;
-        request.eta = sampling.eta;
-        request
-    };
+    let request =
+        |prompts: Vec<String>, seed: u64| sampling.request(prompts, seed).size(m.resolution);
     // The settings every chunk runs with, as the bundle's defaults resolve them.
     let plan = pipeline.plan(&request(
         prompts.iter().take(1).cloned().collect(),
@@ -546,21 +537,7 @@ fn generate(
         _ => (None, Vec::new()),
     };
     let category = (!heads.is_empty()).then(|| heads.remove(0));
-    let single_shapes = rows
-        .iter()
-        .all(|r| SHAPE_ATTRIBUTES.iter().all(|a| r.column(a).is_some()));
-    let (colour_and_shape, caption_attributes) = if single_shapes {
-        let judged_generated: Vec<_> = generated.iter().map(judge).collect();
-        let judged_real: Vec<_> = real.iter().map(judge).collect();
-        let mut judged = [["colour", "shape"].as_slice()]
-            .into_iter()
-            .chain(SHAPE_ATTRIBUTES.iter().map(std::slice::from_ref))
-            .chain([SHAPE_ATTRIBUTES.as_slice()])
-            .map(|attributes| caption_accuracy(rows, &judged_generated, &judged_real, attributes));
-        (judged.next(), judged.collect())
-    } else {
-        (None, Vec::new())
-    };
+    let (colour_and_shape, caption_attributes) = eval_shapes::score(rows, &generated, real);
     let by_boxes = m.conditioning.layout().is_some();
     let placement = eval_scenes::score(rows, &generated, real, by_boxes);
     Ok(Some(Generation {
@@ -579,51 +556,8 @@ fn generate(
     }))
 }
 
-/// The columns of a procedural shapes row that its caption names.
-const SHAPE_ATTRIBUTES: [&str; 4] = ["colour", "shape", "size", "position"];
-
-/// Images whose shape the pixel judge read back (`generated` and `real`, one judgement per
-/// image) with every one of `attributes` as its row says; the most common combination's share
-/// beside.
-fn caption_accuracy(
-    rows: &[Record],
-    generated: &[Option<Judgement>],
-    real: &[Option<Judgement>],
-    attributes: &[&str],
-) -> Accuracy {
-    let share = |judged: &[Option<Judgement>]| {
-        let right = rows
-            .iter()
-            .zip(judged)
-            .filter(|(row, j)| {
-                j.as_ref().is_some_and(|j| {
-                    attributes.iter().all(|a| {
-                        row.column(a)
-                            .is_some_and(|v| j.attribute(a) == Some(v.as_str()))
-                    })
-                })
-            })
-            .count();
-        right as f64 / rows.len().max(1) as f64
-    };
-    Accuracy {
-        column: attributes.join("+"),
-        generated: share(generated),
-        real: share(real),
-        majority: majority(rows.iter().map(|row| {
-            Some(
-                attributes
-                    .iter()
-                    .map(|a| row.column(a).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
-        })),
-    }
-}
-
 /// The share of the most common value (rows without one count against it).
-fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
+pub(crate) fn majority(values: impl Iterator<Item = Option<String>>) -> f64 {
     let mut counts = std::collections::BTreeMap::new();
     let mut total = 0usize;
     for value in values {

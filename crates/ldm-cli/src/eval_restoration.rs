@@ -11,7 +11,7 @@ use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage};
 use ldm_core::manifest::ConcatKind;
 use ldm_eval::{fid, psnr, ssim, Evaluator, Judged};
-use ldm_runtime::{Generate, Image, Pipeline};
+use ldm_runtime::{Image, Pipeline};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -62,10 +62,7 @@ pub fn evaluate(
     let (mut inputs, mut restored, mut trivial, mut holes) = (vec![], vec![], vec![], vec![]);
     for (i, original) in real.iter().enumerate() {
         let seed = sampling.seed + i as u64;
-        let mut request = Generate::new(vec![String::new()]).seed(seed);
-        request.sampler = sampling.sampler;
-        request.steps = sampling.steps;
-        request.eta = sampling.eta;
+        let mut request = sampling.request(vec![String::new()], seed);
         let (input, baseline, hole) = if task.is_inpainting() {
             let hole = random_hole(original.width(), original.height(), seed);
             request.mask = Some(from_rgb(&hole_mask(original, hole)));

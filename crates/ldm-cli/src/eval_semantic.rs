@@ -9,11 +9,10 @@ use std::path::Path;
 use image::{GrayImage, RgbImage};
 use ldm_core::semantic::ClassMap;
 use ldm_data::scene_judge::{map_mean_iou, read_scene, resize_map};
-use ldm_data::ImageFolder;
-use ldm_runtime::{Generate, Image, Pipeline};
+use ldm_runtime::{Image, Pipeline};
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{from_rgb, to_rgb};
+use crate::eval::{from_rgb, mean, to_rgb};
 use crate::generate::{grid, write_png, SamplingArgs};
 
 #[derive(Serialize, Deserialize)]
@@ -29,32 +28,28 @@ pub struct SemanticScores {
     pub ignored_map_miou: f64,
 }
 
-/// Scores `rows` of `folder` (their images in `real`, at the bundle's resolution) and writes
-/// semantic-samples.png: the real images over those generated at 1x.
+/// Scores the rows whose maps are `maps` (their images in `real`, both at the bundle's
+/// resolution) and writes semantic-samples.png: the real images over those generated at 1x.
 pub fn evaluate(
     pipeline: &mut Pipeline,
-    folder: &ImageFolder,
-    rows: &[usize],
+    maps: &[GrayImage],
     real: &[RgbImage],
     sampling: &SamplingArgs,
     out: &Path,
 ) -> anyhow::Result<SemanticScores> {
     let side = pipeline.bundle().manifest.resolution;
     let bar = crate::progress::bar("drawing maps");
-    bar.set_length(2 * rows.len() as u64);
+    bar.set_length(2 * maps.len() as u64);
     let (mut ious, mut ious_2x, mut real_ious, mut ignored) = (vec![], vec![], vec![], vec![]);
     let mut shown = Vec::new();
-    for (i, (&row, real)) in rows.iter().zip(real).enumerate() {
-        let map = folder.load_semantic_map(row, side as u32)?;
-        let asked = GrayImage::from_raw(side as u32, side as u32, map.ids.clone())
-            .expect("maps hold side x side ids");
-        real_ious.push(map_mean_iou(&asked, &read_scene(real).map));
+    for (i, (asked, real)) in maps.iter().zip(real).enumerate() {
+        real_ious.push(map_mean_iou(asked, &read_scene(real).map));
         ignored.push(map_mean_iou(
-            &asked,
+            asked,
             &GrayImage::new(side as u32, side as u32),
         ));
         for (scale, scores) in [(1, &mut ious), (2, &mut ious_2x)] {
-            let asked = resize_map(&asked, (scale * side) as u32);
+            let asked = resize_map(asked, (scale * side) as u32);
             let image = draw(pipeline, &asked, sampling, sampling.seed + i as u64)?;
             scores.push(map_mean_iou(&asked, &read_scene(&image).map));
             if scale == 1 && shown.len() < 16 {
@@ -67,9 +62,8 @@ pub fn evaluate(
     let (reals, generated): (Vec<_>, Vec<_>) = shown.into_iter().unzip();
     let tiles: Vec<Image> = reals.iter().chain(&generated).map(from_rgb).collect();
     write_png(&out.join("semantic-samples.png"), &grid(&tiles))?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(SemanticScores {
-        rows: rows.len(),
+        rows: maps.len(),
         miou: mean(&ious),
         miou_2x: mean(&ious_2x),
         real_miou: mean(&real_ious),
@@ -84,11 +78,7 @@ fn draw(
     sampling: &SamplingArgs,
     seed: u64,
 ) -> anyhow::Result<RgbImage> {
-    let mut request = Generate::new(vec![String::new()]).seed(seed);
-    request.sampler = sampling.sampler;
-    request.steps = sampling.steps;
-    request.guidance = sampling.guidance;
-    request.eta = sampling.eta;
+    let mut request = sampling.request(vec![String::new()], seed);
     request.semantic_map = Some(ClassMap {
         width: map.width() as usize,
         height: map.height() as usize,

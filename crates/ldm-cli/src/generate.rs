@@ -103,6 +103,18 @@ pub struct SamplingArgs {
     pub seed: u64,
 }
 
+impl SamplingArgs {
+    /// A request for `prompts` with these settings, its first image seeded `seed`.
+    pub fn request(&self, prompts: Vec<String>, seed: u64) -> Generate {
+        let mut request = Generate::new(prompts).seed(seed);
+        request.sampler = self.sampler;
+        request.steps = self.steps;
+        request.guidance = self.guidance;
+        request.eta = self.eta;
+        request
+    }
+}
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if args.out.extension().and_then(|e| e.to_str()) != Some("png") {
         bail!(
@@ -133,13 +145,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (None, Some(class)) => class.clone(),
         (None, None) => args.prompt.clone(),
     };
-    let mut request = Generate::new(vec![prompt; args.batch as usize])
-        .seed(args.sampling.seed)
+    let mut request = args
+        .sampling
+        .request(vec![prompt; args.batch as usize], args.sampling.seed)
         .negative_prompt(&args.negative_prompt);
-    request.sampler = args.sampling.sampler;
-    request.steps = args.sampling.steps;
-    request.guidance = args.sampling.guidance;
-    request.eta = args.sampling.eta;
     request.width = args.width.or(args.size);
     request.height = args.height.or(args.size);
     request.strength = args.strength;

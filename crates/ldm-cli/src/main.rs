@@ -8,6 +8,7 @@ mod eval;
 mod eval_restoration;
 mod eval_scenes;
 mod eval_semantic;
+mod eval_shapes;
 #[cfg(feature = "train")]
 mod export;
 mod generate;
