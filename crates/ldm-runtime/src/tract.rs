@@ -24,8 +24,9 @@ use crate::{RuntimeError, Session, Tensor, TensorData};
 
 pub struct TractSession {
     model: InferenceModel,
-    /// Runs matrix products on a thread pool when more than one thread was asked for.
-    executor: Executor,
+    /// The threads of a run, when more than one was asked for: the plan runs on one of them and
+    /// its matrix products are split over all of them.
+    pool: Option<Arc<rayon::ThreadPool>>,
     threads: usize,
     inputs: Vec<String>,
     outputs: Vec<String>,
@@ -91,14 +92,19 @@ impl TractSession {
                     .is_some_and(|d| d.to_string() == "batch")
             })
         });
-        let executor = if threads > 1 {
-            Executor::multithread(threads)
+        let pool = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("ldm-tract-{i}"))
+                .build()
+                .map_err(|e| run_failure(format!("cannot start {threads} threads: {e}")))?;
+            Some(Arc::new(pool))
         } else {
-            Executor::SingleThread
+            None
         };
         Ok(Self {
             model,
-            executor,
+            pool,
             threads,
             inputs,
             outputs,
@@ -170,8 +176,7 @@ impl Session for TractSession {
         if !splittable {
             let plan = self.plan(&ordered, None)?;
             let values = tract_values(&ordered, None)?;
-            let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(values))
-                .map_err(run_error)?;
+            let outputs = self.on_threads(|| plan.run(values)).map_err(run_error)?;
             return self.gather(&[outputs]);
         }
         let rows = rows.unwrap_or(1);
@@ -212,6 +217,18 @@ impl Session for TractSession {
 }
 
 impl TractSession {
+    /// Runs `work` on the session's threads. The calling thread waits outside the pool, so the
+    /// plan's single-threaded nodes and the pool's idle workers never compete for the same
+    /// cores (run from the caller, the plan on two threads ran slower than on one).
+    fn on_threads<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => {
+                pool.install(|| multithread_tract_scope(Executor::MultiThread(pool.clone()), work))
+            }
+            None => work(),
+        }
+    }
+
     /// The graph's outputs from the outputs of each row (or of the whole batch), joined along
     /// the first axis.
     fn gather(&self, per_row: &[TVec<TValue>]) -> Result<Vec<Tensor>, RuntimeError> {
@@ -268,7 +285,7 @@ impl TractSession {
         let mut totals: Vec<(usize, f64)> = Vec::new();
         for run in 0..=runs.max(1) {
             let values = tract_values(&ordered, None)?;
-            multithread_tract_scope(self.executor.clone(), || {
+            self.on_threads(|| {
                 state.run_plan_with_eval(values, |context, op_state, node, input| {
                     let start = std::time::Instant::now();
                     let output = tract_onnx::tract_core::plan::eval(context, op_state, node, input);
