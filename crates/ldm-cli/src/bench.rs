@@ -44,6 +44,14 @@ pub struct BenchArgs {
     /// Folder for bench.json and bench.png.
     #[arg(long, default_value = "bench")]
     out: PathBuf,
+    /// Only these measurements, comma-separated: graphs (unet, decoder, encoder,
+    /// text_encoder, class_embedder) and text-to-image (default: all the bundle has). For
+    /// paper-size models, where each run takes seconds.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip the PyTorch eager column (libtorch on the release's weights).
+    #[arg(long)]
+    no_tch: bool,
     /// Internal: one measurement, described in JSON, run in a child process.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -150,12 +158,24 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     ) {
         targets.push(Target::TextToImage);
     }
+    if !a.only.is_empty() {
+        let names: Vec<String> = targets.iter().map(|&t| target_name(t)).collect();
+        if let Some(unknown) = a.only.iter().find(|o| !names.contains(o)) {
+            bail!(
+                "--only {unknown}: the bundle's measurements are {}",
+                names.join(", ")
+            );
+        }
+        targets.retain(|&t| a.only.contains(&target_name(t)));
+    }
     // Both runtime engines on 1 and on N threads, so that they compare at the same count.
     let mut engines = vec![(Engine::Tract, 1), (Engine::OrtCpu, 1)];
     if threads > 1 {
         engines.extend([(Engine::Tract, threads), (Engine::OrtCpu, threads)]);
     }
-    engines.push((Engine::Tch, threads));
+    if !a.no_tch {
+        engines.push((Engine::Tch, threads));
+    }
     let mut rows = Vec::new();
     for &target in &targets {
         for &(engine, n) in &engines {

@@ -1,6 +1,8 @@
-//! `ldm model info`: parameter counts and multiply-accumulates of a configuration.
+//! `ldm model info`: parameter counts and multiply-accumulates of a configuration;
+//! `ldm model init`: a release of freshly initialised weights, to benchmark sizes not trained
+//! here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use ldm_nn::ModelConfig;
@@ -19,11 +21,52 @@ enum ModelCommand {
         /// Model configuration (TOML), or the reference implementation's YAML.
         config: PathBuf,
     },
+    /// A release (models/NAME layout) of the configuration with seeded random weights:
+    /// nothing learnt, for `ldm export` and `ldm bench` at the paper's sizes (needs the
+    /// `train` feature).
+    Init {
+        /// Model configuration (TOML), or the reference implementation's YAML; not text
+        /// conditioned (its tokenizer would have to be learnt).
+        config: PathBuf,
+        /// The release folder to write (replaced only once complete).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
-    let ModelCommand::Info { config: path } = args.command;
-    let config = load_config(&path)?;
+    match args.command {
+        ModelCommand::Info { config } => info(&config),
+        ModelCommand::Init { config, out, seed } => init(&config, &out, seed),
+    }
+}
+
+#[cfg(feature = "train")]
+fn init(path: &Path, out: &Path, seed: u64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = load_config(path)?;
+    let release = ldm_train::release::untrained(&config, seed)
+        .with_context(|| format!("cannot initialise {}", path.display()))?;
+    let dir = ldm_train::release::write_imported(&release, out)
+        .with_context(|| format!("cannot write the release {}", out.display()))?;
+    let parameters: u64 = config.costs()?.iter().map(|c| c.parameters).sum();
+    println!(
+        "wrote {} ({} parameters, untrained, seed {seed})",
+        dir.display(),
+        thousands(parameters)
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "train"))]
+fn init(_: &Path, _: &Path, _: u64) -> anyhow::Result<()> {
+    anyhow::bail!("ldm model init needs libtorch: build with --features train")
+}
+
+fn info(path: &Path) -> anyhow::Result<()> {
+    let config = load_config(path)?;
     let costs = config.costs()?;
     println!(
         "{}: {}x{} images, f = {}, latent {}x{}x{}, {} conditioning",

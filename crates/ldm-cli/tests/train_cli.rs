@@ -275,3 +275,85 @@ fn a_full_disk_during_a_checkpoint_is_named_and_keeps_the_last_good_one() {
         "{text}"
     );
 }
+
+/// `ldm model init`: an untrained release of a configuration exports and benchmarks like a
+/// trained one (how the paper-size figures in BENCHMARKS.md are measured); a text model,
+/// whose tokenizer would have to be learnt, is refused by name.
+#[test]
+fn an_untrained_release_exports_and_benchmarks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text_config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-text.toml");
+    let (ok, text) = output(
+        ldm()
+            .args(["model", "init", text_config, "--out"])
+            .arg(tmp.path().join("t")),
+    );
+    assert!(!ok && text.contains("no tokenizer to ship"), "{text}");
+
+    let unconditional = std::fs::read_to_string(text_config)
+        .unwrap()
+        .split("[conditioning]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[diffusion]\ntimesteps = 100\nbeta_start = 0.0015\nbeta_end = 0.0195\n";
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(&config, unconditional).unwrap();
+    let release = tmp.path().join("release");
+    let (ok, text) = output(
+        ldm()
+            .args(["model", "init"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&release),
+    );
+    assert!(ok && text.contains("untrained, seed 0"), "{text}");
+
+    let bundle = tmp.path().join("bundle");
+    let (ok, text) = output(
+        ldm()
+            .args(["export", "--fp16-weights", "--run"])
+            .arg(&release)
+            .arg("--out")
+            .arg(&bundle),
+    );
+    assert!(ok, "{text}");
+    let bench = |only: &str| {
+        output(
+            ldm()
+                .args([
+                    "bench",
+                    "--runs",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--threads",
+                    "1",
+                    "--no-tch",
+                ])
+                .args(["--only", only, "--bundle"])
+                .arg(&bundle)
+                .arg("--release")
+                .arg(&release)
+                .arg("--out")
+                .arg(tmp.path().join("bench")),
+        )
+    };
+    let (ok, text) = bench("unet");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("unet            tract       1 threads"),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("decoder") || l.contains("tch-eager   ")),
+        "{text}"
+    );
+    let (ok, text) = bench("text-to-image");
+    assert!(
+        !ok && text.contains("--only text-to-image: the bundle's measurements are"),
+        "{text}"
+    );
+}

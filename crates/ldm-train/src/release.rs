@@ -132,6 +132,55 @@ pub fn write_imported(imported: &ImportedRelease, out: &Path) -> Result<PathBuf,
     Ok(staging.commit()?)
 }
 
+/// A release of `config` with freshly initialised, seeded weights: nothing learnt, for
+/// measuring engines on networks of sizes not trained here (the paper's). Text models are
+/// refused: their tokenizer is learnt from captions.
+pub fn untrained(config: &ModelConfig, seed: u64) -> Result<ImportedRelease, TrainError> {
+    if matches!(config.conditioning, ldm_nn::Conditioning::Text { .. }) {
+        return Err(TrainError::Mismatch(
+            "an untrained text model has no tokenizer to ship: train one on captions".into(),
+        ));
+    }
+    tch::manual_seed(seed as i64);
+    let device = tch::Device::Cpu;
+    let (unet, text_encoder) = {
+        let _no_grad = tch::no_grad_guard();
+        let denoiser = crate::denoiser::Denoiser::new(config, device, None)?;
+        split_named(config, &denoiser.named_params())
+    };
+    let autoencoder = match config.autoencoder.regularizer {
+        ldm_nn::FirstStage::Identity => None,
+        _ => {
+            let _no_grad = tch::no_grad_guard();
+            let mut ops = crate::TchOps::new(device);
+            let side = config.resolution as i64;
+            let channels = config.autoencoder.in_channels as i64;
+            let probe = Tensor::zeros([1, channels, side, side], (Kind::Float, device));
+            let latent = autoencoder::encode_mode(&mut ops, config, &probe)?;
+            let _ = ldm_nn::autoencoder::decode(
+                &mut ops,
+                &config.autoencoder,
+                config.resolution,
+                &latent,
+            )?;
+            Some(crate::tensors::sorted_params(&ops))
+        }
+    };
+    Ok(ImportedRelease {
+        config: config.clone(),
+        scale_factor: 1.0,
+        record: ImportRecord {
+            source: format!("untrained, seed {seed}"),
+            ema: false,
+        },
+        unet,
+        text_encoder,
+        autoencoder,
+        tokenizer: None,
+        guidance: 1.0,
+    })
+}
+
 /// A loaded release, weights as f32 on the CPU.
 pub struct Release {
     pub config: ModelConfig,
