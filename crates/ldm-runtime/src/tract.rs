@@ -12,7 +12,7 @@
 //! multi-threaded matrix products lose to one thread at these sizes (81 ms against 37 ms for
 //! the UNet at batch 1), where rows on threads of their own scale.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
@@ -24,7 +24,12 @@ use crate::session::in_graph_order;
 use crate::{RuntimeError, Session, Tensor, TensorData};
 
 pub struct TractSession {
-    model: InferenceModel,
+    /// The graph's file, parsed again for each new plan.
+    source: PathBuf,
+    /// The graph as parsed at load, until the first plan takes it. Kept for the session's life
+    /// it would hold every weight a second time (as stored, beside the plans' packed copies):
+    /// a plan for a new shape parses the file again instead.
+    parsed: Option<InferenceModel>,
     /// The threads of a run, when more than one was asked for: the plan runs on one of them and
     /// its matrix products are split over all of them.
     pool: Option<Arc<rayon::ThreadPool>>,
@@ -40,6 +45,16 @@ pub struct TractSession {
 
 /// Optimised plans a session keeps (each may hold its own packed copy of the weights).
 pub const MAX_PLANS: usize = 8;
+
+fn parse(path: &Path) -> Result<InferenceModel, RuntimeError> {
+    tract_onnx::onnx()
+        .model_for_path(path)
+        .map_err(|e| RuntimeError::Load {
+            engine: "tract",
+            path: path.to_path_buf(),
+            message: ldm_core::one_line(e.as_ref()),
+        })
+}
 
 fn run_error(e: TractError) -> RuntimeError {
     run_failure(ldm_core::one_line(e.as_ref()))
@@ -61,13 +76,7 @@ impl TractSession {
     /// Loads a graph whose matrix products use `threads` threads.
     pub fn with_threads(path: &Path, threads: usize) -> Result<Self, RuntimeError> {
         let threads = crate::bundle::check_threads(threads)?;
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| RuntimeError::Load {
-                engine: "tract",
-                path: path.to_path_buf(),
-                message: ldm_core::one_line(e.as_ref()),
-            })?;
+        let model = parse(path)?;
         let inputs: Vec<String> = model
             .input_outlets()
             .expect("an inference model lists its inputs")
@@ -104,7 +113,8 @@ impl TractSession {
             None
         };
         Ok(Self {
-            model,
+            source: path.to_path_buf(),
+            parsed: Some(model),
             pool,
             threads,
             inputs,
@@ -136,7 +146,10 @@ impl TractSession {
             self.plans.push(entry);
             return Ok(plan);
         }
-        let mut model = self.model.clone();
+        let mut model = match self.parsed.take() {
+            Some(model) => model,
+            None => parse(&self.source)?,
+        };
         for (index, (tensor, shape)) in inputs.iter().zip(&key).enumerate() {
             let datum = match tensor.data() {
                 TensorData::F32(_) => f32::datum_type(),
@@ -423,6 +436,8 @@ fn with_f32_weights(mut model: TypedModel) -> TractResult<TypedModel> {
         patch.shunt_outside(&model, id.into(), wire)?;
         patch.apply(&mut model)?;
     }
+    // Drops the f16 originals now, before optimising allocates the packed copies.
+    model.compact()?;
     Ok(model)
 }
 

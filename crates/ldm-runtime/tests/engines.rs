@@ -134,6 +134,30 @@ fn tract_spreads_the_rows_of_a_batch_over_its_threads() {
     check(&mut session);
 }
 
+/// A session holds its plans, not a second copy of the graph: a new shape reads the file
+/// again, and a file gone by then is named, while the plans already made still run.
+#[test]
+fn tract_reads_the_graph_again_for_a_new_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_graph_over(dir.path(), "n");
+    let mut session = TractSession::load(&path).unwrap();
+    let run = |session: &mut TractSession, rows: usize| {
+        let input = Tensor::f32(&[rows, 3], vec![0.5; rows * 3]).unwrap();
+        session
+            .run(&[("x", &input)])
+            .map(|out| out[0].shape().to_vec())
+    };
+    assert_eq!(run(&mut session, 2).unwrap(), [2, 2]);
+    assert_eq!(run(&mut session, 3).unwrap(), [3, 2]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(run(&mut session, 2).unwrap(), [2, 2]);
+    let err = run(&mut session, 4).unwrap_err().to_string();
+    assert!(
+        err.contains("tiny.onnx") && err.contains("tract cannot load"),
+        "{err}"
+    );
+}
+
 #[test]
 fn tract_names_a_corrupt_file() {
     let dir = tempfile::tempdir().unwrap();
