@@ -122,6 +122,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
+    if args.max_memory.is_some() {
+        crate::allocator::return_large_blocks();
+    }
     let loading = Instant::now();
     let bundle = Bundle::load(&args.bundle).with_context(|| {
         format!(
