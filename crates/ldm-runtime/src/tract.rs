@@ -8,9 +8,15 @@
 //! A batch of several rows runs as rows of one, spread over the session's threads, each row
 //! on a single-threaded plan. `ldm profile` shows why: tract's plans at batch 1 fuse what its
 //! plans for larger batches do not (lazy im2col, chained multiply-adds, broadcasts along one
-//! axis), so for the shipped UNet batch 2 costs 3.1x batch 1 and batch 8 11.4x; and its
-//! multi-threaded matrix products lose to one thread at these sizes (81 ms against 37 ms for
-//! the UNet at batch 1), where rows on threads of their own scale.
+//! axis), so for the shipped UNet batch 2 costs 3.1x batch 1 and batch 8 11.4x, where rows on
+//! threads of their own scale. A single row runs on the session's thread pool, which splits its
+//! matrix products.
+//!
+//! Each plan is built from the parsed graph in three steps of our own around tract's optimiser
+//! (BENCHMARKS.md, "Where tract spends its time"): f16 weights widened once, the optimised
+//! plan's constants given natural strides, and the run itself inside the pool. Constants
+//! inside a loop's body (the sliced attention's) keep tract's strides: the body is optimised
+//! inside its loop node.
 
 use std::path::{Path, PathBuf};
 
