@@ -21,6 +21,19 @@ pub fn expected_params(config: &ModelConfig) -> Result<BTreeMap<String, Vec<usiz
     Ok(params)
 }
 
+/// One forward pass of a blank image through `ops`'s encoder and decoder: what creates a fresh
+/// first stage's parameters (and checks loaded ones against the configuration).
+pub fn probe(ops: &mut TchOps, config: &ModelConfig, device: Device) -> Result<(), TrainError> {
+    let (side, channels) = (
+        config.resolution as i64,
+        config.autoencoder.in_channels as i64,
+    );
+    let image = Tensor::zeros([1, channels, side, side], (tch::Kind::Float, device));
+    let latent = encode_mode(ops, config, &image)?;
+    let _ = autoencoder::decode(ops, &config.autoencoder, config.resolution, &latent)?;
+    Ok(())
+}
+
 /// The encoder's latent as the decoder takes it: the posterior's mode (KL), the
 /// pre-quantisation latent (VQ; the decoder quantises).
 pub fn encode_mode(

@@ -113,7 +113,6 @@ impl<'a> AutoencoderStage<'a> {
         device: Device,
     ) -> Result<Self, TrainError> {
         let (ae, options) = (&config.autoencoder, begun.options.clone());
-        let size = config.resolution as i64;
         let loader = Loader::new(
             folder,
             LoaderConfig {
@@ -146,12 +145,7 @@ impl<'a> AutoencoderStage<'a> {
                 load_var_store(&disc_vs, &source, DISCRIMINATOR)?;
             }
         }
-        let probe = Tensor::zeros(
-            [1, ae.in_channels as i64, size, size],
-            (Kind::Float, device),
-        );
-        let latent = encode_mode(&mut ops, config, &probe)?;
-        let _ = autoencoder::decode(&mut ops, ae, config.resolution, &latent)?;
+        crate::autoencoder::probe(&mut ops, config, device)?;
         ops.freeze();
         let params = sorted_params(&ops);
         let adam = AdamConfig {

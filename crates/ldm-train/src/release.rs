@@ -153,16 +153,7 @@ pub fn untrained(config: &ModelConfig, seed: u64) -> Result<ImportedRelease, Tra
         _ => {
             let _no_grad = tch::no_grad_guard();
             let mut ops = crate::TchOps::new(device);
-            let side = config.resolution as i64;
-            let channels = config.autoencoder.in_channels as i64;
-            let probe = Tensor::zeros([1, channels, side, side], (Kind::Float, device));
-            let latent = autoencoder::encode_mode(&mut ops, config, &probe)?;
-            let _ = ldm_nn::autoencoder::decode(
-                &mut ops,
-                &config.autoencoder,
-                config.resolution,
-                &latent,
-            )?;
+            autoencoder::probe(&mut ops, config, device)?;
             Some(crate::tensors::sorted_params(&ops))
         }
     };
