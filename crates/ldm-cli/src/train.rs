@@ -164,6 +164,12 @@ struct DiffusionArgs {
     /// Classifier-free guidance of the sample grids (default 3).
     #[arg(long)]
     sample_guidance: Option<f64>,
+    /// With --init-from: start the UNet from the source's layers that fit this configuration
+    /// (another conditioning: a class embedding, concatenated channels, none), new input
+    /// channels at zero, the rest and the conditioning encoder fresh; the latent scale factor
+    /// is the source's, so give the source's first stage as --autoencoder.
+    #[arg(long, requires = "init_from")]
+    transplant: bool,
 }
 
 #[derive(Args)]
@@ -386,6 +392,7 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         sample_steps: a.sample_steps.unwrap_or(d.sample_steps),
         sample_guidance: a.sample_guidance.unwrap_or(d.sample_guidance),
         init_from: c.init_from.clone(),
+        transplant: a.transplant,
         ..d
     };
     anyhow::ensure!(
@@ -409,6 +416,11 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         options.sample_guidance.abs() <= MAX_GUIDANCE,
         "--sample-guidance must be within -{MAX_GUIDANCE}..={MAX_GUIDANCE}"
     );
+    if let (Some(source), true, false) = (&options.init_from, options.transplant, c.run.resume) {
+        let (plan, _) = ldm_train::transplant::from_source(source, &config)
+            .with_context(|| format!("--transplant from {}", source.display()))?;
+        eprintln!("transplant from {}: {plan}", source.display());
+    }
     let validation = c.validation();
     let inputs = DiffusionInputs {
         data: &c.data,

@@ -23,8 +23,9 @@ use crate::preview::Preview;
 pub use crate::records::{DiffusionOptions, DiffusionState};
 use crate::release::{self, TOKENIZER_FILE};
 use crate::run::{self, Cadence, Start};
-use crate::tensors::{detached, shallow, NamedWeights};
+use crate::tensors::{detached, shallow, sorted_params, NamedWeights};
 use crate::trainer::{self, Begun, Stage, StepReport, Summary};
+use crate::transplant;
 use crate::{TchOps, TrainError};
 
 #[derive(Debug, Clone)]
@@ -174,7 +175,9 @@ impl<'a> DiffusionStage<'a> {
         };
         // A fine-tuned text encoder only understands its own token ids (a layout model's are
         // its fixed vocabulary's, made anew, which must be the source's).
+        // A transplant starts the encoder fresh, with a tokenizer of its own.
         let source_tokenizer = match (resumed, &options.init_from, config.conditioning.layout()) {
+            (None, Some(_), _) if options.transplant => None,
             (None, Some(source), None) => Some(source.join(TOKENIZER_FILE)),
             (None, Some(source), Some(layout)) => {
                 check_layout_source(source, layout)?;
@@ -188,11 +191,17 @@ impl<'a> DiffusionStage<'a> {
         // The trainable networks, their optimiser and average.
         tch::manual_seed(options.seed as i64);
         let weights_from = release::weights_source(&begun.start, options.init_from.as_deref())?;
-        let model = match &weights_from {
-            None => Denoiser::new(config, device, None)?,
-            Some(checkpoint) => {
-                let fine_tune = matches!(begun.start, Start::Fresh);
-                let weights = trained_weights(checkpoint, config, fine_tune)?;
+        let fresh = matches!(begun.start, Start::Fresh);
+        let model = match (&weights_from, &options.init_from) {
+            (None, _) => Denoiser::new(config, device, None)?,
+            (Some(_), Some(source)) if fresh && options.transplant => {
+                let model = Denoiser::new(config, device, None)?;
+                let (plan, weights) = transplant::from_source(source, config)?;
+                transplant::apply(&plan, &weights, &sorted_params(&model.unet));
+                model
+            }
+            (Some(checkpoint), _) => {
+                let weights = trained_weights(checkpoint, config, fresh)?;
                 Denoiser::new(config, device, Some(weights))?
             }
         };

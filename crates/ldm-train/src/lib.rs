@@ -32,6 +32,7 @@ mod tch_ops;
 pub mod tensors;
 pub mod trained;
 pub mod trainer;
+pub mod transplant;
 
 pub use device::{parse_device, DeviceError};
 pub use error::TrainError;

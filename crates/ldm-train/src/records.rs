@@ -104,6 +104,10 @@ pub struct DiffusionOptions {
     /// (fresh optimiser and average, step 0; a text model keeps that run's tokenizer).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// With `init_from`: take only the source UNet's layers that fit this configuration
+    /// (`crate::transplant`); the conditioning encoder starts fresh.
+    #[serde(default)]
+    pub transplant: bool,
 }
 
 impl Default for DiffusionOptions {
@@ -124,6 +128,7 @@ impl Default for DiffusionOptions {
             sample_sampler: default_sample_sampler(),
             sample_eta: default_sample_eta(),
             init_from: None,
+            transplant: false,
         }
     }
 }
