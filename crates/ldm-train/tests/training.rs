@@ -389,6 +389,44 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         let largest = t.abs().max().double_value(&[]);
         assert!(largest < 0.01, "{name} began at zero, now {largest}");
     }
+    // A transplant starts a model of another conditioning (inpainting: the masked image's
+    // latent and the mask concatenated to the latent) from the text model's layers that fit:
+    // the input convolution keeps the source's channels, the new ones start at zero; the
+    // attention blocks, which the text model's spatial transformers are not, start fresh.
+    let inpainting = config("[conditioning]\nkind = \"concat\"\ntask = \"inpainting\"");
+    let options = DiffusionOptions {
+        transplant: true,
+        learning_rate: 1e-9,
+        ..tuned_from(&shipped)
+    };
+    let grafted = tmp.path().join("ldm-transplant");
+    let grafted = diffusion(&inpainting, on_release, &grafted, options, 15, false).unwrap();
+    let source = weights(&shipped, "unet");
+    let grafted = weights(&grafted.checkpoint, "unet");
+    let find = |set: &[(String, Tensor)], name: &str| {
+        set.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    let input = find(&grafted, "input_blocks.0.0.weight").unwrap();
+    let theirs = find(&source, "input_blocks.0.0.weight").unwrap();
+    assert_eq!((input.size()[1], theirs.size()[1]), (7, 3));
+    assert!(gap(&input.narrow(1, 0, 3), &theirs) < 1e-6);
+    assert!(input.narrow(1, 3, 4).abs().max().double_value(&[]) < 1e-6);
+    for name in ["time_embed.0.weight", "out.2.weight"] {
+        let moved = gap(&find(&grafted, name).unwrap(), &find(&source, name).unwrap());
+        assert!(moved < 1e-6, "{name} moved {moved}");
+    }
+    let fresh: Vec<&String> = grafted
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| find(&source, n).is_none())
+        .collect();
+    assert!(
+        !fresh.is_empty() && fresh.iter().all(|n| n.contains(".1.")),
+        "{fresh:?}"
+    );
     let rereleased = tmp.path().join("release-2");
     release::write_release(&from_release, &rereleased).unwrap();
     let (before, after) = (
