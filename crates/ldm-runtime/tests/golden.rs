@@ -1,5 +1,5 @@
-//! Golden outputs of the shipped bundles (the default, emoji-text, shapes-text, scenes-semantic
-//! and scenes-layout): a seeded generation summarised (rounded) and snapshotted per backend, so
+//! Golden outputs of the shipped bundles (the default, emoji-text, shapes-text, scenes-semantic,
+//! scenes-layout and the emoji class, unconditional, super-resolution and inpainting ones): a seeded generation summarised (rounded) and snapshotted per backend, so
 //! a change to a sampler, a graph or the pipeline that moves the numbers fails here; and
 //! tract against ONNX Runtime step by step, within tolerances.
 
@@ -224,14 +224,172 @@ fn a_layout_draws_the_objects_it_names_and_matches_its_snapshot() {
     insta::assert_snapshot!("scenes-layout_tract_ddim", summary(&trajectory, &images));
 }
 
+/// A `side` x `side` image of `colour(x, y)`.
+fn image_of(side: usize, colour: impl Fn(usize, usize) -> [u8; 3]) -> Image {
+    Image {
+        width: side,
+        height: side,
+        rgb: (0..side * side)
+            .flat_map(|i| colour(i % side, i / side))
+            .collect(),
+    }
+}
+
+/// A red disk on white, `side` pixels square: an emoji-like picture to upscale or repaint.
+fn red_disk(side: usize) -> Image {
+    let centre = side as f32 / 2.0;
+    image_of(side, |x, y| {
+        let (x, y) = (x as f32 + 0.5 - centre, y as f32 + 0.5 - centre);
+        if x * x + y * y < (0.4 * side as f32).powi(2) {
+            [220, 40, 30]
+        } else {
+            [255, 255, 255]
+        }
+    })
+}
+
+fn superres_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let request = Generate::new(vec![String::new()])
+        .sampler("ddim".parse::<SamplerKind>().unwrap())
+        .init_image(red_disk(16), 1.0);
+    run_request("emoji-superres", backend, request)
+}
+
+/// Mean absolute difference per channel value between `image` shrunk by `factor` (box filter)
+/// and `small`.
+fn downscaled_gap(image: &Image, factor: usize, small: &Image) -> f32 {
+    let mut total = 0f32;
+    for y in 0..small.height {
+        for x in 0..small.width {
+            for c in 0..3 {
+                let mut sum = 0f32;
+                for dy in 0..factor {
+                    for dx in 0..factor {
+                        let (px, py) = (x * factor + dx, y * factor + dy);
+                        sum += image.rgb[3 * (py * image.width + px) + c] as f32;
+                    }
+                }
+                let mean = sum / (factor * factor) as f32;
+                total += (mean - small.rgb[3 * (y * small.width + x) + c] as f32).abs();
+            }
+        }
+    }
+    total / (3 * small.width * small.height) as f32
+}
+
+#[test]
+fn super_resolution_keeps_its_low_resolution_image_and_matches_its_snapshot() {
+    let (trajectory, images) = superres_run(Backend::Tract);
+    let image = &images[0];
+    assert_eq!((image.width, image.height), (64, 64));
+    // Shrunk back to 16x16 the output is the input (an image that ignored it would be a
+    // random emoji, 60 or more off on average).
+    let gap = downscaled_gap(image, 4, &red_disk(16));
+    assert!(
+        gap < 12.0,
+        "4x downscaled, {gap:.1} off the low-resolution input"
+    );
+    insta::assert_snapshot!("emoji-superres_tract_ddim", summary(&trajectory, &images));
+}
+
+/// The red disk at 64x64, its centre (24x24) masked to be drawn anew.
+fn inpainting_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let request = Generate::new(vec![String::new()])
+        .sampler("ddim".parse::<SamplerKind>().unwrap())
+        .init_image(red_disk(64), 1.0)
+        .mask(centre_mask(64));
+    run_request("emoji-inpainting", backend, request)
+}
+
+/// White (drawn anew) over the middle 3/8 of each side (24 of 64 pixels, as
+/// `examples/centre-mask.png`), black elsewhere.
+fn centre_mask(side: usize) -> Image {
+    let hole = (side * 5 / 16)..(side * 11 / 16);
+    image_of(side, |x, y| {
+        [if hole.contains(&x) && hole.contains(&y) {
+            255
+        } else {
+            0
+        }; 3]
+    })
+}
+
+#[test]
+fn inpainting_keeps_what_the_mask_keeps_and_matches_its_snapshot() {
+    let (trajectory, images) = inpainting_run(Backend::Tract);
+    let (image, original, mask) = (&images[0], red_disk(64), centre_mask(64));
+    assert_eq!((image.width, image.height), (64, 64));
+    // Outside the mask the picture is the input's (through the first stage's round trip).
+    let kept: Vec<usize> = (0..64 * 64).filter(|&i| mask.rgb[3 * i] == 0).collect();
+    let gap = kept
+        .iter()
+        .flat_map(|&i| (0..3).map(move |c| 3 * i + c))
+        .map(|k| (image.rgb[k] as f32 - original.rgb[k] as f32).abs())
+        .sum::<f32>()
+        / (3 * kept.len()) as f32;
+    assert!(gap < 8.0, "{gap:.1} off the input where the mask keeps it");
+    insta::assert_snapshot!("emoji-inpainting_tract_ddim", summary(&trajectory, &images));
+}
+
+/// Two images of two categories from the class bundle.
+fn class_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let prompts = vec!["Flags".into(), "Smileys & Emotion".into()];
+    let request = Generate::new(prompts).sampler("ddim".parse::<SamplerKind>().unwrap());
+    run_request("emoji-class", backend, request)
+}
+
+/// Two images (seeds 42 and 43) from the unconditional bundle.
+fn unconditional_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let request =
+        Generate::new(vec![String::new(); 2]).sampler("ddim".parse::<SamplerKind>().unwrap());
+    run_request("emoji-unconditional", backend, request)
+}
+
+#[test]
+fn class_and_unconditional_bundles_match_their_snapshots() {
+    let runs: [(&str, Run); 2] = [
+        ("emoji-class", class_run),
+        ("emoji-unconditional", unconditional_run),
+    ];
+    for (bundle, run) in runs {
+        let (trajectory, images) = run(Backend::Tract);
+        // Not a blank: each image holds an emoji's worth of contrast.
+        for image in &images {
+            let n = image.rgb.len() as f32;
+            let mean = image.rgb.iter().map(|&v| v as f32).sum::<f32>() / n;
+            let var = image
+                .rgb
+                .iter()
+                .map(|&v| (v as f32 - mean).powi(2))
+                .sum::<f32>()
+                / n;
+            assert!(var.sqrt() > 20.0, "{bundle}: std {:.1}", var.sqrt());
+        }
+        insta::assert_snapshot!(
+            format!("{bundle}_tract_ddim"),
+            summary(&trajectory, &images)
+        );
+    }
+}
+
+/// A bundle's request on one backend: the latents after every step, and the images.
+type Run = fn(Backend) -> (Vec<Vec<f32>>, Vec<Image>);
+
+/// Each task's request above, on ONNX Runtime as on tract.
 #[cfg(feature = "ort")]
 #[test]
-fn onnxruntime_follows_tract_on_a_layout() {
-    assert_engines_agree(
-        "scenes-layout",
-        &layout_run(Backend::Tract),
-        &layout_run(Backend::OrtCpu),
-    );
+fn onnxruntime_follows_tract_on_every_task() {
+    let runs: [(&str, Run); 6] = [
+        ("scenes-semantic", semantic_run),
+        ("scenes-layout", layout_run),
+        ("emoji-superres", superres_run),
+        ("emoji-inpainting", inpainting_run),
+        ("emoji-class", class_run),
+        ("emoji-unconditional", unconditional_run),
+    ];
+    for (bundle, run) in runs {
+        assert_engines_agree(bundle, &run(Backend::Tract), &run(Backend::OrtCpu));
+    }
 }
 
 /// Two engines' runs of one request agree: latents within 1e-3 after every step, pixels
@@ -265,16 +423,6 @@ fn assert_engines_agree(
             .unwrap();
         assert!(worst <= 2, "{what}: pixels differ by {worst} of 255");
     }
-}
-
-#[cfg(feature = "ort")]
-#[test]
-fn onnxruntime_follows_tract_on_a_semantic_map() {
-    assert_engines_agree(
-        "scenes-semantic",
-        &semantic_run(Backend::Tract),
-        &semantic_run(Backend::OrtCpu),
-    );
 }
 
 #[cfg(feature = "ort")]
