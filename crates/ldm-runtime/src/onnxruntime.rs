@@ -50,10 +50,9 @@ fn environment() -> Result<&'static ort::environment::Environment, RuntimeError>
     });
     match result {
         Ok(environment) => Ok(environment),
-        Err(message) => Err(RuntimeError::Load {
-            engine: "onnxruntime",
-            path: PathBuf::new(),
-            message: message.clone(),
+        Err(message) => Err(RuntimeError::BackendUnavailable {
+            name: "onnxruntime".into(),
+            reason: message.clone(),
         }),
     }
 }

@@ -415,7 +415,10 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     assert!(gap(&input.narrow(1, 0, 3), &theirs) < 1e-6);
     assert!(input.narrow(1, 3, 4).abs().max().double_value(&[]) < 1e-6);
     for name in ["time_embed.0.weight", "out.2.weight"] {
-        let moved = gap(&find(&grafted, name).unwrap(), &find(&source, name).unwrap());
+        let moved = gap(
+            &find(&grafted, name).unwrap(),
+            &find(&source, name).unwrap(),
+        );
         assert!(moved < 1e-6, "{name} moved {moved}");
     }
     let fresh: Vec<&String> = grafted
