@@ -152,7 +152,14 @@ pub fn from_source(
     let weights = checkpoint::load_weights_as_f32(&folder, "unet", None)?;
     let theirs = shapes_of(&weights);
     let (ours, _) = expected_params(config)?;
-    Ok((plan(&theirs, &ours), weights))
+    let plan = plan(&theirs, &ours);
+    if plan.taken.is_empty() && plan.widened.is_empty() {
+        return Err(TrainError::Mismatch(format!(
+            "--transplant: no UNet layer of {} fits this configuration (its widths differ: model_channels, channel_mult)",
+            source.display()
+        )));
+    }
+    Ok((plan, weights))
 }
 
 /// Parameter shapes of named weights.
