@@ -209,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn a_layer_is_the_name_up_to_its_last_index() {
+    fn a_layer_is_the_name_up_to_its_first_run_of_indexes() {
         assert_eq!(
             layer_of("input_blocks.4.1.proj_in.weight"),
             "input_blocks.4.1"
