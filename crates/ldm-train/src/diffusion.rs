@@ -192,15 +192,15 @@ impl<'a> DiffusionStage<'a> {
         tch::manual_seed(options.seed as i64);
         let weights_from = release::weights_source(&begun.start, options.init_from.as_deref())?;
         let fresh = matches!(begun.start, Start::Fresh);
-        let model = match (&weights_from, &options.init_from) {
-            (None, _) => Denoiser::new(config, device, None)?,
-            (Some(_), Some(source)) if fresh && options.transplant => {
+        let model = match &weights_from {
+            None => Denoiser::new(config, device, None)?,
+            Some(folder) if fresh && options.transplant => {
                 let model = Denoiser::new(config, device, None)?;
-                let (plan, weights) = transplant::from_source(source, config)?;
+                let (plan, weights) = transplant::from_folder(folder, config)?;
                 transplant::apply(&plan, &weights, &sorted_params(&model.unet));
                 model
             }
-            (Some(checkpoint), _) => {
+            Some(checkpoint) => {
                 let weights = trained_weights(checkpoint, config, fresh)?;
                 Denoiser::new(config, device, Some(weights))?
             }

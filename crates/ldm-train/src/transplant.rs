@@ -18,6 +18,7 @@ use tch::Tensor;
 use ldm_nn::ModelConfig;
 
 use crate::denoiser::expected_params;
+use crate::run::Start;
 use crate::tensors::NamedWeights;
 use crate::{checkpoint, release, TrainError};
 
@@ -145,18 +146,23 @@ pub fn from_source(
     source: &Path,
     config: &ModelConfig,
 ) -> Result<(Plan, NamedWeights), TrainError> {
-    let folder = release::weights_folder(source)?.ok_or_else(|| TrainError::NoWeights {
-        path: source.to_path_buf(),
-        what: "--transplant: no checkpoint there (it must be a run folder of `ldm train` or a release of `ldm train release`)".into(),
-    })?;
-    let weights = checkpoint::load_weights_as_f32(&folder, "unet", None)?;
+    let folder = release::weights_source(&Start::Fresh, Some(source))?;
+    from_folder(folder.as_deref().unwrap_or(source), config)
+}
+
+/// [`from_source`] for a source already resolved to its weights folder.
+pub(crate) fn from_folder(
+    folder: &Path,
+    config: &ModelConfig,
+) -> Result<(Plan, NamedWeights), TrainError> {
+    let weights = checkpoint::load_weights_as_f32(folder, "unet", None)?;
     let theirs = shapes_of(&weights);
     let (ours, _) = expected_params(config)?;
     let plan = plan(&theirs, &ours);
     if plan.taken.is_empty() && plan.widened.is_empty() {
         return Err(TrainError::Mismatch(format!(
             "--transplant: no UNet layer of {} fits this configuration (its widths differ: model_channels, channel_mult)",
-            source.display()
+            folder.display()
         )));
     }
     Ok((plan, weights))
