@@ -41,6 +41,11 @@ enum TrainCommand {
         /// Release folder to write (replaced once the new one is complete).
         #[arg(long)]
         out: PathBuf,
+        /// Ship the first stage of this autoencoder run or release instead of the run's own:
+        /// a decoder fine-tuned with `ldm train autoencoder --decoder-only` from it (the
+        /// encoder must be the same to the bit).
+        #[arg(long)]
+        decoder_from: Option<PathBuf>,
     },
 }
 
@@ -125,6 +130,10 @@ struct AutoencoderArgs {
     /// Do not mirror training images.
     #[arg(long)]
     no_flip: bool,
+    /// Fine-tune the decoder only (with --init-from): the encoder's latents stay as they are,
+    /// so diffusion models trained on them keep working with the new decoder.
+    #[arg(long, requires = "init_from")]
+    decoder_only: bool,
 }
 
 #[derive(Args)]
@@ -202,8 +211,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         TrainCommand::Autoencoder(a) => autoencoder(a),
         TrainCommand::Diffusion(a) => diffusion(a),
         TrainCommand::Sample(a) => crate::sample::run(a),
-        TrainCommand::Release { run, out } => {
-            let dir = ldm_train::release::write_release(&run, &out)
+        TrainCommand::Release {
+            run,
+            out,
+            decoder_from,
+        } => {
+            let dir = ldm_train::release::write_release(&run, decoder_from.as_deref(), &out)
                 .with_context(|| format!("releasing {}", run.display()))?;
             println!(
                 "wrote the release of {} to {}",
@@ -334,6 +347,7 @@ fn autoencoder(a: AutoencoderArgs) -> anyhow::Result<()> {
         disc_weight: a.disc_weight.unwrap_or(d.disc_weight),
         disc_layers: a.disc_layers.map_or(d.disc_layers, usize::from),
         init_from: c.init_from.clone(),
+        decoder_only: a.decoder_only,
         ..d
     };
     for (name, weight) in [

@@ -13,6 +13,12 @@ use crate::{checkpoint, gaussian, TchOps, TrainError};
 /// Checkpoint (and release) file of the first stage's weights.
 pub const AUTOENCODER: &str = "autoencoder";
 
+/// Whether `name` is one of the decoder's own weights: what a `--decoder-only` fine-tune
+/// trains. Everything else (the encoder, a VQ codebook) decides the latents.
+pub fn is_decoder_param(name: &str) -> bool {
+    name.starts_with("decoder.")
+}
+
 /// Names and shapes of the first stage's parameters: its encoder's and decoder's graphs
 /// together (one file holds both).
 pub fn expected_params(config: &ModelConfig) -> Result<BTreeMap<String, Vec<usize>>, TrainError> {

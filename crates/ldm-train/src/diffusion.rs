@@ -424,7 +424,7 @@ fn alpha_bar_tensor(schedule: &NoiseSchedule, complement: bool, device: Device) 
 
 /// Where the frozen first stage comes from: the latest checkpoint of an autoencoder run, or a
 /// release (`models/NAME`, which ships its first stage), checked against this model's.
-fn first_stage_checkpoint(
+pub(crate) fn first_stage_checkpoint(
     config: &ModelConfig,
     source: Option<&Path>,
 ) -> Result<Option<PathBuf>, TrainError> {

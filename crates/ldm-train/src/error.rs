@@ -26,6 +26,9 @@ pub enum TrainError {
     /// `--out` already holds a run and `--resume` was not given.
     #[error("{} already holds a run (latest checkpoint {}); pass --resume to continue it, or choose another --out", out.display(), checkpoint.display())]
     ExistingRun { out: PathBuf, checkpoint: PathBuf },
+    /// Another process is training in `--out` now.
+    #[error("{} is in use by another training process (it holds {}); wait for it or stop it", out.display(), crate::run::LOCK_FILE)]
+    RunInUse { out: PathBuf },
     /// The run in `--out` cannot continue as asked.
     #[error("{}: cannot resume: {reason}", checkpoint.display())]
     NotResumable { checkpoint: PathBuf, reason: String },

@@ -154,7 +154,15 @@ impl<'a> AutoencoderStage<'a> {
             eps: 1e-8,
             weight_decay: 0.0,
         };
-        let mut opt = AdamW::new(shallow(&params), adam);
+        let (trained, frozen): (NamedWeights, NamedWeights) =
+            shallow(&params).into_iter().partition(|(name, _)| {
+                !options.decoder_only || crate::autoencoder::is_decoder_param(name)
+            });
+        // Frozen weights (the encoder, a codebook) get no gradient at all.
+        for (_, tensor) in &frozen {
+            let _ = tensor.set_requires_grad(false);
+        }
+        let mut opt = AdamW::new(trained, adam);
         let mut disc_opt = AdamW::new(var_store_params(&disc_vs, true), adam);
         if let Start::Resume(checkpoint) = &begun.start {
             opt.load_saved(checkpoint, OPTIMIZER)?;

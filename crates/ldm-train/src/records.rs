@@ -36,6 +36,10 @@ pub struct AutoencoderOptions {
     /// starts from, with a fresh optimiser at step 0.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Train the decoder only: the encoder's latents, and every diffusion model trained on
+    /// them, stay as they are (how Stable Diffusion's ft-MSE first stage was tuned).
+    #[serde(default)]
+    pub decoder_only: bool,
 }
 
 impl Default for AutoencoderOptions {
@@ -57,6 +61,7 @@ impl Default for AutoencoderOptions {
             disc_channels: 32,
             disc_layers: 3,
             init_from: None,
+            decoder_only: false,
         }
     }
 }

@@ -316,8 +316,15 @@ pub fn load_release_or_run(path: &Path) -> Result<Release, TrainError> {
 
 /// Writes the latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first
 /// stage as a release in `out`, replacing what was there only once the new one is complete.
-pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> {
-    let release = release_from_run(run_dir)?;
+pub fn write_release(
+    run_dir: &Path,
+    decoder_from: Option<&Path>,
+    out: &Path,
+) -> Result<PathBuf, TrainError> {
+    let mut release = release_from_run(run_dir)?;
+    if let Some(source) = decoder_from {
+        replace_decoder(&mut release, source)?;
+    }
     let config = &release.config;
     let staging = StagingDir::new_replacing(out)?;
     let dir = staging.path();
@@ -336,6 +343,40 @@ pub fn write_release(run_dir: &Path, out: &Path) -> Result<PathBuf, TrainError> 
     let json = serde_json::to_vec_pretty(&release.info).expect("release info serialises");
     write_atomic(&dir.join(RELEASE_FILE), &json).map_err(|e| TrainError::io(dir, e))?;
     Ok(staging.commit()?)
+}
+
+/// Gives `release` the first stage in `source` (an autoencoder run or a release), whose
+/// encoder must be the release's own to the bit: the UNet learned that encoder's latents, and
+/// a `--decoder-only` fine-tune keeps them.
+fn replace_decoder(release: &mut Release, source: &Path) -> Result<(), TrainError> {
+    let config = &release.config;
+    let own = release.autoencoder.as_ref().ok_or_else(|| {
+        TrainError::Mismatch("this model has no first stage whose decoder could be replaced".into())
+    })?;
+    let folder = crate::diffusion::first_stage_checkpoint(config, Some(source))?
+        .expect("a model with a first stage has a first-stage checkpoint");
+    let expected = autoencoder::expected_params(config)?;
+    let weights = checkpoint::load_weights_as_f32(&folder, AUTOENCODER, Some(&expected))?;
+    let own: BTreeMap<&str, &Tensor> = own.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let changed = weights
+        .iter()
+        .filter(|(name, _)| !autoencoder::is_decoder_param(name))
+        .find(|(name, tensor)| {
+            own.get(name.as_str())
+                .is_none_or(|mine| !mine.equal(tensor))
+        });
+    if let Some((name, _)) = changed {
+        return Err(TrainError::Mismatch(format!(
+            "{}: its encoder is not the one the UNet was trained on ({name} differs); only a decoder fine-tuned with `ldm train autoencoder --decoder-only` can replace a release's",
+            folder.display()
+        )));
+    }
+    let record = first_stage_record(&folder)?;
+    release.info.autoencoder_steps = Some(record.steps);
+    release.info.autoencoder_options = Some(record.options);
+    release.info.autoencoder_validation = record.validation;
+    release.autoencoder = Some(weights);
+    Ok(())
 }
 
 /// The latent scale factor the UNet of a release or diffusion run was trained with: what a

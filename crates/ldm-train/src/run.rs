@@ -176,6 +176,30 @@ pub fn check_data(
     Ok(())
 }
 
+/// The file in a run folder that a training process holds locked while it trains.
+pub const LOCK_FILE: &str = "run.lock";
+
+/// Locks the run folder `out` (made if missing) for this process: two processes training one
+/// run would interleave their checkpoints and logs. The lock ends with the returned file,
+/// and with the process however it ends.
+pub fn lock(out: &Path) -> Result<std::fs::File, TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let path = out.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| TrainError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::RunInUse {
+            out: out.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
+    }
+}
+
 /// Where a run begins: from scratch, or from the checkpoint `--resume` found.
 pub enum Start {
     Fresh,
@@ -235,6 +259,20 @@ impl Default for Cadence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_folder_trains_in_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let held = lock(&out).unwrap();
+        let refused = lock(&out).unwrap_err();
+        assert!(matches!(refused, TrainError::RunInUse { .. }), "{refused}");
+        assert!(refused
+            .to_string()
+            .contains("in use by another training process"));
+        drop(held);
+        lock(&out).expect("free again once the first lock ends");
+    }
 
     #[test]
     fn a_resumed_log_keeps_the_rows_up_to_its_step_and_plots() {

@@ -103,6 +103,23 @@ fn with_run_of<O: StageOptions>(mut options: O, from: &O) -> O {
     options
 }
 
+/// The options that differ between a run's own and those asked, as `name: run's X, asked Y`.
+fn differing_options<O: Serialize>(run: &O, asked: &O) -> String {
+    let fields = |options: &O| match serde_json::to_value(options) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
+    let (run, asked) = (fields(run), fields(asked));
+    run.iter()
+        .filter(|(name, value)| asked.get(*name) != Some(value))
+        .map(|(name, value)| {
+            let other = asked.get(name).unwrap_or(&serde_json::Value::Null);
+            format!("{name}: run's {value}, asked {other}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// How a run begins: where from, the options it runs with and the step it is at.
 pub struct Begun<S: StageState> {
     pub start: Start,
@@ -115,6 +132,8 @@ pub struct Begun<S: StageState> {
     pub data_fingerprint: String,
     /// Set by Ctrl-C from here on: the loop then saves a checkpoint and returns.
     pub stop: Arc<AtomicBool>,
+    /// The run folder's lock, held while this run trains.
+    pub lock: std::fs::File,
 }
 
 /// Starts the run in `out` on `data`: fresh, or (with `resume`) continuing its latest
@@ -129,6 +148,7 @@ pub fn begin<S: StageState>(
 ) -> Result<Begun<S>, TrainError> {
     let stop = run::stop_requested();
     let data_fingerprint = run::data_fingerprint(data)?;
+    let lock = run::lock(out)?;
     let start = run::start(out, resume)?;
     let resumed: Option<S> = match &start {
         Start::Fresh => None,
@@ -150,12 +170,13 @@ pub fn begin<S: StageState>(
                     ),
                 });
             }
-            if with_run_of(options.clone(), state.options()) != *state.options() {
+            let asked = with_run_of(options.clone(), state.options());
+            if asked != *state.options() {
                 return Err(TrainError::NotResumable {
                     checkpoint: at,
                     reason: format!(
-                        "it was started with other options ({:?}); pass the same ones (only --steps may change)",
-                        state.options()
+                        "it was started with other options ({}); pass the same ones (only --steps may change)",
+                        differing_options(state.options(), &asked)
                     ),
                 });
             }
@@ -177,6 +198,7 @@ pub fn begin<S: StageState>(
         step,
         data_fingerprint,
         stop,
+        lock,
     })
 }
 
@@ -357,5 +379,33 @@ impl Interval {
 
     fn steps_per_second(&self) -> f64 {
         self.count as f64 / self.time.as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::DiffusionOptions;
+
+    #[test]
+    fn a_refused_resume_names_the_options_that_differ() {
+        let run = DiffusionOptions::default();
+        let asked = DiffusionOptions {
+            learning_rate: run.learning_rate * 2.0,
+            warmup: run.warmup + 1,
+            ..run.clone()
+        };
+        let said = differing_options(&run, &asked);
+        assert!(said.contains("learning_rate: run's"), "{said}");
+        assert!(
+            said.contains(&format!(
+                "warmup: run's {}, asked {}",
+                run.warmup,
+                run.warmup + 1
+            )),
+            "{said}"
+        );
+        assert!(!said.contains("batch_size"), "{said}");
+        assert_eq!(differing_options(&run, &run), "");
     }
 }

@@ -262,6 +262,20 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         &weights(&tuned.checkpoint, "autoencoder"),
         &weights(&summary.checkpoint, "autoencoder"),
     );
+    // A decoder-only fine-tune leaves the encoder (the latents) exactly as it was.
+    let decoder_run = tmp.path().join("ae-decoder");
+    let decoder_only = AutoencoderOptions {
+        decoder_only: true,
+        ..from(&ae)
+    };
+    let decoder = autoencoder(&cfg, &data, &decoder_run, decoder_only, 8, false).unwrap();
+    let trained = weights(&summary.checkpoint, "autoencoder");
+    for ((name, after), (_, before)) in weights(&decoder.checkpoint, "autoencoder")
+        .iter()
+        .zip(&trained)
+    {
+        assert_eq!(after.equal(before), !name.starts_with("decoder."), "{name}");
+    }
     let nowhere = tmp.path().join("no-run");
     let err = autoencoder(&cfg, &data, &nowhere, from(&nowhere), 8, false).unwrap_err();
     assert!(err.to_string().contains("no checkpoint there"), "{err}");
@@ -302,7 +316,7 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
 
     // The release holds the EMA weights in f16 and samples like the run.
     let release = tmp.path().join("release");
-    ldm_train::release::write_release(&ldm, &release).unwrap();
+    ldm_train::release::write_release(&ldm, None, &release).unwrap();
     let unet = checkpoint::load_weights(&release, "unet", None).unwrap();
     assert!(unet.iter().all(|(_, t)| t.kind() == tch::Kind::Half));
     let prompts = vec!["a large red star at the top left on a white background".to_string(); 2];
@@ -329,6 +343,27 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         .to_string();
     assert!(err.contains("is neither a release"), "{err}");
 
+    // A release may ship the decoder-only fine-tune's first stage, never one whose encoder
+    // moved.
+    let redecoded = tmp.path().join("release-new-decoder");
+    release::write_release(&ldm, Some(&decoder_run), &redecoded).unwrap();
+    let shipped_first_stage = weights(&redecoded, "autoencoder");
+    let tuned_first_stage = weights(&decoder.checkpoint, "autoencoder");
+    for ((name, shipped), (_, tuned)) in shipped_first_stage.iter().zip(&tuned_first_stage) {
+        let gap = (shipped - tuned).abs().max().double_value(&[]);
+        assert!(
+            gap < 1e-2,
+            "{name}: the release holds the new first stage (f16 gap {gap})"
+        );
+    }
+    let err = release::write_release(&ldm, Some(&tmp.path().join("ae-tuned")), &redecoded)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is not the one the UNet was trained on"),
+        "{err}"
+    );
+
     // A fine-tuned text model keeps its source's tokenizer and starts from its weights; its
     // cosine learning rate starts at the peak and is half of it at the second of two steps.
     let tuned_from = |source: &Path| DiffusionOptions {
@@ -348,7 +383,7 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     // first stage and as the starting point (its EMA weights, f16), and an autoencoder
     // fine-tuned from it starts with a fresh discriminator.
     let shipped = tmp.path().join("release");
-    release::write_release(&ldm, &shipped).unwrap();
+    release::write_release(&ldm, None, &shipped).unwrap();
     let from_release = tmp.path().join("ldm-from-release");
     let on_release = (data.as_path(), shipped.as_path(), None);
     let summary_r = diffusion(
@@ -431,7 +466,7 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         "{fresh:?}"
     );
     let rereleased = tmp.path().join("release-2");
-    release::write_release(&from_release, &rereleased).unwrap();
+    release::write_release(&from_release, None, &rereleased).unwrap();
     let (before, after) = (
         release::load_release(&shipped).unwrap().info,
         release::load_release(&rereleased).unwrap().info,
