@@ -173,6 +173,11 @@ struct DiffusionArgs {
     /// Classifier-free guidance of the sample grids (default 3).
     #[arg(long)]
     sample_guidance: Option<f64>,
+    /// Random crops, the paper's way to sample above the training size: every other image of
+    /// a batch is a random training-size window of the image taken at this side (semantic-map,
+    /// class and unconditional models; the data's images must be at least this large).
+    #[arg(long, value_name = "SIDE")]
+    crop_from: Option<usize>,
     /// With --init-from: start the UNet from the source's layers that fit this configuration
     /// (another conditioning: a class embedding, concatenated channels, none), new input
     /// channels at zero, the rest and the conditioning encoder fresh; the latent scale factor
@@ -407,6 +412,7 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         sample_guidance: a.sample_guidance.unwrap_or(d.sample_guidance),
         init_from: c.init_from.clone(),
         transplant: a.transplant,
+        crop_from: a.crop_from,
         ..d
     };
     anyhow::ensure!(

@@ -40,6 +40,23 @@ pub enum SemanticError {
 }
 
 impl ClassMap {
+    /// The `side` x `side` pixels whose top-left corner is (`x`, `y`); None where they do not
+    /// lie inside the map.
+    pub fn window(&self, x: usize, y: usize, side: usize) -> Option<ClassMap> {
+        if x + side > self.width || y + side > self.height {
+            return None;
+        }
+        let ids = (y..y + side)
+            .flat_map(|row| &self.ids[row * self.width + x..row * self.width + x + side])
+            .copied()
+            .collect();
+        Some(ClassMap {
+            width: side,
+            height: side,
+            ids,
+        })
+    }
+
     /// Refuses a map whose ids do not fill its sides, whose sides are not multiples of `f`,
     /// or that names a class the model does not know.
     pub fn check(&self, classes: usize, f: usize) -> Result<(), SemanticError> {
@@ -86,6 +103,18 @@ pub fn class_shares(map: &ClassMap, classes: usize, f: usize) -> Result<Vec<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_holds_its_pixels_and_stays_inside_the_map() {
+        let map = ClassMap {
+            width: 3,
+            height: 3,
+            ids: (0..9).collect(),
+        };
+        assert_eq!(map.window(1, 1, 2).unwrap().ids, [4, 5, 7, 8]);
+        assert_eq!(map.window(0, 0, 3).unwrap(), map);
+        assert!(map.window(2, 0, 2).is_none());
+    }
 
     #[test]
     fn shares_sum_to_one_per_cell_and_count_pixels() {

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::autoencoder::encode_mode;
 use crate::denoiser::Condition;
-use crate::latents::LatentCache;
+use crate::latents::{LatentCache, Window};
 use crate::tensors::images_tensor;
 use crate::{TchOps, TrainError};
 
@@ -90,6 +90,7 @@ impl Conditioner {
         &self,
         batch: &Batch,
         dropped: &[bool],
+        crops: (&[Option<Window>], Option<usize>),
         cache: &LatentCache,
         first_stage: Option<&mut TchOps>,
         config: &ModelConfig,
@@ -126,6 +127,7 @@ impl Conditioner {
             Conditioner::SemanticMap { classes, folder } => Condition::Concat(semantic_condition(
                 folder,
                 &batch.rows,
+                crops,
                 *classes,
                 config,
                 device,
@@ -146,18 +148,26 @@ impl Conditioner {
 }
 
 /// The semantic-map model's extra channels for folder rows `rows`: each map's class shares
-/// at the latent's size ([`class_shares`], as every engine builds them).
+/// at the latent's size ([`class_shares`], as every engine builds them); where `windows` holds
+/// one (random crops), of that window of the map taken at `crop_from` pixels a side.
 pub fn semantic_condition(
     folder: &ImageFolder,
     rows: &[usize],
+    (windows, crop_from): (&[Option<Window>], Option<usize>),
     classes: usize,
     config: &ModelConfig,
     device: Device,
 ) -> Result<Tensor, TrainError> {
     let (size, f) = (config.resolution, config.autoencoder.factor);
     let mut shares = Vec::with_capacity(rows.len() * classes * (size / f) * (size / f));
-    for &row in rows {
-        let map = folder.load_semantic_map(row, size as u32)?;
+    for (i, &row) in rows.iter().enumerate() {
+        let map = match (windows.get(i).copied().flatten(), crop_from) {
+            (Some(w), Some(side)) => folder
+                .load_semantic_map(row, side as u32)?
+                .window(w.x * f, w.y * f, size)
+                .expect("windows are drawn inside the crop side"),
+            _ => folder.load_semantic_map(row, size as u32)?,
+        };
         let row_shares = class_shares(&map, classes, f).map_err(|e| {
             TrainError::Mismatch(format!(
                 "{}: {e}",

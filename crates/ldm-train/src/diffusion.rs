@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::conditioner::Conditioner;
 use crate::denoiser::{encoder_name, expected_params, split_named, Denoiser};
 use crate::ema::Ema;
-use crate::latents::LatentCache;
+use crate::latents::{LatentCache, Window};
 use crate::optim::{scheduled_lr, AdamConfig, AdamW};
 use crate::preview::Preview;
 pub use crate::records::{DiffusionOptions, DiffusionState};
@@ -144,6 +144,9 @@ impl<'a> DiffusionStage<'a> {
             Some(checkpoint) => Some(load_autoencoder(checkpoint, config, device)?),
             None => None,
         };
+        if let Some(side) = options.crop_from {
+            check_crop_side(config, &folder, side)?;
+        }
         let encoding = run::progress(folder.len() as u64, 0, cadence.quiet);
         let cache = LatentCache::open(
             &folder,
@@ -153,6 +156,7 @@ impl<'a> DiffusionStage<'a> {
             &autoencoder_checkpoint
                 .as_ref()
                 .map_or("none".into(), |p| p.display().to_string()),
+            options.crop_from,
             out,
             &encoding,
         )?;
@@ -312,7 +316,10 @@ impl Stage for DiffusionStage<'_> {
         let batch = self.loader.batch(step)?;
         tch::manual_seed(run::step_seed(options.seed, step));
         let b = batch.shape[0] as i64;
-        let x0 = self.cache.latents(&batch.rows, device) * self.scale_factor;
+        let windows = options.crop_from.map_or_else(Vec::new, |side| {
+            draw_windows(self.config, side, batch.rows.len())
+        });
+        let x0 = self.cache.latents(&batch.rows, &windows, device) * self.scale_factor;
         let t = Tensor::randint(self.schedule.timesteps() as i64, [b], (Kind::Int64, device));
         let noise = x0.randn_like();
         let xt = self.sqrt_alpha_bar.index_select(0, &t).view([-1, 1, 1, 1]) * &x0
@@ -329,6 +336,7 @@ impl Stage for DiffusionStage<'_> {
         let condition = self.conditioner.batch(
             &batch,
             &dropped,
+            (&windows, options.crop_from),
             &self.cache,
             self.first_stage.as_mut(),
             self.config,
@@ -422,6 +430,64 @@ fn alpha_bar_tensor(schedule: &NoiseSchedule, complement: bool, device: Device) 
     Tensor::from_slice(&values).to_device(device)
 }
 
+/// Refuses random crops where they do not apply: a model whose captions or boxes name places
+/// (a window would move them) or whose condition is an image; a side that is not above the
+/// training size on the latent grid; images smaller than the side (upscaled into blur).
+fn check_crop_side(
+    config: &ModelConfig,
+    folder: &ImageFolder,
+    side: usize,
+) -> Result<(), TrainError> {
+    let (resolution, f) = (config.resolution, config.autoencoder.factor);
+    let croppable = match &config.conditioning {
+        Conditioning::None | Conditioning::Class { .. } => true,
+        Conditioning::Concat { task, .. } => *task == ConcatKind::SemanticMap,
+        _ => false,
+    };
+    if !croppable {
+        return Err(TrainError::Mismatch(
+            "--crop-from: only semantic-map, class and unconditional models train on random crops (captions and boxes name places, and image conditions would need the same window)".into(),
+        ));
+    }
+    if side <= resolution || !side.is_multiple_of(f) || side > MAX_CROP_SIDE {
+        return Err(TrainError::Mismatch(format!(
+            "--crop-from {side}: the side must be above the training resolution ({resolution}), at most {MAX_CROP_SIDE}, and a multiple of f = {f}"
+        )));
+    }
+    let (w, h) = folder.dimensions(0)?;
+    if w.min(h) < side as u32 {
+        return Err(TrainError::Mismatch(format!(
+            "--crop-from {side}: {} holds {w}x{h} images; crops need images at least {side} pixels a side",
+            folder.root().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Largest side random crops are taken from: its latents are cached for every image.
+const MAX_CROP_SIDE: usize = 1024;
+
+/// Every other image of a batch of `count` gets a random window (in latent cells) of the
+/// image taken at `side`; drawn from libtorch's generator, after the step's seed.
+fn draw_windows(config: &ModelConfig, side: usize, count: usize) -> Vec<Option<Window>> {
+    let f = config.autoencoder.factor;
+    let places = ((side - config.resolution) / f + 1) as i64;
+    let corners: Vec<i64> = Tensor::randint(places, [count as i64, 2], (Kind::Int64, Device::Cpu))
+        .flatten(0, -1)
+        .try_into()
+        .expect("i64");
+    corners
+        .chunks(2)
+        .enumerate()
+        .map(|(i, c)| {
+            (i % 2 == 1).then_some(Window {
+                x: c[0] as usize,
+                y: c[1] as usize,
+            })
+        })
+        .collect()
+}
+
 /// Where the frozen first stage comes from: the latest checkpoint of an autoencoder run, or a
 /// release (`models/NAME`, which ships its first stage), checked against this model's.
 pub(crate) fn first_stage_checkpoint(
@@ -468,7 +534,7 @@ fn first_batch_scale(
     tch::manual_seed(seed as i64);
     let batch = loader.batch(0)?;
     let std = cache
-        .latents(&batch.rows, Device::Cpu)
+        .latents(&batch.rows, &[], Device::Cpu)
         .std(true)
         .double_value(&[]);
     if !(std.is_finite() && std > 0.0) {

@@ -23,6 +23,17 @@ struct Provenance {
     data_fingerprint: String,
     autoencoder_checkpoint: String,
     resolution: usize,
+    /// The side images are also encoded at for random crops (caches saved before: none).
+    #[serde(default)]
+    crop_from: Option<usize>,
+}
+
+/// Where a training-size crop lies in the image taken at the crop side: its top-left corner,
+/// in latent cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub x: usize,
+    pub y: usize,
 }
 
 pub struct LatentCache {
@@ -31,18 +42,22 @@ pub struct LatentCache {
     encoded: Tensor,
     /// Per image, the image downsampled f times (super-resolution conditioning).
     low_resolution: Tensor,
+    /// Per image, `encoded` of the image taken at the crop side (random crops only).
+    large: Option<Tensor>,
     regularizer: FirstStage,
 }
 
 impl LatentCache {
-    /// Loads the run's cache when it was made from the same data and first stage, or encodes
-    /// the folder (showing progress on `bar`) and writes it.
+    /// Loads the run's cache when it was made from the same data, first stage and crop side,
+    /// or encodes the folder (showing progress on `bar`) and writes it.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         folder: &ImageFolder,
         config: &ModelConfig,
-        first_stage: Option<&mut TchOps>,
+        mut first_stage: Option<&mut TchOps>,
         data_fingerprint: &str,
         autoencoder_checkpoint: &str,
+        crop_from: Option<usize>,
         run_dir: &Path,
         bar: &ProgressBar,
     ) -> Result<Self, TrainError> {
@@ -50,17 +65,23 @@ impl LatentCache {
             data_fingerprint: data_fingerprint.to_string(),
             autoencoder_checkpoint: autoencoder_checkpoint.to_string(),
             resolution: config.resolution,
+            crop_from,
         };
         let regularizer = config.autoencoder.regularizer;
         if let Some(cache) = Self::load(run_dir, &provenance, regularizer) {
             return Ok(cache);
         }
-        let (encoded, low_resolution) = encode_folder(folder, config, first_stage, bar)?;
+        let side = config.resolution;
+        let (encoded, low_resolution) =
+            encode_folder(folder, config, first_stage.as_deref_mut(), side, bar)?;
+        let large = match crop_from {
+            Some(side) => Some(encode_folder(folder, config, first_stage, side, bar)?.0),
+            None => None,
+        };
         let path = run_dir.join(FILE);
-        Tensor::write_safetensors(
-            &[("encoded", &encoded), ("low_resolution", &low_resolution)],
-            path.with_extension("tmp"),
-        )?;
+        let mut tensors = vec![("encoded", &encoded), ("low_resolution", &low_resolution)];
+        tensors.extend(large.as_ref().map(|large| ("large", large)));
+        Tensor::write_safetensors(&tensors, path.with_extension("tmp"))?;
         std::fs::rename(path.with_extension("tmp"), &path).map_err(|e| TrainError::io(&path, e))?;
         let about = run_dir.join(ABOUT);
         let json = serde_json::to_vec_pretty(&provenance).expect("provenance serialises");
@@ -68,6 +89,7 @@ impl LatentCache {
         Ok(Self {
             encoded,
             low_resolution,
+            large,
             regularizer,
         })
     }
@@ -85,9 +107,14 @@ impl LatentCache {
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t.shallow_clone())
         };
+        let large = match provenance.crop_from {
+            Some(_) => Some(get("large")?),
+            None => None,
+        };
         Some(Self {
             encoded: get("encoded")?,
             low_resolution: get("low_resolution")?,
+            large,
             regularizer,
         })
     }
@@ -100,9 +127,28 @@ impl LatentCache {
         self.len() == 0
     }
 
-    /// Latents of `rows`, unscaled: a draw from the posterior (KL) or the encoding itself.
-    pub fn latents(&self, rows: &[usize], device: Device) -> Tensor {
-        let picked = self.pick(&self.encoded, rows, device);
+    /// Latents of `rows`, unscaled: a draw from the posterior (KL) or the encoding itself; of
+    /// the whole image, or where `windows` holds one, of that window of the image taken at the
+    /// crop side.
+    pub fn latents(&self, rows: &[usize], windows: &[Option<Window>], device: Device) -> Tensor {
+        let picked = match &self.large {
+            Some(large) if windows.iter().any(Option::is_some) => {
+                let side = self.encoded.size()[2];
+                let each: Vec<Tensor> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &row)| match windows.get(i).copied().flatten() {
+                        Some(w) => large
+                            .get(row as i64)
+                            .narrow(1, w.y as i64, side)
+                            .narrow(2, w.x as i64, side),
+                        None => self.encoded.get(row as i64),
+                    })
+                    .collect();
+                Tensor::stack(&each, 0).to_device(device)
+            }
+            _ => self.pick(&self.encoded, rows, device),
+        };
         match self.regularizer {
             FirstStage::Kl => gaussian::sample(&picked),
             _ => picked,
@@ -121,17 +167,20 @@ impl LatentCache {
     }
 }
 
-/// Encodes every image of the folder in file order.
+/// Encodes every image of the folder in file order, taken at `size` pixels a side; beside
+/// it, each image downsampled f times.
 fn encode_folder(
     folder: &ImageFolder,
     config: &ModelConfig,
     mut first_stage: Option<&mut TchOps>,
+    size: usize,
     bar: &ProgressBar,
 ) -> Result<(Tensor, Tensor), TrainError> {
     let _guard = tch::no_grad_guard();
-    let (size, f) = (config.resolution, config.autoencoder.factor as i64);
+    let f = config.autoencoder.factor as i64;
     bar.set_length(folder.len() as u64);
-    bar.set_message("encoding the data set");
+    bar.set_position(0);
+    bar.set_message(format!("encoding the data set at {size}x{size}"));
     let (mut encoded, mut low) = (Vec::new(), Vec::new());
     for start in (0..folder.len()).step_by(BATCH) {
         let rows = start..(start + BATCH).min(folder.len());
@@ -154,4 +203,23 @@ fn encode_folder(
         bar.inc(count as u64);
     }
     Ok((Tensor::cat(&encoded, 0), Tensor::cat(&low, 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_takes_its_cells_of_the_larger_image_and_the_rest_stay_whole() {
+        let cache = LatentCache {
+            encoded: Tensor::zeros([2, 1, 2, 2], (Kind::Float, Device::Cpu)),
+            low_resolution: Tensor::zeros([2, 3, 1, 1], (Kind::Float, Device::Cpu)),
+            large: Some(Tensor::arange(32, (Kind::Float, Device::Cpu)).view([2, 1, 4, 4])),
+            regularizer: FirstStage::Vq,
+        };
+        let windows = [None, Some(Window { x: 1, y: 2 })];
+        let latents = cache.latents(&[1, 0], &windows, Device::Cpu);
+        let values = Vec::<f32>::try_from(latents.flatten(0, -1)).unwrap();
+        assert_eq!(values, [0.0, 0.0, 0.0, 0.0, 9.0, 10.0, 13.0, 14.0]);
+    }
 }

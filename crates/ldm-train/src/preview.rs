@@ -65,7 +65,8 @@ impl Preview {
             Conditioner::SemanticMap { classes, .. } => {
                 let count = GRID.min(folder.len());
                 let rows: Vec<usize> = (0..count).collect();
-                let extra = semantic_condition(&folder, &rows, *classes, config, device)?;
+                let extra =
+                    semantic_condition(&folder, &rows, (&[], None), *classes, config, device)?;
                 (Inputs::Concat(extra), count)
             }
             Conditioner::SuperResolution | Conditioner::Inpainting => {

@@ -113,6 +113,12 @@ pub struct DiffusionOptions {
     /// (`crate::transplant`); the conditioning encoder starts fresh.
     #[serde(default)]
     pub transplant: bool,
+    /// Random crops (how the paper's semantic-synthesis model learns to sample above its
+    /// training size): every other image of a batch is a random training-size window of the
+    /// image taken at this side; the rest are whole. Semantic-map, class and unconditional
+    /// models only (a caption or a box names places a window would move).
+    #[serde(default)]
+    pub crop_from: Option<usize>,
 }
 
 impl Default for DiffusionOptions {
@@ -134,6 +140,7 @@ impl Default for DiffusionOptions {
             sample_eta: default_sample_eta(),
             init_from: None,
             transplant: false,
+            crop_from: None,
         }
     }
 }

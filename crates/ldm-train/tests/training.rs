@@ -730,6 +730,64 @@ fn a_semantic_map_model_trains_on_the_scenes_and_refuses_data_without_maps() {
     assert!(err.contains("semantic_map"), "{err}");
 }
 
+#[test]
+fn random_crops_train_on_windows_of_larger_scenes_and_resume_exactly() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config("[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5");
+    let scenes = ldm_data::scenes::ScenesConfig {
+        count: 40,
+        size: 32,
+        seed: 2,
+        max_objects: 3,
+    };
+    ldm_data::scenes::prepare(&tmp.path().join("scenes"), &scenes, |_, _| {}).unwrap();
+    let data = tmp.path().join("scenes/train");
+    let ae = tmp.path().join("ae");
+    autoencoder(&cfg, &data, &ae, ae_options(2), 2, false).unwrap();
+    let cropped = |steps| DiffusionOptions {
+        crop_from: Some(32),
+        ..diffusion_options(steps)
+    };
+    let inputs = (data.as_path(), ae.as_path(), None);
+    let straight = tmp.path().join("straight");
+    let whole = diffusion(&cfg, inputs, &straight, cropped(4), 2, false).unwrap();
+    assert!(logged(&straight, 1).iter().all(|v| v.is_finite()));
+    // The cache holds the 32x32 scenes' latents (KL moments, f = 2) beside the 16x16 ones.
+    let cache = Tensor::read_safetensors(straight.join("latents.safetensors")).unwrap();
+    let large = &cache.iter().find(|(n, _)| n == "large").unwrap().1;
+    assert_eq!(large.size()[1..], [6, 16, 16]);
+    // The windows are drawn from each step's seed: a resumed run repeats them.
+    let split = tmp.path().join("split");
+    diffusion(&cfg, inputs, &split, cropped(2), 2, false).unwrap();
+    let resumed = diffusion(&cfg, inputs, &split, cropped(4), 2, true).unwrap();
+    assert_identical(
+        &weights(&whole.checkpoint, "unet"),
+        &weights(&resumed.checkpoint, "unet"),
+    );
+    // Refused: a side that is no multiple of f, images smaller than the side, and a model
+    // whose captions name places.
+    for (cfg, side, says) in [
+        (&cfg, 33, "a multiple of f = 2"),
+        (&cfg, 64, "crops need images at least 64 pixels"),
+        (
+            &config(TEXT),
+            32,
+            "only semantic-map, class and unconditional",
+        ),
+    ] {
+        let options = DiffusionOptions {
+            crop_from: Some(side),
+            ..diffusion_options(1)
+        };
+        let out = tmp.path().join(format!("refused-{side}"));
+        let err = diffusion(cfg, inputs, &out, options, 1, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 const LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 64\nmax_length = 20\nwidth = 12\ndepth = 1\nheads = 3\n\
      [conditioning.layout]\nclasses = [\"circle\", \"square\", \"triangle\", \"star\"]\n\
      colours = [\"red\", \"orange\", \"yellow\", \"green\", \"blue\", \"purple\", \"pink\"]\nbins = 8\nmax_objects = 3";
