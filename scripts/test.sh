@@ -7,6 +7,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
+# The suite plans hundreds of graph shapes: tract's plan cache (README, "Engines") stays off
+# unless asked for; its own tests give it a folder of their own.
+export LDM_PLAN_CACHE=${LDM_PLAN_CACHE:-off}
 cargo test --workspace --all-features "$@"
 
 venv=${LDM_VENV:-$root/.venv}

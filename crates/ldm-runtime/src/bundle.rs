@@ -10,7 +10,7 @@ use ldm_core::manifest::{BundleConditioning, GraphRole};
 use ldm_core::tokenizer::MAX_TOKENIZER_BYTES;
 use ldm_core::{Manifest, TextTokenizer};
 
-use crate::{RuntimeError, Session, TractSession};
+use crate::{PlanCache, RuntimeError, Session, TractSession};
 
 /// The engine that runs the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +196,7 @@ fn load_tokenizer(
 fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
     use crate::onnxruntime::Provider;
     let provider = match backend {
-        Backend::Tract => return Ok(Box::new(TractSession::with_threads(path, threads)?)),
+        Backend::Tract => return tract_session(path, threads),
         Backend::OrtCpu => Provider::Cpu,
         Backend::OrtCuda => Provider::Cuda,
         Backend::OrtTensorRt => Provider::TensorRt {
@@ -211,12 +211,20 @@ fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session
 #[cfg(not(feature = "ort"))]
 fn open(path: &Path, backend: Backend, threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
     match backend {
-        Backend::Tract => Ok(Box::new(TractSession::with_threads(path, threads)?)),
+        Backend::Tract => tract_session(path, threads),
         other => Err(RuntimeError::BackendUnavailable {
             name: other.name().into(),
             reason: "this build has no ONNX Runtime support (build with --features ort)".into(),
         }),
     }
+}
+
+/// A tract session, its decluttered graphs cached where [`PlanCache::from_env`] says.
+fn tract_session(path: &Path, threads: usize) -> Result<Box<dyn Session>, RuntimeError> {
+    Ok(Box::new(match PlanCache::from_env() {
+        Some(cache) => TractSession::with_plan_cache(path, threads, cache)?,
+        None => TractSession::with_threads(path, threads)?,
+    }))
 }
 
 /// Where TensorRT engines are cached: `$LDM_TRT_CACHE`, else `~/.cache/ldm/tensorrt`.

@@ -26,12 +26,17 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::plan_cache::{self, PlanCache};
 use crate::session::in_graph_order;
 use crate::{RuntimeError, Session, Tensor, TensorData};
 
 pub struct TractSession {
     /// The graph's file, parsed again for each new plan.
     source: PathBuf,
+    /// Where decluttered graphs are kept, with the SHA-256 of the graph file's bytes.
+    cache: Option<(PlanCache, [u8; 32])>,
+    /// Plans built from a decluttered graph the cache held.
+    plans_from_cache: usize,
     /// The graph as parsed at load, until the first plan takes it. Kept for the session's life
     /// it would hold every weight a second time (as stored, beside the plans' packed copies):
     /// a plan for a new shape parses the file again instead.
@@ -81,8 +86,56 @@ impl TractSession {
 
     /// Loads a graph whose matrix products use `threads` threads.
     pub fn with_threads(path: &Path, threads: usize) -> Result<Self, RuntimeError> {
+        Self::open(path, threads, parse(path)?, None)
+    }
+
+    /// Like [`TractSession::with_threads`], with the decluttered graphs of its plans read from,
+    /// or written to, `cache` (unless the graph keeps its weights in external data).
+    pub fn with_plan_cache(
+        path: &Path,
+        threads: usize,
+        cache: PlanCache,
+    ) -> Result<Self, RuntimeError> {
+        let load_error = |message: String| RuntimeError::Load {
+            engine: "tract",
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| load_error(e.to_string()))?;
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut bytes.as_slice())
+            .map_err(|e| load_error(ldm_core::one_line(e.as_ref())))?;
+        let external = proto
+            .graph
+            .as_ref()
+            .is_some_and(|g| g.initializer.iter().any(|t| !t.external_data.is_empty()));
+        if external {
+            return Self::with_threads(path, threads);
+        }
+        let model = onnx
+            .model_for_proto_model(&proto)
+            .map_err(|e| load_error(ldm_core::one_line(e.as_ref())))?;
+        Self::open(
+            path,
+            threads,
+            model,
+            Some((cache, plan_cache::fingerprint(&bytes))),
+        )
+    }
+
+    /// How many of this session's plans were built from a decluttered graph the cache held.
+    pub fn plans_from_cache(&self) -> usize {
+        self.plans_from_cache
+    }
+
+    fn open(
+        path: &Path,
+        threads: usize,
+        model: InferenceModel,
+        cache: Option<(PlanCache, [u8; 32])>,
+    ) -> Result<Self, RuntimeError> {
         let threads = crate::bundle::check_threads(threads)?;
-        let model = parse(path)?;
         let inputs: Vec<String> = model
             .input_outlets()
             .expect("an inference model lists its inputs")
@@ -120,6 +173,8 @@ impl TractSession {
         };
         Ok(Self {
             source: path.to_path_buf(),
+            cache,
+            plans_from_cache: 0,
             parsed: Some(model),
             pool,
             threads,
@@ -152,23 +207,53 @@ impl TractSession {
             self.plans.push(entry);
             return Ok(plan);
         }
-        let mut model = match self.parsed.take() {
-            Some(model) => model,
-            None => parse(&self.source)?,
+        let facts: Vec<(DatumType, Vec<usize>)> = inputs
+            .iter()
+            .zip(&key)
+            .map(|(tensor, shape)| {
+                let datum = match tensor.data() {
+                    TensorData::F32(_) => f32::datum_type(),
+                    TensorData::I64(_) => i64::datum_type(),
+                };
+                (datum, shape.clone())
+            })
+            .collect();
+        let entry = self
+            .cache
+            .as_ref()
+            .map(|(cache, graph)| (cache, cache.entry(graph, &facts)));
+        let cached = entry.as_ref().and_then(|(cache, entry)| cache.load(entry));
+        let decluttered = match cached {
+            Some(model) => {
+                self.plans_from_cache += 1;
+                self.parsed = None;
+                model
+            }
+            None => {
+                let mut model = match self.parsed.take() {
+                    Some(model) => model,
+                    None => parse(&self.source)?,
+                };
+                for (index, (datum, shape)) in facts.iter().enumerate() {
+                    model
+                        .set_input_fact(index, InferenceFact::dt_shape(*datum, shape))
+                        .map_err(run_error)?;
+                }
+                let model = model
+                    .into_typed()
+                    .and_then(with_f32_weights)
+                    .and_then(|m| m.into_decluttered())
+                    .map_err(run_error)?;
+                if let Some((cache, entry)) = &entry {
+                    // Best effort: a cache that cannot be written costs the next start time,
+                    // not this run.
+                    let _ = cache.store(entry, &model);
+                }
+                model
+            }
         };
-        for (index, (tensor, shape)) in inputs.iter().zip(&key).enumerate() {
-            let datum = match tensor.data() {
-                TensorData::F32(_) => f32::datum_type(),
-                TensorData::I64(_) => i64::datum_type(),
-            };
-            model
-                .set_input_fact(index, InferenceFact::dt_shape(datum, shape))
-                .map_err(run_error)?;
-        }
-        let plan = model
-            .into_typed()
-            .and_then(with_f32_weights)
-            .and_then(|m| m.into_optimized())
+        let plan = Ok(decluttered)
+            .and_then(|mut m| m.optimize().map(|()| m))
             .and_then(with_natural_constants)
             .and_then(|m| m.into_runnable())
             .map_err(run_error)?;
