@@ -116,12 +116,14 @@ impl TractSession {
         let model = onnx
             .model_for_proto_model(&proto)
             .map_err(|e| load_error(ldm_core::one_line(e.as_ref())))?;
-        Self::open(
-            path,
-            threads,
-            model,
-            Some((cache, plan_cache::fingerprint(&bytes))),
-        )
+        drop(proto);
+        let fingerprint = plan_cache::fingerprint(&bytes);
+        drop(bytes);
+        let mut session = Self::open(path, threads, model, Some((cache, fingerprint)))?;
+        // Plans will mostly come from the cache: the parsed graph is not kept for them (a plan
+        // the cache lacks parses the file again).
+        session.parsed = None;
+        Ok(session)
     }
 
     /// How many of this session's plans were built from a decluttered graph the cache held.
