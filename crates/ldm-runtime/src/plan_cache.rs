@@ -6,10 +6,11 @@
 //! per process. The decluttered graph is written once in NNEF, tract's own format, and read
 //! back in 0.14 s. An entry is named by the SHA-256 of the graph file's bytes, the input shapes
 //! and the tract version, so a changed bundle or another size gets an entry of its own, and an
-//! entry that cannot be read is ignored and written again. Graphs whose weights live in
-//! external data files are not cached (their bytes are not the graph file's).
+//! entry that cannot be read, or whose bytes no longer match the digest it starts with, is
+//! ignored and written again. Graphs whose weights live in external data files are not cached
+//! (their bytes are not the graph file's).
 
-use std::io::BufWriter;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -69,13 +70,23 @@ impl PlanCache {
         self.dir.join(name + SUFFIX)
     }
 
-    /// The decluttered graph of `entry`, if it is there and reads back.
+    /// The decluttered graph of `entry`, if it is there, whole (its digest matches) and reads
+    /// back. Without the digest a flipped bit among the weights would load, and draw wrong
+    /// images without a word.
     pub fn load(&self, entry: &Path) -> Option<TypedModel> {
-        let size = std::fs::metadata(entry).ok()?.len();
-        if size > MAX_ENTRY_BYTES {
+        let mut file = std::fs::File::open(entry).ok()?;
+        if file.metadata().ok()?.len() > MAX_ENTRY_BYTES {
             return None;
         }
-        let model = nnef().model_for_path(entry).ok()?;
+        let mut digest = [0u8; 32];
+        file.read_exact(&mut digest).ok()?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).ok()?;
+        if hasher.finalize().as_slice() != digest {
+            return None;
+        }
+        file.seek(SeekFrom::Start(digest.len() as u64)).ok()?;
+        let model = nnef().model_for_read(&mut BufReader::new(&file)).ok()?;
         // Marks the entry as used, for the eviction of the least recently used.
         let _ = std::fs::File::options()
             .append(true)
@@ -84,17 +95,26 @@ impl PlanCache {
         Some(model)
     }
 
-    /// Writes `model` as `entry` (whole or not at all), then trims the cache to
-    /// [`MAX_CACHE_BYTES`].
+    /// Writes `model` as `entry` (whole or not at all): the SHA-256 of the NNEF archive, then the
+    /// archive. Then trims the cache to [`MAX_CACHE_BYTES`].
     pub fn store(&self, entry: &Path, model: &TypedModel) -> TractResult<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let file = tempfile::NamedTempFile::new_in(&self.dir)?;
-        let mut writer = BufWriter::new(file);
-        nnef().write_to_tar(model, &mut writer)?;
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        file.write_all(&[0u8; 32])?;
+        let digest = {
+            let mut writer = Hashing {
+                inner: BufWriter::new(file.as_file_mut()),
+                hasher: Sha256::new(),
+            };
+            nnef().write_to_tar(model, &mut writer)?;
+            writer.inner.flush()?;
+            writer.hasher.finalize()
+        };
         if file.as_file().metadata()?.len() > MAX_ENTRY_BYTES {
             return Ok(());
         }
+        file.as_file_mut().seek(SeekFrom::Start(0))?;
+        file.write_all(&digest)?;
         file.persist(entry).map_err(|e| e.error)?;
         self.trim(MAX_CACHE_BYTES)?;
         Ok(())
@@ -120,6 +140,24 @@ impl PlanCache {
             total -= len;
         }
         Ok(())
+    }
+}
+
+/// A writer that hashes what it passes on.
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -1,6 +1,6 @@
 //! tract's decluttered graphs cached on disk: a second session plans from the cache and
-//! computes exactly what the first did; an entry that does not read back is written again; the
-//! cache keeps to its budget.
+//! computes exactly what the first did; an entry cut short or with a flipped bit is ignored and
+//! written again; the cache keeps to its budget.
 
 mod common;
 
@@ -78,6 +78,18 @@ fn a_second_session_plans_from_the_cache_and_computes_the_same() {
     assert_eq!(run(&mut third, &inputs), expected);
     assert_eq!(third.plans_from_cache(), 0);
     assert_eq!(std::fs::read(&written[0]).unwrap().len(), bytes.len());
+
+    // So does one flipped bit among the weights, which would otherwise load and compute wrongly.
+    let mut flipped = std::fs::read(&written[0]).unwrap();
+    let near_end = flipped.len() - 4096;
+    flipped[near_end] ^= 0x10;
+    std::fs::write(&written[0], &flipped).unwrap();
+    let mut fourth = TractSession::with_plan_cache(&unet, 1, cache.clone()).unwrap();
+    assert_eq!(run(&mut fourth, &inputs), expected);
+    assert_eq!(fourth.plans_from_cache(), 0);
+    let mut fifth = TractSession::with_plan_cache(&unet, 1, cache.clone()).unwrap();
+    assert_eq!(run(&mut fifth, &inputs), expected);
+    assert_eq!(fifth.plans_from_cache(), 1, "the entry was written again");
 
     // Another graph file (one byte of its weights changed) gets an entry of its own.
     let mut edited = std::fs::read(&unet).unwrap();
