@@ -38,10 +38,10 @@ impl PlanCache {
         Self { dir: dir.into() }
     }
 
-    /// `$LDM_PLAN_CACHE`, else `~/.cache/ldm/tract`; none when the variable is `off`.
+    /// `$LDM_PLAN_CACHE`, else `~/.cache/ldm/tract`; none when the variable is `off` or empty.
     pub fn from_env() -> Option<Self> {
         match std::env::var_os("LDM_PLAN_CACHE") {
-            Some(value) if value == "off" => None,
+            Some(value) if value == "off" || value.is_empty() => None,
             Some(dir) => Some(Self::new(dir)),
             None => {
                 let home = std::env::var_os("HOME").map(PathBuf::from)?;
