@@ -194,17 +194,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             };
             // Graphs plan without the cache (their medians do not depend on it); tract's
             // text-to-image starts twice on one cache, first empty, then holding its plans.
-            let cached_start = engine == Engine::Tract && target == Target::TextToImage;
-            let plan_cache = a.out.join("plan-cache");
-            let _ = std::fs::remove_dir_all(&plan_cache);
-            let result = spawn(&task, cached_start.then_some(plan_cache.as_path()));
-            let first_image_cached_ms = if cached_start && result.is_ok() {
-                let again = spawn(&task, Some(&plan_cache));
-                let _ = std::fs::remove_dir_all(&plan_cache);
-                again.ok().and_then(|m| m.first_image_ms)
-            } else {
-                None
-            };
+            let (result, first_image_cached_ms) =
+                if engine == Engine::Tract && target == Target::TextToImage {
+                    let plan_cache = a.out.join("plan-cache");
+                    let _ = std::fs::remove_dir_all(&plan_cache);
+                    let first = spawn(&task, Some(&plan_cache));
+                    let again = first.is_ok().then(|| spawn(&task, Some(&plan_cache)));
+                    let _ = std::fs::remove_dir_all(&plan_cache);
+                    (first, again.and_then(|m| m.ok()?.first_image_ms))
+                } else {
+                    (spawn(&task, None), None)
+                };
             let mac_count = match target {
                 Target::Graph(role) => macs
                     .iter()

@@ -60,11 +60,15 @@ pub const MAX_PLANS: usize = 8;
 fn parse(path: &Path) -> Result<InferenceModel, RuntimeError> {
     tract_onnx::onnx()
         .model_for_path(path)
-        .map_err(|e| RuntimeError::Load {
-            engine: "tract",
-            path: path.to_path_buf(),
-            message: ldm_core::one_line(e.as_ref()),
-        })
+        .map_err(|e| load_error(path, ldm_core::one_line(e.as_ref())))
+}
+
+fn load_error(path: &Path, message: String) -> RuntimeError {
+    RuntimeError::Load {
+        engine: "tract",
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 fn run_error(e: TractError) -> RuntimeError {
@@ -96,16 +100,11 @@ impl TractSession {
         threads: usize,
         cache: PlanCache,
     ) -> Result<Self, RuntimeError> {
-        let load_error = |message: String| RuntimeError::Load {
-            engine: "tract",
-            path: path.to_path_buf(),
-            message,
-        };
-        let bytes = std::fs::read(path).map_err(|e| load_error(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| load_error(path, e.to_string()))?;
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut bytes.as_slice())
-            .map_err(|e| load_error(ldm_core::one_line(e.as_ref())))?;
+            .map_err(|e| load_error(path, ldm_core::one_line(e.as_ref())))?;
         let external = proto
             .graph
             .as_ref()
@@ -115,7 +114,7 @@ impl TractSession {
         }
         let model = onnx
             .model_for_proto_model(&proto)
-            .map_err(|e| load_error(ldm_core::one_line(e.as_ref())))?;
+            .map_err(|e| load_error(path, ldm_core::one_line(e.as_ref())))?;
         drop(proto);
         let fingerprint = plan_cache::fingerprint(&bytes);
         drop(bytes);
