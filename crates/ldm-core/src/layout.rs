@@ -32,6 +32,40 @@ pub struct LayoutVocabulary {
     /// Grid steps across each side that box edges are rounded to.
     pub bins: usize,
     pub max_objects: usize,
+    /// Whether the model's cross-attention reads each object's tokens only from positions
+    /// inside or near its box ([`EdgeIds`]); absent in bundles made before it, which learn
+    /// the boxes from the edge tokens alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub box_attention: bool,
+}
+
+/// Where a layout's edge words sit among the tokenizer's ids: what a network needs to read the
+/// boxes back out of a token sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeIds {
+    /// Id of "l0"; each edge's words l, t, r, b follow in turn, `bins + 1` of them.
+    pub first: usize,
+    pub bins: usize,
+    pub max_objects: usize,
+}
+
+impl EdgeIds {
+    /// For each edge (left, top, right, bottom), the coordinate in fractions of the image that
+    /// each id of a `vocab_size` vocabulary stands for in that edge's place. Ids that are not
+    /// that edge's words take the image's own edge (0 for left and top, 1 for right and
+    /// bottom), so the tokens of no object ([CLS], [SEP], padding) cover the whole image.
+    pub fn tables(&self, vocab_size: usize) -> [Vec<f32>; 4] {
+        std::array::from_fn(|edge| {
+            let outside = if edge < 2 { 0.0 } else { 1.0 };
+            let start = self.first + edge * (self.bins + 1);
+            (0..vocab_size)
+                .map(|id| match id.checked_sub(start) {
+                    Some(step) if step <= self.bins => step as f32 / self.bins as f32,
+                    _ => outside,
+                })
+                .collect()
+        })
+    }
 }
 
 /// One object of a layout: what it is and where.
@@ -126,6 +160,16 @@ impl LayoutVocabulary {
             .cloned()
             .chain(edges)
             .collect()
+    }
+
+    /// Where the edge words are among the ids of [`crate::TextTokenizer::from_words`]'s
+    /// tokenizer of [`Self::words`].
+    pub fn edge_ids(&self) -> EdgeIds {
+        EdgeIds {
+            first: crate::tokenizer::SPECIAL_TOKENS + self.classes.len() + self.colours.len(),
+            bins: self.bins,
+            max_objects: self.max_objects,
+        }
     }
 
     /// Tokens of the longest layout: its words between the opening and closing tokens.
@@ -264,7 +308,27 @@ mod tests {
             colours: vec!["red".into(), "blue".into()],
             bins: 8,
             max_objects: 2,
+            box_attention: false,
         }
+    }
+
+    #[test]
+    fn the_edge_tables_read_each_token_back_as_its_coordinate() {
+        let v = vocabulary();
+        let tokenizer = crate::TextTokenizer::from_words(&v.words()).unwrap();
+        let ids = tokenizer.encode("star blue l1 t2 r4 b8", 14).unwrap().ids;
+        let tables = v.edge_ids().tables(tokenizer.vocab_size());
+        let at = |position: usize| tables.each_ref().map(|t| t[ids[position] as usize]);
+        // [CLS] star blue l1 t2 r4 b8 [SEP]: each edge word in its own place,
+        assert_eq!(
+            [at(3)[0], at(4)[1], at(5)[2], at(6)[3]],
+            [0.125, 0.25, 0.5, 1.0]
+        );
+        // and every other token the whole image, in any place.
+        for position in [0, 1, 2, 7, 8, 13] {
+            assert_eq!(at(position), [0.0, 0.0, 1.0, 1.0], "position {position}");
+        }
+        assert_eq!(at(3)[1], 0.0, "l1 is no top edge");
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn a_layout_vocabulary_tokenizes_one_id_a_word_in_its_order_and_survives_a_round
         colours: vec!["red".into()],
         bins: 4,
         max_objects: 2,
+        box_attention: false,
     };
     let words = vocabulary.words();
     let tokenizer = TextTokenizer::from_words(&words).unwrap();

@@ -642,7 +642,7 @@ impl Ops for OnnxOps<'_> {
             (Keys::Positions, Some(sliced)) if q.rank == 4 => {
                 self.chunked_attention(q, &kt, v, head_dim, sliced)
             }
-            _ => scaled_dot_product(self, q, &kt, v, head_dim),
+            _ => scaled_dot_product(self, q, &kt, v, head_dim, None),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::{
-    config, config_with, random_release, CLASS, INPAINTING, NONE, SUPER_RESOLUTION, TEXT,
+    config, config_with, random_release, CLASS, INPAINTING, LAYOUT, NONE, SUPER_RESOLUTION, TEXT,
 };
 use ldm_core::manifest::{GraphRole, Manifest, Precision};
 use ldm_export::parity::{random_inputs, reference_ops, reference_outputs};
@@ -164,6 +164,27 @@ fn position_features_export_with_parity_at_every_size() {
     )
     .unwrap();
     assert_parity(&exported, "position features");
+}
+
+/// Box attention: the layout transformer reads each token's box from the ids in the graph,
+/// and the UNet turns the boxes into attention scores from each feature map's size.
+#[test]
+fn box_attention_exports_with_parity_at_every_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let conditioning = format!("{LAYOUT}\nbox_attention = true");
+    let exported = export_tiny(
+        FirstStage::Kl,
+        &conditioning,
+        &ExportOptions::default(),
+        &dir.path().join("boxes"),
+    );
+    let unet = &exported.manifest.graphs[&GraphRole::Unet];
+    let context = unet.inputs.iter().find(|i| i.name == "context").unwrap();
+    assert_eq!(
+        context.shape.last(),
+        Some(&ldm_core::manifest::DimSpec::Fixed(12 + 4))
+    );
+    assert_parity(&exported, "box attention");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use crate::config::{Activation, TextEncoderKind};
 use crate::layers::{layer_norm, linear, merge_heads, multi_head_attention, split_heads, Path};
 use crate::ops::{Dim, Init, Keys, Ops, Result};
+use ldm_core::layout::{EdgeIds, WORDS_PER_OBJECT};
 
 /// The sizes of a text encoder (from [`crate::Conditioning::Text`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,17 +20,56 @@ pub struct TextEncoderShape {
     pub mlp_width: usize,
     /// Rows of the position table (at least max_length; the first max_length are used).
     pub positions: usize,
+    /// A box-attention layout model's edge words: each token's box follows its features.
+    pub boxes: Option<EdgeIds>,
 }
 
 /// Added to attention scores a position may not see: exp() of it is 0 in f32 and f16.
 const MASKED: f32 = -1e9;
 
-/// Token ids [B, L] (int64) -> context [B, L, width].
+/// Token ids [B, L] (int64) -> context [B, L, width], or [B, L, width + 4] with each token's
+/// box (left, top, right, bottom) after its features when the shape has `boxes`.
 pub fn text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> Result<O::T> {
-    match shape.encoder {
-        TextEncoderKind::Ldm => ldm_text_encoder(o, ids, shape),
-        TextEncoderKind::Clip => clip_text_encoder(o, ids, shape),
+    let features = match shape.encoder {
+        TextEncoderKind::Ldm => ldm_text_encoder(o, ids, shape)?,
+        TextEncoderKind::Clip => clip_text_encoder(o, ids, shape)?,
+    };
+    match shape.boxes {
+        Some(edges) => {
+            let boxes = token_boxes(o, ids, shape, edges)?;
+            o.concat(&[&features, &boxes], 2)
+        }
+        None => Ok(features),
     }
+}
+
+/// The box of every token of a layout's ids [B, L] as [B, L, 4]: each of an object's six
+/// tokens carries the box its four edge words give, every other token ([CLS], [SEP],
+/// padding) the whole image. Objects sit at fixed places (after [CLS], six tokens each), so
+/// each edge is a lookup of the ids in that edge's places, repeated over the object's tokens.
+fn token_boxes<O: Ops>(
+    o: &mut O,
+    ids: &O::T,
+    shape: TextEncoderShape,
+    edges: EdgeIds,
+) -> Result<O::T> {
+    let (objects, words) = (edges.max_objects, WORDS_PER_OBJECT);
+    let length = shape.max_length;
+    let body = o.narrow(ids, 1, 1, objects * words)?;
+    let body = o.reshape(&body, &[Dim::Keep, Dim::Fixed(objects), Dim::Fixed(words)])?;
+    let first = o.narrow(ids, 1, 0, 1)?;
+    let last = o.narrow(ids, 1, length - 1, 1)?;
+    let mut columns = Vec::with_capacity(4);
+    for (edge, table) in edges.tables(shape.vocab_size).iter().enumerate() {
+        // The edge words follow the class and the colour.
+        let word = o.narrow(&body, 2, 2 + edge, 1)?;
+        let spread = o.concat(&vec![&word; words], 2)?;
+        let spread = o.reshape(&spread, &[Dim::Keep, Dim::Fixed(objects * words)])?;
+        let place_ids = o.concat(&[&first, &spread, &last], 1)?;
+        let table = o.constant(table, &[shape.vocab_size, 1])?;
+        columns.push(o.embedding(&table, &place_ids)?);
+    }
+    o.concat(&columns.iter().collect::<Vec<_>>(), 2)
 }
 
 fn activation<O: Ops>(o: &mut O, x: &O::T, activation: Activation) -> Result<O::T> {
@@ -86,6 +126,7 @@ fn ldm_text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> R
             heads,
             head_dim,
             Keys::Sequence,
+            None,
         )?;
         x = o.add(&x, &a)?;
         let n = layer_norm(o, &p.pp("ff_norm"), &x, width)?;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ldm_core::layout::LayoutVocabulary;
+use ldm_core::layout::{EdgeIds, LayoutVocabulary};
 pub use ldm_core::manifest::{ConcatKind, FirstStage, LinearSchedule};
 use ldm_core::NoiseSchedule;
 use serde::{Deserialize, Serialize};
@@ -310,12 +310,37 @@ impl ModelConfig {
             }
     }
 
-    /// Width of the cross-attention context, if the model has one.
+    /// Width of the cross-attention context, if the model has one: the encoder's width, and
+    /// with box attention each token's box after it.
     pub fn context_dim(&self) -> Option<usize> {
+        let boxes = if self.box_tokens().is_some() {
+            crate::unet::BOX_CHANNELS
+        } else {
+            0
+        };
         match self.conditioning {
-            Conditioning::Text { width, .. } | Conditioning::Class { width, .. } => Some(width),
+            Conditioning::Text { width, .. } | Conditioning::Class { width, .. } => {
+                Some(width + boxes)
+            }
             _ => None,
         }
+    }
+
+    /// Tokens of the cross-attention context, if the model has one.
+    pub fn context_length(&self) -> Option<usize> {
+        match self.conditioning {
+            Conditioning::Text { max_length, .. } => Some(max_length),
+            Conditioning::Class { .. } => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Where a box-attention layout model's edge words are among its token ids.
+    pub fn box_tokens(&self) -> Option<EdgeIds> {
+        self.conditioning
+            .layout()
+            .filter(|layout| layout.box_attention)
+            .map(LayoutVocabulary::edge_ids)
     }
 }
 

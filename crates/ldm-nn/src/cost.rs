@@ -42,14 +42,10 @@ impl ModelConfig {
                 autoencoder::decode(o, ae, res, &vec![1, c, r, r])
             })?,
         ];
-        let context_len = match self.conditioning {
-            Conditioning::Text { max_length, .. } => Some(max_length),
-            Conditioning::Class { .. } => Some(1),
-            _ => None,
-        };
         let io = self.unet_io();
         costs.push(measure("unet", |o| {
-            let context = context_len
+            let context = self
+                .context_length()
                 .zip(self.context_dim())
                 .map(|(m, d)| vec![1, m, d]);
             unet::forward(
@@ -103,6 +99,7 @@ impl ModelConfig {
                 activation,
                 mlp_width: mlp_width.unwrap_or(4 * width),
                 positions: positions.unwrap_or(max_length),
+                boxes: self.box_tokens(),
             }),
             _ => None,
         }
@@ -114,6 +111,7 @@ impl ModelConfig {
             in_channels: self.unet_in_channels(),
             out_channels: self.autoencoder.latent_channels,
             context_dim: self.context_dim(),
+            context_boxes: self.box_tokens().is_some(),
         }
     }
 }

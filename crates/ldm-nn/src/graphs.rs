@@ -116,20 +116,12 @@ pub fn io_specs(role: GraphRole, config: &ModelConfig) -> (Vec<TensorSpec>, Vec<
                 image_like("sample", c, "latent_"),
                 TensorSpec::new("timestep", DType::Float32, &[sym("batch")]),
             ];
-            match config.conditioning {
-                Conditioning::Text {
-                    max_length, width, ..
-                } => inputs.push(TensorSpec::new(
+            if let (Some(length), Some(width)) = (config.context_length(), config.context_dim()) {
+                inputs.push(TensorSpec::new(
                     "context",
                     DType::Float32,
-                    &[sym("batch"), fixed(max_length), fixed(width)],
-                )),
-                Conditioning::Class { width, .. } => inputs.push(TensorSpec::new(
-                    "context",
-                    DType::Float32,
-                    &[sym("batch"), fixed(1), fixed(width)],
-                )),
-                Conditioning::Concat { .. } | Conditioning::None => {}
+                    &[sym("batch"), fixed(length), fixed(width)],
+                ));
             }
             if config.conditioning.concat_task().is_some() {
                 inputs.push(image_like(
@@ -141,12 +133,8 @@ pub fn io_specs(role: GraphRole, config: &ModelConfig) -> (Vec<TensorSpec>, Vec<
             (inputs, vec![image_like("eps", c, "latent_")])
         }
         GraphRole::TextEncoder => {
-            let (max_length, width) = match config.conditioning {
-                Conditioning::Text {
-                    max_length, width, ..
-                } => (max_length, width),
-                _ => (0, 0),
-            };
+            let max_length = config.context_length().unwrap_or(0);
+            let width = config.context_dim().unwrap_or(0);
             (
                 vec![TensorSpec::new(
                     "input_ids",

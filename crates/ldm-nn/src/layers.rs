@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use crate::ops::{Dim, Init, Keys, Ops, Result};
+use crate::ops::{scaled_dot_product, Dim, Init, Keys, Ops, Result};
 
 /// A hierarchical parameter path: `Path::root("encoder").pp("down").pp(0)` names
 /// `encoder.down.0.*`, the same keys in checkpoints and ONNX initializers.
@@ -141,6 +141,7 @@ pub fn merge_heads<O: Ops>(o: &mut O, t: &O::T, inner: usize) -> Result<O::T> {
 
 /// Multi-head attention of query tokens [B, N, C] onto context tokens [B, M, Cc] (`keys`: what
 /// they range over): to_q / to_k / to_v (no bias), heads of `head_dim`, to_out.0 (with bias).
+/// `bias` ([B, 1, N, M]) is added to every head's scores.
 #[allow(clippy::too_many_arguments)]
 pub fn multi_head_attention<O: Ops>(
     o: &mut O,
@@ -152,6 +153,7 @@ pub fn multi_head_attention<O: Ops>(
     heads: usize,
     head_dim: usize,
     keys: Keys,
+    bias: Option<&O::T>,
 ) -> Result<O::T> {
     let inner = heads * head_dim;
     let q = linear(o, &p.pp("to_q"), x, query_dim, inner, false)?;
@@ -161,7 +163,13 @@ pub fn multi_head_attention<O: Ops>(
     let q = split_heads(o, &q, heads, head_dim)?;
     let k = split_heads(o, &k, heads, head_dim)?;
     let v = split_heads(o, &v, heads, head_dim)?;
-    let out = o.attention(&q, &k, &v, head_dim, keys)?;
+    let out = match bias {
+        None => o.attention(&q, &k, &v, head_dim, keys)?,
+        Some(bias) => {
+            let kt = o.transpose_last(&k)?;
+            scaled_dot_product(o, &q, &kt, &v, head_dim, Some(bias))?
+        }
+    };
     let out = merge_heads(o, &out, inner)?;
     linear(o, &p.pp("to_out").pp(0), &out, inner, query_dim, true)
 }

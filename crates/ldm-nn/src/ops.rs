@@ -154,7 +154,7 @@ pub trait Ops {
         _keys: Keys,
     ) -> Result<Self::T> {
         let kt = self.transpose_last(k)?;
-        scaled_dot_product(self, q, &kt, v, head_dim)
+        scaled_dot_product(self, q, &kt, v, head_dim, None)
     }
 
     /// Swaps the last two axes of a rank-4 tensor.
@@ -178,16 +178,20 @@ pub fn linear_by_matmul<O: Ops + ?Sized>(
     }
 }
 
-/// softmax(q·kt/√d)·v with the keys already transposed: the body of every attention.
+/// softmax(q·kt/√d + bias)·v with the keys already transposed: the body of every attention.
 pub fn scaled_dot_product<O: Ops + ?Sized>(
     o: &mut O,
     q: &O::T,
     kt: &O::T,
     v: &O::T,
     head_dim: usize,
+    bias: Option<&O::T>,
 ) -> Result<O::T> {
     let scores = o.matmul(q, kt)?;
-    let scores = o.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;
+    let mut scores = o.scale(&scores, 1.0 / (head_dim as f32).sqrt())?;
+    if let Some(bias) = bias {
+        scores = o.add(&scores, bias)?;
+    }
     let weights = o.softmax(&scores)?;
     o.matmul(&weights, v)
 }

@@ -21,7 +21,18 @@ pub struct UnetIo {
     pub out_channels: usize,
     /// None: no context (unconditional or concatenation models), plain self-attention blocks.
     pub context_dim: Option<usize>,
+    /// Whether the context's last [`BOX_CHANNELS`] channels are each token's box, which
+    /// cross-attention reads only from near it ([`box_bias`]).
+    pub context_boxes: bool,
 }
+
+/// A token's box in a box-attention context: left, top, right, bottom, in fractions of the
+/// image's sides.
+pub const BOX_CHANNELS: usize = 4;
+
+/// How fast cross-attention scores fall outside a token's box, per image side of distance:
+/// one 8x8 cell (1/8) outside costs 6 in the scores (weights / 400), the next 6 more.
+const BOX_SHARPNESS: f32 = 48.0;
 
 /// Sinusoidal embedding of (float) timesteps [B] -> [B, dim]: cos then sin halves, with
 /// frequencies exp(-ln(10000) · i / (dim/2)) as in the reference `timestep_embedding`.
@@ -151,7 +162,14 @@ fn attention<O: Ops>(
     io: UnetIo,
 ) -> Result<O::T> {
     match (context, io.context_dim) {
-        (Some(ctx), Some(ctx_dim)) => spatial_transformer(o, p, x, ctx, ctx_dim, c, cfg),
+        (Some(ctx), Some(ctx_dim)) if io.context_boxes => {
+            let features = ctx_dim - BOX_CHANNELS;
+            let boxes = o.narrow(ctx, 2, features, BOX_CHANNELS)?;
+            let ctx = o.narrow(ctx, 2, 0, features)?;
+            let bias = box_bias(o, x, &boxes)?;
+            spatial_transformer(o, p, x, &ctx, features, Some(&bias), c, cfg)
+        }
+        (Some(ctx), Some(ctx_dim)) => spatial_transformer(o, p, x, ctx, ctx_dim, None, c, cfg),
         (_, None) => attention_block(o, p, x, c, cfg),
         (None, Some(_)) => Err(crate::NnError::Shape {
             op: "spatial_transformer",
@@ -160,14 +178,52 @@ fn attention<O: Ops>(
     }
 }
 
-/// norm, proj_in, transformer blocks (self-attention, cross-attention, feed-forward, each
-/// pre-LayerNorm and residual), proj_out (zero-initialised), residual.
+/// What cross-attention adds to its scores so that each position of `x` [N, c, H, W] reads
+/// the tokens whose `boxes` [B, L, 4] hold it: 0 inside a box, falling with the distance of the
+/// position's centre outside it along x and along y ([`BOX_SHARPNESS`]); [B, 1, H·W, L].
+/// Written for this project: the layout-guided attention of layout-to-image work (a box
+/// restricting where its object's tokens are read), as a soft bias in standard operators.
+pub fn box_bias<O: Ops>(o: &mut O, x: &O::T, boxes: &O::T) -> Result<O::T> {
+    let grid = o.coordinate_grid(x)?;
+    // Centres from (-1, 1) to fractions of the sides, one per query: [1, 1, H·W, 1].
+    let half = o.constant(&[0.5], &[1])?;
+    let grid = o.scale(&grid, 0.5)?;
+    let grid = o.add(&grid, &half)?;
+    let column = [Dim::Fixed(1), Dim::Fixed(1), Dim::Infer, Dim::Fixed(1)];
+    let centre = |o: &mut O, axis: usize| -> Result<O::T> {
+        let c = o.narrow(&grid, 1, axis, 1)?;
+        o.reshape(&c, &column)
+    };
+    let (cx, cy) = (centre(o, 0)?, centre(o, 1)?);
+    // Each edge as a row of keys: [B, L, 1] -> [B, 1, 1, L], the same order.
+    let edge = |o: &mut O, k: usize| -> Result<O::T> {
+        let e = o.narrow(boxes, 2, k, 1)?;
+        o.reshape(&e, &[Dim::Keep, Dim::Fixed(1), Dim::Fixed(1), Dim::Infer])
+    };
+    let beyond = |o: &mut O, low: usize, high: usize, centre: &O::T| -> Result<O::T> {
+        let (low, high) = (edge(o, low)?, edge(o, high)?);
+        let before = o.sub(&low, centre)?;
+        let before = o.clamp(&before, 0.0, 1.0)?;
+        let after = o.sub(centre, &high)?;
+        let after = o.clamp(&after, 0.0, 1.0)?;
+        o.add(&before, &after)
+    };
+    let (along_x, along_y) = (beyond(o, 0, 2, &cx)?, beyond(o, 1, 3, &cy)?);
+    let outside = o.add(&along_x, &along_y)?;
+    o.scale(&outside, -BOX_SHARPNESS)
+}
+
+/// norm, proj_in, transformer blocks (self-attention, cross-attention with the context's
+/// `bias`, feed-forward, each pre-LayerNorm and residual), proj_out (zero-initialised),
+/// residual.
+#[allow(clippy::too_many_arguments)]
 fn spatial_transformer<O: Ops>(
     o: &mut O,
     p: &Path,
     x: &O::T,
     context: &O::T,
     context_dim: usize,
+    bias: Option<&O::T>,
     c: usize,
     cfg: &UnetConfig,
 ) -> Result<O::T> {
@@ -201,6 +257,7 @@ fn spatial_transformer<O: Ops>(
             heads,
             head_dim,
             Keys::Positions,
+            None,
         )?;
         t = o.add(&t, &a)?;
         let n = layer_norm(o, &b.pp("norm2"), &t, inner)?;
@@ -214,6 +271,7 @@ fn spatial_transformer<O: Ops>(
             heads,
             head_dim,
             Keys::Sequence,
+            bias,
         )?;
         t = o.add(&t, &a)?;
         let n = layer_norm(o, &b.pp("norm3"), &t, inner)?;

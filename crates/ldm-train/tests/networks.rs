@@ -211,6 +211,59 @@ fn cross_attention_reads_the_context() {
     assert!(a.allclose(&again, 1e-6, 1e-6, false));
 }
 
+/// Two classes, two colours, edges on a 4-step grid, up to two objects, read through box
+/// attention.
+const BOX_LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 28\nmax_length = 14\nwidth = 6\ndepth = 1\nheads = 2\n\
+     [conditioning.layout]\nclasses = [\"circle\", \"star\"]\ncolours = [\"red\", \"blue\"]\nbins = 4\nmax_objects = 2\nbox_attention = true";
+
+#[test]
+fn box_attention_reads_each_object_near_its_box_and_every_other_token_everywhere() {
+    tch::manual_seed(4);
+    let cfg = tiny("kl", BOX_LAYOUT);
+    assert_eq!(cfg.context_dim(), Some(6 + unet::BOX_CHANNELS));
+    let layout = cfg.conditioning.layout().unwrap();
+    let tokenizer = ldm_core::TextTokenizer::from_words(&layout.words()).unwrap();
+    let ids = tokenizer.encode("star blue l0 t0 r2 b4", 14).unwrap().ids;
+    let mut o = TchOps::new(Device::Cpu);
+    let ids = Tensor::from_slice(&ids).reshape([1, 14]);
+    let ctx = conditioning::text_encoder(&mut o, &ids, cfg.text_encoder_shape().unwrap()).unwrap();
+    assert_eq!(ctx.size(), [1, 14, 10]);
+    let boxes = ctx.narrow(2, 6, 4);
+    let box_of = |token: i64| Vec::<f32>::try_from(boxes.get(0).get(token)).unwrap();
+    for token in 1..=6 {
+        assert_eq!(
+            box_of(token),
+            [0.0, 0.0, 0.5, 1.0],
+            "the object's token {token}"
+        );
+    }
+    for token in [0, 7, 8, 13] {
+        assert_eq!(
+            box_of(token),
+            [0.0, 0.0, 1.0, 1.0],
+            "token {token} is no object's"
+        );
+    }
+    // On a 4x4 map the centres lie at 1/8, 3/8, 5/8, 7/8: the object's left half holds the
+    // first two columns; the third is 1/8 beyond its right edge, the fourth 3/8.
+    let x = Tensor::zeros([1, 3, 4, 4], (Kind::Float, Device::Cpu));
+    let bias = unet::box_bias(&mut o, &x, &boxes).unwrap();
+    assert_eq!(bias.size(), [1, 1, 16, 14]);
+    let row = |token: i64| {
+        Vec::<f32>::try_from(bias.get(0).get(0).narrow(0, 4, 4).select(1, token)).unwrap()
+    };
+    let expected = [0.0, 0.0, -6.0, -18.0];
+    assert!(
+        row(1)
+            .iter()
+            .zip(expected)
+            .all(|(a, b)| (a - b).abs() < 1e-4),
+        "{:?}",
+        row(1)
+    );
+    assert_eq!(row(0), [0.0; 4]);
+}
+
 #[test]
 fn a_few_adam_steps_lower_the_denoising_loss_of_unet_and_text_encoder_together() {
     tch::manual_seed(3);

@@ -99,7 +99,7 @@ impl OnnxOps<'_> {
         // it to run on every chunk at once, which holds all the scores again
         // (`declutter_pull_batcheable_output`, tract-core 0.23.9).
         let (body, [_, out]) = self.subgraph(&[&largest, &slice], |o| {
-            let out = scaled_dot_product(o, &slice, kt, v, head_dim)?;
+            let out = scaled_dot_product(o, &slice, kt, v, head_dim, None)?;
             let all = vec![("keepdims", Attr::Int(0))];
             let chunk_max = o.emit("ReduceMax", &[&out.name], all, 0, out.dtype);
             Ok([o.binary("Max", &largest, &chunk_max), out])
