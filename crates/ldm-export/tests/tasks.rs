@@ -185,6 +185,17 @@ fn layout_models_draw_boxes_given_as_json_or_words_and_refuse_anything_else() {
     }
     let err = run(&mut layout, &draw("").negative_prompt("a red thing")).unwrap_err();
     assert!(err.contains("not a layout"), "{err}");
+    // With box attention each token's box travels in the context: the same prompts work, and
+    // moving a box alone changes the image.
+    let boxes = format!("{LAYOUT}\nbox_attention = true");
+    let mut boxed = pipeline(FirstStage::Kl, &boxes, &dir.path().join("boxed"));
+    let vocabulary = boxed.bundle().manifest.conditioning.layout().unwrap();
+    assert!(vocabulary.box_attention);
+    let placed = run(&mut boxed, &draw(json)).unwrap();
+    let same = run(&mut boxed, &draw("star blue l1 t0 r4 b2")).unwrap();
+    assert_eq!(placed[0].rgb, same[0].rgb);
+    let moved = run(&mut boxed, &draw("star blue l0 t2 r2 b4")).unwrap();
+    assert_ne!(placed[0].rgb, moved[0].rgb, "another box, another image");
     // A caption model takes a layout's words as any other caption: only layout bundles parse.
     let mut text = pipeline(FirstStage::Kl, TEXT, &dir.path().join("text"));
     assert!(text.bundle().manifest.conditioning.layout().is_none());
