@@ -207,20 +207,32 @@ fn a_layout_draws_the_objects_it_names_and_matches_its_snapshot() {
     let (trajectory, images) = layout_run(Backend::Tract);
     let image = &images[0];
     assert_eq!((image.width, image.height), (64, 64));
-    // Both named colours are drawn: pixels whose asked channel stands well above the other
-    // two. (Where they land is what models/README.md says the shipped steps do not follow.)
-    let pixels = |asked: usize| {
-        image
-            .rgb
-            .chunks(3)
-            .filter(|p| {
-                let others = (0..3).filter(|&c| c != asked).map(|c| p[c]).max().unwrap();
-                p[asked] as i32 > others as i32 + 80
-            })
-            .count()
+    // Both named colours are drawn, each in its box's quarter of the image: pixels whose asked
+    // channel stands well above the other two, counted inside and outside that quarter.
+    let pixels = |asked: usize, quarter: usize| {
+        let (mut inside, mut outside) = (0, 0);
+        for (i, p) in image.rgb.chunks(3).enumerate() {
+            let others = (0..3).filter(|&c| c != asked).map(|c| p[c]).max().unwrap();
+            if p[asked] as i32 > others as i32 + 80 {
+                let (x, y) = (i % 64, i / 64);
+                if (x / 32, y / 32) == (quarter, quarter) {
+                    inside += 1;
+                } else {
+                    outside += 1;
+                }
+            }
+        }
+        (inside, outside)
     };
-    let (red, blue) = (pixels(0), pixels(2));
-    assert!(red >= 40 && blue >= 40, "{red} red and {blue} blue pixels");
+    let (red, blue) = (pixels(0, 0), pixels(2, 1));
+    assert!(
+        red.0 >= 40 && red.0 >= 4 * red.1,
+        "red pixels in / out of the top left: {red:?}"
+    );
+    assert!(
+        blue.0 >= 40 && blue.0 >= 4 * blue.1,
+        "blue pixels in / out of the bottom right: {blue:?}"
+    );
     insta::assert_snapshot!("scenes-layout_tract_ddim", summary(&trajectory, &images));
 }
 
