@@ -531,6 +531,7 @@ mod tch_eager {
                     GraphRole::Encoder | GraphRole::Decoder => release.autoencoder.as_deref(),
                     GraphRole::Unet => Some(release.unet.as_slice()),
                     GraphRole::TextEncoder | GraphRole::ClassEmbedder => release.encoder.as_deref(),
+                    GraphRole::Planner => release.planner.as_ref().map(|p| p.weights.as_slice()),
                 }
                 .with_context(|| {
                     format!("the release has no weights for the {} graph", role.as_str())

@@ -41,12 +41,13 @@ pub fn run(a: ProfileArgs) -> anyhow::Result<()> {
         GraphRole::Encoder,
         GraphRole::TextEncoder,
         GraphRole::ClassEmbedder,
+        GraphRole::Planner,
     ]
     .into_iter()
     .find(|r| r.as_str() == a.graph)
     .with_context(|| {
         format!(
-            "unknown graph '{}' (expected unet, decoder, encoder, text_encoder or class_embedder)",
+            "unknown graph '{}' (expected unet, decoder, encoder, text_encoder, class_embedder or planner)",
             a.graph
         )
     })?;

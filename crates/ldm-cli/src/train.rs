@@ -13,6 +13,7 @@ use ldm_train::classifier::{heads_from_data, train_classifier, ClassifierOptions
 use ldm_train::diffusion::{train_diffusion, DiffusionInputs, DiffusionOptions};
 use ldm_train::first_stage::{train_autoencoder, AutoencoderOptions};
 use ldm_train::optim::LrDecay;
+use ldm_train::planner::{train_planner, PlannerOptions};
 use ldm_train::run::Cadence;
 use ldm_train::trainer::StageOptions;
 
@@ -33,9 +34,14 @@ enum TrainCommand {
     /// The evaluation network of `ldm eval` (features for FID/KID, category judge), exported
     /// to an evaluator folder when training ends.
     Classifier(ClassifierArgs),
-    /// Write a diffusion run's EMA weights and first stage as a release (models/NAME/).
+    /// The layout planner of a layout model that takes captions: a transformer that reads a
+    /// caption's objects, colours, sizes and places as the layout the model draws, trained on
+    /// the captions and layouts of a scenes folder (`ldm data scenes`).
+    Planner(PlannerArgs),
+    /// Write a run's weights as a release (models/NAME/): a diffusion run's EMA weights and
+    /// first stage, or a planner run's planner with the layout model it plans for.
     Release {
-        /// Run folder of `ldm train diffusion`.
+        /// Run folder of `ldm train diffusion` or `ldm train planner`.
         #[arg(long)]
         run: PathBuf,
         /// Release folder to write (replaced once the new one is complete).
@@ -210,9 +216,24 @@ struct ClassifierArgs {
     validate_every: u64,
 }
 
+#[derive(Args)]
+struct PlannerArgs {
+    /// The layout model's configuration with `[conditioning.planner]` added (with --resume,
+    /// defaults to the run's own config.toml).
+    #[command(flatten)]
+    common: Common,
+    /// The layout model's release (`models/NAME`) the planner plans for.
+    #[arg(long)]
+    model: PathBuf,
+    /// Linear warm-up steps of the learning rate.
+    #[arg(long)]
+    warmup: Option<u64>,
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Classifier(a) => classifier(a),
+        TrainCommand::Planner(a) => planner(a),
         TrainCommand::Autoencoder(a) => autoencoder(a),
         TrainCommand::Diffusion(a) => diffusion(a),
         TrainCommand::Sample(a) => crate::sample::run(a),
@@ -462,6 +483,44 @@ fn diffusion(a: DiffusionArgs) -> anyhow::Result<()> {
         "loss {}, latent scale factor {:.5}",
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
         summary.scale_factor
+    );
+    c.run.report(
+        summary.interrupted,
+        summary.step,
+        &figures,
+        &summary.checkpoint,
+    );
+    Ok(())
+}
+
+fn planner(a: PlannerArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    anyhow::ensure!(
+        c.init_from.is_none(),
+        "--init-from is not taken by `ldm train planner` (--model names the layout model)"
+    );
+    let config = c.config()?;
+    let validation = c
+        .validation()
+        .context("--validation is required when --data has no sibling validation folder")?;
+    let mut options = c.run.options(PlannerOptions::new(a.model.clone()))?;
+    options.warmup = a.warmup.unwrap_or(options.warmup);
+    let summary = train_planner(
+        &config,
+        &c.data,
+        &validation,
+        &c.run.out,
+        options,
+        c.cadence()?,
+        c.device()?,
+        c.run.resume,
+    )
+    .with_context(|| format!("training the layout planner in {}", c.run.out.display()))?;
+    let figures = format!(
+        "loss {:.4}; validation: {:.1}% of layouts with their objects' classes and colours, {:.1}% of their boxes within a grid step",
+        summary.loss,
+        100.0 * summary.validation.objects,
+        100.0 * summary.validation.boxes
     );
     c.run.report(
         summary.interrupted,

@@ -89,6 +89,13 @@ pub struct Layout {
     pub objects: Vec<LayoutObject>,
 }
 
+impl Layout {
+    /// The layout as the JSON a layout prompt may be.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a layout serialises")
+    }
+}
+
 #[derive(Debug, Error, PartialEq)]
 pub enum LayoutError {
     #[error("invalid layout vocabulary: {0}")]
@@ -199,7 +206,7 @@ impl LayoutVocabulary {
 
     /// A box's edges on the grid, refusing one that is not a box inside the image or that
     /// rounds to nothing.
-    fn grid_box(&self, index: usize, bbox: [f64; 4]) -> Result<[usize; 4], LayoutError> {
+    pub(crate) fn grid_box(&self, index: usize, bbox: [f64; 4]) -> Result<[usize; 4], LayoutError> {
         let [x0, y0, x1, y1] = bbox;
         let inside = bbox.iter().all(|v| (0.0..=1.0).contains(v)) && x0 < x1 && y0 < y1;
         let grid = bbox.map(|v| (v * self.bins as f64).round() as usize);

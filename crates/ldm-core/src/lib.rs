@@ -6,6 +6,7 @@ mod ddim;
 pub mod error_line;
 pub mod guided;
 pub mod layout;
+pub mod layout_plan;
 pub mod manifest;
 pub mod samplers;
 mod schedule;

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ldm_core::manifest::{
-    BundleConditioning, ConcatInput, GraphRole, GraphSpec, Int8Unet, Manifest, Precision,
-    SamplerDefaults, Schedule, SlicedAttention, MANIFEST_FILE, MANIFEST_FORMAT,
+    BundleConditioning, CaptionPlanner, ConcatInput, GraphRole, GraphSpec, Int8Unet, Manifest,
+    Precision, SamplerDefaults, Schedule, SlicedAttention, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use ldm_data::{make_public_dir, write_atomic, StagingDir};
 use ldm_nn::quant::ActivationRanges;
@@ -30,6 +30,8 @@ use crate::ExportError;
 use ldm_nn::graphs::{self, io_specs};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// A layout planner's caption tokenizer.
+pub const PLANNER_TOKENIZER_FILE: &str = "planner_tokenizer.json";
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -133,6 +135,7 @@ fn weights_of(release: &Release, role: GraphRole) -> &[(String, Tensor)] {
         GraphRole::Encoder | GraphRole::Decoder => release.autoencoder.as_deref(),
         GraphRole::Unet => Some(release.unet.as_slice()),
         GraphRole::TextEncoder | GraphRole::ClassEmbedder => release.encoder.as_deref(),
+        GraphRole::Planner => release.planner.as_ref().map(|p| p.weights.as_slice()),
     };
     weights.unwrap_or_default()
 }
@@ -155,12 +158,14 @@ pub fn export_release(
     let autoencoder = weight_map(weights_of(release, GraphRole::Encoder))?;
     let unet = weight_map(&release.unet)?;
     let conditioner = weight_map(weights_of(release, GraphRole::TextEncoder))?;
+    let planner = weight_map(weights_of(release, GraphRole::Planner))?;
     let mut graph_specs = BTreeMap::new();
     for role in graphs::roles(config) {
         let weights = match role {
             GraphRole::Encoder | GraphRole::Decoder => &autoencoder,
             GraphRole::Unet => &unet,
             GraphRole::TextEncoder | GraphRole::ClassEmbedder => &conditioner,
+            GraphRole::Planner => &planner,
         };
         let mut ops = OnnxOps::new(weights, options.precision);
         if let Some(sliced) = options.sliced_attention {
@@ -195,11 +200,14 @@ pub fn export_release(
         );
     }
     // The graphs' copies of the weights are written: free them before the engines load.
-    drop((autoencoder, unet, conditioner));
+    drop((autoencoder, unet, conditioner, planner));
     let conditioning = bundle_conditioning(release)?;
     let options_of_run = &release.info.diffusion_options;
     if let Some(tokenizer) = &release.tokenizer {
         tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    }
+    if let Some(planner) = &release.planner {
+        planner.tokenizer.save(&dir.join(PLANNER_TOKENIZER_FILE))?;
     }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -288,6 +296,20 @@ fn bundle_conditioning(release: &Release) -> Result<BundleConditioning, ExportEr
                         channels: concat_channels,
                     }),
                 layout: release.config.conditioning.layout().cloned(),
+                planner: match (release.config.conditioning.planner(), &release.planner) {
+                    (None, _) => None,
+                    (Some(planner), Some(_)) => Some(CaptionPlanner {
+                        tokenizer: PLANNER_TOKENIZER_FILE.into(),
+                        max_length: planner.max_length,
+                        vocab_size: planner.vocab_size,
+                    }),
+                    (Some(_), None) => {
+                        return Err(ExportError::Invalid(
+                            "a layout model with [conditioning.planner] but no planner weights"
+                                .into(),
+                        ))
+                    }
+                },
             }
         }
         Conditioning::Class { classes, .. } => BundleConditioning::Class {

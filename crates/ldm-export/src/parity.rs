@@ -68,6 +68,13 @@ pub fn random_inputs(
                     };
                     RtTensor::i64(&shape, (0..n).map(|_| rng.random_range(0..vocab)).collect())
                 }
+                ("caption_ids", _) => {
+                    let vocab = config
+                        .conditioning
+                        .planner()
+                        .map_or(1, |p| p.vocab_size as i64);
+                    RtTensor::i64(&shape, (0..n).map(|_| rng.random_range(0..vocab)).collect())
+                }
                 ("class_labels", _) => {
                     let classes = match config.conditioning {
                         Conditioning::Class { classes, .. } => classes as i64,

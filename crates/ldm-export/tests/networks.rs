@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::{
-    config, config_with, random_release, CLASS, INPAINTING, LAYOUT, NONE, SUPER_RESOLUTION, TEXT,
+    config, config_with, random_release, CLASS, INPAINTING, LAYOUT, NONE, PLANNED_LAYOUT,
+    SUPER_RESOLUTION, TEXT,
 };
 use ldm_core::manifest::{GraphRole, Manifest, Precision};
 use ldm_export::parity::{random_inputs, reference_ops, reference_outputs};
@@ -185,6 +186,27 @@ fn box_attention_exports_with_parity_at_every_size() {
         Some(&ldm_core::manifest::DimSpec::Fixed(12 + 4))
     );
     assert_parity(&exported, "box attention");
+}
+
+#[test]
+fn a_layout_planner_exports_with_parity_beside_its_layout_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let exported = export_tiny(
+        FirstStage::Kl,
+        PLANNED_LAYOUT,
+        &ExportOptions::default(),
+        &dir.path().join("planned"),
+    );
+    let planner = &exported.manifest.graphs[&GraphRole::Planner];
+    let fixed = |n| ldm_core::manifest::DimSpec::Fixed(n);
+    assert_eq!(planner.inputs[0].shape[1], fixed(8));
+    // Two slots of 2 classes + no object, 2 colours and 4 edges of 5 grid positions.
+    assert_eq!(
+        planner.outputs[0].shape[1..],
+        [fixed(2), fixed(3 + 2 + 4 * 5)]
+    );
+    assert!(exported.files.contains_key("planner_tokenizer.json"));
+    assert_parity(&exported, "layout planner");
 }
 
 #[test]

@@ -1,14 +1,17 @@
 //! The tasks that need exported bundles of their own kind, end to end on tiny random models:
 //! super-resolution, inpainting and semantic-map models conditioned by concatenation, a class-conditional
-//! model, and an unconditional one in pixel space, each generated through the runtime.
+//! model, an unconditional one in pixel space, and layout models (with box attention, with a
+//! layout planner), each generated through the runtime.
 
 mod common;
 
 use std::sync::Mutex;
 
 use common::{
-    config, random_release, CLASS, INPAINTING, LAYOUT, NONE, SEMANTIC_MAP, SUPER_RESOLUTION, TEXT,
+    config, random_release, CLASS, INPAINTING, LAYOUT, NONE, PLANNED_LAYOUT, SEMANTIC_MAP,
+    SUPER_RESOLUTION, TEXT,
 };
+use ldm_core::manifest::GraphRole;
 use ldm_core::semantic::ClassMap;
 use ldm_export::{export_release, ExportOptions};
 use ldm_nn::FirstStage;
@@ -200,4 +203,41 @@ fn layout_models_draw_boxes_given_as_json_or_words_and_refuse_anything_else() {
     let mut text = pipeline(FirstStage::Kl, TEXT, &dir.path().join("text"));
     assert!(text.bundle().manifest.conditioning.layout().is_none());
     run(&mut text, &draw("star blue l1 t0 r4 b2")).unwrap();
+}
+
+#[test]
+fn a_planner_bundle_draws_each_caption_as_the_layout_it_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut planned = pipeline(FirstStage::Kl, PLANNED_LAYOUT, &dir.path().join("planned"));
+    let manifest = planned.bundle().manifest.clone();
+    assert!(manifest.graphs.contains_key(&GraphRole::Planner));
+    let vocabulary = manifest.conditioning.layout().unwrap();
+    let draw = |prompt: &str| Generate::new(vec![prompt.to_string()]).steps(2);
+    let captions: Vec<String> = ["a red circle at the top", "a blue star and a red circle"]
+        .map(String::from)
+        .into();
+    let layouts = planned.layouts(&captions).unwrap();
+    for (caption, layout) in captions.iter().zip(&layouts) {
+        // Every plan is a layout the vocabulary takes, as JSON the bundle draws as it is.
+        assert!(layout.starts_with('{'), "{layout}");
+        vocabulary.prompt(layout).unwrap();
+        assert_eq!(
+            planned.layouts(std::slice::from_ref(layout)).unwrap(),
+            [layout.clone()]
+        );
+        let from_caption = run(&mut planned, &draw(caption)).unwrap();
+        let from_layout = run(&mut planned, &draw(layout)).unwrap();
+        assert_eq!(
+            from_caption[0].rgb, from_layout[0].rgb,
+            "{caption}: {layout}"
+        );
+    }
+    // The unconditional prompt stays empty; a caption as a negative prompt is planned too.
+    assert_eq!(planned.layouts(&[String::new()]).unwrap(), [String::new()]);
+    run(&mut planned, &draw("").negative_prompt("a red circle")).unwrap();
+    let err = run(&mut planned, &draw(r#"{"objects": [{"class": "moon"}]}"#)).unwrap_err();
+    assert!(err.contains("not a layout"), "{err}");
+    // Without a planner, prompts are what they were.
+    let mut layout = pipeline(FirstStage::Kl, LAYOUT, &dir.path().join("layout"));
+    assert_eq!(layout.layouts(&captions).unwrap(), captions);
 }

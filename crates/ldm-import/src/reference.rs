@@ -455,6 +455,7 @@ fn infer_config(
         positions: Some(positions),
         concat: infer_concat(unet)?,
         layout: None,
+        planner: None,
     };
     let unet_config = infer_unet(unet, width)?;
     Ok(ModelConfig {

@@ -368,6 +368,7 @@ fn conditioning(
                 positions: None,
                 concat: None,
                 layout: None,
+                planner: None,
             })
         }
         ("concat", "torch.nn.Identity") if in_channels == latent + IMAGE_CHANNELS => {

@@ -110,7 +110,11 @@ fn embed<O: Ops>(
 /// The paper's encoder: token + learned position embedding, `depth` pre-LayerNorm blocks
 /// (self-attention, MLP), final LayerNorm. Unmasked, as in the paper: padding tokens are part
 /// of the sequence.
-fn ldm_text_encoder<O: Ops>(o: &mut O, ids: &O::T, shape: TextEncoderShape) -> Result<O::T> {
+pub(crate) fn ldm_text_encoder<O: Ops>(
+    o: &mut O,
+    ids: &O::T,
+    shape: TextEncoderShape,
+) -> Result<O::T> {
     let (width, heads, head_dim) = (shape.width, shape.heads, shape.head_dim);
     let mut x = embed(o, ids, shape, "token_emb.weight", "pos_emb.weight")?;
     for i in 0..shape.depth {

@@ -3,6 +3,8 @@
 use std::path::Path;
 
 use ldm_core::layout::{EdgeIds, LayoutVocabulary};
+
+use crate::conditioning::TextEncoderShape;
 pub use ldm_core::manifest::{ConcatKind, FirstStage, LinearSchedule};
 use ldm_core::NoiseSchedule;
 use serde::{Deserialize, Serialize};
@@ -153,6 +155,10 @@ pub enum Conditioning {
         /// captions.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         layout: Option<LayoutVocabulary>,
+        /// A layout model's caption reader: the prompts are captions, which it turns into the
+        /// layout the model draws (`ldm_core::layout_plan`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        planner: Option<PlannerConfig>,
     },
     /// Class labels through a learned embedding to a 1 x width context.
     Class { classes: usize, width: usize },
@@ -163,6 +169,19 @@ pub enum Conditioning {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         classes: Option<usize>,
     },
+}
+
+/// A layout planner: a transformer over a caption's tokens (its own tokenizer, trained on the
+/// captions) and per slot a decoder block, whose scores pick each object's class, colour and
+/// box (`ldm_nn::planner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerConfig {
+    pub vocab_size: usize,
+    pub max_length: usize,
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
 }
 
 /// The text transformer of a text-conditioned model.
@@ -335,6 +354,15 @@ impl ModelConfig {
         }
     }
 
+    /// The model without its layout planner: the layout model the planner plans for.
+    pub fn without_planner(&self) -> ModelConfig {
+        let mut config = self.clone();
+        if let Conditioning::Text { planner, .. } = &mut config.conditioning {
+            *planner = None;
+        }
+        config
+    }
+
     /// Where a box-attention layout model's edge words are among its token ids.
     pub fn box_tokens(&self) -> Option<EdgeIds> {
         self.conditioning
@@ -490,6 +518,46 @@ impl UnetConfig {
     }
 }
 
+impl PlannerConfig {
+    fn validate(&self) -> Result<(), NnError> {
+        check(
+            self.vocab_size >= 2,
+            "conditioning.planner.vocab_size",
+            || format!("{} is too small", self.vocab_size),
+        )?;
+        check(
+            (1..=4096).contains(&self.max_length),
+            "conditioning.planner.max_length",
+            || format!("{} is outside 1..=4096", self.max_length),
+        )?;
+        check(self.depth >= 1, "conditioning.planner.depth", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            self.heads >= 1 && self.width >= self.heads && self.width % self.heads == 0,
+            "conditioning.planner.width",
+            || format!("{} does not split into {} heads", self.width, self.heads),
+        )
+    }
+
+    /// Its caption transformer's sizes.
+    pub fn encoder_shape(&self) -> TextEncoderShape {
+        TextEncoderShape {
+            vocab_size: self.vocab_size,
+            max_length: self.max_length,
+            width: self.width,
+            depth: self.depth,
+            heads: self.heads,
+            head_dim: self.width / self.heads,
+            encoder: TextEncoderKind::Ldm,
+            activation: Activation::Gelu,
+            mlp_width: 4 * self.width,
+            positions: self.max_length,
+            boxes: None,
+        }
+    }
+}
+
 /// A layout model's vocabulary, and the text sizes it fixes.
 fn check_layout(
     layout: &LayoutVocabulary,
@@ -527,6 +595,14 @@ impl Conditioning {
     pub fn layout(&self) -> Option<&LayoutVocabulary> {
         match self {
             Conditioning::Text { layout, .. } => layout.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The caption reader of a layout model that takes captions.
+    pub fn planner(&self) -> Option<&PlannerConfig> {
+        match self {
+            Conditioning::Text { planner, .. } => planner.as_ref(),
             _ => None,
         }
     }
@@ -589,11 +665,18 @@ impl Conditioning {
                 positions,
                 concat,
                 ref layout,
+                planner,
                 encoder,
                 ..
             } => {
                 if let Some(layout) = layout {
                     check_layout(layout, vocab_size, max_length, encoder)?;
+                }
+                if let Some(planner) = planner {
+                    check(layout.is_some(), "conditioning.planner", || {
+                        "plans layouts, so it needs [conditioning.layout]".into()
+                    })?;
+                    planner.validate()?;
                 }
                 check(
                     concat != Some(ConcatKind::SemanticMap),

@@ -88,6 +88,7 @@ impl ModelConfig {
                 positions,
                 concat: _,
                 layout: _,
+                planner: _,
             } => Some(TextEncoderShape {
                 vocab_size,
                 max_length,

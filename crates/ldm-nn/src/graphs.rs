@@ -10,16 +10,19 @@
 //! | `unet`           | `sample` f32 [batch, c, latent_height, latent_width], `timestep` f32 [batch] (0-based, fractional allowed), `context` f32 [batch, tokens, width] or `concat` f32 [batch, k, latent_height, latent_width] | `eps` (predicted noise, like `sample`) |
 //! | `text_encoder`   | `input_ids` i64 [batch, max_length]                       | `context` f32 [batch, max_length, width] |
 //! | `class_embedder` | `class_labels` i64 [batch] (`classes` = no class)         | `context` f32 [batch, 1, width] |
+//! | `planner`        | `caption_ids` i64 [batch, caption max_length]             | `scores` f32 [batch, max_objects, slot width] (`ldm_core::layout_plan`) |
 //!
 //! Inputs and outputs are f32 in every precision; an f16 graph converts inside.
 
 use std::collections::BTreeMap;
 
+use ldm_core::layout_plan::SlotScores;
 use ldm_core::manifest::{DType, DimSpec, GraphRole, TensorSpec};
 
 use crate::ops::Result;
 use crate::{
-    autoencoder, conditioning, unet, Conditioning, FirstStage, ModelConfig, NnError, Ops, ShapeOps,
+    autoencoder, conditioning, planner, unet, Conditioning, FirstStage, ModelConfig, NnError, Ops,
+    ShapeOps,
 };
 
 /// The graphs a model exports, in the order they are written.
@@ -30,6 +33,9 @@ pub fn roles(config: &ModelConfig) -> Vec<GraphRole> {
     }
     roles.push(GraphRole::Unet);
     roles.extend(conditioner_role(config));
+    if config.conditioning.planner().is_some() {
+        roles.push(GraphRole::Planner);
+    }
     roles
 }
 
@@ -148,6 +154,29 @@ pub fn io_specs(role: GraphRole, config: &ModelConfig) -> (Vec<TensorSpec>, Vec<
                 )],
             )
         }
+        GraphRole::Planner => {
+            let (length, slots, width) =
+                match (config.conditioning.planner(), config.conditioning.layout()) {
+                    (Some(planner), Some(layout)) => (
+                        planner.max_length,
+                        layout.max_objects,
+                        SlotScores::of(layout).width(),
+                    ),
+                    _ => (0, 0, 0),
+                };
+            (
+                vec![TensorSpec::new(
+                    "caption_ids",
+                    DType::Int64,
+                    &[sym("batch"), fixed(length)],
+                )],
+                vec![TensorSpec::new(
+                    "scores",
+                    DType::Float32,
+                    &[sym("batch"), fixed(slots), fixed(width)],
+                )],
+            )
+        }
         GraphRole::ClassEmbedder => {
             let width = config.context_dim().unwrap_or(0);
             (
@@ -215,6 +244,10 @@ pub fn forward<O: Ops>(
                 conditioning::class_embedder(o, &inputs[0], classes, width)?
             }
             _ => return Err(NnError::config("conditioning", "not class")),
+        },
+        GraphRole::Planner => match (config.conditioning.planner(), config.conditioning.layout()) {
+            (Some(planner), Some(layout)) => planner::forward(o, &inputs[0], planner, layout)?,
+            _ => return Err(NnError::config("conditioning.planner", "absent")),
         },
     };
     Ok(vec![output])

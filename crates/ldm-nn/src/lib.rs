@@ -13,6 +13,7 @@ mod error;
 pub mod graphs;
 pub mod layers;
 pub mod ops;
+pub mod planner;
 pub mod quant;
 pub mod shape;
 pub mod unet;
@@ -20,7 +21,7 @@ pub mod unet;
 pub use classifier::{ClassifierConfig, Head};
 pub use config::{
     Activation, AutoencoderConfig, ConcatKind, Conditioning, DiffusionConfig, FirstStage,
-    ModelConfig, TextEncoderKind, UnetConfig,
+    ModelConfig, PlannerConfig, TextEncoderKind, UnetConfig,
 };
 pub use cost::NetworkCost;
 pub use error::NnError;

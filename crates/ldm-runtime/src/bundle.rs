@@ -58,6 +58,8 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// The prompt tokenizer of a text-conditioned bundle.
     pub tokenizer: Option<TextTokenizer>,
+    /// The caption tokenizer of a layout bundle's planner.
+    pub planner_tokenizer: Option<TextTokenizer>,
     /// Bytes of its graph files together.
     graph_bytes: u64,
 }
@@ -107,10 +109,15 @@ impl Bundle {
             } => Some(load_tokenizer(dir, tokenizer, *vocab_size)?),
             _ => None,
         };
+        let planner_tokenizer = match manifest.conditioning.planner() {
+            Some(p) => Some(load_tokenizer(dir, &p.tokenizer, p.vocab_size)?),
+            None => None,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             tokenizer,
+            planner_tokenizer,
             graph_bytes,
         })
     }
@@ -170,8 +177,8 @@ pub fn check_threads(threads: usize) -> Result<usize, RuntimeError> {
     Ok(threads)
 }
 
-/// The bundle's tokenizer, read under the confinement rule; its ids must index the text
-/// encoder's embedding (`vocab_size` rows).
+/// A tokenizer of the bundle, read under the confinement rule; its ids must index the
+/// embedding of the graph it feeds (`vocab_size` rows).
 fn load_tokenizer(
     dir: &Path,
     file: &str,
@@ -184,7 +191,7 @@ fn load_tokenizer(
         return Err(RuntimeError::Bundle {
             path,
             message: format!(
-                "token id {} is beyond the text encoder's {vocab_size} embeddings (conditioning.vocab_size)",
+                "token id {} is beyond the {vocab_size} embeddings its graph holds (vocab_size)",
                 tokenizer.max_id()
             ),
         });

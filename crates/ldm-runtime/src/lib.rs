@@ -9,6 +9,7 @@ mod bundle;
 mod contract;
 mod error;
 mod image_tasks;
+mod layout_planner;
 #[cfg(feature = "ort")]
 mod onnxruntime;
 mod pipeline;

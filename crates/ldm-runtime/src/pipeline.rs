@@ -28,6 +28,7 @@ use ldm_core::semantic::class_shares;
 use ldm_core::{GuidedSampling, KnownLatent};
 
 use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
+use crate::layout_planner::LayoutPlanner;
 use crate::plan::{self, Decode, Plan, Task};
 use crate::tiled::decode_tiled;
 use crate::{
@@ -43,6 +44,8 @@ pub struct Pipeline {
     unet: Box<dyn Session>,
     /// Text encoder or class embedder.
     conditioner: Option<Box<dyn Session>>,
+    /// A layout bundle's caption reader.
+    layout_planner: Option<Box<dyn Session>>,
     /// The first stage's encoder, opened on the first request with an input image.
     image_encoder: Option<Box<dyn Session>>,
     decoder: Option<Box<dyn Session>>,
@@ -115,6 +118,10 @@ impl Pipeline {
             }
             BundleConditioning::None | BundleConditioning::Concat { .. } => None,
         };
+        let layout_planner = match m.conditioning.planner() {
+            Some(_) => Some(bundle.session(GraphRole::Planner, backend, threads)?),
+            None => None,
+        };
         let decoder = match m.first_stage {
             FirstStage::Identity => None,
             _ => Some(bundle.session(GraphRole::Decoder, backend, threads)?),
@@ -126,6 +133,7 @@ impl Pipeline {
             planner,
             unet,
             conditioner,
+            layout_planner,
             image_encoder: None,
             decoder,
         })
@@ -133,6 +141,16 @@ impl Pipeline {
 
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
+    }
+
+    /// What a layout bundle with a planner draws for each prompt: a caption's planned layout
+    /// as JSON (a layout's JSON and the empty prompt stay as they are); other bundles' prompts
+    /// unchanged.
+    pub fn layouts(&mut self, prompts: &[String]) -> Result<Vec<String>, RuntimeError> {
+        match self.layout_planner.as_deref_mut() {
+            Some(session) => LayoutPlanner::of(&self.bundle, session).layouts(prompts),
+            None => Ok(prompts.to_vec()),
+        }
     }
 
     /// The bytes one request may be estimated to need (see [`plan::MemoryEstimate`]); larger
@@ -416,9 +434,15 @@ impl Pipeline {
         request: &Generate,
         guided: bool,
     ) -> Result<Option<Tensor>, RuntimeError> {
-        let Some(encoder) = self.conditioner.as_mut() else {
+        if self.conditioner.is_none() {
             return Ok(None);
-        };
+        }
+        // A planner bundle's captions become the layouts it draws; other prompts stay.
+        let mut prompts = request.prompts.clone();
+        prompts.push(request.negative_prompt.clone());
+        let mut prompts = self.layouts(&prompts)?;
+        let negative = prompts.pop().expect("the negative prompt");
+        let encoder = self.conditioner.as_mut().expect("checked above");
         let n = request.prompts.len();
         let rows = if guided { 2 * n } else { n };
         let ids = match &self.bundle.manifest.conditioning {
@@ -428,7 +452,7 @@ impl Pipeline {
                     .text_prompts()
                     .expect("text bundles load their tokenizer");
                 let ids = text
-                    .ids(&request.prompts, &request.negative_prompt, guided)
+                    .ids(&prompts, &negative, guided)
                     .map_err(RequestError::from)?;
                 Tensor::i64(&[rows, text.max_length], ids)?
             }
@@ -516,7 +540,7 @@ fn row_input<'a>(
 /// Runs `session` and returns its first output, refused when it is not f32 or holds a NaN or
 /// an infinity: every network's output is checked, so damaged weights stop the request with
 /// the network's name instead of producing an image.
-fn run_finite(
+pub(crate) fn run_finite(
     session: &mut dyn Session,
     graph: &'static str,
     inputs: &[(&str, &Tensor)],

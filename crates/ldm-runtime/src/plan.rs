@@ -4,6 +4,7 @@
 //! [`crate::Pipeline::plan`], so they all refuse the same requests with the same messages.
 
 use ldm_core::guided::MAX_GUIDANCE;
+use ldm_core::layout_plan::is_caption;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, SlicedAttention};
 use ldm_core::{ConditionError, Manifest, NoiseSchedule, SamplerKind, SamplingSetup};
 
@@ -350,8 +351,12 @@ pub fn plan(
         ..
     } = &m.conditioning
     {
+        // A planner bundle's captions are planned into layouts when the request runs.
+        let planned = m.conditioning.planner().is_some();
         for prompt in request.prompts.iter().chain([&request.negative_prompt]) {
-            layout.prompt(prompt).map_err(ConditionError::from)?;
+            if !(planned && is_caption(prompt)) {
+                layout.prompt(prompt).map_err(ConditionError::from)?;
+            }
         }
     }
     let task = task_kind(m, request)?;

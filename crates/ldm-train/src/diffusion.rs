@@ -551,6 +551,11 @@ fn conditioner(
     resumed: Option<&DiffusionState>,
     out: &Path,
 ) -> Result<(Conditioner, Vec<String>), TrainError> {
+    if config.conditioning.planner().is_some() {
+        return Err(TrainError::Mismatch(
+            "[conditioning.planner] is trained by `ldm train planner` for a trained layout model: train the layout model with a configuration without it".into(),
+        ));
+    }
     if config.conditioning.concat_task() == Some(ConcatKind::MaskFirstInpainting) {
         // Stable Diffusion's inpainting UNets run here but do not train: the trainer makes
         // inpainting inputs in its own order only, and never with a text context beside them.

@@ -23,6 +23,7 @@ pub mod latents;
 pub mod losses;
 pub mod metrics;
 pub mod optim;
+pub mod planner;
 mod preview;
 pub mod records;
 pub mod release;

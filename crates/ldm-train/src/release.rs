@@ -7,6 +7,8 @@
 //! unet.safetensors            EMA weights of the UNet
 //! text_encoder.safetensors    EMA weights of the conditioning encoder (or class_embedder)
 //! tokenizer.json              text models
+//! planner.safetensors         layout models that take captions: the layout planner
+//! planner_tokenizer.json      its caption tokenizer
 //! release.json                latent scale factor, class names, training figures
 //! ```
 //!
@@ -15,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ldm_core::manifest::GraphRole;
 use ldm_core::TextTokenizer;
 use ldm_data::StagingDir;
 use ldm_nn::ModelConfig;
@@ -34,6 +37,10 @@ pub const RELEASE_FILE: &str = "release.json";
 /// The caption tokenizer of a text model, in run folders and releases.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const CONFIG_FILE: &str = "model.toml";
+/// Weights of a layout planner, in its run's checkpoints and in releases.
+pub const PLANNER: &str = "planner";
+/// A layout planner's caption tokenizer, in its run folder and in releases.
+pub const PLANNER_TOKENIZER_FILE: &str = "planner_tokenizer.json";
 const FORMAT: u32 = 1;
 
 /// What a release records besides its weights.
@@ -180,6 +187,14 @@ pub struct Release {
     pub encoder: Option<NamedWeights>,
     pub autoencoder: Option<NamedWeights>,
     pub tokenizer: Option<TextTokenizer>,
+    /// The layout planner of a layout model that takes captions.
+    pub planner: Option<TrainedPlanner>,
+}
+
+/// A layout planner's weights (f32, CPU) and caption tokenizer.
+pub struct TrainedPlanner {
+    pub weights: NamedWeights,
+    pub tokenizer: TextTokenizer,
 }
 
 fn half(weights: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
@@ -257,6 +272,7 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
         encoder,
         autoencoder: first_stage.map(|(_, w)| w),
         tokenizer,
+        planner: None,
     })
 }
 
@@ -314,17 +330,27 @@ pub fn load_release_or_run(path: &Path) -> Result<Release, TrainError> {
     }
 }
 
-/// Writes the latest checkpoint of the diffusion run `run_dir` (EMA weights) and its first
-/// stage as a release in `out`, replacing what was there only once the new one is complete.
+/// Writes the latest checkpoint of the run `run_dir` as a release in `out`, replacing what was
+/// there only once the new one is complete: a diffusion run's EMA weights and first stage, or
+/// a layout planner's run with the layout model it plans for.
 pub fn write_release(
     run_dir: &Path,
     decoder_from: Option<&Path>,
     out: &Path,
 ) -> Result<PathBuf, TrainError> {
-    let mut release = release_from_run(run_dir)?;
+    let mut release = if crate::planner::is_planner_run(run_dir)? {
+        crate::planner::release_from_run(run_dir)?
+    } else {
+        release_from_run(run_dir)?
+    };
     if let Some(source) = decoder_from {
         replace_decoder(&mut release, source)?;
     }
+    write(&release, out)
+}
+
+/// Writes `release` in `out`, weights as f16, replacing what was there only once complete.
+fn write(release: &Release, out: &Path) -> Result<PathBuf, TrainError> {
     let config = &release.config;
     let staging = StagingDir::new_replacing(out)?;
     let dir = staging.path();
@@ -337,6 +363,10 @@ pub fn write_release(
     }
     if let Some(tokenizer) = &release.tokenizer {
         tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    }
+    if let Some(planner) = &release.planner {
+        save(dir, PLANNER, &planner.weights)?;
+        planner.tokenizer.save(&dir.join(PLANNER_TOKENIZER_FILE))?;
     }
     let toml = toml::to_string(config)?;
     write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
@@ -422,9 +452,10 @@ fn read_info(dir: &Path) -> Result<ReleaseInfo, TrainError> {
 pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
     let info = read_info(dir)?;
     let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
-    let f32_weights = |name: &str, expected| -> Result<NamedWeights, TrainError> {
-        Ok(checkpoint::load_weights_as_f32(dir, name, Some(expected))?)
-    };
+    let f32_weights =
+        |name: &str, expected: &BTreeMap<String, Vec<usize>>| -> Result<NamedWeights, TrainError> {
+            Ok(checkpoint::load_weights_as_f32(dir, name, Some(expected))?)
+        };
     let (unet_expected, encoder_expected) = expected_params(&config)?;
     let unet = f32_weights("unet", &unet_expected)?;
     let encoder = match (encoder_name(&config), &encoder_expected) {
@@ -442,6 +473,16 @@ pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
         Some(_) => Some(TextTokenizer::load(&dir.join(TOKENIZER_FILE))?),
         None => None,
     };
+    let planner = match config.conditioning.planner() {
+        Some(_) => Some(TrainedPlanner {
+            weights: f32_weights(
+                PLANNER,
+                &ldm_nn::graphs::expected_params(GraphRole::Planner, &config)?,
+            )?,
+            tokenizer: TextTokenizer::load(&dir.join(PLANNER_TOKENIZER_FILE))?,
+        }),
+        None => None,
+    };
     Ok(Release {
         config,
         info,
@@ -449,6 +490,7 @@ pub fn load_release(dir: &Path) -> Result<Release, TrainError> {
         encoder,
         autoencoder,
         tokenizer,
+        planner,
     })
 }
 

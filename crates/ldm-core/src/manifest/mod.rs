@@ -151,6 +151,10 @@ pub enum BundleConditioning {
         /// ([`crate::layout`]), which the tokenizer holds exactly the words of.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         layout: Option<LayoutVocabulary>,
+        /// A layout model that takes captions: its `planner` graph turns each caption into
+        /// the layout drawn ([`crate::layout_plan`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        planner: Option<CaptionPlanner>,
     },
     /// Labels 0..classes for the `class_embedder` graph; label `classes` is "no class".
     Class {
@@ -162,6 +166,16 @@ pub enum BundleConditioning {
         task: ConcatKind,
         channels: usize,
     },
+}
+
+/// The prompts of a layout bundle's `planner` graph: captions, which `tokenizer` (a file in the
+/// bundle) turns into `max_length` ids below `vocab_size`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionPlanner {
+    pub tokenizer: String,
+    pub max_length: usize,
+    pub vocab_size: usize,
 }
 
 /// The UNet's `concat` input of a text model that also takes one.
@@ -177,6 +191,14 @@ impl BundleConditioning {
     pub fn layout(&self) -> Option<&LayoutVocabulary> {
         match self {
             BundleConditioning::Text { layout, .. } => layout.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The caption reader of a layout bundle that takes captions.
+    pub fn planner(&self) -> Option<&CaptionPlanner> {
+        match self {
+            BundleConditioning::Text { planner, .. } => planner.as_ref(),
             _ => None,
         }
     }
@@ -304,6 +326,7 @@ pub enum GraphRole {
     Unet,
     TextEncoder,
     ClassEmbedder,
+    Planner,
 }
 
 impl GraphRole {
@@ -314,6 +337,7 @@ impl GraphRole {
             GraphRole::Unet => "unet",
             GraphRole::TextEncoder => "text_encoder",
             GraphRole::ClassEmbedder => "class_embedder",
+            GraphRole::Planner => "planner",
         }
     }
 }

@@ -63,7 +63,20 @@ impl Manifest {
             required.extend([GraphRole::Encoder, GraphRole::Decoder]);
         }
         match &self.conditioning {
-            BundleConditioning::Text { .. } => required.push(GraphRole::TextEncoder),
+            BundleConditioning::Text {
+                layout, planner, ..
+            } => {
+                required.push(GraphRole::TextEncoder);
+                if planner.is_some() {
+                    if layout.is_none() {
+                        return Err(
+                            "conditioning.planner plans layouts: it needs conditioning.layout"
+                                .into(),
+                        );
+                    }
+                    required.push(GraphRole::Planner);
+                }
+            }
             BundleConditioning::Class {
                 classes,
                 class_names,
@@ -93,11 +106,19 @@ impl Manifest {
                 ));
             }
         }
-        if let BundleConditioning::Text { tokenizer, .. } = &self.conditioning {
-            if !crate::confined::is_plain_relative(tokenizer) || tokenizer.contains('/') {
-                return Err(format!(
-                    "conditioning.tokenizer {tokenizer:?} is not a plain file name"
-                ));
+        if let BundleConditioning::Text {
+            tokenizer, planner, ..
+        } = &self.conditioning
+        {
+            let planner = planner
+                .as_ref()
+                .map(|p| ("planner.tokenizer", &p.tokenizer));
+            for (field, file) in [("tokenizer", tokenizer)].into_iter().chain(planner) {
+                if !crate::confined::is_plain_relative(file) || file.contains('/') {
+                    return Err(format!(
+                        "conditioning.{field} {file:?} is not a plain file name"
+                    ));
+                }
             }
         }
         if let Some(concat) = self.conditioning.concat() {
@@ -151,6 +172,18 @@ impl Manifest {
                 }
                 bounded.push(("conditioning.max_length", *max_length, MAX_TOKENS));
                 bounded.push(("conditioning.vocab_size", *vocab_size, MAX_VOCABULARY));
+                if let Some(planner) = self.conditioning.planner() {
+                    bounded.push((
+                        "conditioning.planner.max_length",
+                        planner.max_length,
+                        MAX_TOKENS,
+                    ));
+                    bounded.push((
+                        "conditioning.planner.vocab_size",
+                        planner.vocab_size,
+                        MAX_VOCABULARY,
+                    ));
+                }
             }
             BundleConditioning::Class { classes, .. } => {
                 bounded.push(("conditioning.classes", *classes, MAX_CLASSES));
@@ -265,6 +298,34 @@ impl Manifest {
                 "a class model's context length",
             )),
             BundleConditioning::Concat { .. } | BundleConditioning::None => {}
+        }
+        if let (Some(planner), Some(layout)) =
+            (self.conditioning.planner(), self.conditioning.layout())
+        {
+            let slots = crate::layout_plan::SlotScores::of(layout).width();
+            expected.extend([
+                (
+                    GraphRole::Planner,
+                    "caption_ids",
+                    1,
+                    planner.max_length,
+                    "conditioning.planner.max_length",
+                ),
+                (
+                    GraphRole::Planner,
+                    "scores",
+                    1,
+                    layout.max_objects,
+                    "conditioning.layout.max_objects",
+                ),
+                (
+                    GraphRole::Planner,
+                    "scores",
+                    2,
+                    slots,
+                    "the layout's scores per slot",
+                ),
+            ]);
         }
         if let Some(concat) = self.conditioning.concat() {
             expected.push((
@@ -492,6 +553,54 @@ mod tests {
         refuse(
             &text(&|v| v["graphs"]["unet"]["inputs"][1]["shape"][2] = 64.into()),
             "context width",
+        );
+        // A layout model of one object (class "star", colour "red", a 2-step grid: 8 ids,
+        // 8 tokens) with a planner whose scores are 2 + 1 + 4 x 3 = 15 a slot.
+        fn planned<'a>(
+            edit: &'a dyn Fn(&mut serde_json::Value),
+        ) -> impl Fn(&mut serde_json::Value) + 'a {
+            move |v: &mut serde_json::Value| {
+                text(&|_| {})(v);
+                v["conditioning"]["layout"] = serde_json::json!({
+                    "classes": ["star"], "colours": ["red"], "bins": 2, "max_objects": 1
+                });
+                v["conditioning"]["planner"] = serde_json::json!({
+                    "tokenizer": "planner_tokenizer.json", "max_length": 12, "vocab_size": 50
+                });
+                v["graphs"]["planner"] = serde_json::json!({
+                    "file": "planner.onnx",
+                    "inputs": [{"name": "caption_ids", "dtype": "int64", "shape": ["batch", 12]}],
+                    "outputs": [{"name": "scores", "dtype": "float32", "shape": ["batch", 1, 15]}]
+                });
+                edit(v);
+            }
+        }
+        let mut v = minimal();
+        planned(&|_| {})(&mut v);
+        Manifest::parse(&v.to_string()).unwrap();
+        refuse(
+            &planned(&|v| {
+                v["graphs"].as_object_mut().unwrap().remove("planner");
+            }),
+            "no `planner` graph",
+        );
+        refuse(
+            &planned(&|v| {
+                v["conditioning"].as_object_mut().unwrap().remove("layout");
+            }),
+            "conditioning.planner plans layouts",
+        );
+        refuse(
+            &planned(&|v| v["conditioning"]["planner"]["tokenizer"] = "/etc/passwd".into()),
+            "conditioning.planner.tokenizer \"/etc/passwd\" is not a plain file name",
+        );
+        refuse(
+            &planned(&|v| v["conditioning"]["planner"]["max_length"] = (1u64 << 40).into()),
+            "conditioning.planner.max_length",
+        );
+        refuse(
+            &planned(&|v| v["graphs"]["planner"]["outputs"][0]["shape"][2] = 16.into()),
+            "the layout's scores per slot = 15 but the `planner` graph's 'scores' has 16",
         );
     }
 }

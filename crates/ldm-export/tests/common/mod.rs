@@ -1,11 +1,13 @@
 //! Tiny models with random weights, for export tests.
 #![allow(dead_code)] // each test file uses its own part
 
+use ldm_core::manifest::GraphRole;
 use ldm_core::TextTokenizer;
+use ldm_nn::graphs;
 use ldm_nn::{autoencoder, FirstStage, ModelConfig};
 use ldm_train::denoiser::{split_named, Denoiser};
 use ldm_train::diffusion::DiffusionOptions;
-use ldm_train::release::{Release, ReleaseInfo};
+use ldm_train::release::{Release, ReleaseInfo, TrainedPlanner};
 use ldm_train::tensors::sorted_params;
 use ldm_train::TchOps;
 use tch::{Device, Kind, Tensor};
@@ -18,6 +20,10 @@ pub const INPAINTING: &str = "[conditioning]\nkind = \"concat\"\ntask = \"inpain
 /// Boxes of two classes and two colours on a 4-step grid, at most two a layout.
 pub const LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 28\nmax_length = 14\nwidth = 12\ndepth = 1\nheads = 3\n\
      [conditioning.layout]\nclasses = [\"circle\", \"star\"]\ncolours = [\"red\", \"blue\"]\nbins = 4\nmax_objects = 2";
+/// [`LAYOUT`] with a layout planner that reads captions of up to 8 tokens.
+pub const PLANNED_LAYOUT: &str = "[conditioning]\nkind = \"text\"\nvocab_size = 28\nmax_length = 14\nwidth = 12\ndepth = 1\nheads = 3\n\
+     [conditioning.layout]\nclasses = [\"circle\", \"star\"]\ncolours = [\"red\", \"blue\"]\nbins = 4\nmax_objects = 2\n\
+     [conditioning.planner]\nvocab_size = 64\nmax_length = 8\nwidth = 12\ndepth = 1\nheads = 3";
 pub const SEMANTIC_MAP: &str =
     "[conditioning]\nkind = \"concat\"\ntask = \"semantic_map\"\nclasses = 5";
 
@@ -83,6 +89,20 @@ pub fn random_release(config: &ModelConfig, seed: i64) -> Release {
                 TextTokenizer::train(captions.iter(), 64).unwrap()
             }
         });
+    let planner = config.conditioning.planner().map(|p| {
+        let mut ops = TchOps::new(Device::Cpu);
+        let ids = Tensor::zeros([1, p.max_length as i64], (Kind::Int64, Device::Cpu));
+        graphs::forward(GraphRole::Planner, config, &mut ops, &[ids]).unwrap();
+        let captions = [
+            "a red circle at the top",
+            "a blue star and a red circle",
+            "a star",
+        ];
+        TrainedPlanner {
+            weights: randomised(sorted_params(&ops)),
+            tokenizer: TextTokenizer::train(captions.iter(), p.vocab_size).unwrap(),
+        }
+    });
     Release {
         config: config.clone(),
         info: ReleaseInfo {
@@ -101,5 +121,6 @@ pub fn random_release(config: &ModelConfig, seed: i64) -> Release {
         encoder,
         autoencoder,
         tokenizer,
+        planner,
     }
 }

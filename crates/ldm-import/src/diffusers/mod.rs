@@ -333,6 +333,7 @@ fn text_config(text: &Config) -> Result<Conditioning, ImportError> {
         positions: Some(positions),
         concat: None,
         layout: None,
+        planner: None,
     })
 }
 
