@@ -632,6 +632,16 @@ fn print_report(r: &Report) {
             100.0 * p.real,
             100.0 * p.other_rows
         );
+        for c in &p.by_count {
+            println!(
+                "    {} object(s), {} rows: {:.1} % of objects right, {:.1} % of images all right (the real images: {:.1} %)",
+                c.objects,
+                c.rows,
+                100.0 * c.generated,
+                100.0 * c.images_right,
+                100.0 * c.real
+            );
+        }
     }
     if let Some(s) = &r.restoration {
         let fid = |q: &eval_restoration::Quality| {

@@ -22,6 +22,22 @@ pub struct PlacementScores {
     pub real: f64,
     /// The generated images scored against the next row's scene (the prompt ignored).
     pub other_rows: f64,
+    /// The rows of each count of asked objects alone, fewest first.
+    #[serde(default)]
+    pub by_count: Vec<CountScores>,
+}
+
+/// Placement over the rows that ask for `objects` objects.
+#[derive(Serialize, Deserialize)]
+pub struct CountScores {
+    pub objects: usize,
+    pub rows: usize,
+    /// Objects right over objects asked plus objects drawn unasked.
+    pub generated: f64,
+    /// Images with every asked object right and nothing more.
+    pub images_right: f64,
+    /// The same share of objects on the held-out images themselves.
+    pub real: f64,
 }
 
 /// The scores, or None when some row is not a scene.
@@ -53,10 +69,45 @@ pub fn score(
         });
         total.share()
     };
+    let mut counts: Vec<usize> = asked.iter().map(Vec::len).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let by_count = counts
+        .into_iter()
+        .map(|objects| {
+            let rows: Vec<usize> = (0..asked.len())
+                .filter(|&i| asked[i].len() == objects)
+                .collect();
+            let scored = |images: &[Vec<SceneObject>]| -> Vec<ObjectCounts> {
+                rows.iter()
+                    .map(|&i| score_one(&asked[i], &images[i]))
+                    .collect()
+            };
+            let total = |counts: &[ObjectCounts]| {
+                counts
+                    .iter()
+                    .fold(ObjectCounts::default(), |sum, &c| sum + c)
+                    .share()
+            };
+            let generated = scored(&generated);
+            let right = generated
+                .iter()
+                .filter(|c| c.correct == c.asked && c.extra == 0)
+                .count();
+            CountScores {
+                objects,
+                rows: rows.len(),
+                generated: total(&generated),
+                images_right: right as f64 / rows.len() as f64,
+                real: total(&scored(&real)),
+            }
+        })
+        .collect();
     Some(PlacementScores {
         judged_by: if by_boxes { "boxes" } else { "caption" }.into(),
         generated: share(0, &generated),
         real: share(0, &real),
         other_rows: share(1, &generated),
+        by_count,
     })
 }

@@ -17,14 +17,16 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint;
-use crate::optim::{warmup_lr, AdamConfig, AdamW};
+use crate::optim::{scheduled_lr, AdamConfig, AdamW, LrDecay};
 use crate::release::{load_release, Release, TrainedPlanner, PLANNER, PLANNER_TOKENIZER_FILE};
 use crate::run::{step_seed, Cadence, RunLog, Start};
 use crate::tensors::{detached, shallow, sorted_params, NamedWeights};
 use crate::trainer::{self, stage_records, Begun, Stage, StepReport, Summary};
 use crate::{TchOps, TrainError};
 
-/// Hyper-parameters of a planner run (saved with every checkpoint).
+/// Hyper-parameters of a planner run (saved with every checkpoint). The learning rate warms
+/// up, then follows half a cosine to 0 at the last step: at a constant 1e-3 the validation
+/// scores fell back from their best after a thousand steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannerOptions {
     pub steps: u64,
@@ -42,8 +44,8 @@ impl PlannerOptions {
         Self {
             steps: 2_000,
             batch_size: 64,
-            learning_rate: 5e-4,
-            warmup: 100,
+            learning_rate: 1e-3,
+            warmup: 200,
             weight_decay: 1e-4,
             seed: 0,
             model,
@@ -412,8 +414,13 @@ impl Stage for PlannerStage<'_> {
         self.opt.zero_grad();
         loss.backward();
         let options = &self.options;
-        self.opt
-            .step(warmup_lr(options.learning_rate, options.warmup, step));
+        self.opt.step(scheduled_lr(
+            options.learning_rate,
+            options.warmup,
+            LrDecay::Cosine,
+            step,
+            options.steps,
+        ));
         Ok(StepReport::Values(vec![value]))
     }
 

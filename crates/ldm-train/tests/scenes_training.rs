@@ -185,3 +185,89 @@ fn a_layout_model_trains_on_the_scenes_boxes_and_refuses_rows_without_layouts() 
     .to_string();
     assert!(err.contains("3 objects takes 20 tokens"), "{err}");
 }
+
+#[test]
+fn a_layout_planner_learns_the_captions_layouts_and_ships_with_its_layout_model() {
+    use ldm_train::planner::{train_planner, PlannerOptions};
+    use ldm_train::run::Cadence;
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = config(LAYOUT);
+    let (ldm, _) = train_on_scenes_then_on_shapes(tmp.path(), &layout);
+    let model = tmp.path().join("layout-release");
+    ldm_train::release::write_release(&ldm, None, &model).unwrap();
+    let planned = config(&format!(
+        "{LAYOUT}\n[conditioning.planner]\nvocab_size = 128\nmax_length = 40\nwidth = 16\ndepth = 1\nheads = 2"
+    ));
+    let scenes = tmp.path().join("scenes");
+    let cadence = Cadence {
+        log_every: 10,
+        validate_every: 40,
+        checkpoint_every: 20,
+        quiet: true,
+        ..Cadence::default()
+    };
+    let options = |steps| PlannerOptions {
+        steps,
+        batch_size: 16,
+        warmup: 10,
+        learning_rate: 3e-3,
+        ..PlannerOptions::new(model.clone())
+    };
+    let run = tmp.path().join("planner");
+    let train = |steps, resume| {
+        train_planner(
+            &planned,
+            &scenes.join("train"),
+            &scenes.join("validation"),
+            &run,
+            options(steps),
+            cadence.clone(),
+            tch::Device::Cpu,
+            resume,
+        )
+    };
+    train(40, false).unwrap();
+    // Resumed, it goes on from its checkpoint; the loss falls as it learns the captions.
+    let done = train(120, true).unwrap();
+    assert_eq!(done.step, 120);
+    let loss = logged(&run, 1);
+    assert_eq!(loss.len(), 12);
+    assert!(loss[11] < 0.75 * loss[0], "{loss:?}");
+    // The release is the layout model with the planner and its caption tokenizer.
+    let release = tmp.path().join("release");
+    ldm_train::release::write_release(&run, None, &release).unwrap();
+    let loaded = ldm_train::release::load_release(&release).unwrap();
+    assert_eq!(loaded.config, planned);
+    assert!(loaded.planner.is_some());
+    assert!(release.join("planner_tokenizer.json").is_file());
+    // A planner is trained by its own command, and for the layout model of its configuration.
+    let err = diffusion(
+        &planned,
+        (&scenes.join("train"), &tmp.path().join("ae"), None),
+        &tmp.path().join("refused"),
+        diffusion_options(1),
+        1,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("ldm train planner"), "{err}");
+    let other = config(&format!(
+        "{}\n[conditioning.planner]\nvocab_size = 128\nmax_length = 40\nwidth = 16\ndepth = 1\nheads = 2",
+        LAYOUT.replace("bins = 8", "bins = 4")
+    ));
+    let err = train_planner(
+        &other,
+        &scenes.join("train"),
+        &scenes.join("validation"),
+        &tmp.path().join("other"),
+        options(1),
+        cadence,
+        tch::Device::Cpu,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("another configuration"), "{err}");
+}
