@@ -365,8 +365,8 @@ fn measure(task: &Task, started: Instant) -> anyhow::Result<Measured> {
     })
 }
 
-/// The text-to-image prompt: a caption, or for a layout bundle one box of its first class
-/// and colour over the middle of the image.
+/// The text-to-image prompt: a caption, or for a layout bundle (with a planner or not) the
+/// JSON of one box of its first class and colour over the middle of the image.
 fn bench_prompt(manifest: &ldm_core::manifest::Manifest) -> anyhow::Result<String> {
     let Some(vocabulary) = manifest.conditioning.layout() else {
         return Ok("red apple, twemoji style".into());
@@ -379,7 +379,8 @@ fn bench_prompt(manifest: &ldm_core::manifest::Manifest) -> anyhow::Result<Strin
     let layout = ldm_core::layout::Layout {
         objects: vec![object],
     };
-    Ok(vocabulary.text(&layout)?)
+    vocabulary.text(&layout)?;
+    Ok(layout.to_json())
 }
 
 fn backend(engine: Engine) -> Backend {

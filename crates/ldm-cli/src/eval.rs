@@ -412,8 +412,9 @@ fn prompts(
         // benchmark.
         return Ok(None);
     }
-    if conditioning.layout().is_some() {
-        // A layout bundle draws each row's boxes: its prompt is the row's layout.
+    if conditioning.layout().is_some() && conditioning.planner().is_none() {
+        // A layout bundle draws each row's boxes: its prompt is the row's layout (one with a
+        // planner is prompted, and judged, by the row's caption).
         return rows
             .iter()
             .map(|r| {
@@ -538,7 +539,7 @@ fn generate(
     };
     let category = (!heads.is_empty()).then(|| heads.remove(0));
     let (colour_and_shape, caption_attributes) = eval_shapes::score(rows, &generated, real);
-    let by_boxes = m.conditioning.layout().is_some();
+    let by_boxes = m.conditioning.layout().is_some() && m.conditioning.planner().is_none();
     let placement = eval_scenes::score(rows, &generated, real, by_boxes);
     Ok(Some(Generation {
         sampler: sampler.name().into(),

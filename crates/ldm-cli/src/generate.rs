@@ -19,8 +19,9 @@ pub struct GenerateArgs {
     /// unconditional models. Each kind of bundle takes its own inputs: text and class bundles
     /// the prompt, super-resolution ones --init-image (the low-resolution image), inpainting
     /// ones --init-image and --mask, semantic-map ones --semantic-map, layout ones --layout
-    /// (or the layout's JSON or words as the prompt); text, class and unconditional
-    /// bundles also take --init-image (image-to-image) with or without --mask.
+    /// (or the layout's JSON or words as the prompt; a layout bundle with a planner takes a
+    /// caption, and prints the layout it reads in it); text, class and unconditional bundles
+    /// also take --init-image (image-to-image) with or without --mask.
     #[arg(default_value = "")]
     prompt: String,
     /// Class-conditional bundles: the class name or id (the same as giving it as the prompt).
@@ -165,6 +166,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     for warning in pipeline.warnings(&request)? {
         eprintln!("warning: {warning}");
+    }
+    if pipeline.bundle().manifest.conditioning.planner().is_some() {
+        // What the planner read in the caption: a layout the user may keep and edit.
+        let layout = pipeline.layouts(&request.prompts[..1])?.remove(0);
+        eprintln!("layout: {layout}");
     }
     let plan = pipeline.plan(&request)?;
     let decode = match plan.decode {

@@ -23,8 +23,10 @@ use std::borrow::Cow;
 
 use ldm_core::conditions::class_ids;
 use ldm_core::guided::repeat;
+use ldm_core::layout_plan::is_caption;
 use ldm_core::manifest::{BundleConditioning, ConcatKind, FirstStage, GraphRole};
 use ldm_core::semantic::class_shares;
+use ldm_core::ConditionError;
 use ldm_core::{GuidedSampling, KnownLatent};
 
 use crate::image_tasks::{image_tensor, mask_at, mask_sampled, masked};
@@ -281,10 +283,24 @@ impl Pipeline {
         let Some(text) = self.bundle.text_prompts() else {
             return Ok(Vec::new());
         };
-        let max_length = text.max_length;
+        let planner = self.bundle.manifest.conditioning.planner();
         let mut warnings = Vec::new();
         for prompt in request.prompts.iter().chain([&request.negative_prompt]) {
-            if text.encode(prompt).map_err(RequestError::from)?.truncated {
+            // A planner bundle's captions are read by its planner, with a tokenizer of its own.
+            let (truncated, max_length) = match (planner, &self.bundle.planner_tokenizer) {
+                (Some(planner), Some(tokenizer)) if is_caption(prompt) => (
+                    tokenizer
+                        .encode(prompt, planner.max_length)
+                        .map_err(|e| RequestError::from(ConditionError::from(e)))?
+                        .truncated,
+                    planner.max_length,
+                ),
+                _ => (
+                    text.encode(prompt).map_err(RequestError::from)?.truncated,
+                    text.max_length,
+                ),
+            };
+            if truncated {
                 warnings.push(format!(
                     "the prompt \"{prompt}\" is longer than the model's {max_length} tokens; its end is cut"
                 ));

@@ -1,5 +1,5 @@
 //! Golden outputs of the shipped bundles (the default, emoji-text, shapes-text, scenes-semantic,
-//! scenes-layout and the emoji class, unconditional, super-resolution and inpainting ones): a seeded generation summarised (rounded) and snapshotted per backend, so
+//! scenes-layout, scenes-text and the emoji class, unconditional, super-resolution and inpainting ones): a seeded generation summarised (rounded) and snapshotted per backend, so
 //! a change to a sampler, a graph or the pipeline that moves the numbers fails here; and
 //! tract against ONNX Runtime step by step, within tolerances.
 
@@ -205,10 +205,15 @@ fn layout_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
 #[test]
 fn a_layout_draws_the_objects_it_names_and_matches_its_snapshot() {
     let (trajectory, images) = layout_run(Backend::Tract);
-    let image = &images[0];
+    assert_colours_in_their_quarters(&images[0]);
+    insta::assert_snapshot!("scenes-layout_tract_ddim", summary(&trajectory, &images));
+}
+
+/// A red object in the top-left quarter of a 64x64 image and a blue one in the bottom-right
+/// quarter: pixels whose asked channel stands well above the other two, counted inside and
+/// outside that quarter.
+fn assert_colours_in_their_quarters(image: &Image) {
     assert_eq!((image.width, image.height), (64, 64));
-    // Both named colours are drawn, each in its box's quarter of the image: pixels whose asked
-    // channel stands well above the other two, counted inside and outside that quarter.
     let pixels = |asked: usize, quarter: usize| {
         let (mut inside, mut outside) = (0, 0);
         for (i, p) in image.rgb.chunks(3).enumerate() {
@@ -233,7 +238,47 @@ fn a_layout_draws_the_objects_it_names_and_matches_its_snapshot() {
         blue.0 >= 40 && blue.0 >= 4 * blue.1,
         "blue pixels in / out of the bottom right: {blue:?}"
     );
-    insta::assert_snapshot!("scenes-layout_tract_ddim", summary(&trajectory, &images));
+}
+
+/// A caption that places two objects, for the layout model with a planner.
+const PLACING_CAPTION: &str =
+    "a large red circle at the top left and a large blue square at the bottom right on a white background";
+
+fn caption_run(backend: Backend) -> (Vec<Vec<f32>>, Vec<Image>) {
+    let request =
+        Generate::new(vec![PLACING_CAPTION.into()]).sampler("ddim".parse::<SamplerKind>().unwrap());
+    run_request("scenes-text", backend, request)
+}
+
+#[test]
+fn a_caption_is_drawn_where_it_places_things_and_matches_its_snapshot() {
+    // The planner reads the caption as the two boxes, in the caption's order,
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../export/scenes-text");
+    let mut pipeline = Pipeline::new(Bundle::load(&dir).unwrap(), Backend::Tract, 1).unwrap();
+    let layout = pipeline
+        .layouts(&[PLACING_CAPTION.into()])
+        .unwrap()
+        .remove(0);
+    let layout: ldm_core::layout::Layout = serde_json::from_str(&layout).unwrap();
+    let read: Vec<(&str, &str, [bool; 2])> = layout
+        .objects
+        .iter()
+        .map(|o| {
+            let centre = [(o.bbox[0] + o.bbox[2]) / 2.0, (o.bbox[1] + o.bbox[3]) / 2.0];
+            (o.class.as_str(), o.colour.as_str(), centre.map(|c| c > 0.5))
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            ("circle", "red", [false, false]),
+            ("square", "blue", [true, true])
+        ]
+    );
+    // and the layout model draws them there.
+    let (trajectory, images) = caption_run(Backend::Tract);
+    assert_colours_in_their_quarters(&images[0]);
+    insta::assert_snapshot!("scenes-text_tract_ddim", summary(&trajectory, &images));
 }
 
 /// A `side` x `side` image of `colour(x, y)`.
@@ -391,9 +436,10 @@ type Run = fn(Backend) -> (Vec<Vec<f32>>, Vec<Image>);
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_follows_tract_on_every_task() {
-    let runs: [(&str, Run); 6] = [
+    let runs: [(&str, Run); 7] = [
         ("scenes-semantic", semantic_run),
         ("scenes-layout", layout_run),
+        ("scenes-text", caption_run),
         ("emoji-superres", superres_run),
         ("emoji-inpainting", inpainting_run),
         ("emoji-class", class_run),
