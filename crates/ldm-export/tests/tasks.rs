@@ -223,7 +223,7 @@ fn a_planner_bundle_draws_each_caption_as_the_layout_it_plans() {
         vocabulary.prompt(layout).unwrap();
         assert_eq!(
             planned.layouts(std::slice::from_ref(layout)).unwrap(),
-            [layout.clone()]
+            std::slice::from_ref(layout)
         );
         let from_caption = run(&mut planned, &draw(caption)).unwrap();
         let from_layout = run(&mut planned, &draw(layout)).unwrap();

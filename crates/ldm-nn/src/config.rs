@@ -534,7 +534,7 @@ impl PlannerConfig {
             "must be at least 1".into()
         })?;
         check(
-            self.heads >= 1 && self.width >= self.heads && self.width % self.heads == 0,
+            self.heads >= 1 && self.width >= self.heads && self.width.is_multiple_of(self.heads),
             "conditioning.planner.width",
             || format!("{} does not split into {} heads", self.width, self.heads),
         )

@@ -218,6 +218,7 @@ fn score(scores: &Tensor, targets: &Tensor, slots: SlotScores) -> PlanScores {
 /// `[conditioning.planner]`) on the captions and layouts of `data`, validating on
 /// `validation`, in the run folder `out`. Its caption tokenizer is trained on `data`'s
 /// captions (kept in the run folder; a resumed run reads it back).
+#[allow(clippy::too_many_arguments)]
 pub fn train_planner(
     config: &ModelConfig,
     data: &Path,
@@ -445,5 +446,76 @@ impl Stage for PlannerStage<'_> {
             (OPTIMIZER, self.opt.state()),
         ];
         (files, state)
+    }
+}
+
+/// A trained planner on tch, for sampling from a release ([`crate::trained::TrainedModel`]):
+/// captions to the layouts it draws, as the runtime reads them.
+pub struct TchPlanner {
+    ops: TchOps,
+    tokenizer: TextTokenizer,
+    device: Device,
+}
+
+impl TchPlanner {
+    pub fn new(planner: TrainedPlanner, device: Device) -> Result<Self, TrainError> {
+        let mut ops = TchOps::new(device);
+        ops.load_params(planner.weights)?;
+        ops.freeze();
+        Ok(Self {
+            ops,
+            tokenizer: planner.tokenizer,
+            device,
+        })
+    }
+
+    /// Each caption as the JSON of its planned layout; a layout's JSON and the empty prompt as
+    /// they are (`ldm_core::layout_plan::is_caption`).
+    pub fn layouts(
+        &mut self,
+        config: &ModelConfig,
+        prompts: &[String],
+    ) -> Result<Vec<String>, TrainError> {
+        let (planner, layout) = parts(config)?;
+        let captions: Vec<&String> = prompts
+            .iter()
+            .filter(|p| layout_plan::is_caption(p))
+            .collect();
+        if captions.is_empty() {
+            return Ok(prompts.to_vec());
+        }
+        let mut ids = Vec::with_capacity(captions.len() * planner.max_length);
+        for caption in &captions {
+            ids.extend(self.tokenizer.encode(caption, planner.max_length)?.ids);
+        }
+        let ids = Tensor::from_slice(&ids)
+            .view([captions.len() as i64, planner.max_length as i64])
+            .to_device(self.device);
+        let _guard = tch::no_grad_guard();
+        let scores = graphs::forward(GraphRole::Planner, config, &mut self.ops, &[ids])?
+            .remove(0)
+            .to_device(Device::Cpu)
+            .flatten(0, -1);
+        let scores =
+            Vec::<f32>::try_from(&scores).map_err(|e| TrainError::Sampling(e.to_string()))?;
+        let mut planned = scores
+            .chunks(scores.len() / captions.len())
+            .map(|row| {
+                layout_plan::read(layout, row)
+                    .map(|l| l.to_json())
+                    .map_err(|e| TrainError::Sampling(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?
+            .into_iter();
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                if layout_plan::is_caption(p) {
+                    planned.next().expect("one plan per caption")
+                } else {
+                    p.clone()
+                }
+            })
+            .collect())
     }
 }

@@ -13,6 +13,7 @@ use tch::{Device, Tensor};
 use crate::autoencoder::decode_sampled;
 use crate::conditioner::Conditioner;
 use crate::denoiser::Denoiser;
+use crate::planner::TchPlanner;
 use crate::release::{load_release_or_run, Release};
 use crate::sampling::sample_latents;
 use crate::{TchOps, TrainError};
@@ -38,6 +39,8 @@ pub struct TrainedModel {
     pub step: u64,
     scale_factor: f64,
     conditioner: Conditioner,
+    /// A layout model's caption reader.
+    planner: Option<TchPlanner>,
     denoiser: Denoiser,
     first_stage: Option<TchOps>,
     schedule: NoiseSchedule,
@@ -83,6 +86,10 @@ impl TrainedModel {
             },
             Conditioning::Concat { .. } => return Err(TrainError::NeedsImage),
         };
+        let planner = release
+            .planner
+            .map(|p| TchPlanner::new(p, device))
+            .transpose()?;
         let schedule = config.noise_schedule()?;
         let run = &release.info.diffusion_options;
         let defaults = SampleOptions {
@@ -96,6 +103,7 @@ impl TrainedModel {
             scale_factor: release.info.scale_factor,
             config,
             conditioner,
+            planner,
             denoiser,
             first_stage,
             schedule,
@@ -148,9 +156,16 @@ impl TrainedModel {
             )));
         }
         let guided = self.conditioner.guides() && options.guidance != 1.0;
-        let condition = self
-            .conditioner
-            .prompts(prompts, negative_prompt, guided, self.device)?;
+        // A planner model's captions become the layouts it draws.
+        let mut prompts = prompts.to_vec();
+        prompts.push(negative_prompt.to_string());
+        if let Some(planner) = &mut self.planner {
+            prompts = planner.layouts(&self.config, &prompts)?;
+        }
+        let negative_prompt = prompts.pop().expect("the negative prompt");
+        let condition =
+            self.conditioner
+                .prompts(&prompts, &negative_prompt, guided, self.device)?;
         let r = self.config.latent_resolution();
         let setup = SamplingSetup {
             sampler: options.sampler,

@@ -194,8 +194,8 @@ fn a_layout_planner_learns_the_captions_layouts_and_ships_with_its_layout_model(
     let tmp = tempfile::tempdir().unwrap();
     let layout = config(LAYOUT);
     let (ldm, _) = train_on_scenes_then_on_shapes(tmp.path(), &layout);
-    let model = tmp.path().join("layout-release");
-    ldm_train::release::write_release(&ldm, None, &model).unwrap();
+    let model_dir = tmp.path().join("layout-release");
+    ldm_train::release::write_release(&ldm, None, &model_dir).unwrap();
     let planned = config(&format!(
         "{LAYOUT}\n[conditioning.planner]\nvocab_size = 128\nmax_length = 40\nwidth = 16\ndepth = 1\nheads = 2"
     ));
@@ -212,7 +212,7 @@ fn a_layout_planner_learns_the_captions_layouts_and_ships_with_its_layout_model(
         batch_size: 16,
         warmup: 10,
         learning_rate: 3e-3,
-        ..PlannerOptions::new(model.clone())
+        ..PlannerOptions::new(model_dir.clone())
     };
     let run = tmp.path().join("planner");
     let train = |steps, resume| {
@@ -222,7 +222,7 @@ fn a_layout_planner_learns_the_captions_layouts_and_ships_with_its_layout_model(
             &scenes.join("validation"),
             &run,
             options(steps),
-            cadence.clone(),
+            cadence,
             tch::Device::Cpu,
             resume,
         )
@@ -241,6 +241,25 @@ fn a_layout_planner_learns_the_captions_layouts_and_ships_with_its_layout_model(
     assert_eq!(loaded.config, planned);
     assert!(loaded.planner.is_some());
     assert!(release.join("planner_tokenizer.json").is_file());
+    // Sampled on tch, a caption is drawn as its planned layout; the layout model alone
+    // refuses it.
+    let sampling = ldm_train::trained::SampleOptions {
+        sampler: "ddim".parse().unwrap(),
+        steps: 2,
+        guidance: 3.0,
+        seed: 0,
+    };
+    let caption = ["a large red circle at the top left".to_string()];
+    let mut model = ldm_train::trained::TrainedModel::load(&release, tch::Device::Cpu).unwrap();
+    let images = model.generate(&caption, "a blue star", &sampling).unwrap();
+    assert_eq!(images.size(), [1, 3, 16, 16]);
+    let mut layout_only =
+        ldm_train::trained::TrainedModel::load(&model_dir, tch::Device::Cpu).unwrap();
+    let err = layout_only
+        .generate(&caption, "", &sampling)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a layout"), "{err}");
     // A planner is trained by its own command, and for the layout model of its configuration.
     let err = diffusion(
         &planned,
