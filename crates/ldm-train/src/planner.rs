@@ -75,6 +75,18 @@ pub struct PlanScores {
     pub boxes: f64,
 }
 
+/// How a release's planner was trained, in its `release.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerRecord {
+    pub steps: u64,
+    pub options: PlannerOptions,
+    /// Scores on the held-out captions at the run's last validation.
+    pub validation: Option<PlanScores>,
+    /// CRC-32 of the captions' metadata.jsonl.
+    pub data_fingerprint: String,
+}
+
 /// What a finished (or interrupted) run reports.
 #[derive(Debug)]
 pub struct PlannerSummary {
@@ -294,6 +306,12 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
     release.planner = Some(TrainedPlanner {
         weights: checkpoint::load_weights(&checkpoint, PLANNER, Some(&expected))?,
         tokenizer: TextTokenizer::load(&run_dir.join(PLANNER_TOKENIZER_FILE))?,
+    });
+    release.info.planner = Some(PlannerRecord {
+        steps: state.step,
+        options: state.options,
+        validation: state.validation,
+        data_fingerprint: state.data_fingerprint,
     });
     release.config = state.config;
     Ok(release)

@@ -27,6 +27,7 @@ use tch::{Kind, Tensor};
 use crate::autoencoder::{self, AUTOENCODER};
 use crate::checkpoint;
 use crate::denoiser::{encoder_name, expected_params, split_named};
+use crate::planner::PlannerRecord;
 use crate::records::{AutoencoderOptions, AutoencoderState, DiffusionOptions, DiffusionState};
 use crate::run::Start;
 use crate::tensors::NamedWeights;
@@ -63,6 +64,9 @@ pub struct ReleaseInfo {
     /// Where an imported model came from (`ldm import`); absent for trained ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported: Option<ImportRecord>,
+    /// How its layout planner was trained (`ldm train planner`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<PlannerRecord>,
 }
 
 /// The origin of an imported release.
@@ -129,6 +133,7 @@ pub fn write_imported(imported: &ImportedRelease, out: &Path) -> Result<PathBuf,
         autoencoder_validation: None,
         data_fingerprint: String::new(),
         imported: Some(imported.record.clone()),
+        planner: None,
     };
     let toml = toml::to_string(config)?;
     write_atomic(&dir.join(CONFIG_FILE), toml.as_bytes()).map_err(|e| TrainError::io(dir, e))?;
@@ -264,6 +269,7 @@ pub fn release_from_run(run_dir: &Path) -> Result<Release, TrainError> {
         autoencoder_validation: trained.and_then(|t| t.validation),
         data_fingerprint: state.data_fingerprint.clone(),
         imported: None,
+        planner: None,
     };
     Ok(Release {
         config,

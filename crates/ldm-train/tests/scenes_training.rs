@@ -241,6 +241,13 @@ fn a_layout_planner_learns_the_captions_layouts_and_ships_with_its_layout_model(
     assert_eq!(loaded.config, planned);
     assert!(loaded.planner.is_some());
     assert!(release.join("planner_tokenizer.json").is_file());
+    // Its release.json records the planner's training beside the layout model's.
+    let record = loaded.info.planner.as_ref().expect("a planner record");
+    assert_eq!(
+        (record.steps, record.options.model.as_path()),
+        (120, model_dir.as_path())
+    );
+    assert!(record.validation.is_some());
     // Sampled on tch, a caption is drawn as its planned layout; the layout model alone
     // refuses it.
     let sampling = ldm_train::trained::SampleOptions {

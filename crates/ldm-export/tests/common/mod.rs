@@ -116,6 +116,7 @@ pub fn random_release(config: &ModelConfig, seed: i64) -> Release {
             autoencoder_validation: None,
             data_fingerprint: "test".into(),
             imported: None,
+            planner: None,
         },
         unet,
         encoder,
