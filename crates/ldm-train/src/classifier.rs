@@ -9,11 +9,10 @@ use ldm_nn::classifier::{self, ClassifierConfig, Head};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::checkpoint;
-use crate::optim::{warmup_lr, AdamConfig, AdamW};
-use crate::run::{Cadence, RunLog, Start};
-use crate::tensors::{detached, images_tensor, shallow, sorted_params, NamedWeights};
-use crate::trainer::{self, stage_records, Begun, Stage, StepReport, Summary};
+use crate::optim::{warmup_lr, AdamW};
+use crate::run::{Cadence, RunLog};
+use crate::tensors::{detached, images_tensor, NamedWeights};
+use crate::trainer::{self, stage_records, Begun, Stage, StepReport, Summary, OPTIMIZER};
 use crate::{TchOps, TrainError};
 
 /// Hyper-parameters of a classifier run (saved with every checkpoint).
@@ -67,7 +66,6 @@ pub struct ClassifierSummary {
 
 /// Checkpoint file of the classifier's weights.
 pub const CLASSIFIER: &str = "classifier";
-const OPTIMIZER: &str = "optimizer";
 /// Class index of a row without a value in a head's column: ignored by the loss.
 const IGNORED: i64 = -100;
 
@@ -260,20 +258,16 @@ impl<'a> ClassifierStage<'a> {
         let validation = ImageFolder::open(validation)?;
         tch::manual_seed(options.seed as i64);
         let mut ops = TchOps::new(device);
-        if let Start::Resume(checkpoint) = &begun.start {
-            ops.load_params(checkpoint::load_weights(checkpoint, CLASSIFIER, None)?)?;
-        }
-        let probe = Tensor::zeros([1, 3, size as i64, size as i64], (Kind::Float, device));
-        let _ = classifier::forward(&mut ops, config, &probe)?;
-        ops.freeze();
-        let params = sorted_params(&ops);
-        let mut opt = AdamW::new(
-            shallow(&params),
-            AdamConfig::with_weight_decay(options.weight_decay),
-        );
-        if let Start::Resume(checkpoint) = &begun.start {
-            opt.load_saved(checkpoint, OPTIMIZER)?;
-        }
+        let (params, opt) = trainer::one_network(
+            &mut ops,
+            &begun.start,
+            CLASSIFIER,
+            options.weight_decay,
+            |ops| {
+                let probe = Tensor::zeros([1, 3, size as i64, size as i64], (Kind::Float, device));
+                classifier::forward(ops, config, &probe).map(drop)
+            },
+        )?;
         Ok(Self {
             config,
             options,

@@ -24,7 +24,7 @@ pub use crate::records::{DiffusionOptions, DiffusionState};
 use crate::release::{self, TOKENIZER_FILE};
 use crate::run::{self, Cadence, Start};
 use crate::tensors::{detached, shallow, sorted_params, NamedWeights};
-use crate::trainer::{self, Begun, Stage, StepReport, Summary};
+use crate::trainer::{self, Begun, Stage, StepReport, Summary, OPTIMIZER};
 use crate::transplant;
 use crate::{TchOps, TrainError};
 
@@ -49,7 +49,6 @@ pub struct DiffusionInputs<'a> {
     pub tokenizer: Option<&'a Path>,
 }
 
-const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
 const UNET: &str = "unet";
 

@@ -19,7 +19,7 @@ pub use crate::records::{AutoencoderOptions, AutoencoderState};
 use crate::release;
 use crate::run::{self, Cadence, RunLog, Start};
 use crate::tensors::{detached, images_tensor, shallow, sorted_params, NamedWeights};
-use crate::trainer::{self, Begun, Stage, StepReport, Summary};
+use crate::trainer::{self, Begun, Stage, StepReport, Summary, OPTIMIZER};
 use crate::{gaussian, TchOps, TrainError};
 
 /// What a finished (or interrupted) run reports.
@@ -35,7 +35,6 @@ pub struct AutoencoderSummary {
 }
 
 const DISCRIMINATOR: &str = "discriminator";
-const OPTIMIZER: &str = "optimizer";
 const DISC_OPTIMIZER: &str = "disc_optimizer";
 /// Validation images scored per validation; the first 16 also go into the grid.
 const VALIDATION_IMAGES: usize = 256;

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint;
-use crate::optim::{scheduled_lr, AdamConfig, AdamW, LrDecay};
+use crate::optim::{scheduled_lr, AdamW, LrDecay};
 use crate::release::{load_release, Release, TrainedPlanner, PLANNER, PLANNER_TOKENIZER_FILE};
 use crate::run::{step_seed, Cadence, RunLog, Start};
-use crate::tensors::{detached, shallow, sorted_params, NamedWeights};
-use crate::trainer::{self, stage_records, Begun, Stage, StepReport, Summary};
+use crate::tensors::{detached, NamedWeights};
+use crate::trainer::{self, stage_records, Begun, Stage, StepReport, Summary, OPTIMIZER};
 use crate::{TchOps, TrainError};
 
 /// Hyper-parameters of a planner run (saved with every checkpoint). The learning rate warms
@@ -97,7 +97,6 @@ pub struct PlannerSummary {
     pub interrupted: bool,
 }
 
-const OPTIMIZER: &str = "optimizer";
 /// Target of a field the loss ignores (the colour and box of an empty slot).
 const IGNORED: i64 = -100;
 
@@ -347,24 +346,16 @@ impl<'a> PlannerStage<'a> {
         let validation = Rows::load(validation, config, tokenizer)?;
         tch::manual_seed(options.seed as i64);
         let mut ops = TchOps::new(device);
-        if let Start::Resume(checkpoint) = &begun.start {
-            ops.load_params(checkpoint::load_weights(checkpoint, PLANNER, None)?)?;
-        }
-        let _ = graphs::forward(
-            GraphRole::Planner,
-            config,
+        let (params, opt) = trainer::one_network(
             &mut ops,
-            &[train.ids.narrow(0, 0, 1).to_device(device)],
+            &begun.start,
+            PLANNER,
+            options.weight_decay,
+            |ops| {
+                let probe = [train.ids.narrow(0, 0, 1).to_device(device)];
+                graphs::forward(GraphRole::Planner, config, ops, &probe).map(drop)
+            },
         )?;
-        ops.freeze();
-        let params = sorted_params(&ops);
-        let mut opt = AdamW::new(
-            shallow(&params),
-            AdamConfig::with_weight_decay(options.weight_decay),
-        );
-        if let Start::Resume(checkpoint) = &begun.start {
-            opt.load_saved(checkpoint, OPTIMIZER)?;
-        }
         Ok(Self {
             config,
             options,

@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::checkpoint;
+use crate::optim::{AdamConfig, AdamW};
 use crate::run::{self, Cadence, RunLog, Start};
-use crate::tensors::NamedWeights;
-use crate::TrainError;
+use crate::tensors::{shallow, sorted_params, NamedWeights};
+use crate::{TchOps, TrainError};
 
 /// The options every stage has, for front ends to set.
 pub struct CommonOptions<'a> {
@@ -134,6 +135,34 @@ pub struct Begun<S: StageState> {
     pub stop: Arc<AtomicBool>,
     /// The run folder's lock, held while this run trains.
     pub lock: std::fs::File,
+}
+
+/// The name a stage's checkpoints save its (main) optimiser's state under.
+pub(crate) const OPTIMIZER: &str = "optimizer";
+
+/// The weights and AdamW of a stage that trains one network, saved under `name`: both
+/// resumed from `start`'s checkpoint, or the weights made by `probe`'s first forward.
+pub(crate) fn one_network(
+    ops: &mut TchOps,
+    start: &Start,
+    name: &str,
+    weight_decay: f64,
+    probe: impl FnOnce(&mut TchOps) -> Result<(), ldm_nn::NnError>,
+) -> Result<(NamedWeights, AdamW), TrainError> {
+    if let Start::Resume(checkpoint) = start {
+        ops.load_params(checkpoint::load_weights(checkpoint, name, None)?)?;
+    }
+    probe(ops)?;
+    ops.freeze();
+    let params = sorted_params(ops);
+    let mut opt = AdamW::new(
+        shallow(&params),
+        AdamConfig::with_weight_decay(weight_decay),
+    );
+    if let Start::Resume(checkpoint) = start {
+        opt.load_saved(checkpoint, OPTIMIZER)?;
+    }
+    Ok((params, opt))
 }
 
 /// Starts the run in `out` on `data`: fresh, or (with `resume`) continuing its latest
