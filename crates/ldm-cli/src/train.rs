@@ -39,9 +39,10 @@ enum TrainCommand {
     /// the captions and layouts of a scenes folder (`ldm data scenes`).
     Planner(PlannerArgs),
     /// Write a run's weights as a release (models/NAME/): a diffusion run's EMA weights and
-    /// first stage, or a planner run's planner with the layout model it plans for.
+    /// first stage, or a planner run's planner with the layout model it plans for; or a
+    /// release again, with another decoder (`--decoder-from`).
     Release {
-        /// Run folder of `ldm train diffusion` or `ldm train planner`.
+        /// Run folder of `ldm train diffusion` or `ldm train planner`, or a release.
         #[arg(long)]
         run: PathBuf,
         /// Release folder to write (replaced once the new one is complete).

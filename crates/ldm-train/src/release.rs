@@ -338,13 +338,16 @@ pub fn load_release_or_run(path: &Path) -> Result<Release, TrainError> {
 
 /// Writes the latest checkpoint of the run `run_dir` as a release in `out`, replacing what was
 /// there only once the new one is complete: a diffusion run's EMA weights and first stage, or
-/// a layout planner's run with the layout model it plans for.
+/// a layout planner's run with the layout model it plans for. `run_dir` may be a release too,
+/// to ship it with another decoder.
 pub fn write_release(
     run_dir: &Path,
     decoder_from: Option<&Path>,
     out: &Path,
 ) -> Result<PathBuf, TrainError> {
-    let mut release = if crate::planner::is_planner_run(run_dir)? {
+    let mut release = if is_release(run_dir) {
+        load_release(run_dir)?
+    } else if crate::planner::is_planner_run(run_dir)? {
         crate::planner::release_from_run(run_dir)?
     } else {
         release_from_run(run_dir)?
@@ -382,8 +385,8 @@ fn write(release: &Release, out: &Path) -> Result<PathBuf, TrainError> {
 }
 
 /// Gives `release` the first stage in `source` (an autoencoder run or a release), whose
-/// encoder must be the release's own to the bit: the UNet learned that encoder's latents, and
-/// a `--decoder-only` fine-tune keeps them.
+/// encoder must be the release's own to the bit as a release stores it (f16): the UNet learned
+/// that encoder's latents, and a `--decoder-only` fine-tune keeps them.
 fn replace_decoder(release: &mut Release, source: &Path) -> Result<(), TrainError> {
     let config = &release.config;
     let own = release.autoencoder.as_ref().ok_or_else(|| {
@@ -398,8 +401,9 @@ fn replace_decoder(release: &mut Release, source: &Path) -> Result<(), TrainErro
         .iter()
         .filter(|(name, _)| !autoencoder::is_decoder_param(name))
         .find(|(name, tensor)| {
+            // Compared as a release stores them (f16): a release's own encoder was rounded.
             own.get(name.as_str())
-                .is_none_or(|mine| !mine.equal(tensor))
+                .is_none_or(|mine| !mine.to_kind(Kind::Half).equal(&tensor.to_kind(Kind::Half)))
         });
     if let Some((name, _)) = changed {
         return Err(TrainError::Mismatch(format!(

@@ -183,6 +183,12 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
         err.contains("is not the one the UNet was trained on"),
         "{err}"
     );
+    // A release takes another decoder the same way: the bytes match the run's re-release.
+    let again = tmp.path().join("release-again");
+    release::write_release(&release, Some(&decoder_run), &again).unwrap();
+    for file in ["unet", "autoencoder", "text_encoder"] {
+        assert_identical(&weights(&again, file), &weights(&redecoded, file));
+    }
 
     // A fine-tuned text model keeps its source's tokenizer and starts from its weights; its
     // cosine learning rate starts at the peak and is half of it at the second of two steps.
