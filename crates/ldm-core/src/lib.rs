@@ -12,6 +12,7 @@ pub mod samplers;
 mod schedule;
 pub mod semantic;
 pub mod tokenizer;
+pub mod wordpiece;
 
 pub use conditions::ConditionError;
 pub use ddim::{ddim_step, ddim_timesteps};

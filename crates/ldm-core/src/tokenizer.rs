@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
@@ -178,45 +178,21 @@ fn bert_pipeline(model: WordPiece) -> BertTokenizer {
 
 impl TextTokenizer {
     /// Trains a lower-casing WordPiece vocabulary of at most `vocab_size` entries (special
-    /// tokens included) on `captions`.
+    /// tokens included) on `captions`; the same captions give the same vocabulary
+    /// ([`crate::wordpiece`]).
     pub fn train<I, S>(captions: I, vocab_size: usize) -> Result<Self, TokenizerError>
     where
-        I: Iterator<Item = S> + Send,
-        S: AsRef<str> + Send,
+        I: Iterator<Item = S>,
+        S: AsRef<str>,
     {
-        let specials: Vec<AddedToken> = SPECIALS
-            .iter()
-            .map(|t| AddedToken::from(*t, true))
-            .collect();
-        let mut trainer = WordPieceTrainerBuilder::default()
-            .vocab_size(vocab_size)
-            .min_frequency(1)
-            .show_progress(false)
-            .special_tokens(specials)
-            .build();
-        let mut tokenizer = bert_pipeline(
-            WordPiece::builder()
-                .unk_token(UNK.into())
-                .build()
-                .map_err(|e| TokenizerError::Train(e.to_string()))?,
-        );
-        tokenizer
-            .train(&mut trainer, captions)
-            .map_err(|e| TokenizerError::Train(e.to_string()))?;
-        // WordPiece keeps every character of the captions even past the requested size; a
-        // vocabulary larger than asked would index past the model's embedding table.
-        let trained = tokenizer.get_vocab_size(true);
-        if trained > vocab_size {
-            return Err(TokenizerError::Train(format!(
-                "the captions' characters alone need {trained} entries, more than the {vocab_size} asked for; raise the vocabulary size"
-            )));
-        }
-        Self::framed(tokenizer)
+        let pieces = crate::wordpiece::learn(captions, SPECIALS.len(), vocab_size)
+            .map_err(TokenizerError::Train)?;
+        Self::from_words(&pieces)
     }
 
-    /// A lower-casing tokenizer of exactly the special tokens then `words`, in id order (a
-    /// layout model's fixed vocabulary, [`crate::layout`]): each word is one token, anything
-    /// else is unknown.
+    /// A lower-casing WordPiece tokenizer of exactly the special tokens then `words`, in id
+    /// order: a trained vocabulary's pieces, or a layout model's fixed vocabulary
+    /// ([`crate::layout`]), where each word is one token and anything else is unknown.
     pub fn from_words(words: &[String]) -> Result<Self, TokenizerError> {
         let vocab: serde_json::Map<String, serde_json::Value> = SPECIALS
             .iter()
@@ -247,6 +223,8 @@ impl TextTokenizer {
                 .ok_or_else(|| TokenizerError::Train(format!("the vocabulary has no {t}")))
         };
         let (sep, cls) = (id(SEP)?, id(CLS)?);
+        // Matched whole in prompts and left out of decoded text.
+        tokenizer.add_special_tokens(&SPECIALS.map(|t| AddedToken::from(t, true)));
         tokenizer.with_post_processor(Some(BertProcessing::new(
             (SEP.into(), sep),
             (CLS.into(), cls),

@@ -78,6 +78,17 @@ fn a_saved_tokenizer_loads_and_encodes_identically() {
 }
 
 #[test]
+fn training_twice_on_the_same_captions_writes_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = [dir.path().join("a.json"), dir.path().join("b.json")];
+    for path in &paths {
+        trained().save(path).unwrap();
+    }
+    let [a, b] = paths.map(|p| std::fs::read(p).unwrap());
+    assert_eq!(a, b);
+}
+
+#[test]
 fn a_vocabulary_smaller_than_the_alphabet_is_refused() {
     let err = TextTokenizer::train(CAPTIONS.iter().copied(), 10)
         .err()

@@ -100,8 +100,8 @@ fn autoencoder_then_diffusion_learn_checkpoint_and_resume_exactly() {
     let err = autoencoder(&cfg, &data, &nowhere, from(&nowhere), 8, false).unwrap_err();
     assert!(err.to_string().contains("no checkpoint there"), "{err}");
 
-    // Second stage on the trained first stage, text-conditioned. Both runs share one
-    // tokenizer: WordPiece training breaks frequency ties in no fixed order.
+    // Second stage on the trained first stage, text-conditioned, on a tokenizer trained
+    // beforehand (`--tokenizer`).
     let tokenizer = tmp.path().join("tokenizer.json");
     let captions = ldm_data::ImageFolder::open(&data)
         .unwrap()
