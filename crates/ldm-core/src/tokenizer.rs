@@ -166,11 +166,16 @@ pub fn check_untrusted(bytes: &[u8], source: &str) -> Result<(), TokenizerError>
 type BertTokenizer =
     TokenizerImpl<WordPiece, BertNormalizer, BertPreTokenizer, BertProcessing, WordPieceDecoder>;
 
+/// BERT's normalisation as the captions' tokenizers apply it: lower case, accents off.
+pub(crate) fn bert_normalizer() -> BertNormalizer {
+    BertNormalizer::new(true, true, None, true)
+}
+
 /// BERT's lower-casing normalisation, word splitting and decoding around `model`.
 fn bert_pipeline(model: WordPiece) -> BertTokenizer {
     let mut tokenizer: BertTokenizer = TokenizerImpl::new(model);
     tokenizer
-        .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+        .with_normalizer(Some(bert_normalizer()))
         .with_pre_tokenizer(Some(BertPreTokenizer))
         .with_decoder(Some(WordPieceDecoder::default()));
     tokenizer

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::{
     NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
@@ -47,7 +46,6 @@ where
         .enumerate()
         .map(|(i, p)| (p.clone(), i as u32))
         .collect();
-    let mut table = pieces.clone();
     let mut words: Vec<(Vec<u32>, u64)> = counts
         .iter()
         .map(|(word, &count)| {
@@ -72,7 +70,7 @@ where
         // The most frequent pair; of equal ones, the first by text.
         let Some((&(a, b), _)) = pairs.iter().max_by(|(x, cx), (y, cy)| {
             cx.cmp(cy).then_with(|| {
-                let text = |&(a, b): &(u32, u32)| (&table[a as usize], &table[b as usize]);
+                let text = |&(a, b): &(u32, u32)| (&pieces[a as usize], &pieces[b as usize]);
                 text(y).cmp(&text(x))
             })
         }) else {
@@ -80,13 +78,12 @@ where
         };
         let merged = format!(
             "{}{}",
-            table[a as usize],
-            &table[b as usize][CONTINUATION.len()..]
+            pieces[a as usize],
+            &pieces[b as usize][CONTINUATION.len()..]
         );
         let id = *index.entry(merged.clone()).or_insert_with(|| {
-            table.push(merged.clone());
             pieces.push(merged);
-            (table.len() - 1) as u32
+            (pieces.len() - 1) as u32
         });
         for (ids, _) in &mut words {
             merge(ids, (a, b), id);
@@ -115,7 +112,7 @@ fn merge(ids: &mut Vec<u32>, pair: (u32, u32), merged: u32) {
 /// case, accents off) and its split on spaces and punctuation.
 fn words(text: &str) -> Result<Vec<String>, String> {
     let mut normalized = NormalizedString::from(text);
-    BertNormalizer::new(true, true, None, true)
+    crate::tokenizer::bert_normalizer()
         .normalize(&mut normalized)
         .map_err(|e| e.to_string())?;
     let mut split = PreTokenizedString::from(normalized);
