@@ -7,6 +7,7 @@
 
 mod bundle;
 mod contract;
+mod direct_conv;
 mod error;
 mod image_tasks;
 mod layout_planner;

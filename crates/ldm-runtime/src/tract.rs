@@ -253,7 +253,7 @@ impl TractSession {
                 model
             }
         };
-        let plan = Ok(decluttered)
+        let plan = crate::direct_conv::with_direct_convolutions(decluttered)
             .and_then(|mut m| m.optimize().map(|()| m))
             .and_then(with_natural_constants)
             .and_then(|m| m.into_runnable())
@@ -330,9 +330,10 @@ impl TractSession {
     /// cores (run from the caller, the plan on two threads ran slower than on one).
     fn on_threads<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
-            Some(pool) => {
-                pool.install(|| multithread_tract_scope(Executor::MultiThread(pool.clone()), work))
-            }
+            Some(pool) => pool.install(|| {
+                let _helpers = KeepAwake::start(self.threads - 1);
+                multithread_tract_scope(Executor::MultiThread(pool.clone()), work)
+            }),
             None => work(),
         }
     }
@@ -367,6 +368,43 @@ impl TractSession {
                 }
             })
             .collect()
+    }
+}
+
+/// The pool's other workers, kept looking for work while a plan runs on this one.
+///
+/// An idle rayon worker sleeps, and on the project's VMs a sleeping thread took longer to wake
+/// than a convolution's half takes to run: the plan's thread did both halves itself, and two
+/// threads ran no faster than one. Each helper runs [`rayon::yield_now`] in a loop (taking the
+/// halves the plan's thread offers) until the run ends, as ONNX Runtime's threads spin between
+/// operators. A helper that finds itself on the plan's own thread, popped there while the plan
+/// waits, returns at once: the plan could not finish beneath it.
+struct KeepAwake {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KeepAwake {
+    fn start(helpers: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = Arc::new(AtomicBool::new(false));
+        let home = rayon::current_thread_index();
+        for _ in 0..helpers {
+            let done = done.clone();
+            rayon::spawn(move || {
+                while !done.load(Ordering::Acquire) && rayon::current_thread_index() != home {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        KeepAwake { done }
+    }
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -1,0 +1,684 @@
+//! 3x3 convolutions on a direct SIMD kernel of our own, in place of tract's.
+//!
+//! tract runs a convolution as a matrix product whose right operand it gathers lazily from the
+//! image (im2col), one gather per panel of output channels. On the shipped decoder's shapes
+//! that ran at 25-55 GMAC/s on one thread of an AVX-512 Xeon, where ONNX Runtime's direct
+//! NCHWc kernels reached 67-87 (BENCHMARKS.md, "A direct 3x3 convolution"). No Rust library
+//! offers a direct convolution, so this module is one: the kernel keeps a tile of
+//! `BLOCK` output channels by three runs of a vector's width of output pixels in registers, and
+//! for each input channel and tap adds a broadcast weight times a row of the zero-padded image,
+//! read straight from memory. Outputs land in NCHW, the graph's own layout, so nothing around
+//! the convolution changes.
+//!
+//! [`with_direct_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
+//! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights, image width a multiple
+//! of the vector's lanes) and the CPU has AVX-512 or AVX2 with FMA; everything else, and every
+//! other CPU, keeps tract's convolution.
+
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Output channels whose weights are packed together and computed by one tile.
+const BLOCK: usize = 8;
+/// Runs of output pixels (a vector's width each) one tile computes.
+const RUNS: usize = 3;
+
+/// The instruction set a [`DirectConv3x3`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Isa {
+    /// 16 lanes, 32 registers: a tile of 8 channels by 3 runs.
+    Avx512,
+    /// 8 lanes, 16 registers: a tile of 4 channels by 3 runs, twice per block.
+    Avx2,
+}
+
+impl Isa {
+    /// The instruction set for images `width` pixels wide on this CPU, if any.
+    fn for_width(width: usize) -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if width.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+                return Some(Isa::Avx512);
+            }
+            if width.is_multiple_of(8)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Some(Isa::Avx2);
+            }
+        }
+        let _ = width;
+        None
+    }
+
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+        }
+    }
+}
+
+/// A 3x3 convolution, stride 1, padding 1, over an NCHW f32 image.
+#[derive(Debug, Clone)]
+pub struct DirectConv3x3 {
+    isa: Isa,
+    input_channels: usize,
+    output_channels: usize,
+    /// Weights as `[output_channels / BLOCK (rounded up)][input_channels][9][BLOCK]`, the
+    /// missing channels of a last partial block zero.
+    packed: Arc<Vec<f32>>,
+    /// One per output channel, padded like `packed`; `None` where the bias is the op's second
+    /// input (tract folds what a residual block adds after its convolution, the time
+    /// embedding, into the convolution's bias).
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl PartialEq for DirectConv3x3 {
+    fn eq(&self, other: &Self) -> bool {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        self.isa == other.isa
+            && self.input_channels == other.input_channels
+            && self.output_channels == other.output_channels
+            && bits(&self.packed) == bits(&other.packed)
+            && self.bias.as_deref().map(|b| bits(b)) == other.bias.as_deref().map(|b| bits(b))
+    }
+}
+
+// Compared bit for bit, so equality is an equivalence even with NaNs.
+impl Eq for DirectConv3x3 {}
+
+impl DirectConv3x3 {
+    /// From OIHW `weights` ([output, input, 3, 3]) and, if constant, the bias.
+    fn new(isa: Isa, weights: &[f32], bias: Option<&[f32]>, output_channels: usize) -> Self {
+        let input_channels = weights.len() / (output_channels * 9);
+        let blocks = output_channels.div_ceil(BLOCK);
+        let mut packed = vec![0f32; blocks * input_channels * 9 * BLOCK];
+        for o in 0..output_channels {
+            let (block, lane) = (o / BLOCK, o % BLOCK);
+            for c in 0..input_channels {
+                for tap in 0..9 {
+                    packed[((block * input_channels + c) * 9 + tap) * BLOCK + lane] =
+                        weights[(o * input_channels + c) * 9 + tap];
+                }
+            }
+        }
+        DirectConv3x3 {
+            isa,
+            input_channels,
+            output_channels,
+            packed: Arc::new(packed),
+            bias: bias.map(|b| Arc::new(padded_bias(b, output_channels))),
+        }
+    }
+
+    /// Convolves one image, `[input_channels, height, width]`, into `output`, with `bias`
+    /// padded to whole blocks.
+    fn convolve(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        bias: &[f32],
+        output: &mut [f32],
+    ) {
+        let padded_width = width + 2;
+        let plane = (height + 2) * padded_width;
+        let channels = self.input_channels;
+        let mut padded = vec![0f32; channels * plane];
+        let target = SharedBuffer(padded.as_mut_ptr());
+        on_threads(channels, |range| {
+            for channel in range {
+                // SAFETY: each channel writes its own plane.
+                let plane_out =
+                    unsafe { std::slice::from_raw_parts_mut(target.at(channel * plane), plane) };
+                let rest = &mut plane_out[padded_width..];
+                let source = &image[channel * height * width..][..height * width];
+                for (row, pixels) in rest
+                    .chunks_exact_mut(padded_width)
+                    .zip(source.chunks_exact(width))
+                {
+                    row[1..=width].copy_from_slice(pixels);
+                }
+            }
+        });
+        let lanes = self.isa.lanes();
+        // A run is `lanes` output pixels of one row: (offset in the padded image of its top-left
+        // tap, offset in the output plane).
+        let runs: Vec<(usize, usize)> = (0..height)
+            .flat_map(|row| {
+                (0..width)
+                    .step_by(lanes)
+                    .map(move |x| (row * padded_width + x, row * width + x))
+            })
+            .collect();
+        let groups = runs.len().div_ceil(RUNS);
+        let blocks = self.output_channels.div_ceil(BLOCK);
+        let geometry = Geometry {
+            padded: &padded,
+            padded_width,
+            plane,
+            output_plane: height * width,
+        };
+        let output = SharedBuffer(output.as_mut_ptr());
+        // Tasks are (group of runs, block of channels), group-major so that consecutive tasks
+        // read the same rows of the image.
+        on_threads(groups * blocks, |range| {
+            for task in range {
+                let (group, block) = (task / blocks, task % blocks);
+                let group_runs = &runs[group * RUNS..((group + 1) * RUNS).min(runs.len())];
+                // SAFETY: each task writes the channels of its block at its runs' pixels, and
+                // no two tasks share both.
+                unsafe { self.tile(&geometry, group_runs, block, bias, &output) };
+            }
+        });
+    }
+
+    /// Computes the channels of `block` at `runs`.
+    ///
+    /// # Safety
+    /// The CPU has the instruction set of `self.isa`, and no other thread writes the same
+    /// channels at the same pixels.
+    unsafe fn tile(
+        &self,
+        geometry: &Geometry,
+        runs: &[(usize, usize)],
+        block: usize,
+        bias: &[f32],
+        output: &SharedBuffer,
+    ) {
+        let ci = self.input_channels;
+        let channels = (self.output_channels - block * BLOCK).min(BLOCK);
+        let weights = &self.packed[block * self.input_channels * 9 * BLOCK..]
+            [..self.input_channels * 9 * BLOCK];
+        let bias = &bias[block * BLOCK..][..BLOCK];
+        let out = output.at(block * BLOCK * geometry.output_plane);
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => match runs.len() {
+                3 => kernels::avx512::<3>(geometry, ci, weights, bias, runs, out, channels),
+                2 => kernels::avx512::<2>(geometry, ci, weights, bias, runs, out, channels),
+                _ => kernels::avx512::<1>(geometry, ci, weights, bias, runs, out, channels),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                for half in 0..2 {
+                    let first = half * 4;
+                    if first >= channels {
+                        break;
+                    }
+                    let (weights, bias) = (&weights[first..], &bias[first..]);
+                    let out = out.add(first * geometry.output_plane);
+                    let channels = (channels - first).min(4);
+                    match runs.len() {
+                        3 => kernels::avx2::<3>(geometry, ci, weights, bias, runs, out, channels),
+                        2 => kernels::avx2::<2>(geometry, ci, weights, bias, runs, out, channels),
+                        _ => kernels::avx2::<1>(geometry, ci, weights, bias, runs, out, channels),
+                    }
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("no direct kernel is chosen off x86-64"),
+        }
+    }
+}
+
+/// The zero-padded image and the sizes that address it and the output.
+struct Geometry<'a> {
+    /// `[input_channels, height + 2, width + 2]`.
+    padded: &'a [f32],
+    padded_width: usize,
+    /// `(height + 2) * (width + 2)`.
+    plane: usize,
+    /// `height * width`.
+    output_plane: usize,
+}
+
+/// `work` over `0..count`, split in contiguous parts over the threads of tract's executor when
+/// it has several (the session's pool, whose other workers are kept awake while a plan runs).
+fn on_threads(count: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 && count > 1 => {
+            let parts = pool.current_num_threads().min(count);
+            pool.install(|| {
+                rayon::scope(|scope| {
+                    for part in 0..parts {
+                        let work = &work;
+                        scope
+                            .spawn(move |_| work(part * count / parts..(part + 1) * count / parts));
+                    }
+                })
+            });
+        }
+        _ => work(0..count),
+    }
+}
+
+/// A buffer written by several threads at disjoint places.
+struct SharedBuffer(*mut f32);
+// SAFETY: tasks write disjoint elements (see `DirectConv3x3::convolve`).
+unsafe impl Sync for SharedBuffer {}
+
+impl SharedBuffer {
+    /// The element `offset` places in. A method, so that closures capture the `Sync` wrapper
+    /// rather than its pointer.
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `bias` (one value per output channel, or one for all) with zeros up to whole blocks.
+fn padded_bias(bias: &[f32], output_channels: usize) -> Vec<f32> {
+    let mut padded = vec![0f32; output_channels.div_ceil(BLOCK) * BLOCK];
+    for (o, value) in padded[..output_channels].iter_mut().enumerate() {
+        *value = if bias.len() == 1 { bias[0] } else { bias[o] };
+    }
+    padded
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use super::{Geometry, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// One tile's kernel: `$channels` output channels (at most `$tile`) by `RUNS_` runs of
+    /// `$lanes` pixels, accumulated in registers over every input channel and tap.
+    macro_rules! kernel {
+        ($name:ident, $feature:literal, $vector:ty, $lanes:literal, $tile:literal,
+         $splat:ident, $load:ident, $store:ident, $fma:ident) => {
+            /// # Safety
+            /// The CPU supports the feature; `out` addresses `channels` output planes holding
+            /// every run's pixels.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $name<const RUNS_: usize>(
+                geometry: &Geometry,
+                input_channels: usize,
+                weights: &[f32],
+                bias: &[f32],
+                runs: &[(usize, usize)],
+                out: *mut f32,
+                channels: usize,
+            ) {
+                let mut acc = [[$splat(0.0); RUNS_]; $tile];
+                for j in 0..$tile {
+                    for r in 0..RUNS_ {
+                        acc[j][r] = $splat(*bias.get_unchecked(j));
+                    }
+                }
+                let mut base = [0usize; RUNS_];
+                for r in 0..RUNS_ {
+                    base[r] = runs.get_unchecked(r).0;
+                }
+                let row = geometry.padded_width;
+                debug_assert!(
+                    (input_channels - 1) * geometry.plane + base[RUNS_ - 1] + 2 * row + 2 + $lanes
+                        <= geometry.padded.len()
+                );
+                let mut w = weights.as_ptr();
+                let mut plane = geometry.padded.as_ptr();
+                for _ in 0..input_channels {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let tap = plane.add(ky * row + kx);
+                            let mut pixels = [$splat(0.0); RUNS_];
+                            for r in 0..RUNS_ {
+                                pixels[r] = $load(tap.add(base[r]));
+                            }
+                            for j in 0..$tile {
+                                let weight = $splat(*w.add(j));
+                                for r in 0..RUNS_ {
+                                    acc[j][r] = $fma(weight, pixels[r], acc[j][r]);
+                                }
+                            }
+                            w = w.add(BLOCK);
+                        }
+                    }
+                    plane = plane.add(geometry.plane);
+                }
+                for j in 0..channels {
+                    for r in 0..RUNS_ {
+                        $store(
+                            out.add(j * geometry.output_plane + runs.get_unchecked(r).1),
+                            acc[j][r],
+                        );
+                    }
+                }
+            }
+        };
+    }
+
+    kernel!(
+        avx512,
+        "avx512f",
+        __m512,
+        16,
+        8,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps
+    );
+    kernel!(
+        avx2,
+        "avx2,fma",
+        __m256,
+        8,
+        4,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps
+    );
+}
+
+impl Op for DirectConv3x3 {
+    fn name(&self) -> StaticName {
+        "DirectConv3x3".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} -> {} channels, {:?}",
+            self.input_channels, self.output_channels, self.isa
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DirectConv3x3 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let shape = input.shape();
+        ensure!(shape.len() == 4 && shape[1] == self.input_channels);
+        let (batch, height, width) = (shape[0], shape[2], shape[3]);
+        ensure!(width % self.isa.lanes() == 0);
+        let dynamic_bias;
+        let bias = match (&self.bias, inputs.get(1)) {
+            (Some(bias), _) => bias.as_slice(),
+            (None, Some(bias)) => {
+                let bias = bias.to_plain_array_view::<f32>()?;
+                ensure!(bias.len() == self.output_channels || bias.len() == 1);
+                let bias: Vec<f32> = bias.iter().copied().collect();
+                dynamic_bias = padded_bias(&bias, self.output_channels);
+                &dynamic_bias
+            }
+            (None, None) => bail!("DirectConv3x3 expects its bias as a second input"),
+        };
+        let view = input.to_plain_array_view::<f32>()?;
+        let image = view.as_standard_layout();
+        let image = image.as_slice().expect("a standard layout is contiguous");
+        let output_image = self.output_channels * height * width;
+        let mut output = vec![0f32; batch * output_image];
+        for (source, target) in image
+            .chunks_exact(self.input_channels * height * width)
+            .zip(output.chunks_exact_mut(output_image))
+        {
+            self.convolve(source, height, width, bias, target);
+        }
+        let output = tract_ndarray::Array4::from_shape_vec(
+            (batch, self.output_channels, height, width),
+            output,
+        )?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DirectConv3x3 {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        ensure!(shape.len() == 4);
+        shape[1] = self.output_channels.to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+}
+
+/// Whether tract's direct kernel replaces its convolutions (`LDM_DIRECT_CONV=off` keeps
+/// tract's own, for comparison).
+fn enabled() -> bool {
+    std::env::var("LDM_DIRECT_CONV").map_or(true, |v| v != "off")
+}
+
+/// `model` with every convolution the direct kernel can run replaced by a [`DirectConv3x3`].
+pub fn with_direct_convolutions(mut model: TypedModel) -> TractResult<TypedModel> {
+    if !enabled() {
+        return Ok(model);
+    }
+    let mut replaced = false;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let Some(op) = direct_form(&model, node, conv)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let mut inputs = tvec![patch.tap_model(&model, node.inputs[0])?];
+        if op.bias.is_none() {
+            inputs.push(patch.tap_model(&model, node.inputs[2])?);
+        }
+        let output = patch.wire_node(&node.name, op, &inputs)?[0];
+        patch.shunt_outside(&model, OutletId::new(id, 0), output)?;
+        patch.apply(&mut model)?;
+        replaced = true;
+    }
+    if replaced {
+        // Drops the replaced convolutions' weights before optimising packs what is left.
+        model.compact()?;
+    }
+    Ok(model)
+}
+
+/// The [`DirectConv3x3`] computing `node`'s convolution, if the kernel can.
+fn direct_form(
+    model: &TypedModel,
+    node: &TypedNode,
+    conv: &Conv,
+) -> TractResult<Option<DirectConv3x3>> {
+    let spec = &conv.pool_spec;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
+    let padded_by_one = match &spec.padding {
+        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
+            before.iter().chain(after).all(|&p| p == 1)
+        }
+        PaddingSpec::SameUpper | PaddingSpec::SameLower => true,
+        PaddingSpec::Valid => false,
+    };
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || *spec.kernel_shape != [3, 3]
+        || !ones(&spec.strides)
+        || !ones(&spec.dilations)
+        || !padded_by_one
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let weights = model.outlet_fact(node.inputs[1])?;
+    let bias = model.outlet_fact(node.inputs[2])?;
+    let (Some(weights), Some(shape)) = (&weights.konst, input.shape.as_concrete()) else {
+        return Ok(None);
+    };
+    let output_channels = spec.output_channels;
+    let bias_len = bias
+        .shape
+        .as_concrete()
+        .map(|s| s.iter().product::<usize>());
+    if input.datum_type != f32::datum_type()
+        || weights.datum_type() != f32::datum_type()
+        || bias.datum_type != f32::datum_type()
+        || shape.len() != 4
+        || weights.shape() != [output_channels, spec.input_channels, 3, 3]
+        || !(bias_len == Some(output_channels) || bias_len == Some(1))
+    {
+        return Ok(None);
+    }
+    let Some(isa) = Isa::for_width(shape[3]) else {
+        return Ok(None);
+    };
+    let weights = weights.to_plain_array_view::<f32>()?;
+    let weights = weights.as_standard_layout();
+    let weights = weights.as_slice().expect("a standard layout is contiguous");
+    let bias = match &bias.konst {
+        Some(bias) => Some(
+            bias.to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+        ),
+        None => None,
+    };
+    Ok(Some(DirectConv3x3::new(
+        isa,
+        weights,
+        bias.as_deref(),
+        output_channels,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_linalg::multithread::multithread_tract_scope;
+    use tract_onnx::tract_core::ops::cnn::PoolSpec;
+
+    /// A graph of one 3x3 convolution, `input_channels` to `output_channels`, over an
+    /// image of `shape` ([batch, channels, height, width]), with its bias constant or an input.
+    fn convolution(
+        shape: [usize; 4],
+        output_channels: usize,
+        stride: usize,
+        constant_bias: bool,
+    ) -> TractResult<TypedModel> {
+        let input_channels = shape[1];
+        let mut model = TypedModel::default();
+        let input = model.add_source("image", f32::fact(shape))?;
+        let weights: Vec<f32> = (0..output_channels * input_channels * 9)
+            .map(|i| ((i * 7919) % 211) as f32 / 211.0 - 0.5)
+            .collect();
+        let weights = tract_ndarray::Array4::from_shape_vec(
+            (output_channels, input_channels, 3, 3),
+            weights,
+        )?;
+        let weights = model.add_const("weights", weights.into_tensor())?;
+        let bias_values = tract_ndarray::Array1::from_shape_fn(output_channels, |o| o as f32 * 0.1);
+        let bias = if constant_bias {
+            model.add_const("bias", bias_values.into_tensor())?
+        } else {
+            model.add_source("bias", f32::fact([output_channels]))?
+        };
+        let spec = PoolSpec::new(
+            DataFormat::NCHW,
+            tvec![3, 3],
+            PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+            None,
+            Some(tvec![stride, stride]),
+            input_channels,
+            output_channels,
+        );
+        let conv = Conv::new(spec, KernelFormat::OIHW, 1, None);
+        let output = model.wire_node("conv", conv, &[input, weights, bias])?;
+        model.select_output_outlets(&output)?;
+        Ok(model)
+    }
+
+    fn inputs(shape: [usize; 4], output_channels: usize, constant_bias: bool) -> TVec<TValue> {
+        let image = tract_ndarray::Array4::from_shape_fn(shape, |(n, c, y, x)| {
+            ((n * 31 + c * 17 + y * 5 + x * 3) % 23) as f32 / 23.0 - 0.4
+        });
+        let mut values = tvec![image.into_tvalue()];
+        if !constant_bias {
+            let bias =
+                tract_ndarray::Array1::from_shape_fn(output_channels, |o| 1.0 - o as f32 * 0.05);
+            values.push(bias.into_tvalue());
+        }
+        values
+    }
+
+    fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
+        let plan = model.into_optimized()?.into_runnable()?;
+        let output = plan.run(inputs)?.remove(0);
+        Ok(output
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+
+    fn direct_ops(model: &TypedModel) -> usize {
+        model
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<DirectConv3x3>())
+            .count()
+    }
+
+    #[test]
+    fn the_direct_kernel_computes_what_tracts_convolution_does() -> TractResult<()> {
+        // Both kernels, whole and partial blocks of channels, one to three runs per tile,
+        // a batch, a bias given at run time.
+        let cases = [
+            ([1, 3, 16, 16], 32, true),
+            ([1, 32, 64, 64], 32, true),
+            ([2, 16, 8, 48], 40, true),
+            ([1, 64, 8, 24], 12, false),
+            ([1, 128, 16, 16], 128, false),
+            ([1, 5, 8, 8], 3, true),
+        ];
+        for (shape, output_channels, constant_bias) in cases {
+            let model = convolution(shape, output_channels, 1, constant_bias)?;
+            let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
+            let direct = with_direct_convolutions(model)?;
+            let replaced = Isa::for_width(shape[3]).is_some();
+            assert_eq!(direct_ops(&direct), replaced as usize, "{shape:?}");
+            let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
+            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let worst = expected
+                .iter()
+                .zip(&actual)
+                .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "{shape:?}: {worst} off at scale {scale}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
+        let shape = [1, 32, 32, 32];
+        let model = with_direct_convolutions(convolution(shape, 64, 1, true)?)?;
+        let plan = model.into_optimized()?.into_runnable()?;
+        let alone = plan.run(inputs(shape, 64, true))?.remove(0);
+        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
+        let shared = pool.install(|| {
+            multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
+                plan.run(inputs(shape, 64, true))
+            })
+        })?;
+        assert_eq!(alone, shared[0]);
+        Ok(())
+    }
+
+    #[test]
+    fn other_convolutions_stay_with_tract() -> TractResult<()> {
+        let strided = with_direct_convolutions(convolution([1, 8, 16, 16], 8, 2, true)?)?;
+        assert_eq!(direct_ops(&strided), 0);
+        let narrow = with_direct_convolutions(convolution([1, 8, 4, 4], 8, 1, true)?)?;
+        assert_eq!(direct_ops(&narrow), 0);
+        Ok(())
+    }
+}
