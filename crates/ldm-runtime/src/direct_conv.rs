@@ -1,14 +1,14 @@
 //! 3x3 convolutions on a direct SIMD kernel of our own, in place of tract's.
 //!
 //! tract runs a convolution as a matrix product whose right operand it gathers lazily from the
-//! image (im2col), one gather per panel of output channels. On the shipped decoder's shapes
-//! that ran at 25-55 GMAC/s on one thread of an AVX-512 Xeon, where ONNX Runtime's direct
-//! NCHWc kernels reached 67-87 (BENCHMARKS.md, "A direct 3x3 convolution"). No Rust library
-//! offers a direct convolution, so this module is one: the kernel keeps a tile of
-//! `BLOCK` output channels by three runs of a vector's width of output pixels in registers, and
-//! for each input channel and tap adds a broadcast weight times a row of the zero-padded image,
-//! read straight from memory. Outputs land in NCHW, the graph's own layout, so nothing around
-//! the convolution changes.
+//! image (im2col). On an AVX-512 Xeon the shipped decoder's convolutions ran at about half of
+//! the machine's f32 peak that way, where ONNX Runtime's direct kernels run the whole decoder
+//! at its peak (BENCHMARKS.md, "A direct 3x3 convolution"). No Rust library offers a direct
+//! convolution, so this module is one: the kernel keeps a tile of `BLOCK` output channels by
+//! three runs of a vector's width of output pixels in registers, and for each input channel
+//! and tap adds a broadcast weight times a row of the zero-padded image, read straight from
+//! memory. Outputs land in NCHW, the graph's own layout, so nothing around the convolution
+//! changes.
 //!
 //! [`with_direct_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
 //! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights, image width a multiple

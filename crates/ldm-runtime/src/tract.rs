@@ -12,9 +12,10 @@
 //! threads of their own scale. A single row runs on the session's thread pool, which splits its
 //! matrix products.
 //!
-//! Each plan is built from the parsed graph in three steps of our own around tract's optimiser
-//! (BENCHMARKS.md, "Where tract spends its time"): f16 weights widened once, the optimised
-//! plan's constants given natural strides, and the run itself inside the pool. Constants
+//! Each plan is built from the parsed graph in four steps of our own around tract's optimiser
+//! (BENCHMARKS.md, "Where tract spends its time"): f16 weights widened once, 3x3 convolutions
+//! given to our direct kernel ([`crate::direct_conv`]), the optimised plan's constants given
+//! natural strides, and the run itself inside the pool, whose other workers are kept awake. Constants
 //! inside a loop's body (the sliced attention's) keep tract's strides: the body is optimised
 //! inside its loop node.
 
