@@ -37,22 +37,28 @@ enum Isa {
 }
 
 impl Isa {
-    /// The instruction set for images `width` pixels wide on this CPU, if any.
-    fn for_width(width: usize) -> Option<Isa> {
+    /// The instruction sets this CPU has, widest first.
+    fn available() -> Vec<Isa> {
+        let mut isas = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            if width.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
-                return Some(Isa::Avx512);
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
             }
-            if width.is_multiple_of(8)
-                && std::arch::is_x86_feature_detected!("avx2")
+            if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return Some(Isa::Avx2);
+                isas.push(Isa::Avx2);
             }
         }
-        let _ = width;
-        None
+        isas
+    }
+
+    /// The widest instruction set whose vectors tile an image of `height` x `width` pixels.
+    fn for_image(height: usize, width: usize) -> Option<Isa> {
+        Isa::available()
+            .into_iter()
+            .find(|isa| (height * width).is_multiple_of(isa.lanes()))
     }
 
     fn lanes(self) -> usize {
@@ -126,42 +132,20 @@ impl DirectConv3x3 {
         bias: &[f32],
         output: &mut [f32],
     ) {
-        let padded_width = width + 2;
-        let plane = (height + 2) * padded_width;
-        let channels = self.input_channels;
-        let mut padded = vec![0f32; channels * plane];
-        let target = SharedBuffer(padded.as_mut_ptr());
-        on_threads(channels, |range| {
-            for channel in range {
-                // SAFETY: each channel writes its own plane.
-                let plane_out =
-                    unsafe { std::slice::from_raw_parts_mut(target.at(channel * plane), plane) };
-                let rest = &mut plane_out[padded_width..];
-                let source = &image[channel * height * width..][..height * width];
-                for (row, pixels) in rest
-                    .chunks_exact_mut(padded_width)
-                    .zip(source.chunks_exact(width))
-                {
-                    row[1..=width].copy_from_slice(pixels);
-                }
-            }
-        });
         let lanes = self.isa.lanes();
-        // A run is `lanes` output pixels of one row: (offset in the padded image of its top-left
-        // tap, offset in the output plane).
-        let runs: Vec<(usize, usize)> = (0..height)
-            .flat_map(|row| {
-                (0..width)
-                    .step_by(lanes)
-                    .map(move |x| (row * padded_width + x, row * width + x))
-            })
-            .collect();
+        let prepared = if width.is_multiple_of(lanes) {
+            padded_image(image, self.input_channels, height, width, lanes)
+        } else {
+            shifted_copies(image, self.input_channels, height, width, lanes)
+        };
+        let runs = &prepared.runs;
         let groups = runs.len().div_ceil(RUNS);
         let blocks = self.output_channels.div_ceil(BLOCK);
         let geometry = Geometry {
-            padded: &padded,
-            padded_width,
-            plane,
+            image: &prepared.image,
+            tap_row: prepared.tap_row,
+            tap_column: prepared.tap_column,
+            plane: prepared.plane,
             output_plane: height * width,
         };
         let output = SharedBuffer(output.as_mut_ptr());
@@ -227,15 +211,120 @@ impl DirectConv3x3 {
     }
 }
 
-/// The zero-padded image and the sizes that address it and the output.
+/// The image as the kernel reads it, and the sizes that address it and the output.
 struct Geometry<'a> {
-    /// `[input_channels, height + 2, width + 2]`.
-    padded: &'a [f32],
-    padded_width: usize,
-    /// `(height + 2) * (width + 2)`.
+    /// One plane per input channel.
+    image: &'a [f32],
+    /// How far the tap one row down, and one column right, is from a run's pixels: tap
+    /// (ky, kx) reads `ky * tap_row + kx * tap_column` on.
+    tap_row: usize,
+    tap_column: usize,
+    /// Elements per input channel in `image`.
     plane: usize,
     /// `height * width`.
     output_plane: usize,
+}
+
+/// An image laid out for the kernel, with its runs: (offset of a run's pixels in a channel's
+/// plane, offset of its outputs in an output plane), a vector's width each.
+struct Prepared {
+    image: Vec<f32>,
+    tap_row: usize,
+    tap_column: usize,
+    plane: usize,
+    runs: Vec<(usize, usize)>,
+}
+
+/// Rows a multiple of the vector wide: the image with a border of zeros, each tap a shift of
+/// it, each run `lanes` pixels of one row.
+fn padded_image(
+    image: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+    lanes: usize,
+) -> Prepared {
+    let padded_width = width + 2;
+    let plane = (height + 2) * padded_width;
+    let mut padded = vec![0f32; channels * plane];
+    let target = SharedBuffer(padded.as_mut_ptr());
+    on_threads(channels, |range| {
+        for channel in range {
+            // SAFETY: each channel writes its own plane.
+            let plane_out =
+                unsafe { std::slice::from_raw_parts_mut(target.at(channel * plane), plane) };
+            let source = &image[channel * height * width..][..height * width];
+            for (row, pixels) in plane_out[padded_width..]
+                .chunks_exact_mut(padded_width)
+                .zip(source.chunks_exact(width))
+            {
+                row[1..=width].copy_from_slice(pixels);
+            }
+        }
+    });
+    let runs = (0..height)
+        .flat_map(|row| {
+            (0..width)
+                .step_by(lanes)
+                .map(move |x| (row * padded_width + x, row * width + x))
+        })
+        .collect();
+    Prepared {
+        image: padded,
+        tap_row: padded_width,
+        tap_column: 1,
+        plane,
+        runs,
+    }
+}
+
+/// Rows narrower than the vector (the UNet's 8x8 and 4x4 levels): nine copies of the image,
+/// each shifted by one tap with zeros where it leaves the image, so that a vector spans
+/// several rows and every read is contiguous.
+fn shifted_copies(
+    image: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+    lanes: usize,
+) -> Prepared {
+    let pixels = height * width;
+    let plane = 9 * pixels;
+    let mut shifted = vec![0f32; channels * plane];
+    let target = SharedBuffer(shifted.as_mut_ptr());
+    on_threads(channels, |range| {
+        for channel in range {
+            let source = &image[channel * pixels..][..pixels];
+            for tap in 0..9 {
+                let (dy, dx) = (tap / 3, tap % 3);
+                // SAFETY: each channel writes its own plane.
+                let copy = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        target.at(channel * plane + tap * pixels),
+                        pixels,
+                    )
+                };
+                // Output pixel (y, x) reads (y + dy - 1, x + dx - 1).
+                let columns = dx.saturating_sub(1)..(width + dx - 1).min(width);
+                let first = columns.start + 1 - dx;
+                for y in 0..height {
+                    let Some(source_row) = (y + dy).checked_sub(1).filter(|&r| r < height) else {
+                        continue;
+                    };
+                    copy[y * width + first..][..columns.len()]
+                        .copy_from_slice(&source[source_row * width..][columns.clone()]);
+                }
+            }
+        }
+    });
+    let runs = (0..pixels).step_by(lanes).map(|p| (p, p)).collect();
+    Prepared {
+        image: shifted,
+        tap_row: 3 * pixels,
+        tap_column: pixels,
+        plane,
+        runs,
+    }
 }
 
 /// `work` over `0..count`, split in contiguous parts over the threads of tract's executor when
@@ -313,17 +402,20 @@ mod kernels {
                 for r in 0..RUNS_ {
                     base[r] = runs.get_unchecked(r).0;
                 }
-                let row = geometry.padded_width;
+                let (tap_row, tap_column) = (geometry.tap_row, geometry.tap_column);
                 debug_assert!(
-                    (input_channels - 1) * geometry.plane + base[RUNS_ - 1] + 2 * row + 2 + $lanes
-                        <= geometry.padded.len()
+                    (input_channels - 1) * geometry.plane
+                        + base[RUNS_ - 1]
+                        + 2 * (tap_row + tap_column)
+                        + $lanes
+                        <= geometry.image.len()
                 );
                 let mut w = weights.as_ptr();
-                let mut plane = geometry.padded.as_ptr();
+                let mut plane = geometry.image.as_ptr();
                 for _ in 0..input_channels {
                     for ky in 0..3 {
                         for kx in 0..3 {
-                            let tap = plane.add(ky * row + kx);
+                            let tap = plane.add(ky * tap_row + kx * tap_column);
                             let mut pixels = [$splat(0.0); RUNS_];
                             for r in 0..RUNS_ {
                                 pixels[r] = $load(tap.add(base[r]));
@@ -398,7 +490,7 @@ impl EvalOp for DirectConv3x3 {
         let shape = input.shape();
         ensure!(shape.len() == 4 && shape[1] == self.input_channels);
         let (batch, height, width) = (shape[0], shape[2], shape[3]);
-        ensure!(width % self.isa.lanes() == 0);
+        ensure!((height * width).is_multiple_of(self.isa.lanes()));
         let dynamic_bias;
         let bias = match (&self.bias, inputs.get(1)) {
             (Some(bias), _) => bias.as_slice(),
@@ -448,17 +540,26 @@ fn enabled() -> bool {
 }
 
 /// `model` with every convolution the direct kernel can run replaced by a [`DirectConv3x3`].
-pub fn with_direct_convolutions(mut model: TypedModel) -> TractResult<TypedModel> {
+pub fn with_direct_convolutions(model: TypedModel) -> TractResult<TypedModel> {
     if !enabled() {
         return Ok(model);
     }
+    replace_convolutions(model, Isa::for_image)
+}
+
+/// `model` with its convolutions replaced where `isa_for(height, width)` names an instruction
+/// set.
+fn replace_convolutions(
+    mut model: TypedModel,
+    isa_for: impl Fn(usize, usize) -> Option<Isa>,
+) -> TractResult<TypedModel> {
     let mut replaced = false;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let Some(op) = direct_form(&model, node, conv)? else {
+        let Some(op) = direct_form(&model, node, conv, &isa_for)? else {
             continue;
         };
         let mut patch = TypedModelPatch::default();
@@ -483,6 +584,7 @@ fn direct_form(
     model: &TypedModel,
     node: &TypedNode,
     conv: &Conv,
+    isa_for: impl Fn(usize, usize) -> Option<Isa>,
 ) -> TractResult<Option<DirectConv3x3>> {
     let spec = &conv.pool_spec;
     let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
@@ -525,7 +627,7 @@ fn direct_form(
     {
         return Ok(None);
     }
-    let Some(isa) = Isa::for_width(shape[3]) else {
+    let Some(isa) = isa_for(shape[2], shape[3]) else {
         return Ok(None);
     };
     let weights = weights.to_plain_array_view::<f32>()?;
@@ -626,33 +728,40 @@ mod tests {
     }
 
     #[test]
-    fn the_direct_kernel_computes_what_tracts_convolution_does() -> TractResult<()> {
-        // Both kernels, whole and partial blocks of channels, one to three runs per tile,
-        // a batch, a bias given at run time.
-        let cases = [
+    fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> {
+        // Rows of whole vectors (a padded image) and narrower ones (shifted copies), whole and
+        // partial blocks of channels, one to three runs per tile, a batch, a bias given at run
+        // time.
+        let cases: [([usize; 4], usize, bool); 8] = [
             ([1, 3, 16, 16], 32, true),
             ([1, 32, 64, 64], 32, true),
             ([2, 16, 8, 48], 40, true),
             ([1, 64, 8, 24], 12, false),
             ([1, 128, 16, 16], 128, false),
             ([1, 5, 8, 8], 3, true),
+            ([1, 64, 4, 4], 16, false),
+            ([2, 24, 6, 4], 8, true),
         ];
-        for (shape, output_channels, constant_bias) in cases {
-            let model = convolution(shape, output_channels, 1, constant_bias)?;
-            let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
-            let direct = with_direct_convolutions(model)?;
-            let replaced = Isa::for_width(shape[3]).is_some();
-            assert_eq!(direct_ops(&direct), replaced as usize, "{shape:?}");
-            let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
-            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = expected
-                .iter()
-                .zip(&actual)
-                .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
-            assert!(
-                worst <= 1e-5 * scale,
-                "{shape:?}: {worst} off at scale {scale}"
-            );
+        for isa in Isa::available() {
+            for (shape, output_channels, constant_bias) in cases {
+                if !(shape[2] * shape[3]).is_multiple_of(isa.lanes()) {
+                    continue;
+                }
+                let model = convolution(shape, output_channels, 1, constant_bias)?;
+                let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
+                let direct = replace_convolutions(model, |_, _| Some(isa))?;
+                assert_eq!(direct_ops(&direct), 1, "{isa:?} {shape:?}");
+                let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
+                let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let worst = expected
+                    .iter()
+                    .zip(&actual)
+                    .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
+                assert!(
+                    worst <= 1e-5 * scale,
+                    "{isa:?} {shape:?}: {worst} off at scale {scale}"
+                );
+            }
         }
         Ok(())
     }
@@ -677,8 +786,9 @@ mod tests {
     fn other_convolutions_stay_with_tract() -> TractResult<()> {
         let strided = with_direct_convolutions(convolution([1, 8, 16, 16], 8, 2, true)?)?;
         assert_eq!(direct_ops(&strided), 0);
-        let narrow = with_direct_convolutions(convolution([1, 8, 4, 4], 8, 1, true)?)?;
-        assert_eq!(direct_ops(&narrow), 0);
+        // 4 pixels fill no vector.
+        let tiny = with_direct_convolutions(convolution([1, 8, 2, 2], 8, 1, true)?)?;
+        assert_eq!(direct_ops(&tiny), 0);
         Ok(())
     }
 }
