@@ -149,20 +149,28 @@ impl DirectConv3x3 {
             output_plane: height * width,
         };
         let output = SharedBuffer(output.as_mut_ptr());
-        // Tasks are (group of runs, block of channels), group-major so that consecutive tasks
-        // read the same rows of the image.
-        on_threads(groups * blocks, |range| {
-            for task in range {
-                let (group, block) = (task / blocks, task % blocks);
-                let group_runs = &runs[group * RUNS..((group + 1) * RUNS).min(runs.len())];
-                // SAFETY: each task writes the channels of its block at its runs' pixels, and
-                // no two tasks share both.
-                unsafe { self.tile(&geometry, group_runs, block, bias, &output) };
-            }
-        });
+        // Input channels in passes whose weights stay in a core's cache while the image
+        // streams through; the first pass starts from the bias, the others add to the output.
+        let per_pass = input_channels_per_pass(self.output_channels);
+        for first in (0..self.input_channels).step_by(per_pass) {
+            let pass = first..(first + per_pass).min(self.input_channels);
+            let bias = (first == 0).then_some(bias);
+            // Tasks are (group of runs, block of channels), group-major so that consecutive
+            // tasks read the same rows of the image.
+            on_threads(groups * blocks, |range| {
+                for task in range {
+                    let (group, block) = (task / blocks, task % blocks);
+                    let group_runs = &runs[group * RUNS..((group + 1) * RUNS).min(runs.len())];
+                    // SAFETY: each task writes the channels of its block at its runs' pixels,
+                    // and no two tasks of a pass share both.
+                    unsafe { self.tile(&geometry, group_runs, block, pass.clone(), bias, &output) };
+                }
+            });
+        }
     }
 
-    /// Computes the channels of `block` at `runs`.
+    /// Computes the channels of `block` at `runs` over the input channels of `pass`: from
+    /// `bias`, or onto what the output holds when there is none.
     ///
     /// # Safety
     /// The CPU has the instruction set of `self.isa`, and no other thread writes the same
@@ -172,21 +180,23 @@ impl DirectConv3x3 {
         geometry: &Geometry,
         runs: &[(usize, usize)],
         block: usize,
-        bias: &[f32],
+        pass: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
         output: &SharedBuffer,
     ) {
-        let ci = self.input_channels;
+        let ci = pass.len();
         let channels = (self.output_channels - block * BLOCK).min(BLOCK);
-        let weights = &self.packed[block * self.input_channels * 9 * BLOCK..]
-            [..self.input_channels * 9 * BLOCK];
-        let bias = &bias[block * BLOCK..][..BLOCK];
+        let weights = &self.packed[(block * self.input_channels + pass.start) * 9 * BLOCK..]
+            [..ci * 9 * BLOCK];
+        let image = &geometry.image[pass.start * geometry.plane..];
+        let bias = bias.map(|b| &b[block * BLOCK..][..BLOCK]);
         let out = output.at(block * BLOCK * geometry.output_plane);
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => match runs.len() {
-                3 => kernels::avx512::<3>(geometry, ci, weights, bias, runs, out, channels),
-                2 => kernels::avx512::<2>(geometry, ci, weights, bias, runs, out, channels),
-                _ => kernels::avx512::<1>(geometry, ci, weights, bias, runs, out, channels),
+                3 => kernels::avx512::<3>(geometry, image, ci, weights, bias, runs, out, channels),
+                2 => kernels::avx512::<2>(geometry, image, ci, weights, bias, runs, out, channels),
+                _ => kernels::avx512::<1>(geometry, image, ci, weights, bias, runs, out, channels),
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
@@ -195,13 +205,19 @@ impl DirectConv3x3 {
                     if first >= channels {
                         break;
                     }
-                    let (weights, bias) = (&weights[first..], &bias[first..]);
+                    let (weights, bias) = (&weights[first..], bias.map(|b| &b[first..]));
                     let out = out.add(first * geometry.output_plane);
                     let channels = (channels - first).min(4);
                     match runs.len() {
-                        3 => kernels::avx2::<3>(geometry, ci, weights, bias, runs, out, channels),
-                        2 => kernels::avx2::<2>(geometry, ci, weights, bias, runs, out, channels),
-                        _ => kernels::avx2::<1>(geometry, ci, weights, bias, runs, out, channels),
+                        3 => kernels::avx2::<3>(
+                            geometry, image, ci, weights, bias, runs, out, channels,
+                        ),
+                        2 => kernels::avx2::<2>(
+                            geometry, image, ci, weights, bias, runs, out, channels,
+                        ),
+                        _ => kernels::avx2::<1>(
+                            geometry, image, ci, weights, bias, runs, out, channels,
+                        ),
                     }
                 }
             }
@@ -327,6 +343,16 @@ fn shifted_copies(
     }
 }
 
+/// Input channels per pass for `output_channels`: as many as keep the pass's weights (9 per
+/// input and output channel) within 1 MB, which a core's L2 holds on current x86 CPUs. A
+/// paper-size UNet's 896-channel convolution has 7 MB of weights: read whole, they left the
+/// cache before each group of runs came back to them.
+fn input_channels_per_pass(output_channels: usize) -> usize {
+    const PASS_WEIGHT_BYTES: usize = 1 << 20;
+    let per_input_channel = 9 * output_channels.div_ceil(BLOCK) * BLOCK * 4;
+    (PASS_WEIGHT_BYTES / per_input_channel).max(1)
+}
+
 /// `work` over `0..count`, split in contiguous parts over the threads of tract's executor when
 /// it has several (the session's pool, whose other workers are kept awake while a plan runs).
 fn on_threads(count: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
@@ -385,17 +411,30 @@ mod kernels {
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $name<const RUNS_: usize>(
                 geometry: &Geometry,
+                image: &[f32],
                 input_channels: usize,
                 weights: &[f32],
-                bias: &[f32],
+                bias: Option<&[f32]>,
                 runs: &[(usize, usize)],
                 out: *mut f32,
                 channels: usize,
             ) {
                 let mut acc = [[$splat(0.0); RUNS_]; $tile];
-                for j in 0..$tile {
-                    for r in 0..RUNS_ {
-                        acc[j][r] = $splat(*bias.get_unchecked(j));
+                match bias {
+                    Some(bias) => {
+                        for j in 0..$tile {
+                            for r in 0..RUNS_ {
+                                acc[j][r] = $splat(*bias.get_unchecked(j));
+                            }
+                        }
+                    }
+                    None => {
+                        for j in 0..channels {
+                            for r in 0..RUNS_ {
+                                let at = j * geometry.output_plane + runs.get_unchecked(r).1;
+                                acc[j][r] = $load(out.add(at));
+                            }
+                        }
                     }
                 }
                 let mut base = [0usize; RUNS_];
@@ -408,10 +447,10 @@ mod kernels {
                         + base[RUNS_ - 1]
                         + 2 * (tap_row + tap_column)
                         + $lanes
-                        <= geometry.image.len()
+                        <= image.len()
                 );
                 let mut w = weights.as_ptr();
-                let mut plane = geometry.image.as_ptr();
+                let mut plane = image.as_ptr();
                 for _ in 0..input_channels {
                     for ky in 0..3 {
                         for kx in 0..3 {
@@ -731,8 +770,8 @@ mod tests {
     fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> {
         // Rows of whole vectors (a padded image) and narrower ones (shifted copies), whole and
         // partial blocks of channels, one to three runs per tile, a batch, a bias given at run
-        // time.
-        let cases: [([usize; 4], usize, bool); 8] = [
+        // time, input channels in two passes.
+        let cases: [([usize; 4], usize, bool); 9] = [
             ([1, 3, 16, 16], 32, true),
             ([1, 32, 64, 64], 32, true),
             ([2, 16, 8, 48], 40, true),
@@ -741,6 +780,8 @@ mod tests {
             ([1, 5, 8, 8], 3, true),
             ([1, 64, 4, 4], 16, false),
             ([2, 24, 6, 4], 8, true),
+            // Weights above a pass's: 28 input channels, then 12 added on.
+            ([1, 40, 4, 4], 1004, false),
         ];
         for isa in Isa::available() {
             for (shape, output_channels, constant_bias) in cases {
@@ -764,6 +805,12 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn large_weights_take_several_passes() {
+        assert_eq!(input_channels_per_pass(1004), 28);
+        assert_eq!(input_channels_per_pass(128), 227);
     }
 
     #[test]
