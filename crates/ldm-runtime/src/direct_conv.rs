@@ -169,7 +169,7 @@ impl DirectConv3x3 {
         }
     }
 
-    /// Computes the channels of `block` at `runs` over the input channels of `pass`: from
+    /// Computes the channels of `block` at `runs` over the input channels `inputs`: from
     /// `bias`, or onto what the output holds when there is none.
     ///
     /// # Safety
@@ -180,23 +180,27 @@ impl DirectConv3x3 {
         geometry: &Geometry,
         runs: &[(usize, usize)],
         block: usize,
-        pass: std::ops::Range<usize>,
+        inputs: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         output: &SharedBuffer,
     ) {
-        let ci = pass.len();
+        let ci = inputs.len();
         let channels = (self.output_channels - block * BLOCK).min(BLOCK);
-        let weights = &self.packed[(block * self.input_channels + pass.start) * 9 * BLOCK..]
+        let weights = &self.packed[(block * self.input_channels + inputs.start) * 9 * BLOCK..]
             [..ci * 9 * BLOCK];
-        let image = &geometry.image[pass.start * geometry.plane..];
-        let bias = bias.map(|b| &b[block * BLOCK..][..BLOCK]);
+        let pass = Pass {
+            image: &geometry.image[inputs.start * geometry.plane..],
+            input_channels: ci,
+            weights,
+            bias: bias.map(|b| &b[block * BLOCK..][..BLOCK]),
+        };
         let out = output.at(block * BLOCK * geometry.output_plane);
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => match runs.len() {
-                3 => kernels::avx512::<3>(geometry, image, ci, weights, bias, runs, out, channels),
-                2 => kernels::avx512::<2>(geometry, image, ci, weights, bias, runs, out, channels),
-                _ => kernels::avx512::<1>(geometry, image, ci, weights, bias, runs, out, channels),
+                3 => kernels::avx512::<3>(geometry, &pass, runs, out, channels),
+                2 => kernels::avx512::<2>(geometry, &pass, runs, out, channels),
+                _ => kernels::avx512::<1>(geometry, &pass, runs, out, channels),
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
@@ -205,19 +209,17 @@ impl DirectConv3x3 {
                     if first >= channels {
                         break;
                     }
-                    let (weights, bias) = (&weights[first..], bias.map(|b| &b[first..]));
+                    let half = Pass {
+                        weights: &weights[first..],
+                        bias: pass.bias.map(|b| &b[first..]),
+                        ..pass
+                    };
                     let out = out.add(first * geometry.output_plane);
                     let channels = (channels - first).min(4);
                     match runs.len() {
-                        3 => kernels::avx2::<3>(
-                            geometry, image, ci, weights, bias, runs, out, channels,
-                        ),
-                        2 => kernels::avx2::<2>(
-                            geometry, image, ci, weights, bias, runs, out, channels,
-                        ),
-                        _ => kernels::avx2::<1>(
-                            geometry, image, ci, weights, bias, runs, out, channels,
-                        ),
+                        3 => kernels::avx2::<3>(geometry, &half, runs, out, channels),
+                        2 => kernels::avx2::<2>(geometry, &half, runs, out, channels),
+                        _ => kernels::avx2::<1>(geometry, &half, runs, out, channels),
                     }
                 }
             }
@@ -373,6 +375,18 @@ fn on_threads(count: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
     }
 }
 
+/// What one pass of a tile reads: the pass's input channels and the block's weights for
+/// them, and the bias to start from (none: add onto the output).
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    /// The pass's first input channel's plane onward.
+    image: &'a [f32],
+    input_channels: usize,
+    /// `[input_channels][9][BLOCK]`, from the tile's first output channel.
+    weights: &'a [f32],
+    bias: Option<&'a [f32]>,
+}
+
 /// A buffer written by several threads at disjoint places.
 struct SharedBuffer(*mut f32);
 // SAFETY: tasks write disjoint elements (see `DirectConv3x3::convolve`).
@@ -397,7 +411,7 @@ fn padded_bias(bias: &[f32], output_channels: usize) -> Vec<f32> {
 
 #[cfg(target_arch = "x86_64")]
 mod kernels {
-    use super::{Geometry, BLOCK};
+    use super::{Geometry, Pass, BLOCK};
     use std::arch::x86_64::*;
 
     /// One tile's kernel: `$channels` output channels (at most `$tile`) by `RUNS_` runs of
@@ -411,14 +425,17 @@ mod kernels {
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $name<const RUNS_: usize>(
                 geometry: &Geometry,
-                image: &[f32],
-                input_channels: usize,
-                weights: &[f32],
-                bias: Option<&[f32]>,
+                pass: &Pass,
                 runs: &[(usize, usize)],
                 out: *mut f32,
                 channels: usize,
             ) {
+                let Pass {
+                    image,
+                    input_channels,
+                    weights,
+                    bias,
+                } = *pass;
                 let mut acc = [[$splat(0.0); RUNS_]; $tile];
                 match bias {
                     Some(bias) => {
