@@ -26,6 +26,9 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 const BLOCK: usize = 8;
 /// Runs of output pixels (a vector's width each) one tile computes.
 const RUNS: usize = 3;
+/// The largest image read from nine shifted copies (32x32): a UNet's deep levels, where the
+/// copies cost little, never a large image, where they would cost nine times its memory.
+const MAX_SHIFTED_PIXELS: usize = 1024;
 
 /// The instruction set a [`DirectConv3x3`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,11 +57,19 @@ impl Isa {
         isas
     }
 
-    /// The widest instruction set whose vectors tile an image of `height` x `width` pixels.
+    /// The instruction set for an image of `height` x `width` pixels: the widest whose vectors
+    /// tile its rows, else, for images of at most [`MAX_SHIFTED_PIXELS`], the widest whose
+    /// vectors tile the image (read from shifted copies, nine times its size).
     fn for_image(height: usize, width: usize) -> Option<Isa> {
-        Isa::available()
-            .into_iter()
-            .find(|isa| (height * width).is_multiple_of(isa.lanes()))
+        let isas = Isa::available();
+        let rows = isas.iter().find(|isa| width.is_multiple_of(isa.lanes()));
+        let small = (height * width <= MAX_SHIFTED_PIXELS)
+            .then(|| {
+                isas.iter()
+                    .find(|isa| (height * width).is_multiple_of(isa.lanes()))
+            })
+            .flatten();
+        rows.or(small).copied()
     }
 
     fn lanes(self) -> usize {
@@ -134,6 +145,7 @@ impl DirectConv3x3 {
     ) {
         let lanes = self.isa.lanes();
         let prepared = if width.is_multiple_of(lanes) {
+            // Also what `Isa::for_image` picks for every image above `MAX_SHIFTED_PIXELS`.
             padded_image(image, self.input_channels, height, width, lanes)
         } else {
             shifted_copies(image, self.input_channels, height, width, lanes)
@@ -853,6 +865,9 @@ mod tests {
         // 4 pixels fill no vector.
         let tiny = with_direct_convolutions(convolution([1, 8, 2, 2], 8, 1, true)?)?;
         assert_eq!(direct_ops(&tiny), 0);
+        // Rows of 36 pixels fill no vector, and 72x36 is too large for shifted copies.
+        let wide = with_direct_convolutions(convolution([1, 8, 72, 36], 8, 1, true)?)?;
+        assert_eq!(direct_ops(&wide), 0);
         Ok(())
     }
 }
