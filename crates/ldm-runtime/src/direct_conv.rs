@@ -11,9 +11,10 @@
 //! changes.
 //!
 //! [`with_direct_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
-//! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights, image width a multiple
-//! of the vector's lanes) and the CPU has AVX-512 or AVX2 with FMA; everything else, and every
-//! other CPU, keeps tract's convolution.
+//! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights, rows a multiple of the
+//! vector's lanes or images of at most 32x32) and the CPU has AVX-512 or AVX2 with FMA;
+//! everything else, and every other CPU, keeps tract's convolution. A run on several threads
+//! splits each convolution's tiles over them.
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
