@@ -277,20 +277,13 @@ fn padded_image(
 ) -> Prepared {
     let padded_width = width + 2;
     let plane = (height + 2) * padded_width;
-    let mut padded = vec![0f32; channels * plane];
-    let target = SharedBuffer(padded.as_mut_ptr());
-    on_threads(channels, |range| {
-        for channel in range {
-            // SAFETY: each channel writes its own plane.
-            let plane_out =
-                unsafe { std::slice::from_raw_parts_mut(target.at(channel * plane), plane) };
-            let source = &image[channel * height * width..][..height * width];
-            for (row, pixels) in plane_out[padded_width..]
-                .chunks_exact_mut(padded_width)
-                .zip(source.chunks_exact(width))
-            {
-                row[1..=width].copy_from_slice(pixels);
-            }
+    let padded = planes_on_threads(channels, plane, |channel, plane_out| {
+        let source = &image[channel * height * width..][..height * width];
+        for (row, pixels) in plane_out[padded_width..]
+            .chunks_exact_mut(padded_width)
+            .zip(source.chunks_exact(width))
+        {
+            row[1..=width].copy_from_slice(pixels);
         }
     });
     let runs = (0..height)
@@ -320,31 +313,19 @@ fn shifted_copies(
     lanes: usize,
 ) -> Prepared {
     let pixels = height * width;
-    let plane = 9 * pixels;
-    let mut shifted = vec![0f32; channels * plane];
-    let target = SharedBuffer(shifted.as_mut_ptr());
-    on_threads(channels, |range| {
-        for channel in range {
-            let source = &image[channel * pixels..][..pixels];
-            for tap in 0..9 {
-                let (dy, dx) = (tap / 3, tap % 3);
-                // SAFETY: each channel writes its own plane.
-                let copy = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        target.at(channel * plane + tap * pixels),
-                        pixels,
-                    )
+    let shifted = planes_on_threads(channels, 9 * pixels, |channel, copies| {
+        let source = &image[channel * pixels..][..pixels];
+        for (tap, copy) in copies.chunks_exact_mut(pixels).enumerate() {
+            let (dy, dx) = (tap / 3, tap % 3);
+            // Output pixel (y, x) reads (y + dy - 1, x + dx - 1).
+            let columns = dx.saturating_sub(1)..(width + dx - 1).min(width);
+            let first = columns.start + 1 - dx;
+            for y in 0..height {
+                let Some(source_row) = (y + dy).checked_sub(1).filter(|&r| r < height) else {
+                    continue;
                 };
-                // Output pixel (y, x) reads (y + dy - 1, x + dx - 1).
-                let columns = dx.saturating_sub(1)..(width + dx - 1).min(width);
-                let first = columns.start + 1 - dx;
-                for y in 0..height {
-                    let Some(source_row) = (y + dy).checked_sub(1).filter(|&r| r < height) else {
-                        continue;
-                    };
-                    copy[y * width + first..][..columns.len()]
-                        .copy_from_slice(&source[source_row * width..][columns.clone()]);
-                }
+                copy[y * width + first..][..columns.len()]
+                    .copy_from_slice(&source[source_row * width..][columns.clone()]);
             }
         }
     });
@@ -353,7 +334,7 @@ fn shifted_copies(
         image: shifted,
         tap_row: 3 * pixels,
         tap_column: pixels,
-        plane,
+        plane: 9 * pixels,
         runs,
     }
 }
@@ -366,6 +347,26 @@ fn input_channels_per_pass(output_channels: usize) -> usize {
     const PASS_WEIGHT_BYTES: usize = 1 << 20;
     let per_input_channel = 9 * output_channels.div_ceil(BLOCK) * BLOCK * 4;
     (PASS_WEIGHT_BYTES / per_input_channel).max(1)
+}
+
+/// `channels` planes of `plane` zeros each, filled by `fill(channel, plane)` on the threads of
+/// tract's executor.
+fn planes_on_threads(
+    channels: usize,
+    plane: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut planes = vec![0f32; channels * plane];
+    let target = SharedBuffer(planes.as_mut_ptr());
+    on_threads(channels, |range| {
+        for channel in range {
+            // SAFETY: each channel writes its own plane.
+            fill(channel, unsafe {
+                std::slice::from_raw_parts_mut(target.at(channel * plane), plane)
+            });
+        }
+    });
+    planes
 }
 
 /// `work` over `0..count`, split in contiguous parts over the threads of tract's executor when
@@ -423,118 +424,7 @@ fn padded_bias(bias: &[f32], output_channels: usize) -> Vec<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod kernels {
-    use super::{Geometry, Pass, BLOCK};
-    use std::arch::x86_64::*;
-
-    /// One tile's kernel: `$channels` output channels (at most `$tile`) by `RUNS_` runs of
-    /// `$lanes` pixels, accumulated in registers over every input channel and tap.
-    macro_rules! kernel {
-        ($name:ident, $feature:literal, $vector:ty, $lanes:literal, $tile:literal,
-         $splat:ident, $load:ident, $store:ident, $fma:ident) => {
-            /// # Safety
-            /// The CPU supports the feature; `out` addresses `channels` output planes holding
-            /// every run's pixels.
-            #[target_feature(enable = $feature)]
-            pub(super) unsafe fn $name<const RUNS_: usize>(
-                geometry: &Geometry,
-                pass: &Pass,
-                runs: &[(usize, usize)],
-                out: *mut f32,
-                channels: usize,
-            ) {
-                let Pass {
-                    image,
-                    input_channels,
-                    weights,
-                    bias,
-                } = *pass;
-                let mut acc = [[$splat(0.0); RUNS_]; $tile];
-                match bias {
-                    Some(bias) => {
-                        for j in 0..$tile {
-                            for r in 0..RUNS_ {
-                                acc[j][r] = $splat(*bias.get_unchecked(j));
-                            }
-                        }
-                    }
-                    None => {
-                        for j in 0..channels {
-                            for r in 0..RUNS_ {
-                                let at = j * geometry.output_plane + runs.get_unchecked(r).1;
-                                acc[j][r] = $load(out.add(at));
-                            }
-                        }
-                    }
-                }
-                let mut base = [0usize; RUNS_];
-                for r in 0..RUNS_ {
-                    base[r] = runs.get_unchecked(r).0;
-                }
-                let (tap_row, tap_column) = (geometry.tap_row, geometry.tap_column);
-                debug_assert!(
-                    (input_channels - 1) * geometry.plane
-                        + base[RUNS_ - 1]
-                        + 2 * (tap_row + tap_column)
-                        + $lanes
-                        <= image.len()
-                );
-                let mut w = weights.as_ptr();
-                let mut plane = image.as_ptr();
-                for _ in 0..input_channels {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let tap = plane.add(ky * tap_row + kx * tap_column);
-                            let mut pixels = [$splat(0.0); RUNS_];
-                            for r in 0..RUNS_ {
-                                pixels[r] = $load(tap.add(base[r]));
-                            }
-                            for j in 0..$tile {
-                                let weight = $splat(*w.add(j));
-                                for r in 0..RUNS_ {
-                                    acc[j][r] = $fma(weight, pixels[r], acc[j][r]);
-                                }
-                            }
-                            w = w.add(BLOCK);
-                        }
-                    }
-                    plane = plane.add(geometry.plane);
-                }
-                for j in 0..channels {
-                    for r in 0..RUNS_ {
-                        $store(
-                            out.add(j * geometry.output_plane + runs.get_unchecked(r).1),
-                            acc[j][r],
-                        );
-                    }
-                }
-            }
-        };
-    }
-
-    kernel!(
-        avx512,
-        "avx512f",
-        __m512,
-        16,
-        8,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_fmadd_ps
-    );
-    kernel!(
-        avx2,
-        "avx2,fma",
-        __m256,
-        8,
-        4,
-        _mm256_set1_ps,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_fmadd_ps
-    );
-}
+mod kernels;
 
 impl Op for DirectConv3x3 {
     fn name(&self) -> StaticName {
@@ -720,155 +610,4 @@ fn direct_form(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tract_linalg::multithread::multithread_tract_scope;
-    use tract_onnx::tract_core::ops::cnn::PoolSpec;
-
-    /// A graph of one 3x3 convolution, `input_channels` to `output_channels`, over an
-    /// image of `shape` ([batch, channels, height, width]), with its bias constant or an input.
-    fn convolution(
-        shape: [usize; 4],
-        output_channels: usize,
-        stride: usize,
-        constant_bias: bool,
-    ) -> TractResult<TypedModel> {
-        let input_channels = shape[1];
-        let mut model = TypedModel::default();
-        let input = model.add_source("image", f32::fact(shape))?;
-        let weights: Vec<f32> = (0..output_channels * input_channels * 9)
-            .map(|i| ((i * 7919) % 211) as f32 / 211.0 - 0.5)
-            .collect();
-        let weights = tract_ndarray::Array4::from_shape_vec(
-            (output_channels, input_channels, 3, 3),
-            weights,
-        )?;
-        let weights = model.add_const("weights", weights.into_tensor())?;
-        let bias_values = tract_ndarray::Array1::from_shape_fn(output_channels, |o| o as f32 * 0.1);
-        let bias = if constant_bias {
-            model.add_const("bias", bias_values.into_tensor())?
-        } else {
-            model.add_source("bias", f32::fact([output_channels]))?
-        };
-        let spec = PoolSpec::new(
-            DataFormat::NCHW,
-            tvec![3, 3],
-            PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
-            None,
-            Some(tvec![stride, stride]),
-            input_channels,
-            output_channels,
-        );
-        let conv = Conv::new(spec, KernelFormat::OIHW, 1, None);
-        let output = model.wire_node("conv", conv, &[input, weights, bias])?;
-        model.select_output_outlets(&output)?;
-        Ok(model)
-    }
-
-    fn inputs(shape: [usize; 4], output_channels: usize, constant_bias: bool) -> TVec<TValue> {
-        let image = tract_ndarray::Array4::from_shape_fn(shape, |(n, c, y, x)| {
-            ((n * 31 + c * 17 + y * 5 + x * 3) % 23) as f32 / 23.0 - 0.4
-        });
-        let mut values = tvec![image.into_tvalue()];
-        if !constant_bias {
-            let bias =
-                tract_ndarray::Array1::from_shape_fn(output_channels, |o| 1.0 - o as f32 * 0.05);
-            values.push(bias.into_tvalue());
-        }
-        values
-    }
-
-    fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
-        let plan = model.into_optimized()?.into_runnable()?;
-        let output = plan.run(inputs)?.remove(0);
-        Ok(output
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
-    }
-
-    fn direct_ops(model: &TypedModel) -> usize {
-        model
-            .nodes()
-            .iter()
-            .filter(|n| n.op_is::<DirectConv3x3>())
-            .count()
-    }
-
-    #[test]
-    fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> {
-        // Rows of whole vectors (a padded image) and narrower ones (shifted copies), whole and
-        // partial blocks of channels, one to three runs per tile, a batch, a bias given at run
-        // time, input channels in two passes.
-        let cases: [([usize; 4], usize, bool); 9] = [
-            ([1, 3, 16, 16], 32, true),
-            ([1, 32, 64, 64], 32, true),
-            ([2, 16, 8, 48], 40, true),
-            ([1, 64, 8, 24], 12, false),
-            ([1, 128, 16, 16], 128, false),
-            ([1, 5, 8, 8], 3, true),
-            ([1, 64, 4, 4], 16, false),
-            ([2, 24, 6, 4], 8, true),
-            // Weights above a pass's: 28 input channels, then 12 added on.
-            ([1, 40, 4, 4], 1004, false),
-        ];
-        for isa in Isa::available() {
-            for (shape, output_channels, constant_bias) in cases {
-                if !(shape[2] * shape[3]).is_multiple_of(isa.lanes()) {
-                    continue;
-                }
-                let model = convolution(shape, output_channels, 1, constant_bias)?;
-                let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
-                let direct = replace_convolutions(model, |_, _| Some(isa))?;
-                assert_eq!(direct_ops(&direct), 1, "{isa:?} {shape:?}");
-                let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
-                let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-                let worst = expected
-                    .iter()
-                    .zip(&actual)
-                    .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
-                assert!(
-                    worst <= 1e-5 * scale,
-                    "{isa:?} {shape:?}: {worst} off at scale {scale}"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn large_weights_take_several_passes() {
-        assert_eq!(input_channels_per_pass(1004), 28);
-        assert_eq!(input_channels_per_pass(128), 227);
-    }
-
-    #[test]
-    fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
-        let shape = [1, 32, 32, 32];
-        let model = with_direct_convolutions(convolution(shape, 64, 1, true)?)?;
-        let plan = model.into_optimized()?.into_runnable()?;
-        let alone = plan.run(inputs(shape, 64, true))?.remove(0);
-        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
-        let shared = pool.install(|| {
-            multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
-                plan.run(inputs(shape, 64, true))
-            })
-        })?;
-        assert_eq!(alone, shared[0]);
-        Ok(())
-    }
-
-    #[test]
-    fn other_convolutions_stay_with_tract() -> TractResult<()> {
-        let strided = with_direct_convolutions(convolution([1, 8, 16, 16], 8, 2, true)?)?;
-        assert_eq!(direct_ops(&strided), 0);
-        // 4 pixels fill no vector.
-        let tiny = with_direct_convolutions(convolution([1, 8, 2, 2], 8, 1, true)?)?;
-        assert_eq!(direct_ops(&tiny), 0);
-        // Rows of 36 pixels fill no vector, and 72x36 is too large for shifted copies.
-        let wide = with_direct_convolutions(convolution([1, 8, 72, 36], 8, 1, true)?)?;
-        assert_eq!(direct_ops(&wide), 0);
-        Ok(())
-    }
-}
+mod tests;

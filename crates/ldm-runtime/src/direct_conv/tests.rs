@@ -1,0 +1,147 @@
+use super::*;
+use tract_linalg::multithread::multithread_tract_scope;
+use tract_onnx::tract_core::ops::cnn::PoolSpec;
+
+/// A graph of one 3x3 convolution, `input_channels` to `output_channels`, over an
+/// image of `shape` ([batch, channels, height, width]), with its bias constant or an input.
+fn convolution(
+    shape: [usize; 4],
+    output_channels: usize,
+    stride: usize,
+    constant_bias: bool,
+) -> TractResult<TypedModel> {
+    let input_channels = shape[1];
+    let mut model = TypedModel::default();
+    let input = model.add_source("image", f32::fact(shape))?;
+    let weights: Vec<f32> = (0..output_channels * input_channels * 9)
+        .map(|i| ((i * 7919) % 211) as f32 / 211.0 - 0.5)
+        .collect();
+    let weights =
+        tract_ndarray::Array4::from_shape_vec((output_channels, input_channels, 3, 3), weights)?;
+    let weights = model.add_const("weights", weights.into_tensor())?;
+    let bias_values = tract_ndarray::Array1::from_shape_fn(output_channels, |o| o as f32 * 0.1);
+    let bias = if constant_bias {
+        model.add_const("bias", bias_values.into_tensor())?
+    } else {
+        model.add_source("bias", f32::fact([output_channels]))?
+    };
+    let spec = PoolSpec::new(
+        DataFormat::NCHW,
+        tvec![3, 3],
+        PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+        None,
+        Some(tvec![stride, stride]),
+        input_channels,
+        output_channels,
+    );
+    let conv = Conv::new(spec, KernelFormat::OIHW, 1, None);
+    let output = model.wire_node("conv", conv, &[input, weights, bias])?;
+    model.select_output_outlets(&output)?;
+    Ok(model)
+}
+
+fn inputs(shape: [usize; 4], output_channels: usize, constant_bias: bool) -> TVec<TValue> {
+    let image = tract_ndarray::Array4::from_shape_fn(shape, |(n, c, y, x)| {
+        ((n * 31 + c * 17 + y * 5 + x * 3) % 23) as f32 / 23.0 - 0.4
+    });
+    let mut values = tvec![image.into_tvalue()];
+    if !constant_bias {
+        let bias = tract_ndarray::Array1::from_shape_fn(output_channels, |o| 1.0 - o as f32 * 0.05);
+        values.push(bias.into_tvalue());
+    }
+    values
+}
+
+fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
+    let plan = model.into_optimized()?.into_runnable()?;
+    let output = plan.run(inputs)?.remove(0);
+    Ok(output
+        .to_plain_array_view::<f32>()?
+        .iter()
+        .copied()
+        .collect())
+}
+
+fn direct_ops(model: &TypedModel) -> usize {
+    model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<DirectConv3x3>())
+        .count()
+}
+
+#[test]
+fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> {
+    // Rows of whole vectors (a padded image) and narrower ones (shifted copies), whole and
+    // partial blocks of channels, one to three runs per tile, a batch, a bias given at run
+    // time, input channels in two passes.
+    let cases: [([usize; 4], usize, bool); 9] = [
+        ([1, 3, 16, 16], 32, true),
+        ([1, 32, 64, 64], 32, true),
+        ([2, 16, 8, 48], 40, true),
+        ([1, 64, 8, 24], 12, false),
+        ([1, 128, 16, 16], 128, false),
+        ([1, 5, 8, 8], 3, true),
+        ([1, 64, 4, 4], 16, false),
+        ([2, 24, 6, 4], 8, true),
+        // Weights above a pass's: 28 input channels, then 12 added on.
+        ([1, 40, 4, 4], 1004, false),
+    ];
+    for isa in Isa::available() {
+        for (shape, output_channels, constant_bias) in cases {
+            if !(shape[2] * shape[3]).is_multiple_of(isa.lanes()) {
+                continue;
+            }
+            let model = convolution(shape, output_channels, 1, constant_bias)?;
+            let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
+            let direct = replace_convolutions(model, |_, _| Some(isa))?;
+            assert_eq!(direct_ops(&direct), 1, "{isa:?} {shape:?}");
+            let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
+            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let worst = expected
+                .iter()
+                .zip(&actual)
+                .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "{isa:?} {shape:?}: {worst} off at scale {scale}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn large_weights_take_several_passes() {
+    assert_eq!(input_channels_per_pass(1004), 28);
+    assert_eq!(input_channels_per_pass(128), 227);
+}
+
+#[test]
+fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
+    let shape = [1, 32, 32, 32];
+    let model = with_direct_convolutions(convolution(shape, 64, 1, true)?)?;
+    let plan = model.into_optimized()?.into_runnable()?;
+    let alone = plan.run(inputs(shape, 64, true))?.remove(0);
+    let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
+    let shared = pool.install(|| {
+        multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
+            plan.run(inputs(shape, 64, true))
+        })
+    })?;
+    assert_eq!(alone, shared[0]);
+    Ok(())
+}
+
+#[test]
+fn other_convolutions_stay_with_tract() -> TractResult<()> {
+    let strided = with_direct_convolutions(convolution([1, 8, 16, 16], 8, 2, true)?)?;
+    assert_eq!(direct_ops(&strided), 0);
+    // 4 pixels fill no vector.
+    let tiny = with_direct_convolutions(convolution([1, 8, 2, 2], 8, 1, true)?)?;
+    assert_eq!(direct_ops(&tiny), 0);
+    // Rows of 36 pixels fill no vector, and 72x36 is too large for shifted copies.
+    let wide = with_direct_convolutions(convolution([1, 8, 72, 36], 8, 1, true)?)?;
+    assert_eq!(direct_ops(&wide), 0);
+    Ok(())
+}
