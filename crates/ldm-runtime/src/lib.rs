@@ -7,9 +7,9 @@
 
 mod bundle;
 mod contract;
-mod direct_conv;
 mod error;
 mod image_tasks;
+mod kernels;
 mod layout_planner;
 #[cfg(feature = "ort")]
 mod onnxruntime;

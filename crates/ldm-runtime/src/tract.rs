@@ -13,8 +13,9 @@
 //! matrix products.
 //!
 //! Each plan is built from the parsed graph in four steps of our own around tract's optimiser
-//! (BENCHMARKS.md, "Where tract spends its time"): f16 weights widened once, 3x3 convolutions
-//! given to our direct kernel ([`crate::direct_conv`]), the optimised plan's constants given
+//! (BENCHMARKS.md, "Where tract spends its time"): f16 weights widened once, 3x3 convolutions,
+//! products with constant weights and softmaxes given to kernels of our own
+//! ([`crate::kernels`]), the optimised plan's constants given
 //! natural strides, and the run itself inside the pool, whose other workers are kept awake. Constants
 //! inside a loop's body (the sliced attention's) keep tract's strides: the body is optimised
 //! inside its loop node.
@@ -229,7 +230,10 @@ impl TractSession {
             Some(model) => {
                 self.plans_from_cache += 1;
                 self.parsed = None;
-                model
+                // NNEF reads some axis changes back as ops of their own, which keep our kernels
+                // from folding a bias; decluttered again (no measurable start time), the graph is
+                // the one a fresh parse gives, and its plan computes the same bits.
+                model.into_decluttered().map_err(run_error)?
             }
             None => {
                 let mut model = match self.parsed.take() {
@@ -254,7 +258,7 @@ impl TractSession {
                 model
             }
         };
-        let plan = crate::direct_conv::with_direct_convolutions(decluttered)
+        let plan = crate::kernels::with_own_kernels(decluttered)
             .and_then(|mut m| m.optimize().map(|()| m))
             .and_then(with_natural_constants)
             .and_then(|m| m.into_runnable())

@@ -10,13 +10,13 @@
 //! memory. Outputs land in NCHW, the graph's own layout, so nothing around the convolution
 //! changes.
 //!
-//! [`with_direct_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
+//! [`replace_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
 //! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights, rows a multiple of the
 //! vector's lanes or images of at most 32x32) and the CPU has AVX-512 or AVX2 with FMA;
 //! everything else, and every other CPU, keeps tract's convolution. A run on several threads
 //! splits each convolution's tiles over them.
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
+use super::{f32_elements, f32_output, on_threads, same_bits, Isa, SharedBuffer};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
@@ -31,54 +31,18 @@ const RUNS: usize = 3;
 /// copies cost little, never a large image, where they would cost nine times its memory.
 const MAX_SHIFTED_PIXELS: usize = 1024;
 
-/// The instruction set a [`DirectConv3x3`] runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Isa {
-    /// 16 lanes, 32 registers: a tile of 8 channels by 3 runs.
-    Avx512,
-    /// 8 lanes, 16 registers: a tile of 4 channels by 3 runs, twice per block.
-    Avx2,
-}
-
-impl Isa {
-    /// The instruction sets this CPU has, widest first.
-    fn available() -> Vec<Isa> {
-        let mut isas = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2);
-            }
-        }
-        isas
-    }
-
-    /// The instruction set for an image of `height` x `width` pixels: the widest whose vectors
-    /// tile its rows, else, for images of at most [`MAX_SHIFTED_PIXELS`], the widest whose
-    /// vectors tile the image (read from shifted copies, nine times its size).
-    fn for_image(height: usize, width: usize) -> Option<Isa> {
-        let isas = Isa::available();
-        let rows = isas.iter().find(|isa| width.is_multiple_of(isa.lanes()));
-        let small = (height * width <= MAX_SHIFTED_PIXELS)
-            .then(|| {
-                isas.iter()
-                    .find(|isa| (height * width).is_multiple_of(isa.lanes()))
-            })
-            .flatten();
-        rows.or(small).copied()
-    }
-
-    fn lanes(self) -> usize {
-        match self {
-            Isa::Avx512 => 16,
-            Isa::Avx2 => 8,
-        }
-    }
+/// The instruction set for an image of `height` x `width` pixels among `isas` (widest first):
+/// the widest whose vectors tile its rows, else, for images of at most [`MAX_SHIFTED_PIXELS`],
+/// the widest whose vectors tile the image (read from shifted copies, nine times its size).
+pub(super) fn isa_for_image(isas: &[Isa], height: usize, width: usize) -> Option<Isa> {
+    let rows = isas.iter().find(|isa| width.is_multiple_of(isa.lanes()));
+    let small = (height * width <= MAX_SHIFTED_PIXELS)
+        .then(|| {
+            isas.iter()
+                .find(|isa| (height * width).is_multiple_of(isa.lanes()))
+        })
+        .flatten();
+    rows.or(small).copied()
 }
 
 /// A 3x3 convolution, stride 1, padding 1, over an NCHW f32 image.
@@ -98,12 +62,14 @@ pub struct DirectConv3x3 {
 
 impl PartialEq for DirectConv3x3 {
     fn eq(&self, other: &Self) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         self.isa == other.isa
             && self.input_channels == other.input_channels
             && self.output_channels == other.output_channels
-            && bits(&self.packed) == bits(&other.packed)
-            && self.bias.as_deref().map(|b| bits(b)) == other.bias.as_deref().map(|b| bits(b))
+            && same_bits(&self.packed, &other.packed)
+            && match (&self.bias, &other.bias) {
+                (Some(a), Some(b)) => same_bits(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
     }
 }
 
@@ -146,7 +112,7 @@ impl DirectConv3x3 {
     ) {
         let lanes = self.isa.lanes();
         let prepared = if width.is_multiple_of(lanes) {
-            // Also what `Isa::for_image` picks for every image above `MAX_SHIFTED_PIXELS`.
+            // Also what `isa_for_image` picks for every image above `MAX_SHIFTED_PIXELS`.
             padded_image(image, self.input_channels, height, width, lanes)
         } else {
             shifted_copies(image, self.input_channels, height, width, lanes)
@@ -211,9 +177,9 @@ impl DirectConv3x3 {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => match runs.len() {
-                3 => kernels::avx512::<3>(geometry, &pass, runs, out, channels),
-                2 => kernels::avx512::<2>(geometry, &pass, runs, out, channels),
-                _ => kernels::avx512::<1>(geometry, &pass, runs, out, channels),
+                3 => simd::avx512::<3>(geometry, &pass, runs, out, channels),
+                2 => simd::avx512::<2>(geometry, &pass, runs, out, channels),
+                _ => simd::avx512::<1>(geometry, &pass, runs, out, channels),
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
@@ -230,9 +196,9 @@ impl DirectConv3x3 {
                     let out = out.add(first * geometry.output_plane);
                     let channels = (channels - first).min(4);
                     match runs.len() {
-                        3 => kernels::avx2::<3>(geometry, &half, runs, out, channels),
-                        2 => kernels::avx2::<2>(geometry, &half, runs, out, channels),
-                        _ => kernels::avx2::<1>(geometry, &half, runs, out, channels),
+                        3 => simd::avx2::<3>(geometry, &half, runs, out, channels),
+                        2 => simd::avx2::<2>(geometry, &half, runs, out, channels),
+                        _ => simd::avx2::<1>(geometry, &half, runs, out, channels),
                     }
                 }
             }
@@ -369,26 +335,6 @@ fn planes_on_threads(
     planes
 }
 
-/// `work` over `0..count`, split in contiguous parts over the threads of tract's executor when
-/// it has several (the session's pool, whose other workers are kept awake while a plan runs).
-fn on_threads(count: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if pool.current_num_threads() > 1 && count > 1 => {
-            let parts = pool.current_num_threads().min(count);
-            pool.install(|| {
-                rayon::scope(|scope| {
-                    for part in 0..parts {
-                        let work = &work;
-                        scope
-                            .spawn(move |_| work(part * count / parts..(part + 1) * count / parts));
-                    }
-                })
-            });
-        }
-        _ => work(0..count),
-    }
-}
-
 /// What one pass of a tile reads: the pass's input channels and the block's weights for
 /// them, and the bias to start from (none: add onto the output).
 #[derive(Clone, Copy)]
@@ -401,19 +347,6 @@ struct Pass<'a> {
     bias: Option<&'a [f32]>,
 }
 
-/// A buffer written by several threads at disjoint places.
-struct SharedBuffer(*mut f32);
-// SAFETY: tasks write disjoint elements (see `DirectConv3x3::convolve`).
-unsafe impl Sync for SharedBuffer {}
-
-impl SharedBuffer {
-    /// The element `offset` places in. A method, so that closures capture the `Sync` wrapper
-    /// rather than its pointer.
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `bias` (one value per output channel, or one for all) with zeros up to whole blocks.
 fn padded_bias(bias: &[f32], output_channels: usize) -> Vec<f32> {
     let mut padded = vec![0f32; output_channels.div_ceil(BLOCK) * BLOCK];
@@ -424,7 +357,7 @@ fn padded_bias(bias: &[f32], output_channels: usize) -> Vec<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod kernels;
+mod simd;
 
 impl Op for DirectConv3x3 {
     fn name(&self) -> StaticName {
@@ -462,22 +395,17 @@ impl EvalOp for DirectConv3x3 {
             }
             (None, None) => bail!("DirectConv3x3 expects its bias as a second input"),
         };
-        let view = input.to_plain_array_view::<f32>()?;
-        let image = view.as_standard_layout();
-        let image = image.as_slice().expect("a standard layout is contiguous");
+        let image = f32_elements(input)?;
         let output_image = self.output_channels * height * width;
-        let mut output = vec![0f32; batch * output_image];
-        for (source, target) in image
-            .chunks_exact(self.input_channels * height * width)
-            .zip(output.chunks_exact_mut(output_image))
-        {
-            self.convolve(source, height, width, bias, target);
-        }
-        let output = tract_ndarray::Array4::from_shape_vec(
-            (batch, self.output_channels, height, width),
-            output,
-        )?;
-        Ok(tvec!(output.into_tvalue()))
+        let output = f32_output(&[batch, self.output_channels, height, width], |output| {
+            for (source, target) in image
+                .chunks_exact(self.input_channels * height * width)
+                .zip(output.chunks_exact_mut(output_image))
+            {
+                self.convolve(source, height, width, bias, target);
+            }
+        })?;
+        Ok(tvec!(output))
     }
 }
 
@@ -491,24 +419,9 @@ impl TypedOp for DirectConv3x3 {
         Ok(tvec!(f32::fact(shape)))
     }
 }
-
-/// Whether tract's direct kernel replaces its convolutions (`LDM_DIRECT_CONV=off` keeps
-/// tract's own, for comparison).
-fn enabled() -> bool {
-    std::env::var("LDM_DIRECT_CONV").map_or(true, |v| v != "off")
-}
-
-/// `model` with every convolution the direct kernel can run replaced by a [`DirectConv3x3`].
-pub fn with_direct_convolutions(model: TypedModel) -> TractResult<TypedModel> {
-    if !enabled() {
-        return Ok(model);
-    }
-    replace_convolutions(model, Isa::for_image)
-}
-
 /// `model` with its convolutions replaced where `isa_for(height, width)` names an instruction
 /// set.
-fn replace_convolutions(
+pub(super) fn replace_convolutions(
     mut model: TypedModel,
     isa_for: impl Fn(usize, usize) -> Option<Isa>,
 ) -> TractResult<TypedModel> {

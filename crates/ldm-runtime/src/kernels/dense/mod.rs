@@ -1,0 +1,657 @@
+//! Products of an activation with constant weights on a SIMD kernel of our own: the linear
+//! layers and 1x1 convolutions that tract declutters into `EinSum`s.
+//!
+//! Whatever the einsum's form ("km,kn->mn" for a channel-major activation, "mk,kn->nm",
+//! "NIHW,OI->NOHW", ...), it is a product of an activation viewed as rows x depth (each with
+//! its own stride) by weights of depth x columns, into an output of rows x columns (each with
+//! its own stride), as long as the axes of each kind lie next to each other. The weights are
+//! packed once, when the graph is rewritten, into panels of a few vectors' width; the kernel
+//! keeps six rows by one panel in registers and for each step of the depth adds a row of the
+//! panel times each row's broadcast activation, read where it lies: nothing is packed or
+//! transposed per run (tract packs the activation for every product). A constant bias added
+//! right after the product is folded into it.
+//!
+//! On the shipped UNet tract's products ran at 20-50 % of the machine's f32 rate, most of
+//! them small (16 to 256 rows); see BENCHMARKS.md, "Products with constant weights".
+
+use super::{f32_elements, f32_output, on_threads, same_bits, Isa, SharedBuffer};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math::Add;
+
+/// Rows one tile computes.
+const ROWS: usize = 6;
+
+impl Isa {
+    /// Vectors in a panel: as many as leave registers for six rows of accumulators, the
+    /// panel's row and a broadcast (AVX-512: 24 + 4 + 1 of 32; AVX2: 12 + 2 + 1 of 16).
+    fn panel_vectors(self) -> usize {
+        match self {
+            Isa::Avx512 => 4,
+            Isa::Avx2 => 2,
+        }
+    }
+
+    fn panel_width(self) -> usize {
+        self.panel_vectors() * self.lanes()
+    }
+}
+
+/// How a product's operands and output are laid out as matrices, in elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Geometry {
+    rows: usize,
+    depth: usize,
+    columns: usize,
+    /// Strides of the activation between rows and between steps of the depth.
+    activation_row: usize,
+    activation_depth: usize,
+    /// Strides of the output between rows and between columns.
+    output_row: usize,
+    output_column: usize,
+}
+
+/// Which operand the kernel reads as vectors, along which axis of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Orientation {
+    /// Vectors of the weights along the output's columns (next to each other there), each
+    /// row's activations broadcast: linear layers.
+    Columns,
+    /// Vectors of the activation along the rows (next to each other in the activation and
+    /// the output), the weights broadcast: 1x1 convolutions over NCHW images.
+    Rows,
+}
+
+/// An f32 product of an activation (the op's one input) by constant weights, plus an optional
+/// constant bias per column.
+#[derive(Debug, Clone)]
+pub struct DenseProduct {
+    isa: Isa,
+    orientation: Orientation,
+    geometry: Geometry,
+    input_shape: TVec<usize>,
+    output_shape: TVec<usize>,
+    /// The weights, packed for the orientation: [`Orientation::Columns`] as
+    /// `[panel][depth][panel width]`, [`Orientation::Rows`] as `[group][depth][ROWS]` (groups
+    /// of `ROWS` columns), zero past the last column.
+    packed: Arc<Vec<f32>>,
+    /// One per column, padded like `packed`.
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl PartialEq for DenseProduct {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa
+            && self.orientation == other.orientation
+            && self.geometry == other.geometry
+            && self.input_shape == other.input_shape
+            && self.output_shape == other.output_shape
+            && same_bits(&self.packed, &other.packed)
+            && match (&self.bias, &other.bias) {
+                (Some(a), Some(b)) => same_bits(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
+// Compared bit for bit, so equality is an equivalence even with NaNs.
+impl Eq for DenseProduct {}
+
+/// What one tile reads and where it writes, as the kernel takes it.
+struct Tile {
+    /// The broadcast operand: the tile's first row, the next rows `broadcast_row` on, each
+    /// row's steps of the depth `broadcast_step` apart.
+    broadcast: *const f32,
+    broadcast_row: usize,
+    broadcast_step: usize,
+    /// The vector operand: the tile's vectors at the first step, the next steps
+    /// `vectors_pitch` on.
+    vectors: *const f32,
+    vectors_pitch: usize,
+    depth: usize,
+    /// The bias, one per lane of the tile's vectors ([`Orientation::Columns`]) or one per row
+    /// ([`Orientation::Rows`]).
+    bias_per_lane: Option<*const f32>,
+    bias_per_row: Option<*const f32>,
+    /// How far apart the output's rows of vectors are.
+    out_row: usize,
+}
+
+impl DenseProduct {
+    /// Multiplies `activations` into `output`, both laid out as the geometry says.
+    fn multiply(&self, activations: &[f32], output: &mut [f32]) {
+        let g = self.geometry;
+        if self.orientation == Orientation::Columns && g.output_column != 1 {
+            // Columns apart in the output (a token-major product written channel-major):
+            // rows of columns first, then each element to its place.
+            let mut staged = vec![0f32; g.rows * g.columns];
+            self.multiply_into(activations, &mut staged, g.columns);
+            scatter(&staged, g, output);
+        } else {
+            self.multiply_into(activations, output, g.output_row);
+        }
+    }
+
+    /// Multiplies `activations` into `output`, whose rows are `output_row` apart when the
+    /// vectors go along the columns.
+    fn multiply_into(&self, activations: &[f32], output: &mut [f32], output_row: usize) {
+        let g = self.geometry;
+        let width = self.isa.panel_width();
+        let (vector_extent, broadcast_extent) = match self.orientation {
+            Orientation::Columns => (g.columns, g.rows),
+            Orientation::Rows => (g.rows, g.columns),
+        };
+        let vector_tiles = vector_extent.div_ceil(width);
+        let broadcast_tiles = broadcast_extent.div_ceil(ROWS);
+        let output = SharedBuffer(output.as_mut_ptr());
+        let bias = self.bias.as_deref();
+        // Vector tiles outermost, so that a thread's consecutive tiles reuse the vectors from
+        // its cache.
+        on_threads(vector_tiles * broadcast_tiles, |range| {
+            for task in range {
+                let (vector_tile, broadcast_tile) =
+                    (task / broadcast_tiles, task % broadcast_tiles);
+                let first_vector = vector_tile * width;
+                let vectors = (vector_extent - first_vector).min(width) / self.isa.lanes();
+                let first_row = broadcast_tile * ROWS;
+                let rows = (broadcast_extent - first_row).min(ROWS);
+                let (tile, out) = match self.orientation {
+                    Orientation::Columns => (
+                        Tile {
+                            broadcast: activations[first_row * g.activation_row..].as_ptr(),
+                            broadcast_row: g.activation_row,
+                            broadcast_step: g.activation_depth,
+                            vectors: self.packed[vector_tile * g.depth * width..].as_ptr(),
+                            vectors_pitch: width,
+                            depth: g.depth,
+                            bias_per_lane: bias.map(|b| b[first_vector..].as_ptr()),
+                            bias_per_row: None,
+                            out_row: output_row,
+                        },
+                        output.at(first_row * output_row + first_vector),
+                    ),
+                    Orientation::Rows => (
+                        Tile {
+                            broadcast: self.packed[broadcast_tile * g.depth * ROWS..].as_ptr(),
+                            broadcast_row: 1,
+                            broadcast_step: ROWS,
+                            vectors: activations[first_vector..].as_ptr(),
+                            vectors_pitch: g.activation_depth,
+                            depth: g.depth,
+                            bias_per_lane: None,
+                            bias_per_row: bias.map(|b| b[first_row..].as_ptr()),
+                            out_row: g.output_column,
+                        },
+                        output.at(first_row * g.output_column + first_vector),
+                    ),
+                };
+                // SAFETY: the rewrite chose an instruction set this CPU has and a geometry
+                // that `eval` checked against the input; each task writes its own rows and
+                // columns.
+                unsafe { self.tile(&tile, rows, vectors, out) };
+            }
+        });
+    }
+
+    /// # Safety
+    /// See [`simd`]'s kernels.
+    unsafe fn tile(&self, tile: &Tile, rows: usize, vectors: usize, out: *mut f32) {
+        macro_rules! by_vectors {
+            ($kernel:ident, $rows:literal) => {
+                match vectors {
+                    4 => simd::$kernel::<$rows, 4>(tile, out),
+                    3 => simd::$kernel::<$rows, 3>(tile, out),
+                    2 => simd::$kernel::<$rows, 2>(tile, out),
+                    _ => simd::$kernel::<$rows, 1>(tile, out),
+                }
+            };
+        }
+        macro_rules! by_rows {
+            ($kernel:ident) => {
+                match rows {
+                    6 => by_vectors!($kernel, 6),
+                    5 => by_vectors!($kernel, 5),
+                    4 => by_vectors!($kernel, 4),
+                    3 => by_vectors!($kernel, 3),
+                    2 => by_vectors!($kernel, 2),
+                    _ => by_vectors!($kernel, 1),
+                }
+            };
+        }
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => by_rows!(avx512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => by_rows!(avx2),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("no dense kernel is chosen off x86-64"),
+        }
+    }
+}
+
+/// `staged` (rows of columns) into `output` at the geometry's strides, in blocks that stay
+/// in a core's L1.
+fn scatter(staged: &[f32], g: Geometry, output: &mut [f32]) {
+    const BLOCK: usize = 16;
+    let column_blocks = g.columns.div_ceil(BLOCK);
+    let target = SharedBuffer(output.as_mut_ptr());
+    on_threads(column_blocks, |range| {
+        for block in range {
+            let columns = block * BLOCK..((block + 1) * BLOCK).min(g.columns);
+            for first_row in (0..g.rows).step_by(BLOCK) {
+                for column in columns.clone() {
+                    for row in first_row..(first_row + BLOCK).min(g.rows) {
+                        let at = row * g.output_row + column * g.output_column;
+                        // SAFETY: the geometry maps every (row, column) to its own element of
+                        // the output, and each block of columns is one task's.
+                        unsafe { *target.at(at) = staged[row * g.columns + column] };
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd;
+
+impl Op for DenseProduct {
+    fn name(&self) -> StaticName {
+        "DenseProduct".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.geometry;
+        Ok(vec![format!(
+            "{}x{} by {}x{}{}, {:?}",
+            g.rows,
+            g.depth,
+            g.depth,
+            g.columns,
+            if self.bias.is_some() { " + bias" } else { "" },
+            self.isa
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DenseProduct {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        ensure!(
+            input.shape() == &*self.input_shape,
+            "DenseProduct expects {:?}, got {:?}",
+            self.input_shape,
+            input.shape()
+        );
+        let activations = f32_elements(input)?;
+        let output = f32_output(&self.output_shape, |output| {
+            self.multiply(activations, output)
+        })?;
+        Ok(tvec!(output))
+    }
+}
+
+impl TypedOp for DenseProduct {
+    as_op!();
+
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.output_shape)))
+    }
+}
+
+/// `model` with its products by constant weights replaced where a kernel of the instruction
+/// sets `isas` (widest first) runs them.
+pub(super) fn replace_products(mut model: TypedModel, isas: &[Isa]) -> TractResult<TypedModel> {
+    let mut replaced = false;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(einsum) = node.op_as::<EinSum>() else {
+            continue;
+        };
+        let Some((op, activation, bias_node)) = dense_form(&model, node, einsum, isas)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(&model, activation)?;
+        let output = patch.wire_node(&node.name, op, &[input])?[0];
+        let last = bias_node.unwrap_or(id);
+        patch.shunt_outside(&model, OutletId::new(last, 0), output)?;
+        patch.apply(&mut model)?;
+        replaced = true;
+    }
+    if replaced {
+        // Drops the replaced products' weights before optimising packs what is left.
+        model.compact()?;
+    }
+    Ok(model)
+}
+
+/// The [`DenseProduct`] computing `node`'s einsum (and the constant bias its one successor
+/// adds, if it does), with the activation's outlet and the bias node, if the kernel can.
+fn dense_form(
+    model: &TypedModel,
+    node: &TypedNode,
+    einsum: &EinSum,
+    isas: &[Isa],
+) -> TractResult<Option<(DenseProduct, OutletId, Option<usize>)>> {
+    if einsum.q_params.is_some()
+        || einsum.operating_dt != f32::datum_type()
+        || node.inputs.len() != 2
+    {
+        return Ok(None);
+    }
+    let facts = [
+        model.outlet_fact(node.inputs[0])?,
+        model.outlet_fact(node.inputs[1])?,
+    ];
+    let activation_slot = match (&facts[0].konst, &facts[1].konst) {
+        (None, Some(_)) => 0,
+        (Some(_), None) => 1,
+        _ => return Ok(None),
+    };
+    let output_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(|s| s.to_vec());
+    let (Some(input_shape), Some(weight_shape), Some(output_shape)) = (
+        concrete(facts[activation_slot]),
+        concrete(facts[1 - activation_slot]),
+        concrete(output_fact),
+    ) else {
+        return Ok(None);
+    };
+    if facts.iter().any(|f| f.datum_type != f32::datum_type()) {
+        return Ok(None);
+    }
+    let Some(layout) = Layout::of(
+        einsum,
+        activation_slot,
+        [&input_shape, &weight_shape, &output_shape],
+    ) else {
+        return Ok(None);
+    };
+    let g = &layout.geometry;
+    // Vectors go along the output's contiguous axis where they can (whole vectors of it),
+    // else along its columns, staged.
+    let whole = |extent: usize| isas.iter().find(|isa| extent.is_multiple_of(isa.lanes()));
+    let (orientation, isa) = match (whole(g.columns), whole(g.rows)) {
+        (Some(&isa), _) if g.output_column == 1 => (Orientation::Columns, isa),
+        (_, Some(&isa)) if g.output_row == 1 && g.activation_row == 1 => (Orientation::Rows, isa),
+        (Some(&isa), _) => (Orientation::Columns, isa),
+        _ => return Ok(None),
+    };
+    let weights = facts[1 - activation_slot]
+        .konst
+        .as_ref()
+        .expect("the weights are constant")
+        .to_plain_array_view::<f32>()?;
+    let weights = weights.as_standard_layout();
+    let weights = weights.as_slice().expect("a standard layout is contiguous");
+    let packed = match orientation {
+        Orientation::Columns => layout.pack(weights, isa.panel_width()),
+        Orientation::Rows => layout.pack(weights, ROWS),
+    };
+    let group = match orientation {
+        Orientation::Columns => isa.panel_width(),
+        Orientation::Rows => ROWS,
+    };
+    let bias = folded_bias(model, node, &output_shape, &layout)?;
+    let op = DenseProduct {
+        isa,
+        orientation,
+        geometry: layout.geometry,
+        input_shape: input_shape.into(),
+        output_shape: output_shape.into(),
+        packed: Arc::new(packed),
+        bias: bias.as_ref().map(|(b, _)| Arc::new(padded(b, group))),
+    };
+    Ok(Some((
+        op,
+        node.inputs[activation_slot],
+        bias.map(|(_, id)| id),
+    )))
+}
+
+/// The constant bias, one value per column (in column order), that `node`'s one successor
+/// adds to its output without broadcasting it, with that successor's id.
+fn folded_bias(
+    model: &TypedModel,
+    node: &TypedNode,
+    output_shape: &[usize],
+    layout: &Layout,
+) -> TractResult<Option<(Vec<f32>, usize)>> {
+    let [successor] = &*node.outputs[0].successors else {
+        return Ok(None);
+    };
+    let add = model.node(successor.node);
+    let Some(bin) = add.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    if !bin.0.is::<Add>() || add.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = add.inputs[1 - successor.slot];
+    let Some(bias) = model.outlet_fact(other)?.konst.clone() else {
+        return Ok(None);
+    };
+    let sum_shape = model
+        .outlet_fact(OutletId::new(add.id, 0))?
+        .shape
+        .as_concrete();
+    let columns = layout.geometry.columns;
+    if bias.datum_type() != f32::datum_type()
+        || sum_shape != Some(output_shape)
+        || bias.rank() != output_shape.len()
+    {
+        return Ok(None);
+    }
+    // The bias varies along the column axes only, each of its full size.
+    let along_columns = bias.shape().iter().enumerate().all(|(axis, &size)| {
+        size == 1 || (layout.column_axes.contains(&axis) && size == output_shape[axis])
+    });
+    if !along_columns {
+        return Ok(None);
+    }
+    let values = bias.to_plain_array_view::<f32>()?;
+    let values: Vec<f32> = values.iter().copied().collect();
+    let per_column = match values.len() {
+        1 => vec![values[0]; columns],
+        n if n == columns => values,
+        _ => return Ok(None),
+    };
+    Ok(Some((per_column, add.id)))
+}
+
+/// `values` with zeros up to a whole number of `width`s.
+fn padded(values: &[f32], width: usize) -> Vec<f32> {
+    let mut padded = values.to_vec();
+    padded.resize(values.len().div_ceil(width) * width, 0.0);
+    padded
+}
+
+/// An einsum seen as a matrix product: its geometry, and where its depth and columns lie in
+/// the weights.
+struct Layout {
+    geometry: Geometry,
+    /// (size, stride in the weights) of each depth axis, outermost first (the activation's
+    /// order).
+    depth_axes: Vec<(usize, usize)>,
+    /// (size, stride in the weights) of each column axis, outermost first (the output's
+    /// order).
+    column_weights: Vec<(usize, usize)>,
+    /// The output's column axes.
+    column_axes: Vec<usize>,
+}
+
+/// What an einsum axis is to the product.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Row,
+    Depth,
+    Column,
+}
+
+/// An einsum axis longer than one: its role, size, and position in each tensor it is in.
+struct Place {
+    role: Role,
+    size: usize,
+    activation: Option<usize>,
+    weights: Option<usize>,
+    output: Option<usize>,
+}
+
+/// The axes of `role`, in the order they lie in one tensor (`position` in it), if they lie
+/// next to each other among that tensor's axes longer than one.
+fn run_of(
+    places: &[Place],
+    role: Role,
+    position: fn(&Place) -> Option<usize>,
+) -> Option<Vec<&Place>> {
+    let mut present: Vec<(usize, &Place)> = places
+        .iter()
+        .filter_map(|place| position(place).map(|at| (at, place)))
+        .collect();
+    present.sort_by_key(|(at, _)| *at);
+    let indices: Vec<usize> = (0..present.len())
+        .filter(|&i| present[i].1.role == role)
+        .collect();
+    if indices.windows(2).any(|w| w[1] != w[0] + 1) {
+        return None;
+    }
+    Some(indices.iter().map(|&i| present[i].1).collect())
+}
+
+impl Layout {
+    /// The layout of `einsum` with the activation in input `activation_slot`, from the
+    /// shapes of the activation, the weights and the output; none where an axis is in both
+    /// operands and the output (a batch of products), is summed inside one operand, or
+    /// repeats, or where the axes of a kind are not next to each other.
+    fn of(einsum: &EinSum, activation_slot: usize, shapes: [&[usize]; 3]) -> Option<Layout> {
+        let [input, weights, output] = shapes;
+        let single = |positions: &TVec<usize>| match positions.len() {
+            0 => Some(None),
+            1 => Some(Some(positions[0])),
+            _ => None,
+        };
+        let mut places = Vec::new();
+        for axis in einsum.axes.iter_all_axes() {
+            let activation = single(&axis.inputs[activation_slot])?;
+            let in_weights = single(&axis.inputs[1 - activation_slot])?;
+            let in_output = single(axis.outputs.first()?)?;
+            let sizes = [
+                activation.map(|p| input[p]),
+                in_weights.map(|p| weights[p]),
+                in_output.map(|p| output[p]),
+            ];
+            let size = sizes.iter().flatten().copied().max().unwrap_or(1);
+            if sizes.iter().flatten().any(|&s| s != size) {
+                return None;
+            }
+            if size == 1 {
+                continue;
+            }
+            let role = match (activation, in_weights, in_output) {
+                (Some(_), Some(_), None) => Role::Depth,
+                (Some(_), None, Some(_)) => Role::Row,
+                (None, Some(_), Some(_)) => Role::Column,
+                _ => return None,
+            };
+            places.push(Place {
+                role,
+                size,
+                activation,
+                weights: in_weights,
+                output: in_output,
+            });
+        }
+        let rows_in = run_of(&places, Role::Row, |p| p.activation)?;
+        let depth = run_of(&places, Role::Depth, |p| p.activation)?;
+        let rows_out = run_of(&places, Role::Row, |p| p.output)?;
+        let columns = run_of(&places, Role::Column, |p| p.output)?;
+        // Rows are counted the same way in the activation and the output.
+        if rows_in
+            .iter()
+            .zip(&rows_out)
+            .any(|(a, b)| !std::ptr::eq(*a, *b))
+        {
+            return None;
+        }
+        let (input_strides, weight_strides, output_strides) = (
+            natural_strides(input),
+            natural_strides(weights),
+            natural_strides(output),
+        );
+        // The stride of a run's innermost axis in the tensor of `strides` (`position`).
+        let innermost =
+            |run: &[&Place], strides: &[usize], position: fn(&Place) -> Option<usize>| {
+                run.last()
+                    .and_then(|place| position(place))
+                    .map_or(0, |at| strides[at])
+            };
+        let in_weights = |run: &[&Place]| -> Vec<(usize, usize)> {
+            run.iter()
+                .map(|p| (p.size, p.weights.map_or(0, |at| weight_strides[at])))
+                .collect()
+        };
+        let product = |run: &[&Place]| run.iter().map(|p| p.size).product::<usize>();
+        Some(Layout {
+            geometry: Geometry {
+                rows: product(&rows_in),
+                depth: product(&depth),
+                columns: product(&columns),
+                activation_row: innermost(&rows_in, &input_strides, |p| p.activation),
+                activation_depth: innermost(&depth, &input_strides, |p| p.activation),
+                output_row: innermost(&rows_out, &output_strides, |p| p.output),
+                output_column: innermost(&columns, &output_strides, |p| p.output),
+            },
+            depth_axes: in_weights(&depth),
+            column_weights: in_weights(&columns),
+            column_axes: columns.iter().filter_map(|p| p.output).collect(),
+        })
+    }
+
+    /// `weights` packed in groups of `width` columns: `[group][depth][width]`.
+    fn pack(&self, weights: &[f32], width: usize) -> Vec<f32> {
+        let g = &self.geometry;
+        let offsets = |axes: &[(usize, usize)], count: usize| -> Vec<usize> {
+            (0..count)
+                .map(|mut index| {
+                    let mut offset = 0;
+                    for &(size, stride) in axes.iter().rev() {
+                        offset += (index % size) * stride;
+                        index /= size;
+                    }
+                    offset
+                })
+                .collect()
+        };
+        let depth_offsets = offsets(&self.depth_axes, g.depth);
+        let column_offsets = offsets(&self.column_weights, g.columns);
+        let groups = g.columns.div_ceil(width);
+        let mut packed = vec![0f32; groups * g.depth * width];
+        for (column, column_offset) in column_offsets.iter().enumerate() {
+            let (group, lane) = (column / width, column % width);
+            for (step, depth_offset) in depth_offsets.iter().enumerate() {
+                packed[(group * g.depth + step) * width + lane] =
+                    weights[depth_offset + column_offset];
+            }
+        }
+        packed
+    }
+}
+
+/// The strides of a C-contiguous array of `shape`, in elements.
+fn natural_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for axis in (0..shape.len().saturating_sub(1)).rev() {
+        strides[axis] = strides[axis + 1] * shape[axis + 1];
+    }
+    strides
+}
+
+#[cfg(test)]
+mod tests;
