@@ -336,7 +336,7 @@ impl TractSession {
     fn on_threads<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(|| {
-                let _helpers = KeepAwake::start(self.threads - 1);
+                let _helpers = KeepAwake::start();
                 multithread_tract_scope(Executor::MultiThread(pool.clone()), work)
             }),
             None => work(),
@@ -389,20 +389,21 @@ struct KeepAwake {
 }
 
 impl KeepAwake {
-    fn start(helpers: usize) -> Self {
+    /// Starts a helper on each of the current pool's threads but this one.
+    fn start() -> Self {
         use std::sync::atomic::{AtomicBool, Ordering};
         let done = Arc::new(AtomicBool::new(false));
         let home = rayon::current_thread_index();
-        for _ in 0..helpers {
-            let done = done.clone();
-            rayon::spawn(move || {
-                while !done.load(Ordering::Acquire) && rayon::current_thread_index() != home {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
+        let helpers_done = done.clone();
+        // One job per thread, so that each other thread surely gets its own (a plain spawn
+        // lands in this thread's queue, where this thread may pop it first).
+        rayon::spawn_broadcast(move |context| {
+            while !helpers_done.load(Ordering::Acquire) && Some(context.index()) != home {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
                 }
-            });
-        }
+            }
+        });
         KeepAwake { done }
     }
 }

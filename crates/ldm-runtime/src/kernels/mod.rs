@@ -16,6 +16,7 @@
 mod conv3x3;
 mod dense;
 mod softmax;
+mod tile;
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
@@ -33,7 +34,7 @@ pub fn with_own_kernels(model: TypedModel) -> TractResult<TypedModel> {
 
 /// Every rewrite, on `model` and on the bodies of its loops, with the instruction sets `isas`.
 fn rewrite(model: TypedModel, isas: &[Isa]) -> TractResult<TypedModel> {
-    let model = conv3x3::replace_convolutions(model, |h, w| conv3x3::isa_for_image(isas, h, w))?;
+    let model = conv3x3::replace_convolutions(model, |width| conv3x3::strategy_for(isas, width))?;
     let model = dense::replace_products(model, isas)?;
     let model = softmax::replace_softmaxes(model, isas.first().copied())?;
     rewrite_loop_bodies(model, isas)

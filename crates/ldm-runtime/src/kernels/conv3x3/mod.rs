@@ -4,18 +4,21 @@
 //! image (im2col). On an AVX-512 Xeon the shipped decoder's convolutions ran at about half of
 //! the machine's f32 peak that way, where ONNX Runtime's direct kernels run the whole decoder
 //! at its peak (BENCHMARKS.md, "A direct 3x3 convolution"). No Rust library offers a direct
-//! convolution, so this module is one: the kernel keeps a tile of `BLOCK` output channels by
-//! three runs of a vector's width of output pixels in registers, and for each input channel
-//! and tap adds a broadcast weight times a row of the zero-padded image, read straight from
-//! memory. Outputs land in NCHW, the graph's own layout, so nothing around the convolution
-//! changes.
+//! convolution, so this module is one, with two ways of tiling the zero-padded image, read
+//! straight from memory. Where rows are a whole number of vectors wide, a tile is `BLOCK`
+//! output channels by three runs of a vector's width of output pixels, and each input channel
+//! and tap adds a broadcast weight times a run of pixels, into the NCHW output. Narrower rows
+//! (a UNet's 8x8 and 4x4 levels, where a run would span rows) take the dense products' tile
+//! turned around: six pixels by a panel of output channels, each tap adding a broadcast pixel
+//! times a vector of weights, staged pixel-major and scattered into NCHW. (Runs over nine
+//! shifted copies of the image, as before, went at 35-40 % of the 16x16 level's rate.)
 //!
 //! [`replace_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
-//! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights, rows a multiple of the
-//! vector's lanes or images of at most 32x32) and the CPU has AVX-512 or AVX2 with FMA;
-//! everything else, and every other CPU, keeps tract's convolution. A run on several threads
-//! splits each convolution's tiles over them.
+//! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights) and the CPU has
+//! AVX-512 or AVX2 with FMA; everything else, and every other CPU, keeps tract's convolution.
+//! A run on several threads splits each convolution's tiles over them.
 
+use super::tile::{self, Tile};
 use super::{f32_elements, f32_output, on_threads, same_bits, Isa, SharedBuffer};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -27,32 +30,42 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 const BLOCK: usize = 8;
 /// Runs of output pixels (a vector's width each) one tile computes.
 const RUNS: usize = 3;
-/// The largest image read from nine shifted copies (32x32): a UNet's deep levels, where the
-/// copies cost little, never a large image, where they would cost nine times its memory.
-const MAX_SHIFTED_PIXELS: usize = 1024;
 
-/// The instruction set for an image of `height` x `width` pixels among `isas` (widest first):
-/// the widest whose vectors tile its rows, else, for images of at most [`MAX_SHIFTED_PIXELS`],
-/// the widest whose vectors tile the image (read from shifted copies, nine times its size).
-pub(super) fn isa_for_image(isas: &[Isa], height: usize, width: usize) -> Option<Isa> {
-    let rows = isas.iter().find(|isa| width.is_multiple_of(isa.lanes()));
-    let small = (height * width <= MAX_SHIFTED_PIXELS)
-        .then(|| {
-            isas.iter()
-                .find(|isa| (height * width).is_multiple_of(isa.lanes()))
-        })
-        .flatten();
-    rows.or(small).copied()
+/// How a [`DirectConv3x3`] lays its tiles over the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Strategy {
+    /// Rows a whole number of vectors wide: vectors of pixels, each weight broadcast
+    /// ([`BLOCK`] output channels by [`RUNS`] runs of pixels per tile).
+    Runs,
+    /// Narrower rows (a UNet's 8x8 and 4x4 levels, where runs of pixels would span rows):
+    /// vectors of output channels, each pixel broadcast ([`tile::ROWS`] pixels by a panel of
+    /// channels per tile), outputs staged pixel-major and then scattered into NCHW.
+    Broadcast,
+}
+
+/// The instruction set and strategy for an image `width` pixels wide among `isas` (widest
+/// first): the widest, with runs where its vectors tile the rows, else broadcast pixels (on an
+/// AVX-512 CPU, 8 pixels wide rows go faster broadcast at 16 lanes than in runs at 8).
+pub(super) fn strategy_for(isas: &[Isa], width: usize) -> Option<(Isa, Strategy)> {
+    let &widest = isas.first()?;
+    let strategy = if width.is_multiple_of(widest.lanes()) {
+        Strategy::Runs
+    } else {
+        Strategy::Broadcast
+    };
+    Some((widest, strategy))
 }
 
 /// A 3x3 convolution, stride 1, padding 1, over an NCHW f32 image.
 #[derive(Debug, Clone)]
 pub struct DirectConv3x3 {
     isa: Isa,
+    strategy: Strategy,
     input_channels: usize,
     output_channels: usize,
-    /// Weights as `[output_channels / BLOCK (rounded up)][input_channels][9][BLOCK]`, the
-    /// missing channels of a last partial block zero.
+    /// Weights as `[output_channels / group (rounded up)][input_channels][9][group]`, the
+    /// missing channels of a last partial group zero; a group is [`BLOCK`] channels for
+    /// [`Strategy::Runs`], a panel for [`Strategy::Broadcast`].
     packed: Arc<Vec<f32>>,
     /// One per output channel, padded like `packed`; `None` where the bias is the op's second
     /// input (tract folds what a residual block adds after its convolution, the time
@@ -63,6 +76,7 @@ pub struct DirectConv3x3 {
 impl PartialEq for DirectConv3x3 {
     fn eq(&self, other: &Self) -> bool {
         self.isa == other.isa
+            && self.strategy == other.strategy
             && self.input_channels == other.input_channels
             && self.output_channels == other.output_channels
             && same_bits(&self.packed, &other.packed)
@@ -78,30 +92,50 @@ impl Eq for DirectConv3x3 {}
 
 impl DirectConv3x3 {
     /// From OIHW `weights` ([output, input, 3, 3]) and, if constant, the bias.
-    fn new(isa: Isa, weights: &[f32], bias: Option<&[f32]>, output_channels: usize) -> Self {
+    fn new(
+        (isa, strategy): (Isa, Strategy),
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        output_channels: usize,
+    ) -> Self {
         let input_channels = weights.len() / (output_channels * 9);
-        let blocks = output_channels.div_ceil(BLOCK);
-        let mut packed = vec![0f32; blocks * input_channels * 9 * BLOCK];
+        let op = DirectConv3x3 {
+            isa,
+            strategy,
+            input_channels,
+            output_channels,
+            packed: Arc::new(Vec::new()),
+            bias: None,
+        };
+        let group = op.group();
+        let groups = output_channels.div_ceil(group);
+        let mut packed = vec![0f32; groups * input_channels * 9 * group];
         for o in 0..output_channels {
-            let (block, lane) = (o / BLOCK, o % BLOCK);
+            let (block, lane) = (o / group, o % group);
             for c in 0..input_channels {
                 for tap in 0..9 {
-                    packed[((block * input_channels + c) * 9 + tap) * BLOCK + lane] =
+                    packed[((block * input_channels + c) * 9 + tap) * group + lane] =
                         weights[(o * input_channels + c) * 9 + tap];
                 }
             }
         }
         DirectConv3x3 {
-            isa,
-            input_channels,
-            output_channels,
             packed: Arc::new(packed),
-            bias: bias.map(|b| Arc::new(padded_bias(b, output_channels))),
+            bias: bias.map(|b| Arc::new(padded_bias(b, output_channels, group))),
+            ..op
+        }
+    }
+
+    /// Output channels packed together.
+    fn group(&self) -> usize {
+        match self.strategy {
+            Strategy::Runs => BLOCK,
+            Strategy::Broadcast => self.isa.panel_width(),
         }
     }
 
     /// Convolves one image, `[input_channels, height, width]`, into `output`, with `bias`
-    /// padded to whole blocks.
+    /// padded to whole groups.
     fn convolve(
         &self,
         image: &[f32],
@@ -110,20 +144,27 @@ impl DirectConv3x3 {
         bias: &[f32],
         output: &mut [f32],
     ) {
-        let lanes = self.isa.lanes();
-        let prepared = if width.is_multiple_of(lanes) {
-            // Also what `isa_for_image` picks for every image above `MAX_SHIFTED_PIXELS`.
-            padded_image(image, self.input_channels, height, width, lanes)
-        } else {
-            shifted_copies(image, self.input_channels, height, width, lanes)
-        };
+        match self.strategy {
+            Strategy::Runs => self.convolve_runs(image, height, width, bias, output),
+            Strategy::Broadcast => self.convolve_broadcast(image, height, width, bias, output),
+        }
+    }
+
+    fn convolve_runs(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        bias: &[f32],
+        output: &mut [f32],
+    ) {
+        let prepared = padded_image(image, self.input_channels, height, width, self.isa.lanes());
         let runs = &prepared.runs;
         let groups = runs.len().div_ceil(RUNS);
         let blocks = self.output_channels.div_ceil(BLOCK);
         let geometry = Geometry {
             image: &prepared.image,
-            tap_row: prepared.tap_row,
-            tap_column: prepared.tap_column,
+            tap_row: width + 2,
             plane: prepared.plane,
             output_plane: height * width,
         };
@@ -146,6 +187,68 @@ impl DirectConv3x3 {
                 }
             });
         }
+    }
+
+    /// [`Strategy::Broadcast`]: tiles of pixels by panels of output channels, into a
+    /// pixel-major buffer, then scattered into the NCHW output.
+    fn convolve_broadcast(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        bias: &[f32],
+        output: &mut [f32],
+    ) {
+        let padded_width = width + 2;
+        let plane = (height + 2) * padded_width;
+        let padded = padded_planes(image, self.input_channels, height, width);
+        let pixels = height * width;
+        let panel = self.isa.panel_width();
+        let panels = self.output_channels.div_ceil(panel);
+        let staged_row = panels * panel;
+        let mut staged = vec![0f32; pixels * staged_row];
+        let target = SharedBuffer(staged.as_mut_ptr());
+        let pixel_tiles = pixels.div_ceil(tile::ROWS);
+        let taps: [usize; 9] = std::array::from_fn(|t| (t / 3) * padded_width + t % 3);
+        // Panel-major, so that a thread's consecutive tiles reuse the panel's weights.
+        on_threads(panels * pixel_tiles, |range| {
+            for task in range {
+                let (p, pixel_tile) = (task / pixel_tiles, task % pixel_tiles);
+                let first = pixel_tile * tile::ROWS;
+                let rows = (pixels - first).min(tile::ROWS);
+                let channels = (self.output_channels - p * panel).min(panel);
+                let tile = Tile {
+                    broadcast: padded.as_ptr(),
+                    // Pixel (y, x)'s tap (0, 0) is padded pixel (y, x).
+                    row_offsets: std::array::from_fn(|r| {
+                        let pixel = first + r.min(rows - 1);
+                        (pixel / width) * padded_width + pixel % width
+                    }),
+                    step: plane,
+                    taps,
+                    vectors: self.packed[p * self.input_channels * 9 * panel..].as_ptr(),
+                    pitch: panel,
+                    depth: self.input_channels,
+                    bias_per_lane: Some(bias[p * panel..].as_ptr()),
+                    bias_per_row: None,
+                    out_row: staged_row,
+                };
+                let out = target.at(first * staged_row + p * panel);
+                // SAFETY: the rewrite chose an instruction set this CPU has; the panel and
+                // the staged rows are whole; each task writes its own pixels and channels.
+                unsafe {
+                    tile::run(
+                        self.isa,
+                        &tile,
+                        rows,
+                        channels.div_ceil(self.isa.lanes()),
+                        out,
+                    )
+                };
+            }
+        });
+        let channels = self.output_channels;
+        tile::scatter(&staged, pixels, channels, staged_row, output, 1, pixels);
     }
 
     /// Computes the channels of `block` at `runs` over the input channels `inputs`: from
@@ -212,28 +315,24 @@ impl DirectConv3x3 {
 struct Geometry<'a> {
     /// One plane per input channel.
     image: &'a [f32],
-    /// How far the tap one row down, and one column right, is from a run's pixels: tap
-    /// (ky, kx) reads `ky * tap_row + kx * tap_column` on.
+    /// How far the tap one row down is from a run's pixels: tap (ky, kx) reads
+    /// `ky * tap_row + kx` on.
     tap_row: usize,
-    tap_column: usize,
     /// Elements per input channel in `image`.
     plane: usize,
     /// `height * width`.
     output_plane: usize,
 }
 
-/// An image laid out for the kernel, with its runs: (offset of a run's pixels in a channel's
-/// plane, offset of its outputs in an output plane), a vector's width each.
+/// The image with a border of zeros, for [`Strategy::Runs`], with its runs: (offset of a
+/// run's pixels in a channel's plane, offset of its outputs in an output plane), `lanes`
+/// pixels of one row each.
 struct Prepared {
     image: Vec<f32>,
-    tap_row: usize,
-    tap_column: usize,
     plane: usize,
     runs: Vec<(usize, usize)>,
 }
 
-/// Rows a multiple of the vector wide: the image with a border of zeros, each tap a shift of
-/// it, each run `lanes` pixels of one row.
 fn padded_image(
     image: &[f32],
     channels: usize,
@@ -242,16 +341,6 @@ fn padded_image(
     lanes: usize,
 ) -> Prepared {
     let padded_width = width + 2;
-    let plane = (height + 2) * padded_width;
-    let padded = planes_on_threads(channels, plane, |channel, plane_out| {
-        let source = &image[channel * height * width..][..height * width];
-        for (row, pixels) in plane_out[padded_width..]
-            .chunks_exact_mut(padded_width)
-            .zip(source.chunks_exact(width))
-        {
-            row[1..=width].copy_from_slice(pixels);
-        }
-    });
     let runs = (0..height)
         .flat_map(|row| {
             (0..width)
@@ -260,49 +349,26 @@ fn padded_image(
         })
         .collect();
     Prepared {
-        image: padded,
-        tap_row: padded_width,
-        tap_column: 1,
-        plane,
+        image: padded_planes(image, channels, height, width),
+        plane: (height + 2) * padded_width,
         runs,
     }
 }
 
-/// Rows narrower than the vector (the UNet's 8x8 and 4x4 levels): nine copies of the image,
-/// each shifted by one tap with zeros where it leaves the image, so that a vector spans
-/// several rows and every read is contiguous.
-fn shifted_copies(
-    image: &[f32],
-    channels: usize,
-    height: usize,
-    width: usize,
-    lanes: usize,
-) -> Prepared {
-    let pixels = height * width;
-    let shifted = planes_on_threads(channels, 9 * pixels, |channel, copies| {
-        let source = &image[channel * pixels..][..pixels];
-        for (tap, copy) in copies.chunks_exact_mut(pixels).enumerate() {
-            let (dy, dx) = (tap / 3, tap % 3);
-            // Output pixel (y, x) reads (y + dy - 1, x + dx - 1).
-            let columns = dx.saturating_sub(1)..(width + dx - 1).min(width);
-            let first = columns.start + 1 - dx;
-            for y in 0..height {
-                let Some(source_row) = (y + dy).checked_sub(1).filter(|&r| r < height) else {
-                    continue;
-                };
-                copy[y * width + first..][..columns.len()]
-                    .copy_from_slice(&source[source_row * width..][columns.clone()]);
-            }
+/// Each channel of `image` with a border of zeros, `(height + 2) x (width + 2)`: each tap of
+/// a 3x3 convolution a shift of it.
+fn padded_planes(image: &[f32], channels: usize, height: usize, width: usize) -> Vec<f32> {
+    let padded_width = width + 2;
+    let plane = (height + 2) * padded_width;
+    planes_on_threads(channels, plane, |channel, plane_out| {
+        let source = &image[channel * height * width..][..height * width];
+        for (row, pixels) in plane_out[padded_width..]
+            .chunks_exact_mut(padded_width)
+            .zip(source.chunks_exact(width))
+        {
+            row[1..=width].copy_from_slice(pixels);
         }
-    });
-    let runs = (0..pixels).step_by(lanes).map(|p| (p, p)).collect();
-    Prepared {
-        image: shifted,
-        tap_row: 3 * pixels,
-        tap_column: pixels,
-        plane: 9 * pixels,
-        runs,
-    }
+    })
 }
 
 /// Input channels per pass for `output_channels`: as many as keep the pass's weights (9 per
@@ -347,9 +413,9 @@ struct Pass<'a> {
     bias: Option<&'a [f32]>,
 }
 
-/// `bias` (one value per output channel, or one for all) with zeros up to whole blocks.
-fn padded_bias(bias: &[f32], output_channels: usize) -> Vec<f32> {
-    let mut padded = vec![0f32; output_channels.div_ceil(BLOCK) * BLOCK];
+/// `bias` (one value per output channel, or one for all) with zeros up to whole groups.
+fn padded_bias(bias: &[f32], output_channels: usize, group: usize) -> Vec<f32> {
+    let mut padded = vec![0f32; output_channels.div_ceil(group) * group];
     for (o, value) in padded[..output_channels].iter_mut().enumerate() {
         *value = if bias.len() == 1 { bias[0] } else { bias[o] };
     }
@@ -366,8 +432,8 @@ impl Op for DirectConv3x3 {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} channels, {:?}",
-            self.input_channels, self.output_channels, self.isa
+            "{} -> {} channels, {:?} {:?}",
+            self.input_channels, self.output_channels, self.strategy, self.isa
         )])
     }
 
@@ -382,7 +448,7 @@ impl EvalOp for DirectConv3x3 {
         let shape = input.shape();
         ensure!(shape.len() == 4 && shape[1] == self.input_channels);
         let (batch, height, width) = (shape[0], shape[2], shape[3]);
-        ensure!((height * width).is_multiple_of(self.isa.lanes()));
+        ensure!(self.strategy != Strategy::Runs || width.is_multiple_of(self.isa.lanes()));
         let dynamic_bias;
         let bias = match (&self.bias, inputs.get(1)) {
             (Some(bias), _) => bias.as_slice(),
@@ -390,7 +456,7 @@ impl EvalOp for DirectConv3x3 {
                 let bias = bias.to_plain_array_view::<f32>()?;
                 ensure!(bias.len() == self.output_channels || bias.len() == 1);
                 let bias: Vec<f32> = bias.iter().copied().collect();
-                dynamic_bias = padded_bias(&bias, self.output_channels);
+                dynamic_bias = padded_bias(&bias, self.output_channels, self.group());
                 &dynamic_bias
             }
             (None, None) => bail!("DirectConv3x3 expects its bias as a second input"),
@@ -419,11 +485,11 @@ impl TypedOp for DirectConv3x3 {
         Ok(tvec!(f32::fact(shape)))
     }
 }
-/// `model` with its convolutions replaced where `isa_for(height, width)` names an instruction
-/// set.
+/// `model` with its convolutions replaced where `choose(width)` names an instruction set and
+/// a strategy for images that wide.
 pub(super) fn replace_convolutions(
     mut model: TypedModel,
-    isa_for: impl Fn(usize, usize) -> Option<Isa>,
+    choose: impl Fn(usize) -> Option<(Isa, Strategy)>,
 ) -> TractResult<TypedModel> {
     let mut replaced = false;
     for id in model.eval_order()? {
@@ -431,7 +497,7 @@ pub(super) fn replace_convolutions(
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let Some(op) = direct_form(&model, node, conv, &isa_for)? else {
+        let Some(op) = direct_form(&model, node, conv, &choose)? else {
             continue;
         };
         let mut patch = TypedModelPatch::default();
@@ -456,7 +522,7 @@ fn direct_form(
     model: &TypedModel,
     node: &TypedNode,
     conv: &Conv,
-    isa_for: impl Fn(usize, usize) -> Option<Isa>,
+    choose: impl Fn(usize) -> Option<(Isa, Strategy)>,
 ) -> TractResult<Option<DirectConv3x3>> {
     let spec = &conv.pool_spec;
     let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == 1));
@@ -499,7 +565,7 @@ fn direct_form(
     {
         return Ok(None);
     }
-    let Some(isa) = isa_for(shape[2], shape[3]) else {
+    let Some(choice) = choose(shape[3]) else {
         return Ok(None);
     };
     let weights = weights.to_plain_array_view::<f32>()?;
@@ -515,7 +581,7 @@ fn direct_form(
         None => None,
     };
     Ok(Some(DirectConv3x3::new(
-        isa,
+        choice,
         weights,
         bias.as_deref(),
         output_channels,

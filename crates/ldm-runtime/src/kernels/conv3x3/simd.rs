@@ -47,11 +47,11 @@ macro_rules! kernel {
             for r in 0..RUNS_ {
                 base[r] = runs.get_unchecked(r).0;
             }
-            let (tap_row, tap_column) = (geometry.tap_row, geometry.tap_column);
+            let tap_row = geometry.tap_row;
             debug_assert!(
                 (input_channels - 1) * geometry.plane
                     + base[RUNS_ - 1]
-                    + 2 * (tap_row + tap_column)
+                    + 2 * (tap_row + 1)
                     + $lanes
                     <= image.len()
             );
@@ -60,7 +60,7 @@ macro_rules! kernel {
             for _ in 0..input_channels {
                 for ky in 0..3 {
                     for kx in 0..3 {
-                        let tap = plane.add(ky * tap_row + kx * tap_column);
+                        let tap = plane.add(ky * tap_row + kx);
                         let mut pixels = [$splat(0.0); RUNS_];
                         for r in 0..RUNS_ {
                             pixels[r] = $load(tap.add(base[r]));

@@ -62,9 +62,9 @@ fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
         .collect())
 }
 
-/// `model` with the convolutions this CPU's widest kernel runs replaced.
+/// `model` with the convolutions this CPU's kernels run replaced, as the runtime chooses.
 fn direct(model: TypedModel) -> TractResult<TypedModel> {
-    replace_convolutions(model, |h, w| isa_for_image(&Isa::available(), h, w))
+    replace_convolutions(model, |width| strategy_for(&Isa::available(), width))
 }
 
 fn direct_ops(model: &TypedModel) -> usize {
@@ -77,10 +77,11 @@ fn direct_ops(model: &TypedModel) -> usize {
 
 #[test]
 fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> {
-    // Rows of whole vectors (a padded image) and narrower ones (shifted copies), whole and
-    // partial blocks of channels, one to three runs per tile, a batch, a bias given at run
-    // time, input channels in two passes.
-    let cases: [([usize; 4], usize, bool); 9] = [
+    // Each strategy on each instruction set: rows of whole vectors (runs) and any rows
+    // (broadcast pixels); whole and partial blocks and panels of channels, one to three runs
+    // and one to six pixels per tile, a batch, a bias given at run time, input channels in two
+    // passes.
+    let cases: [([usize; 4], usize, bool); 10] = [
         ([1, 3, 16, 16], 32, true),
         ([1, 32, 64, 64], 32, true),
         ([2, 16, 8, 48], 40, true),
@@ -89,18 +90,22 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
         ([1, 5, 8, 8], 3, true),
         ([1, 64, 4, 4], 16, false),
         ([2, 24, 6, 4], 8, true),
+        ([1, 7, 5, 3], 70, false),
         // Weights above a pass's: 28 input channels, then 12 added on.
         ([1, 40, 4, 4], 1004, false),
     ];
-    for isa in Isa::available() {
+    let choices = Isa::available()
+        .into_iter()
+        .flat_map(|isa| [(isa, Strategy::Runs), (isa, Strategy::Broadcast)]);
+    for (isa, strategy) in choices {
         for (shape, output_channels, constant_bias) in cases {
-            if !(shape[2] * shape[3]).is_multiple_of(isa.lanes()) {
+            if strategy == Strategy::Runs && !shape[3].is_multiple_of(isa.lanes()) {
                 continue;
             }
             let model = convolution(shape, output_channels, 1, constant_bias)?;
             let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
-            let direct = replace_convolutions(model, |_, _| Some(isa))?;
-            assert_eq!(direct_ops(&direct), 1, "{isa:?} {shape:?}");
+            let direct = replace_convolutions(model, |_| Some((isa, strategy)))?;
+            assert_eq!(direct_ops(&direct), 1, "{isa:?} {strategy:?} {shape:?}");
             let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
             let worst = expected
@@ -109,7 +114,7 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
                 .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
             assert!(
                 worst <= 1e-5 * scale,
-                "{isa:?} {shape:?}: {worst} off at scale {scale}"
+                "{isa:?} {strategy:?} {shape:?}: {worst} off at scale {scale}"
             );
         }
     }
@@ -124,29 +129,43 @@ fn large_weights_take_several_passes() {
 
 #[test]
 fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
-    let shape = [1, 32, 32, 32];
-    let model = direct(convolution(shape, 64, 1, true)?)?;
-    let plan = model.into_optimized()?.into_runnable()?;
-    let alone = plan.run(inputs(shape, 64, true))?.remove(0);
-    let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
-    let shared = pool.install(|| {
-        multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
-            plan.run(inputs(shape, 64, true))
-        })
-    })?;
-    assert_eq!(alone, shared[0]);
+    for shape in [[1, 32, 32, 32], [1, 32, 8, 8]] {
+        let model = direct(convolution(shape, 64, 1, true)?)?;
+        let plan = model.into_optimized()?.into_runnable()?;
+        let alone = plan.run(inputs(shape, 64, true))?.remove(0);
+        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
+        let shared = pool.install(|| {
+            multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
+                plan.run(inputs(shape, 64, true))
+            })
+        })?;
+        assert_eq!(alone, shared[0], "{shape:?}");
+    }
     Ok(())
 }
 
 #[test]
-fn other_convolutions_stay_with_tract() -> TractResult<()> {
+fn rows_of_whole_vectors_go_in_runs_and_others_broadcast() {
+    let isas = [Isa::Avx512, Isa::Avx2];
+    assert_eq!(strategy_for(&isas, 64), Some((Isa::Avx512, Strategy::Runs)));
+    assert_eq!(
+        strategy_for(&isas, 8),
+        Some((Isa::Avx512, Strategy::Broadcast))
+    );
+    assert_eq!(
+        strategy_for(&[Isa::Avx2], 8),
+        Some((Isa::Avx2, Strategy::Runs))
+    );
+    assert_eq!(
+        strategy_for(&[Isa::Avx2], 36),
+        Some((Isa::Avx2, Strategy::Broadcast))
+    );
+    assert_eq!(strategy_for(&[], 64), None);
+}
+
+#[test]
+fn strided_convolutions_stay_with_tract() -> TractResult<()> {
     let strided = direct(convolution([1, 8, 16, 16], 8, 2, true)?)?;
     assert_eq!(direct_ops(&strided), 0);
-    // 4 pixels fill no vector.
-    let tiny = direct(convolution([1, 8, 2, 2], 8, 1, true)?)?;
-    assert_eq!(direct_ops(&tiny), 0);
-    // Rows of 36 pixels fill no vector, and 72x36 is too large for shifted copies.
-    let wide = direct(convolution([1, 8, 72, 36], 8, 1, true)?)?;
-    assert_eq!(direct_ops(&wide), 0);
     Ok(())
 }

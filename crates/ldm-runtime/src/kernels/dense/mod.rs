@@ -14,30 +14,13 @@
 //! On the shipped UNet tract's products ran at 20-50 % of the machine's f32 rate, most of
 //! them small (16 to 256 rows); see BENCHMARKS.md, "Products with constant weights".
 
+use super::tile::{self, Tile, ROWS};
 use super::{f32_elements, f32_output, on_threads, same_bits, Isa, SharedBuffer};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Add;
-
-/// Rows one tile computes.
-const ROWS: usize = 6;
-
-impl Isa {
-    /// Vectors in a panel: as many as leave registers for six rows of accumulators, the
-    /// panel's row and a broadcast (AVX-512: 24 + 4 + 1 of 32; AVX2: 12 + 2 + 1 of 16).
-    fn panel_vectors(self) -> usize {
-        match self {
-            Isa::Avx512 => 4,
-            Isa::Avx2 => 2,
-        }
-    }
-
-    fn panel_width(self) -> usize {
-        self.panel_vectors() * self.lanes()
-    }
-}
 
 /// How a product's operands and output are laid out as matrices, in elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,26 +82,6 @@ impl PartialEq for DenseProduct {
 // Compared bit for bit, so equality is an equivalence even with NaNs.
 impl Eq for DenseProduct {}
 
-/// What one tile reads and where it writes, as the kernel takes it.
-struct Tile {
-    /// The broadcast operand: the tile's first row, the next rows `broadcast_row` on, each
-    /// row's steps of the depth `broadcast_step` apart.
-    broadcast: *const f32,
-    broadcast_row: usize,
-    broadcast_step: usize,
-    /// The vector operand: the tile's vectors at the first step, the next steps
-    /// `vectors_pitch` on.
-    vectors: *const f32,
-    vectors_pitch: usize,
-    depth: usize,
-    /// The bias, one per lane of the tile's vectors ([`Orientation::Columns`]) or one per row
-    /// ([`Orientation::Rows`]).
-    bias_per_lane: Option<*const f32>,
-    bias_per_row: Option<*const f32>,
-    /// How far apart the output's rows of vectors are.
-    out_row: usize,
-}
-
 impl DenseProduct {
     /// Multiplies `activations` into `output`, both laid out as the geometry says.
     fn multiply(&self, activations: &[f32], output: &mut [f32]) {
@@ -128,7 +91,16 @@ impl DenseProduct {
             // rows of columns first, then each element to its place.
             let mut staged = vec![0f32; g.rows * g.columns];
             self.multiply_into(activations, &mut staged, g.columns);
-            scatter(&staged, g, output);
+            let (rows, columns) = (g.rows, g.columns);
+            tile::scatter(
+                &staged,
+                rows,
+                columns,
+                columns,
+                output,
+                g.output_row,
+                g.output_column,
+            );
         } else {
             self.multiply_into(activations, output, g.output_row);
         }
@@ -160,11 +132,14 @@ impl DenseProduct {
                 let (tile, out) = match self.orientation {
                     Orientation::Columns => (
                         Tile {
-                            broadcast: activations[first_row * g.activation_row..].as_ptr(),
-                            broadcast_row: g.activation_row,
-                            broadcast_step: g.activation_depth,
+                            broadcast: activations.as_ptr(),
+                            row_offsets: std::array::from_fn(|r| {
+                                (first_row + r.min(rows - 1)) * g.activation_row
+                            }),
+                            step: g.activation_depth,
+                            taps: [0],
                             vectors: self.packed[vector_tile * g.depth * width..].as_ptr(),
-                            vectors_pitch: width,
+                            pitch: width,
                             depth: g.depth,
                             bias_per_lane: bias.map(|b| b[first_vector..].as_ptr()),
                             bias_per_row: None,
@@ -175,10 +150,11 @@ impl DenseProduct {
                     Orientation::Rows => (
                         Tile {
                             broadcast: self.packed[broadcast_tile * g.depth * ROWS..].as_ptr(),
-                            broadcast_row: 1,
-                            broadcast_step: ROWS,
+                            row_offsets: std::array::from_fn(|r| r),
+                            step: ROWS,
+                            taps: [0],
                             vectors: activations[first_vector..].as_ptr(),
-                            vectors_pitch: g.activation_depth,
+                            pitch: g.activation_depth,
                             depth: g.depth,
                             bias_per_lane: None,
                             bias_per_row: bias.map(|b| b[first_row..].as_ptr()),
@@ -190,72 +166,11 @@ impl DenseProduct {
                 // SAFETY: the rewrite chose an instruction set this CPU has and a geometry
                 // that `eval` checked against the input; each task writes its own rows and
                 // columns.
-                unsafe { self.tile(&tile, rows, vectors, out) };
+                unsafe { tile::run(self.isa, &tile, rows, vectors, out) };
             }
         });
     }
-
-    /// # Safety
-    /// See [`simd`]'s kernels.
-    unsafe fn tile(&self, tile: &Tile, rows: usize, vectors: usize, out: *mut f32) {
-        macro_rules! by_vectors {
-            ($kernel:ident, $rows:literal) => {
-                match vectors {
-                    4 => simd::$kernel::<$rows, 4>(tile, out),
-                    3 => simd::$kernel::<$rows, 3>(tile, out),
-                    2 => simd::$kernel::<$rows, 2>(tile, out),
-                    _ => simd::$kernel::<$rows, 1>(tile, out),
-                }
-            };
-        }
-        macro_rules! by_rows {
-            ($kernel:ident) => {
-                match rows {
-                    6 => by_vectors!($kernel, 6),
-                    5 => by_vectors!($kernel, 5),
-                    4 => by_vectors!($kernel, 4),
-                    3 => by_vectors!($kernel, 3),
-                    2 => by_vectors!($kernel, 2),
-                    _ => by_vectors!($kernel, 1),
-                }
-            };
-        }
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => by_rows!(avx512),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => by_rows!(avx2),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("no dense kernel is chosen off x86-64"),
-        }
-    }
 }
-
-/// `staged` (rows of columns) into `output` at the geometry's strides, in blocks that stay
-/// in a core's L1.
-fn scatter(staged: &[f32], g: Geometry, output: &mut [f32]) {
-    const BLOCK: usize = 16;
-    let column_blocks = g.columns.div_ceil(BLOCK);
-    let target = SharedBuffer(output.as_mut_ptr());
-    on_threads(column_blocks, |range| {
-        for block in range {
-            let columns = block * BLOCK..((block + 1) * BLOCK).min(g.columns);
-            for first_row in (0..g.rows).step_by(BLOCK) {
-                for column in columns.clone() {
-                    for row in first_row..(first_row + BLOCK).min(g.rows) {
-                        let at = row * g.output_row + column * g.output_column;
-                        // SAFETY: the geometry maps every (row, column) to its own element of
-                        // the output, and each block of columns is one task's.
-                        unsafe { *target.at(at) = staged[row * g.columns + column] };
-                    }
-                }
-            }
-        }
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-mod simd;
 
 impl Op for DenseProduct {
     fn name(&self) -> StaticName {
