@@ -34,7 +34,9 @@ pub fn with_own_kernels(model: TypedModel) -> TractResult<TypedModel> {
 
 /// Every rewrite, on `model` and on the bodies of its loops, with the instruction sets `isas`.
 fn rewrite(model: TypedModel, isas: &[Isa]) -> TractResult<TypedModel> {
-    let model = conv3x3::replace_convolutions(model, |width| conv3x3::strategy_for(isas, width))?;
+    let model = conv3x3::replace_convolutions(model, |width, channels| {
+        conv3x3::strategy_for(isas, width, channels)
+    })?;
     let model = dense::replace_products(model, isas)?;
     let model = softmax::replace_softmaxes(model, isas.first().copied())?;
     rewrite_loop_bodies(model, isas)

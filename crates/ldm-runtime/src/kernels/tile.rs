@@ -36,9 +36,11 @@ pub(super) struct Tile<const TAPS: usize> {
     pub vectors: *const f32,
     pub pitch: usize,
     pub depth: usize,
-    /// The bias, one per lane of the tile's vectors or one per row.
+    /// Where the sums start: the bias, one per lane of the tile's vectors or one per row,
+    /// or what the output holds (`accumulate`), else zero.
     pub bias_per_lane: Option<*const f32>,
     pub bias_per_row: Option<*const f32>,
+    pub accumulate: bool,
     /// How far apart the output's rows of vectors are.
     pub out_row: usize,
 }
@@ -155,6 +157,13 @@ mod simd {
                         let b = $splat(*bias.add(r));
                         for v in 0..VECTORS_ {
                             acc[r][v] = b;
+                        }
+                    }
+                }
+                if tile.accumulate {
+                    for r in 0..ROWS_ {
+                        for v in 0..VECTORS_ {
+                            acc[r][v] = $load(out.add(r * tile.out_row + v * $lanes));
                         }
                     }
                 }

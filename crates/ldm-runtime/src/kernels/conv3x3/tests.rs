@@ -64,7 +64,9 @@ fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
 
 /// `model` with the convolutions this CPU's kernels run replaced, as the runtime chooses.
 fn direct(model: TypedModel) -> TractResult<TypedModel> {
-    replace_convolutions(model, |width| strategy_for(&Isa::available(), width))
+    replace_convolutions(model, |width, channels| {
+        strategy_for(&Isa::available(), width, channels)
+    })
 }
 
 fn direct_ops(model: &TypedModel) -> usize {
@@ -81,7 +83,7 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
     // (broadcast pixels); whole and partial blocks and panels of channels, one to three runs
     // and one to six pixels per tile, a batch, a bias given at run time, input channels in two
     // passes.
-    let cases: [([usize; 4], usize, bool); 10] = [
+    let cases: [([usize; 4], usize, bool); 11] = [
         ([1, 3, 16, 16], 32, true),
         ([1, 32, 64, 64], 32, true),
         ([2, 16, 8, 48], 40, true),
@@ -91,8 +93,10 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
         ([1, 64, 4, 4], 16, false),
         ([2, 24, 6, 4], 8, true),
         ([1, 7, 5, 3], 70, false),
-        // Weights above a pass's: 28 input channels, then 12 added on.
-        ([1, 40, 4, 4], 1004, false),
+        // Weights above a pass's: 28 input channels, then 12 added on (runs); 227 or 910
+        // channels, then the rest (broadcast, AVX-512 or AVX2).
+        ([1, 40, 4, 16], 1004, false),
+        ([1, 940, 4, 4], 20, true),
     ];
     let choices = Isa::available()
         .into_iter()
@@ -104,7 +108,7 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
             }
             let model = convolution(shape, output_channels, 1, constant_bias)?;
             let expected = run(model.clone(), inputs(shape, output_channels, constant_bias))?;
-            let direct = replace_convolutions(model, |_| Some((isa, strategy)))?;
+            let direct = replace_convolutions(model, |_, _| Some((isa, strategy)))?;
             assert_eq!(direct_ops(&direct), 1, "{isa:?} {strategy:?} {shape:?}");
             let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -125,6 +129,8 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
 fn large_weights_take_several_passes() {
     assert_eq!(input_channels_per_pass(1004), 28);
     assert_eq!(input_channels_per_pass(128), 227);
+    assert_eq!(broadcast_channels_per_pass(64), 227);
+    assert_eq!(broadcast_channels_per_pass(16), 910);
 }
 
 #[test]
@@ -147,20 +153,31 @@ fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
 #[test]
 fn rows_of_whole_vectors_go_in_runs_and_others_broadcast() {
     let isas = [Isa::Avx512, Isa::Avx2];
-    assert_eq!(strategy_for(&isas, 64), Some((Isa::Avx512, Strategy::Runs)));
     assert_eq!(
-        strategy_for(&isas, 8),
+        strategy_for(&isas, 64, 224),
+        Some((Isa::Avx512, Strategy::Runs))
+    );
+    assert_eq!(
+        strategy_for(&isas, 8, 64),
         Some((Isa::Avx512, Strategy::Broadcast))
     );
     assert_eq!(
-        strategy_for(&[Isa::Avx2], 8),
+        strategy_for(&isas, 16, 64),
+        Some((Isa::Avx512, Strategy::Runs))
+    );
+    assert_eq!(
+        strategy_for(&isas, 16, 672),
+        Some((Isa::Avx512, Strategy::Broadcast))
+    );
+    assert_eq!(
+        strategy_for(&[Isa::Avx2], 8, 32),
         Some((Isa::Avx2, Strategy::Runs))
     );
     assert_eq!(
-        strategy_for(&[Isa::Avx2], 36),
+        strategy_for(&[Isa::Avx2], 36, 64),
         Some((Isa::Avx2, Strategy::Broadcast))
     );
-    assert_eq!(strategy_for(&[], 64), None);
+    assert_eq!(strategy_for(&[], 64, 64), None);
 }
 
 #[test]
