@@ -13,6 +13,7 @@
 //! Loop bodies (the sliced attention's `Scan`) get the same treatment. `LDM_OWN_KERNELS=off`
 //! keeps tract's ops everywhere, for comparison.
 
+mod attention;
 mod conv3x3;
 mod dense;
 mod softmax;
@@ -39,6 +40,7 @@ fn rewrite(model: TypedModel, isas: &[Isa]) -> TractResult<TypedModel> {
     })?;
     let model = dense::replace_products(model, isas)?;
     let model = softmax::replace_softmaxes(model, isas.first().copied())?;
+    let model = attention::fuse(model)?;
     rewrite_loop_bodies(model, isas)
 }
 

@@ -10,16 +10,28 @@
 use super::{on_threads, Isa, SharedBuffer};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 /// Softmax tensors of at least this many elements split their rows over threads.
 const SPLIT_ELEMENTS: usize = 16 * 1024;
 
-/// Softmax over the last axis of an f32 tensor.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Softmax over the last axis of an f32 tensor times `scale` (the attention's 1/sqrt(d),
+/// folded in from the multiplication before it).
+#[derive(Debug, Clone)]
 pub struct RowSoftmax {
     isa: Isa,
+    scale: f32,
 }
+
+impl PartialEq for RowSoftmax {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa && self.scale.to_bits() == other.scale.to_bits()
+    }
+}
+
+impl Eq for RowSoftmax {}
 
 impl RowSoftmax {
     fn rows(&self, data: &mut [f32], row: usize) {
@@ -27,25 +39,29 @@ impl RowSoftmax {
         let target = SharedBuffer(data.as_mut_ptr());
         let work = |range: std::ops::Range<usize>| {
             for index in range {
-                // SAFETY: each index is one row of its own, and the CPU has the instruction
-                // set the rewrite chose.
-                unsafe {
-                    let values = std::slice::from_raw_parts_mut(target.at(index * row), row);
-                    match self.isa {
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => simd::avx512(values),
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => simd::avx2(values),
-                        #[cfg(not(target_arch = "x86_64"))]
-                        _ => unreachable!("no softmax kernel is chosen off x86-64"),
-                    }
-                }
+                // SAFETY: each index is one row of its own.
+                self.row(unsafe { std::slice::from_raw_parts_mut(target.at(index * row), row) });
             }
         };
         if data.len() >= SPLIT_ELEMENTS {
             on_threads(rows, work);
         } else {
             work(0..rows);
+        }
+    }
+
+    /// The softmax of one row, in place.
+    pub(super) fn row(&self, values: &mut [f32]) {
+        // SAFETY: the CPU has the instruction set the rewrite chose.
+        unsafe {
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => simd::avx512(values, self.scale),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => simd::avx2(values, self.scale),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("no softmax kernel is chosen off x86-64"),
+            }
         }
     }
 }
@@ -56,7 +72,7 @@ impl Op for RowSoftmax {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}", self.isa)])
+        Ok(vec![format!("scale {}, {:?}", self.scale, self.isa)])
     }
 
     op_as_typed_op!();
@@ -110,13 +126,41 @@ pub(super) fn replace_softmaxes(
         {
             continue;
         }
+        let (scores, scale) = scaled_input(&model, node)?.unwrap_or((node.inputs[0], 1.0));
         let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(&model, node.inputs[0])?;
-        let output = patch.wire_node(&node.name, RowSoftmax { isa }, &[input])?[0];
+        let input = patch.tap_model(&model, scores)?;
+        let output = patch.wire_node(&node.name, RowSoftmax { isa, scale }, &[input])?[0];
         patch.shunt_outside(&model, OutletId::new(id, 0), output)?;
         patch.apply(&mut model)?;
     }
     Ok(model)
+}
+
+/// Where `softmax`'s input is the product of some tensor (used nowhere else) by a constant
+/// positive scalar: that tensor and the scalar.
+fn scaled_input(model: &TypedModel, softmax: &TypedNode) -> TractResult<Option<(OutletId, f32)>> {
+    let product = model.node(softmax.inputs[0].node);
+    let Some(mul) = product.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    if !mul.0.is::<Mul>() || product.inputs.len() != 2 || product.outputs[0].successors.len() != 1 {
+        return Ok(None);
+    }
+    for slot in 0..2 {
+        let (factor, other) = (product.inputs[slot], product.inputs[1 - slot]);
+        let Some(konst) = &model.outlet_fact(factor)?.konst else {
+            continue;
+        };
+        let other_fact = model.outlet_fact(other)?;
+        let same_shape = other_fact.shape == model.outlet_fact(softmax.inputs[0])?.shape;
+        if konst.datum_type() == f32::datum_type() && konst.is_uniform() && same_shape {
+            let scale = konst.cast_to_scalar::<f32>()?;
+            if scale.is_finite() && scale > 0.0 {
+                return Ok(Some((other, scale)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -132,7 +176,7 @@ mod simd {
             /// # Safety
             /// The CPU supports the feature.
             #[target_feature(enable = $feature)]
-            pub(super) unsafe fn $name(row: &mut [f32]) {
+            pub(super) unsafe fn $name(row: &mut [f32], scale: f32) {
                 // exp(x) for x <= 0 as 2^n * p(r), x = n ln 2 + r, |r| <= ln 2 / 2, p the
                 // Taylor series to r^6 (relative error ~1e-7). x is clamped at -88, where
                 // n = -127 makes 2^n's bits, and so the result, exactly 0; the clamp keeps NaN.
@@ -168,10 +212,11 @@ mod simd {
                     largest = $max($load(p.add(at)), largest);
                 }
                 let largest = $splat(horizontal(largest, f32::max));
-                let mut sum = exp($sub($load(last.as_ptr()), largest));
+                let factor = $splat(scale);
+                let mut sum = exp($mul($sub($load(last.as_ptr()), largest), factor));
                 $store(last.as_mut_ptr(), sum);
                 for at in (0..whole).step_by($lanes) {
-                    let e = exp($sub($load(p.add(at)), largest));
+                    let e = exp($mul($sub($load(p.add(at)), largest), factor));
                     $store(p.add(at), e);
                     sum = $add(sum, e);
                 }

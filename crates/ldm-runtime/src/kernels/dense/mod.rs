@@ -24,16 +24,21 @@ use tract_onnx::tract_core::ops::math::Add;
 
 /// How a product's operands and output are laid out as matrices, in elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Geometry {
-    rows: usize,
-    depth: usize,
-    columns: usize,
+pub(super) struct Geometry {
+    /// Products side by side (attention heads); 1 for a product with constant weights.
+    pub(in crate::kernels) batch: usize,
+    pub(in crate::kernels) rows: usize,
+    pub(in crate::kernels) depth: usize,
+    pub(in crate::kernels) columns: usize,
+    /// Strides of the activation and the output between products of the batch.
+    pub(in crate::kernels) activation_batch: usize,
+    pub(in crate::kernels) output_batch: usize,
     /// Strides of the activation between rows and between steps of the depth.
-    activation_row: usize,
-    activation_depth: usize,
+    pub(in crate::kernels) activation_row: usize,
+    pub(in crate::kernels) activation_depth: usize,
     /// Strides of the output between rows and between columns.
-    output_row: usize,
-    output_column: usize,
+    pub(in crate::kernels) output_row: usize,
+    pub(in crate::kernels) output_column: usize,
 }
 
 /// Which operand the kernel reads as vectors, along which axis of the output.
@@ -222,8 +227,8 @@ impl TypedOp for DenseProduct {
     }
 }
 
-/// `model` with its products by constant weights replaced where a kernel of the instruction
-/// sets `isas` (widest first) runs them.
+/// `model` with its products by constant weights, and of two activations, replaced where a
+/// kernel of the instruction sets `isas` (widest first) runs them.
 pub(super) fn replace_products(mut model: TypedModel, isas: &[Isa]) -> TractResult<TypedModel> {
     let mut replaced = false;
     for id in model.eval_order()? {
@@ -231,13 +236,20 @@ pub(super) fn replace_products(mut model: TypedModel, isas: &[Isa]) -> TractResu
         let Some(einsum) = node.op_as::<EinSum>() else {
             continue;
         };
-        let Some((op, activation, bias_node)) = dense_form(&model, node, einsum, isas)? else {
-            continue;
-        };
+        let (op, inputs, last): (Box<dyn TypedOp>, Vec<OutletId>, usize) =
+            if let Some((op, activation, bias)) = dense_form(&model, node, einsum, isas)? {
+                (Box::new(op), vec![activation], bias.unwrap_or(id))
+            } else if let Some(op) = batched::batched_form(&model, node, einsum, isas)? {
+                (Box::new(op), node.inputs.to_vec(), id)
+            } else {
+                continue;
+            };
         let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(&model, activation)?;
-        let output = patch.wire_node(&node.name, op, &[input])?[0];
-        let last = bias_node.unwrap_or(id);
+        let inputs = inputs
+            .iter()
+            .map(|&outlet| patch.tap_model(&model, outlet))
+            .collect::<TractResult<Vec<_>>>()?;
+        let output = patch.wire_node(&node.name, op, &inputs)?[0];
         patch.shunt_outside(&model, OutletId::new(last, 0), output)?;
         patch.apply(&mut model)?;
         replaced = true;
@@ -292,6 +304,9 @@ fn dense_form(
         return Ok(None);
     };
     let g = &layout.geometry;
+    if g.batch > 1 {
+        return Ok(None);
+    }
     // Vectors go along the output's contiguous axis where they can (whole vectors of it),
     // else along its columns, staged.
     let whole = |extent: usize| isas.iter().find(|isa| extent.is_multiple_of(isa.lanes()));
@@ -309,8 +324,8 @@ fn dense_form(
     let weights = weights.as_standard_layout();
     let weights = weights.as_slice().expect("a standard layout is contiguous");
     let packed = match orientation {
-        Orientation::Columns => layout.pack(weights, isa.panel_width()),
-        Orientation::Rows => layout.pack(weights, ROWS),
+        Orientation::Columns => layout.packing.pack(weights, g, isa.panel_width()),
+        Orientation::Rows => layout.packing.pack(weights, g, ROWS),
     };
     let group = match orientation {
         Orientation::Columns => isa.panel_width(),
@@ -390,23 +405,28 @@ fn padded(values: &[f32], width: usize) -> Vec<f32> {
     padded
 }
 
-/// An einsum seen as a matrix product: its geometry, and where its depth and columns lie in
-/// the weights.
+/// An einsum seen as a batch of matrix products: its geometry, where the weights' elements
+/// lie, and the output's column axes.
 struct Layout {
     geometry: Geometry,
-    /// (size, stride in the weights) of each depth axis, outermost first (the activation's
-    /// order).
-    depth_axes: Vec<(usize, usize)>,
-    /// (size, stride in the weights) of each column axis, outermost first (the output's
-    /// order).
-    column_weights: Vec<(usize, usize)>,
-    /// The output's column axes.
+    packing: Packing,
     column_axes: Vec<usize>,
+}
+
+/// Where each element of the weights (the operand read as vectors) lies: (size, stride) of
+/// each batch, depth and column axis, outermost first in the order of the activation (batch,
+/// depth) and the output (columns).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Packing {
+    batch: Vec<(usize, usize)>,
+    depth: Vec<(usize, usize)>,
+    columns: Vec<(usize, usize)>,
 }
 
 /// What an einsum axis is to the product.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
+    Batch,
     Row,
     Depth,
     Column,
@@ -444,9 +464,9 @@ fn run_of(
 
 impl Layout {
     /// The layout of `einsum` with the activation in input `activation_slot`, from the
-    /// shapes of the activation, the weights and the output; none where an axis is in both
-    /// operands and the output (a batch of products), is summed inside one operand, or
-    /// repeats, or where the axes of a kind are not next to each other.
+    /// shapes of the activation, the weights and the output; none where an axis is summed
+    /// inside one operand or repeats, or where the axes of a kind are not next to each other
+    /// in the activation or the output.
     fn of(einsum: &EinSum, activation_slot: usize, shapes: [&[usize]; 3]) -> Option<Layout> {
         let [input, weights, output] = shapes;
         let single = |positions: &TVec<usize>| match positions.len() {
@@ -472,6 +492,7 @@ impl Layout {
                 continue;
             }
             let role = match (activation, in_weights, in_output) {
+                (Some(_), Some(_), Some(_)) => Role::Batch,
                 (Some(_), Some(_), None) => Role::Depth,
                 (Some(_), None, Some(_)) => Role::Row,
                 (None, Some(_), Some(_)) => Role::Column,
@@ -485,16 +506,15 @@ impl Layout {
                 output: in_output,
             });
         }
+        let batch_in = run_of(&places, Role::Batch, |p| p.activation)?;
         let rows_in = run_of(&places, Role::Row, |p| p.activation)?;
         let depth = run_of(&places, Role::Depth, |p| p.activation)?;
+        let batch_out = run_of(&places, Role::Batch, |p| p.output)?;
         let rows_out = run_of(&places, Role::Row, |p| p.output)?;
         let columns = run_of(&places, Role::Column, |p| p.output)?;
-        // Rows are counted the same way in the activation and the output.
-        if rows_in
-            .iter()
-            .zip(&rows_out)
-            .any(|(a, b)| !std::ptr::eq(*a, *b))
-        {
+        // Products and rows are counted the same way in the activation and the output.
+        let same = |a: &[&Place], b: &[&Place]| a.iter().zip(b).all(|(a, b)| std::ptr::eq(*a, *b));
+        if !same(&batch_in, &batch_out) || !same(&rows_in, &rows_out) {
             return None;
         }
         let (input_strides, weight_strides, output_strides) = (
@@ -517,23 +537,31 @@ impl Layout {
         let product = |run: &[&Place]| run.iter().map(|p| p.size).product::<usize>();
         Some(Layout {
             geometry: Geometry {
+                batch: product(&batch_in),
                 rows: product(&rows_in),
                 depth: product(&depth),
                 columns: product(&columns),
+                activation_batch: innermost(&batch_in, &input_strides, |p| p.activation),
+                output_batch: innermost(&batch_out, &output_strides, |p| p.output),
                 activation_row: innermost(&rows_in, &input_strides, |p| p.activation),
                 activation_depth: innermost(&depth, &input_strides, |p| p.activation),
                 output_row: innermost(&rows_out, &output_strides, |p| p.output),
                 output_column: innermost(&columns, &output_strides, |p| p.output),
             },
-            depth_axes: in_weights(&depth),
-            column_weights: in_weights(&columns),
+            packing: Packing {
+                batch: in_weights(&batch_in),
+                depth: in_weights(&depth),
+                columns: in_weights(&columns),
+            },
             column_axes: columns.iter().filter_map(|p| p.output).collect(),
         })
     }
+}
 
-    /// `weights` packed in groups of `width` columns: `[group][depth][width]`.
-    fn pack(&self, weights: &[f32], width: usize) -> Vec<f32> {
-        let g = &self.geometry;
+impl Packing {
+    /// `weights` packed for `geometry` in groups of `width` columns, zero past the last
+    /// column: `[batch][group][depth][width]`.
+    fn pack(&self, weights: &[f32], geometry: &Geometry, width: usize) -> Vec<f32> {
         let offsets = |axes: &[(usize, usize)], count: usize| -> Vec<usize> {
             (0..count)
                 .map(|mut index| {
@@ -546,15 +574,20 @@ impl Layout {
                 })
                 .collect()
         };
-        let depth_offsets = offsets(&self.depth_axes, g.depth);
-        let column_offsets = offsets(&self.column_weights, g.columns);
+        let g = geometry;
+        let batch_offsets = offsets(&self.batch, g.batch);
+        let depth_offsets = offsets(&self.depth, g.depth);
+        let column_offsets = offsets(&self.columns, g.columns);
         let groups = g.columns.div_ceil(width);
-        let mut packed = vec![0f32; groups * g.depth * width];
-        for (column, column_offset) in column_offsets.iter().enumerate() {
-            let (group, lane) = (column / width, column % width);
-            for (step, depth_offset) in depth_offsets.iter().enumerate() {
-                packed[(group * g.depth + step) * width + lane] =
-                    weights[depth_offset + column_offset];
+        let mut packed = vec![0f32; g.batch * groups * g.depth * width];
+        for (product, batch_offset) in batch_offsets.iter().enumerate() {
+            let packed = &mut packed[product * groups * g.depth * width..];
+            for (column, column_offset) in column_offsets.iter().enumerate() {
+                let (group, lane) = (column / width, column % width);
+                for (step, depth_offset) in depth_offsets.iter().enumerate() {
+                    packed[(group * g.depth + step) * width + lane] =
+                        weights[batch_offset + depth_offset + column_offset];
+                }
             }
         }
         packed
@@ -569,6 +602,10 @@ fn natural_strides(shape: &[usize]) -> Vec<usize> {
     }
     strides
 }
+
+mod batched;
+
+pub(super) use batched::BatchedProduct;
 
 #[cfg(test)]
 mod tests;
