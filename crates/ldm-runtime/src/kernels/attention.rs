@@ -27,6 +27,8 @@ impl FusedAttention {
     /// softmax's rows, and the second product reads them as its rows over its depth.
     fn of(scores: &BatchedProduct, softmax: &RowSoftmax, values: &BatchedProduct) -> Option<Self> {
         let (s, v) = (&scores.geometry, &values.geometry);
+        // Each tile of queries reads all of its head's keys, which a `BatchedProduct` keeps
+        // within a core's L2.
         let rows_line_up = scores.output_shape.last() == Some(&s.columns)
             && s.output_column == 1
             && v.batch == s.batch
@@ -63,6 +65,7 @@ impl FusedAttention {
                         s.activation_row,
                         &keys,
                         head,
+                        0..s.columns.div_ceil(self.scores.isa.panel_width()),
                         rows,
                         probabilities.as_mut_ptr(),
                         s.columns,
@@ -75,6 +78,7 @@ impl FusedAttention {
                         s.columns,
                         &values,
                         head,
+                        0..v.columns.div_ceil(self.values.isa.panel_width()),
                         rows,
                         out,
                         v.output_row,

@@ -13,11 +13,16 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
+/// The most bytes of one product's packed operand. A paper-size autoencoder's attention (one
+/// head of 4,096 positions by 512 channels: 8 MB) packed again for every chunk of queries ran
+/// slower than tract's product; the UNet's heads (128 KB) stay in a core's L2.
+const MAX_PACKED_BYTES: usize = 1 << 20;
+
 /// A batch of f32 products of two activations, vectors along the output's columns (next to
 /// each other there).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BatchedProduct {
-    isa: Isa,
+    pub(in crate::kernels) isa: Isa,
     /// The input broadcast by rows; the other is packed per run.
     pub(in crate::kernels) broadcast_slot: usize,
     pub(in crate::kernels) geometry: Geometry,
@@ -36,10 +41,13 @@ impl BatchedProduct {
     fn multiply(&self, broadcast: &[f32], packed: &[f32], output: &mut [f32]) {
         let g = self.geometry;
         let row_tiles = g.rows.div_ceil(ROWS);
+        let panels = g.columns.div_ceil(self.isa.panel_width());
         let output = SharedBuffer(output.as_mut_ptr());
-        on_threads(g.batch * row_tiles, |range| {
+        // Product, then panel, outermost: a thread's consecutive tiles reuse the panel.
+        on_threads(g.batch * panels * row_tiles, |range| {
             for task in range {
-                let (product, first_row) = (task / row_tiles, task % row_tiles * ROWS);
+                let (product, panel) = (task / (panels * row_tiles), task / row_tiles % panels);
+                let first_row = task % row_tiles * ROWS;
                 let rows = (g.rows - first_row).min(ROWS);
                 let offset = product * g.activation_batch + first_row * g.activation_row;
                 let out = output.at(product * g.output_batch + first_row * g.output_row);
@@ -51,6 +59,7 @@ impl BatchedProduct {
                         g.activation_row,
                         packed,
                         product,
+                        panel..panel + 1,
                         rows,
                         out,
                         g.output_row,
@@ -60,7 +69,7 @@ impl BatchedProduct {
         });
     }
 
-    /// `rows` rows (at most [`ROWS`]) by every column of product `product`: row `r`'s
+    /// `rows` rows (at most [`ROWS`]) by the columns of `panels` of product `product`: row `r`'s
     /// broadcast values from `broadcast + r * broadcast_row` on, the geometry's depth step
     /// apart; into `out`, rows `out_row` apart, columns next to each other.
     ///
@@ -74,21 +83,22 @@ impl BatchedProduct {
         broadcast_row: usize,
         packed: &[f32],
         product: usize,
+        panels: std::ops::Range<usize>,
         rows: usize,
         out: *mut f32,
         out_row: usize,
     ) {
         let g = self.geometry;
         let width = self.isa.panel_width();
-        let panels = g.columns.div_ceil(width);
-        for panel in 0..panels {
+        let all_panels = g.columns.div_ceil(width);
+        for panel in panels {
             let first_column = panel * width;
             let tile = Tile {
                 broadcast,
                 row_offsets: std::array::from_fn(|r| r.min(rows - 1) * broadcast_row),
                 step: g.activation_depth,
                 taps: [0],
-                vectors: packed[(product * panels + panel) * g.depth * width..].as_ptr(),
+                vectors: packed[(product * all_panels + panel) * g.depth * width..].as_ptr(),
                 pitch: width,
                 depth: g.depth,
                 bias_per_lane: None,
@@ -201,6 +211,10 @@ pub(super) fn batched_form(
         let isa = isas
             .iter()
             .find(|isa| geometry.columns.is_multiple_of(isa.lanes()));
+        let packed_bytes = geometry.depth * geometry.columns * std::mem::size_of::<f32>();
+        if packed_bytes > MAX_PACKED_BYTES {
+            continue;
+        }
         if let (Some(&isa), 1) = (isa, geometry.output_column) {
             return Ok(Some(BatchedProduct {
                 isa,
