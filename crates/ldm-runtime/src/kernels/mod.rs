@@ -2,16 +2,18 @@
 //! into a decluttered graph before tract optimises it.
 //!
 //! - [`conv3x3`]: 3x3 convolutions, stride 1, on a direct kernel (tract gathers im2col).
-//! - [`dense`]: products with constant weights (linear layers, 1x1 convolutions): tract packs
-//!   the activations for every product and reached about half of the machine's f32 rate on
-//!   the UNet's small ones.
-//! - [`softmax`]: softmax over short rows (the cross-attention's 24 keys), where tract's
-//!   per-row set-up cost ~20 ns per score.
+//! - [`dense`]: products with constant weights (linear layers, 1x1 convolutions), where tract
+//!   packs the activations for every product and reached about half of the machine's f32 rate
+//!   on the UNet's small ones; and products of two activations (the attention's, per head).
+//! - [`attention`]: scores, softmax and weighted sum fused per tile of queries.
+//! - [`softmax`]: softmax over rows, where tract's per-row set-up cost ~20 ns per score over
+//!   the cross-attention's 24 keys.
+//! - [`tile`]: the register tile that the products and the small-image convolutions share.
 //!
 //! Each op replaces tract's only where its kernel applies (f32, the shapes it handles, an
-//! x86-64 CPU with AVX-512 or AVX2 and FMA for the SIMD ones); everything else keeps tract's.
-//! Loop bodies (the sliced attention's `Scan`) get the same treatment. `LDM_OWN_KERNELS=off`
-//! keeps tract's ops everywhere, for comparison.
+//! x86-64 CPU with AVX-512 or AVX2 and FMA); everything else keeps tract's. Loop bodies (the
+//! sliced attention's `Scan`) get the same treatment. `LDM_OWN_KERNELS=off` keeps tract's ops
+//! everywhere, for comparison.
 
 mod attention;
 mod conv3x3;

@@ -5,14 +5,17 @@
 //! "NIHW,OI->NOHW", ...), it is a product of an activation viewed as rows x depth (each with
 //! its own stride) by weights of depth x columns, into an output of rows x columns (each with
 //! its own stride), as long as the axes of each kind lie next to each other. The weights are
-//! packed once, when the graph is rewritten, into panels of a few vectors' width; the kernel
-//! keeps six rows by one panel in registers and for each step of the depth adds a row of the
-//! panel times each row's broadcast activation, read where it lies: nothing is packed or
-//! transposed per run (tract packs the activation for every product). A constant bias added
-//! right after the product is folded into it.
+//! packed once, when the graph is rewritten, for the register tile of [`super::tile`]: in
+//! panels along the output's columns where those are contiguous (each step adds a row of the
+//! panel times each row's broadcast activation), in groups of columns broadcast against
+//! vectors of the activation's rows where the rows are (1x1 convolutions over NCHW images), and
+//! otherwise along the columns into a staging buffer scattered into place. The activation is
+//! read where it lies: nothing is packed or transposed per run (tract packs the activation for
+//! every product). A constant bias added right after the product is folded into it.
 //!
 //! On the shipped UNet tract's products ran at 20-50 % of the machine's f32 rate, most of
-//! them small (16 to 256 rows); see BENCHMARKS.md, "Products with constant weights".
+//! them small (16 to 256 rows); see BENCHMARKS.md, "Products, softmax and attention of our
+//! own".
 
 use super::tile::{self, Tile, ROWS};
 use super::{f32_elements, f32_output, on_threads, same_bits, Isa, SharedBuffer};
