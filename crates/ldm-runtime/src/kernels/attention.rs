@@ -188,6 +188,7 @@ pub(super) fn fuse(mut model: TypedModel) -> TractResult<TypedModel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::{assert_close, run};
     use crate::kernels::{rewrite, Isa};
     use std::str::FromStr;
     use tract_ndarray::Dimension;
@@ -239,16 +240,6 @@ mod tests {
         ]
     }
 
-    fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
-        let plan = model.into_optimized()?.into_runnable()?;
-        let output = plan.run(inputs)?.remove(0);
-        Ok(output
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
-    }
-
     #[test]
     fn fused_attention_computes_what_tracts_ops_do() -> TractResult<()> {
         // Whole and partial tiles of queries, one and several panels of keys.
@@ -264,11 +255,7 @@ mod tests {
                     .count();
                 assert_eq!(fused, 1, "{isa:?} {n}x{m}");
                 let actual = run(ours, inputs(n, m, heads, d))?;
-                let worst = expected
-                    .iter()
-                    .zip(&actual)
-                    .fold(0f32, |w, (e, a)| w.max((e - a).abs()));
-                assert!(worst <= 1e-5, "{isa:?} {n}x{m}: {worst} off");
+                assert_close(&expected, &actual, 1e-5, &format!("{isa:?} {n}x{m}"));
             }
         }
         Ok(())

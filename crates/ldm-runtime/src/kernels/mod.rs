@@ -15,10 +15,43 @@
 //! sliced attention's `Scan`) get the same treatment. `LDM_OWN_KERNELS=off` keeps tract's ops
 //! everywhere, for comparison.
 
+/// Invokes `$kernel!` once per instruction set, with its name, target feature, vector type
+/// and lanes, and the intrinsics of a multiply-add kernel: splat, load, store, fused
+/// multiply-add.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_each_isa {
+    ($kernel:ident) => {
+        $kernel!(
+            avx512,
+            "avx512f",
+            __m512,
+            16,
+            _mm512_set1_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_fmadd_ps
+        );
+        $kernel!(
+            avx2,
+            "avx2,fma",
+            __m256,
+            8,
+            _mm256_set1_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_fmadd_ps
+        );
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use for_each_isa;
+
 mod attention;
 mod conv3x3;
 mod dense;
 mod softmax;
+#[cfg(test)]
+mod test_support;
 mod tile;
 
 use tract_linalg::multithread::{current_tract_executor, Executor};

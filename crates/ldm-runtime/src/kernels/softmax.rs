@@ -275,6 +275,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::{assert_close, run};
 
     fn softmax_model(shape: &[usize]) -> TractResult<TypedModel> {
         let mut model = TypedModel::default();
@@ -283,16 +284,6 @@ mod tests {
         let output = model.wire_node("softmax", op, &[input])?;
         model.select_output_outlets(&output)?;
         Ok(model)
-    }
-
-    fn run(model: TypedModel, input: &tract_ndarray::ArrayD<f32>) -> TractResult<Vec<f32>> {
-        let plan = model.into_optimized()?.into_runnable()?;
-        let output = plan.run(tvec![input.clone().into_tvalue()])?.remove(0);
-        Ok(output
-            .to_plain_array_view::<f32>()?
-            .iter()
-            .copied()
-            .collect())
     }
 
     #[test]
@@ -310,7 +301,7 @@ mod tests {
                     ((i[0] * 37 + i[1] * 11 + i[2] * 7) % 41) as f32 * 0.7 - 12.0
                 });
                 let model = softmax_model(&shape)?;
-                let expected = run(model.clone(), &input)?;
+                let expected = run(model.clone(), tvec![input.clone().into_tvalue()])?;
                 let ours = replace_softmaxes(model, Some(isa))?;
                 assert_eq!(
                     ours.nodes()
@@ -319,13 +310,8 @@ mod tests {
                         .count(),
                     1
                 );
-                let actual = run(ours, &input)?;
-                for (e, a) in expected.iter().zip(&actual) {
-                    assert!(
-                        (e - a).abs() <= 1e-6 + 1e-5 * e,
-                        "{isa:?} {shape:?}: {a} for {e}"
-                    );
-                }
+                let actual = run(ours, tvec![input.clone().into_tvalue()])?;
+                assert_close(&expected, &actual, 1e-6, &format!("{isa:?} {shape:?}"));
             }
         }
         Ok(())
@@ -337,7 +323,7 @@ mod tests {
             let mut input = tract_ndarray::ArrayD::from_elem(&[2, 20][..], 0.5f32);
             input[[0, 17]] = f32::NAN;
             let ours = replace_softmaxes(softmax_model(&[2, 20])?, Some(isa))?;
-            let output = run(ours, &input)?;
+            let output = run(ours, tvec![input.clone().into_tvalue()])?;
             assert!(output[..20].iter().all(|v| v.is_nan()), "{isa:?}");
             assert!(
                 output[20..].iter().all(|v| (v - 0.05).abs() < 1e-6),

@@ -199,24 +199,5 @@ mod simd {
         };
     }
 
-    kernel!(
-        avx512,
-        "avx512f",
-        __m512,
-        16,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_fmadd_ps
-    );
-    kernel!(
-        avx2,
-        "avx2,fma",
-        __m256,
-        8,
-        _mm256_set1_ps,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_fmadd_ps
-    );
+    crate::kernels::for_each_isa!(kernel);
 }

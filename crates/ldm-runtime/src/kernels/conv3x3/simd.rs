@@ -3,10 +3,11 @@
 use super::{Geometry, Pass, BLOCK};
 use std::arch::x86_64::*;
 
-/// One tile's kernel: `$channels` output channels (at most `$tile`) by `RUNS_` runs of
-/// `$lanes` pixels, accumulated in registers over every input channel and tap.
+/// One tile's kernel: `channels` output channels (at most `$lanes / 2`: 8 of 32 registers
+/// for AVX-512, 4 of 16 for AVX2, times three runs) by `RUNS_` runs of `$lanes` pixels,
+/// accumulated in registers over every input channel and tap.
 macro_rules! kernel {
-    ($name:ident, $feature:literal, $vector:ty, $lanes:literal, $tile:literal,
+    ($name:ident, $feature:literal, $vector:ty, $lanes:literal,
      $splat:ident, $load:ident, $store:ident, $fma:ident) => {
         /// # Safety
         /// The CPU supports the feature; `out` addresses `channels` output planes holding
@@ -25,10 +26,10 @@ macro_rules! kernel {
                 weights,
                 bias,
             } = *pass;
-            let mut acc = [[$splat(0.0); RUNS_]; $tile];
+            let mut acc = [[$splat(0.0); RUNS_]; $lanes / 2];
             match bias {
                 Some(bias) => {
-                    for j in 0..$tile {
+                    for j in 0..$lanes / 2 {
                         for r in 0..RUNS_ {
                             acc[j][r] = $splat(*bias.get_unchecked(j));
                         }
@@ -65,7 +66,7 @@ macro_rules! kernel {
                         for r in 0..RUNS_ {
                             pixels[r] = $load(tap.add(base[r]));
                         }
-                        for j in 0..$tile {
+                        for j in 0..$lanes / 2 {
                             let weight = $splat(*w.add(j));
                             for r in 0..RUNS_ {
                                 acc[j][r] = $fma(weight, pixels[r], acc[j][r]);
@@ -88,25 +89,4 @@ macro_rules! kernel {
     };
 }
 
-kernel!(
-    avx512,
-    "avx512f",
-    __m512,
-    16,
-    8,
-    _mm512_set1_ps,
-    _mm512_loadu_ps,
-    _mm512_storeu_ps,
-    _mm512_fmadd_ps
-);
-kernel!(
-    avx2,
-    "avx2,fma",
-    __m256,
-    8,
-    4,
-    _mm256_set1_ps,
-    _mm256_loadu_ps,
-    _mm256_storeu_ps,
-    _mm256_fmadd_ps
-);
+crate::kernels::for_each_isa!(kernel);

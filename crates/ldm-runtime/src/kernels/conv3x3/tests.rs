@@ -1,5 +1,5 @@
 use super::*;
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use crate::kernels::test_support::{assert_close, assert_same_on_two_threads, run};
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 /// A graph of one 3x3 convolution, `input_channels` to `output_channels`, over an
@@ -52,16 +52,6 @@ fn inputs(shape: [usize; 4], output_channels: usize, constant_bias: bool) -> TVe
     values
 }
 
-fn run(model: TypedModel, inputs: TVec<TValue>) -> TractResult<Vec<f32>> {
-    let plan = model.into_optimized()?.into_runnable()?;
-    let output = plan.run(inputs)?.remove(0);
-    Ok(output
-        .to_plain_array_view::<f32>()?
-        .iter()
-        .copied()
-        .collect())
-}
-
 /// `model` with the convolutions this CPU's kernels run replaced, as the runtime chooses.
 fn direct(model: TypedModel) -> TractResult<TypedModel> {
     replace_convolutions(model, |width, channels| {
@@ -111,15 +101,8 @@ fn the_direct_kernels_compute_what_tracts_convolution_does() -> TractResult<()> 
             let direct = replace_convolutions(model, |_, _| Some((isa, strategy)))?;
             assert_eq!(direct_ops(&direct), 1, "{isa:?} {strategy:?} {shape:?}");
             let actual = run(direct, inputs(shape, output_channels, constant_bias))?;
-            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = expected
-                .iter()
-                .zip(&actual)
-                .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
-            assert!(
-                worst <= 1e-5 * scale,
-                "{isa:?} {strategy:?} {shape:?}: {worst} off at scale {scale}"
-            );
+            let label = format!("{isa:?} {strategy:?} {shape:?}");
+            assert_close(&expected, &actual, 1e-5, &label);
         }
     }
     Ok(())
@@ -137,15 +120,7 @@ fn large_weights_take_several_passes() {
 fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
     for shape in [[1, 32, 32, 32], [1, 32, 8, 8]] {
         let model = direct(convolution(shape, 64, 1, true)?)?;
-        let plan = model.into_optimized()?.into_runnable()?;
-        let alone = plan.run(inputs(shape, 64, true))?.remove(0);
-        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
-        let shared = pool.install(|| {
-            multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
-                plan.run(inputs(shape, 64, true))
-            })
-        })?;
-        assert_eq!(alone, shared[0], "{shape:?}");
+        assert_same_on_two_threads(model, || inputs(shape, 64, true), &format!("{shape:?}"))?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 use super::*;
+use crate::kernels::test_support::{assert_close, assert_same_on_two_threads, run};
 use std::str::FromStr;
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_ndarray::Dimension;
 use tract_onnx::tract_core::axes::AxesMapping;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -50,16 +50,6 @@ fn activation(shape: &[usize]) -> TValue {
         (i % 23) as f32 / 23.0 - 0.4
     })
     .into_tvalue()
-}
-
-fn run(model: TypedModel, shape: &[usize]) -> TractResult<Vec<f32>> {
-    let plan = model.into_optimized()?.into_runnable()?;
-    let output = plan.run(tvec![activation(shape)])?.remove(0);
-    Ok(output
-        .to_plain_array_view::<f32>()?
-        .iter()
-        .copied()
-        .collect())
 }
 
 fn dense_ops(model: &TypedModel) -> Vec<&DenseProduct> {
@@ -150,23 +140,15 @@ fn the_dense_kernels_compute_what_tracts_einsum_does() -> TractResult<()> {
     for isa in Isa::available() {
         for (expression, shape, weights, bias, orientation) in &cases {
             let model = product(expression, shape, weights, bias.as_deref())?;
-            let expected = run(model.clone(), shape)?;
+            let expected = run(model.clone(), tvec![activation(shape)])?;
             let ours = replace_products(model, &[isa])?;
             let ops = dense_ops(&ours);
             let label = format!("{isa:?} {expression} {shape:?}");
             assert_eq!(ops.len(), 1, "{label}");
             assert_eq!(ops[0].orientation, *orientation, "{label}");
             assert_eq!(ops[0].bias.is_some(), bias.is_some(), "{label}");
-            let actual = run(ours, shape)?;
-            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = expected
-                .iter()
-                .zip(&actual)
-                .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
-            assert!(
-                worst <= 1e-5 * scale,
-                "{label}: {worst} off at scale {scale}"
-            );
+            let actual = run(ours, tvec![activation(shape)])?;
+            assert_close(&expected, &actual, 1e-5, &label);
         }
     }
     Ok(())
@@ -179,19 +161,9 @@ fn two_threads_compute_the_same_bits_as_one() -> TractResult<()> {
         ("NIHW,OI->NOHW", vec![1, 32, 16, 16], vec![64, 32]),
         ("mk,kn->nm", vec![64, 64], vec![64, 64]),
     ] {
-        let model = replace_products(
-            product(expression, &shape, &weights, None)?,
-            &Isa::available(),
-        )?;
-        let plan = model.into_optimized()?.into_runnable()?;
-        let alone = plan.run(tvec![activation(&shape)])?.remove(0);
-        let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build()?);
-        let shared = pool.install(|| {
-            multithread_tract_scope(Executor::MultiThread(pool.clone()), || {
-                plan.run(tvec![activation(&shape)])
-            })
-        })?;
-        assert_eq!(alone, shared[0], "{expression}");
+        let model = product(expression, &shape, &weights, None)?;
+        let model = replace_products(model, &Isa::available())?;
+        assert_same_on_two_threads(model, || tvec![activation(&shape)], expression)?;
     }
     Ok(())
 }
@@ -247,27 +219,10 @@ fn batched_products_compute_what_tracts_einsum_does() -> TractResult<()> {
             // Columns that fill no vector (24 keys at 16 lanes) stay tract's.
             let whole_vectors = columns.is_multiple_of(isa.lanes());
             assert_eq!(batched, usize::from(whole_vectors), "{label}");
-            let run_model = |m: TypedModel| -> TractResult<Vec<f32>> {
-                let plan = m.into_optimized()?.into_runnable()?;
-                let inputs = shapes.iter().map(|s| activation(s)).collect();
-                let output = plan.run(inputs)?.remove(0);
-                Ok(output
-                    .to_plain_array_view::<f32>()?
-                    .iter()
-                    .copied()
-                    .collect())
-            };
-            let expected = run_model(model)?;
-            let actual = run_model(ours)?;
-            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = expected
-                .iter()
-                .zip(&actual)
-                .fold(0f32, |m, (e, a)| m.max((e - a).abs()));
-            assert!(
-                worst <= 1e-5 * scale,
-                "{label}: {worst} off at scale {scale}"
-            );
+            let inputs = || shapes.iter().map(|s| activation(s)).collect();
+            let expected = run(model, inputs())?;
+            let actual = run(ours, inputs())?;
+            assert_close(&expected, &actual, 1e-5, &label);
         }
     }
     Ok(())
