@@ -52,46 +52,8 @@ pub struct TractSession {
     /// Whether every input's first dimension is the symbolic `batch` of the bundle contract,
     /// whose rows the graph computes independently.
     rows_independent: bool,
-    /// Plans by input shapes, least recently used first, each with how its runs use the
-    /// session's threads.
-    plans: Vec<(Vec<Vec<usize>>, Arc<TypedRunnableModel>, Threading)>,
-}
-
-/// Whether a plan's single-row runs go to the session's pool or stay on the calling thread,
-/// decided by timing its second run (on the pool) against its third (alone). Handing a run to
-/// the pool and back costs about 0.2 ms on the project's VMs: more than two threads save on a
-/// graph of half a millisecond (the text encoder), far less than they save on the UNet.
-#[derive(Debug, Clone, Copy)]
-enum Threading {
-    /// No run yet (the first warms the plan up, on the pool).
-    Unmeasured,
-    /// The second run, on the pool, is next.
-    TimePool,
-    /// The third run, alone, is next; the second took this long.
-    TimeAlone(std::time::Duration),
-    Pool,
-    Alone,
-}
-
-impl Threading {
-    /// Whether the next run stays on the calling thread.
-    fn alone(self) -> bool {
-        matches!(self, Threading::TimeAlone(_) | Threading::Alone)
-    }
-
-    /// What follows a run that took `elapsed`. A run alone must be 10 % faster to win: one
-    /// timing of each, on a noisy machine.
-    fn after(self, elapsed: std::time::Duration) -> Self {
-        match self {
-            Threading::Unmeasured => Threading::TimePool,
-            Threading::TimePool => Threading::TimeAlone(elapsed),
-            Threading::TimeAlone(pool) if elapsed.as_secs_f64() < 0.9 * pool.as_secs_f64() => {
-                Threading::Alone
-            }
-            Threading::TimeAlone(_) => Threading::Pool,
-            settled => settled,
-        }
-    }
+    /// Plans by input shapes, least recently used first.
+    plans: Vec<(Vec<Vec<usize>>, Arc<TypedRunnableModel>)>,
 }
 
 /// Optimised plans a session keeps (each may hold its own packed copy of the weights).
@@ -242,7 +204,7 @@ impl TractSession {
                 shape
             })
             .collect();
-        if let Some(index) = self.plans.iter().position(|(shapes, ..)| *shapes == key) {
+        if let Some(index) = self.plans.iter().position(|(shapes, _)| *shapes == key) {
             let entry = self.plans.remove(index);
             let plan = entry.1.clone();
             self.plans.push(entry);
@@ -304,7 +266,7 @@ impl TractSession {
         if self.plans.len() == MAX_PLANS {
             self.plans.remove(0);
         }
-        self.plans.push((key, plan.clone(), Threading::Unmeasured));
+        self.plans.push((key, plan.clone()));
         Ok(plan)
     }
 }
@@ -327,18 +289,7 @@ impl Session for TractSession {
         if !splittable {
             let plan = self.plan(&ordered, None)?;
             let values = tract_values(&ordered, None)?;
-            // `plan` moved its entry to the end.
-            let threading = self.plans.last().map_or(Threading::Pool, |entry| entry.2);
-            let started = std::time::Instant::now();
-            let outputs = if threading.alone() {
-                multithread_tract_scope(Executor::SingleThread, || plan.run(values))
-            } else {
-                self.on_threads(|| plan.run(values))
-            }
-            .map_err(run_error)?;
-            if let (Some(entry), Some(_)) = (self.plans.last_mut(), &self.pool) {
-                entry.2 = threading.after(started.elapsed());
-            }
+            let outputs = self.on_threads(|| plan.run(values)).map_err(run_error)?;
             return self.gather(&[outputs]);
         }
         let rows = rows.unwrap_or(1);
@@ -709,25 +660,5 @@ mod tests {
         );
         assert_eq!(model.outlet_fact(konst)?.konst.as_deref(), Some(&**value));
         Ok(())
-    }
-
-    #[test]
-    fn a_plan_runs_alone_only_where_that_is_clearly_faster() {
-        let ms = std::time::Duration::from_millis;
-        // The first two runs go to the pool, the third stays on the calling thread.
-        let second = Threading::Unmeasured.after(ms(30));
-        let third = second.after(ms(10));
-        assert!(!Threading::Unmeasured.alone() && !second.alone() && third.alone());
-        let decided = |pool: u64, alone: u64| {
-            Threading::Unmeasured
-                .after(ms(30))
-                .after(ms(pool))
-                .after(ms(alone))
-        };
-        assert!(matches!(decided(10, 8), Threading::Alone));
-        assert!(matches!(decided(10, 10), Threading::Pool));
-        assert!(matches!(decided(10, 14), Threading::Pool));
-        assert!(matches!(Threading::Alone.after(ms(100)), Threading::Alone));
-        assert!(matches!(Threading::Pool.after(ms(1)), Threading::Pool));
     }
 }
