@@ -10,8 +10,9 @@
 //! and tap adds a broadcast weight times a run of pixels, into the NCHW output. Narrower rows
 //! (a UNet's 8x8 and 4x4 levels, where a run would span rows) take the dense products' tile
 //! turned around: six pixels by a panel of output channels, each tap adding a broadcast pixel
-//! times a vector of weights, staged pixel-major and scattered into NCHW. (Runs over nine
-//! shifted copies of the image, as before, went at 35-40 % of the 16x16 level's rate.)
+//! times a vector of weights, staged pixel-major and scattered into NCHW. (Read as runs over
+//! nine shifted copies of the image, such convolutions reach 35-40 % of the 16x16 level's
+//! rate.)
 //!
 //! [`replace_convolutions`] swaps tract's `Conv` for [`DirectConv3x3`] where the kernel
 //! applies (f32, 3x3, stride 1, padding 1, no groups, constant weights) and the CPU has
