@@ -17,6 +17,7 @@ mod pipeline;
 pub mod plan;
 mod plan_cache;
 mod request;
+mod run_threads;
 mod session;
 mod tensor;
 mod tiled;

@@ -9,14 +9,14 @@
 //! on a single-threaded plan. `ldm profile` shows why: tract's plans at batch 1 fuse what its
 //! plans for larger batches do not (lazy im2col, chained multiply-adds, broadcasts along one
 //! axis), so for the shipped UNet batch 2 costs 3.1x batch 1 and batch 8 11.4x, where rows on
-//! threads of their own scale. A single row runs on the session's thread pool, which splits its
-//! matrix products.
+//! threads of their own scale. A single row runs on the calling thread, whose products and
+//! other splits go to the session's other threads ([`crate::run_threads`]).
 //!
 //! Each plan is built from the parsed graph in four steps of our own around tract's optimiser
 //! (BENCHMARKS.md, "Where tract spends its time"): f16 weights widened once, 3x3 convolutions,
 //! products with constant weights and softmaxes given to kernels of our own
 //! ([`crate::kernels`]), the optimised plan's constants given
-//! natural strides, and the run itself inside the pool, whose other workers are kept awake. Constants
+//! natural strides, and the other threads kept awake while the plan runs. Constants
 //! inside a loop's body (the sliced attention's) keep tract's strides: the body is optimised
 //! inside its loop node.
 
@@ -29,6 +29,7 @@ use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::plan_cache::{self, PlanCache};
+use crate::run_threads::RunThreads;
 use crate::session::in_graph_order;
 use crate::{RuntimeError, Session, Tensor, TensorData};
 
@@ -43,10 +44,8 @@ pub struct TractSession {
     /// it would hold every weight a second time (as stored, beside the plans' packed copies):
     /// a plan for a new shape parses the file again instead.
     parsed: Option<InferenceModel>,
-    /// The threads of a run, when more than one was asked for: the plan runs on one of them and
-    /// its matrix products are split over all of them.
-    pool: Option<Arc<rayon::ThreadPool>>,
-    threads: usize,
+    /// The threads of a run: the plan runs on one of them and its products are split over all.
+    threads: RunThreads,
     inputs: Vec<String>,
     outputs: Vec<String>,
     /// Whether every input's first dimension is the symbolic `batch` of the bundle contract,
@@ -164,23 +163,12 @@ impl TractSession {
                     .is_some_and(|d| d.to_string() == "batch")
             })
         });
-        let pool = if threads > 1 {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("ldm-tract-{i}"))
-                .build()
-                .map_err(|e| run_failure(format!("cannot start {threads} threads: {e}")))?;
-            Some(Arc::new(pool))
-        } else {
-            None
-        };
         Ok(Self {
             source: path.to_path_buf(),
             cache,
             plans_from_cache: 0,
             parsed: Some(model),
-            pool,
-            threads,
+            threads: RunThreads::new(threads),
             inputs,
             outputs,
             rows_independent,
@@ -289,12 +277,12 @@ impl Session for TractSession {
         if !splittable {
             let plan = self.plan(&ordered, None)?;
             let values = tract_values(&ordered, None)?;
-            let outputs = self.on_threads(|| plan.run(values)).map_err(run_error)?;
+            let outputs = self.threads.run(|| plan.run(values))?.map_err(run_error)?;
             return self.gather(&[outputs]);
         }
         let rows = rows.unwrap_or(1);
         let plan = self.plan(&ordered, Some(1))?;
-        let workers = self.threads.min(rows);
+        let workers = self.threads.count().min(rows);
         let run_rows = |range: std::ops::Range<usize>| {
             range
                 .map(|row| {
@@ -330,19 +318,6 @@ impl Session for TractSession {
 }
 
 impl TractSession {
-    /// Runs `work` on the session's threads. The calling thread waits outside the pool, so the
-    /// plan's single-threaded nodes and the pool's idle workers never compete for the same
-    /// cores (run from the caller, the plan on two threads ran slower than on one).
-    fn on_threads<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(pool) => pool.install(|| {
-                let _helpers = KeepAwake::start();
-                multithread_tract_scope(Executor::MultiThread(pool.clone()), work)
-            }),
-            None => work(),
-        }
-    }
-
     /// The graph's outputs from the outputs of each row (or of the whole batch), joined along
     /// the first axis.
     fn gather(&self, per_row: &[TVec<TValue>]) -> Result<Vec<Tensor>, RuntimeError> {
@@ -376,44 +351,6 @@ impl TractSession {
     }
 }
 
-/// The pool's other workers, kept looking for work while a plan runs on this one.
-///
-/// An idle rayon worker sleeps, and on the project's VMs a sleeping thread took longer to wake
-/// than a convolution's half takes to run: the plan's thread did both halves itself, and two
-/// threads ran no faster than one. Each helper runs [`rayon::yield_now`] in a loop (taking the
-/// halves the plan's thread offers) until the run ends, as ONNX Runtime's threads spin between
-/// operators. A helper that finds itself on the plan's own thread, popped there while the plan
-/// waits, returns at once: the plan could not finish beneath it.
-struct KeepAwake {
-    done: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl KeepAwake {
-    /// Starts a helper on each of the current pool's threads but this one.
-    fn start() -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let done = Arc::new(AtomicBool::new(false));
-        let home = rayon::current_thread_index();
-        let helpers_done = done.clone();
-        // One job per thread, so that each other thread surely gets its own (a plain spawn
-        // lands in this thread's queue, where this thread may pop it first).
-        rayon::spawn_broadcast(move |context| {
-            while !helpers_done.load(Ordering::Acquire) && Some(context.index()) != home {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::hint::spin_loop();
-                }
-            }
-        });
-        KeepAwake { done }
-    }
-}
-
-impl Drop for KeepAwake {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Release);
-    }
-}
-
 /// Time spent in one node of an optimised plan, averaged over the profiled runs.
 #[derive(Debug, Clone)]
 pub struct NodeTime {
@@ -437,21 +374,23 @@ impl TractSession {
         let mut totals: Vec<(usize, f64)> = Vec::new();
         for run in 0..=runs.max(1) {
             let values = tract_values(&ordered, None)?;
-            self.on_threads(|| {
-                state.run_plan_with_eval(values, |context, op_state, node, input| {
-                    let start = std::time::Instant::now();
-                    let output = tract_onnx::tract_core::plan::eval(context, op_state, node, input);
-                    if run > 0 {
-                        let seconds = start.elapsed().as_secs_f64();
-                        match totals.iter_mut().find(|(id, _)| *id == node.id) {
-                            Some(entry) => entry.1 += seconds,
-                            None => totals.push((node.id, seconds)),
+            self.threads
+                .run(|| {
+                    state.run_plan_with_eval(values, |context, op_state, node, input| {
+                        let start = std::time::Instant::now();
+                        let output =
+                            tract_onnx::tract_core::plan::eval(context, op_state, node, input);
+                        if run > 0 {
+                            let seconds = start.elapsed().as_secs_f64();
+                            match totals.iter_mut().find(|(id, _)| *id == node.id) {
+                                Some(entry) => entry.1 += seconds,
+                                None => totals.push((node.id, seconds)),
+                            }
                         }
-                    }
-                    output
-                })
-            })
-            .map_err(run_error)?;
+                        output
+                    })
+                })?
+                .map_err(run_error)?;
         }
         let model = plan.model();
         Ok(totals
