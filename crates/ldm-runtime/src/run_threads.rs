@@ -10,17 +10,22 @@
 //! whose own pool has another size) hands its calls to a pool the session keeps for them.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 use crate::RuntimeError;
 
+/// How long the pool's other workers keep looking for work after a run: long enough to span
+/// the gap to a pipeline's next call, short enough to cost an idle machine nothing.
+const LINGER: Duration = Duration::from_millis(1);
+
 thread_local! {
     /// The pool this thread is worker 0 of, once a session ran a plan on it.
-    static CALLER_POOL: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
+    static CALLER_POOL: RefCell<Option<Pool>> = const { RefCell::new(None) };
 }
 
 /// A session's thread count and where its runs go.
@@ -28,7 +33,7 @@ pub(crate) struct RunThreads {
     threads: usize,
     /// The pool for calls from threads that cannot be worker 0 of a pool of `threads`, started
     /// on the first such call.
-    handed_off: Mutex<Option<Arc<ThreadPool>>>,
+    handed_off: Mutex<Option<Pool>>,
 }
 
 impl RunThreads {
@@ -53,24 +58,25 @@ impl RunThreads {
             None => self.handed_off_pool()?,
         };
         // Inline on the caller's own pool; a hand-off to a worker on the session's.
-        Ok(pool.install(|| {
-            let _helpers = KeepAwake::start();
-            multithread_tract_scope(Executor::MultiThread(pool.clone()), work)
+        Ok(pool.threads.install(|| {
+            let _helpers = Helpers::start(&pool.awake);
+            multithread_tract_scope(Executor::MultiThread(pool.threads.clone()), work)
         }))
     }
 
-    fn handed_off_pool(&self) -> Result<Arc<ThreadPool>, RuntimeError> {
+    fn handed_off_pool(&self) -> Result<Pool, RuntimeError> {
         let mut slot = self
             .handed_off
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.is_none() {
-            *slot = Some(Arc::new(builder(self.threads).build().map_err(|e| {
-                RuntimeError::Run {
+            let threads = builder(self.threads)
+                .build()
+                .map_err(|e| RuntimeError::Run {
                     engine: "tract",
                     message: format!("cannot start {} threads: {e}", self.threads),
-                }
-            })?));
+                })?;
+            *slot = Some(Pool::new(threads));
         }
         Ok(slot.clone().expect("set above"))
     }
@@ -84,7 +90,7 @@ fn builder(threads: usize) -> ThreadPoolBuilder {
 
 /// The calling thread's own pool of `threads`, made on its first call; `None` when it cannot
 /// have one (it works for another pool already, or its pool has another size).
-fn caller_pool(threads: usize) -> Option<Arc<ThreadPool>> {
+fn caller_pool(threads: usize) -> Option<Pool> {
     CALLER_POOL.with_borrow_mut(|own| {
         if own.is_none() && rayon::current_thread_index().is_none() {
             // rayon keeps the calling thread's worker state for the thread's life: the pool's
@@ -93,47 +99,112 @@ fn caller_pool(threads: usize) -> Option<Arc<ThreadPool>> {
                 .use_current_thread()
                 .build()
                 .ok()
-                .map(Arc::new);
+                .map(Pool::new);
         }
         own.as_ref()
-            .filter(|pool| pool.current_num_threads() == threads)
+            .filter(|pool| pool.threads.current_num_threads() == threads)
             .cloned()
     })
 }
 
-/// The pool's other workers, kept looking for work while a plan runs on this one.
-///
-/// An idle rayon worker sleeps, and on the project's VMs a sleeping thread took longer to wake
-/// than a convolution's half takes to run: the plan's thread did both halves itself, and two
-/// threads ran no faster than one. Each helper runs [`rayon::yield_now`] in a loop (taking the
-/// halves the plan's thread offers) until the run ends, as ONNX Runtime's threads spin between
-/// operators. The helper given to the plan's own thread returns at once.
-struct KeepAwake {
-    done: Arc<AtomicBool>,
+#[derive(Clone)]
+struct Pool {
+    threads: Arc<ThreadPool>,
+    awake: Arc<Awake>,
 }
 
-impl KeepAwake {
-    /// Starts a helper on each of the current pool's threads but this one.
-    fn start() -> Self {
-        let done = Arc::new(AtomicBool::new(false));
-        let home = rayon::current_thread_index();
-        let helpers_done = done.clone();
-        // One job per thread, so that each other thread surely gets its own (a plain spawn
-        // lands in this thread's queue, where this thread may pop it first).
-        rayon::spawn_broadcast(move |context| {
-            while !helpers_done.load(Ordering::Acquire) && Some(context.index()) != home {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::hint::spin_loop();
-                }
-            }
-        });
-        KeepAwake { done }
+impl Pool {
+    fn new(threads: ThreadPool) -> Self {
+        Self {
+            threads: Arc::new(threads),
+            awake: Arc::new(Awake {
+                runs: AtomicUsize::new(0),
+                helpers: AtomicUsize::new(0),
+                until_ns: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+        }
     }
 }
 
-impl Drop for KeepAwake {
+/// What keeps a pool's other workers looking for work while plans run on it, and for
+/// [`LINGER`] after.
+///
+/// An idle rayon worker sleeps, and on the project's VMs a sleeping thread took longer to wake
+/// than a convolution's half takes to run: the plan's thread did both halves itself, and two
+/// threads ran no faster than one. A helper on each other worker runs [`rayon::yield_now`] in a
+/// loop instead (taking the halves the plan's thread offers), as ONNX Runtime's threads spin
+/// between operators, and stays a moment after the run so that back-to-back calls find it
+/// awake.
+struct Awake {
+    /// Plans running on the pool.
+    runs: AtomicUsize,
+    /// Helpers started and not yet gone: none are started while some remain.
+    helpers: AtomicUsize,
+    /// When the helpers may stop once no plan runs, in nanoseconds after `epoch`.
+    until_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Awake {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn wanted(&self) -> bool {
+        self.runs.load(Ordering::Acquire) > 0
+            || self.now_ns() < self.until_ns.load(Ordering::Acquire)
+    }
+}
+
+/// One run's hold on its pool's helpers.
+struct Helpers {
+    awake: Arc<Awake>,
+}
+
+impl Helpers {
+    /// Counts a run in and, unless helpers remain from the last, starts one on each of the
+    /// current pool's threads but this one.
+    fn start(awake: &Arc<Awake>) -> Self {
+        awake.runs.fetch_add(1, Ordering::AcqRel);
+        let others = rayon::current_num_threads() - 1;
+        let none_left = awake
+            .helpers
+            .compare_exchange(0, others, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if none_left {
+            let home = rayon::current_thread_index();
+            let helpers = awake.clone();
+            // One job per thread, so that each other thread surely gets its own (a plain spawn
+            // lands in this thread's queue, where this thread may pop it first).
+            rayon::spawn_broadcast(move |context| {
+                if Some(context.index()) == home {
+                    return;
+                }
+                while helpers.wanted() {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+                // A run that starts between the check above and this leaves finds a helper
+                // counted and starts none: it runs as if its workers slept.
+                helpers.helpers.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        Helpers {
+            awake: awake.clone(),
+        }
+    }
+}
+
+impl Drop for Helpers {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::Release);
+        let awake = &self.awake;
+        // The deadline first, so that no helper sees no run and an old deadline.
+        awake
+            .until_ns
+            .store(awake.now_ns() + LINGER.as_nanos() as u64, Ordering::Release);
+        awake.runs.fetch_sub(1, Ordering::AcqRel);
         // The helper given to this thread stays queued until the thread next waits for the
         // pool, which a plan without splits never does: run it now (it returns at once), so
         // that such calls cannot pile helpers up.
@@ -186,6 +257,31 @@ mod tests {
                 two.run(|| ()).unwrap();
             }
             assert_eq!(rayon::yield_local(), Some(rayon::Yield::Idle));
+        });
+    }
+
+    #[test]
+    fn helpers_linger_after_a_run_then_go_and_never_pile_up() {
+        on_fresh_thread(|| {
+            let two = RunThreads::new(2);
+            let awake = caller_pool(2).unwrap().awake;
+            for _ in 0..1000 {
+                two.run(|| ()).unwrap();
+                assert!(awake.helpers.load(Ordering::Acquire) <= 1);
+            }
+            let ended = Instant::now();
+            std::thread::sleep(LINGER / 5);
+            let left = awake.helpers.load(Ordering::Acquire);
+            // A helper leaves only once LINGER has passed (this thread may oversleep).
+            assert!(left == 1 || ended.elapsed() >= LINGER, "gone before LINGER");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while awake.helpers.load(Ordering::Acquire) > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "still spinning 10 s after the run"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
         });
     }
 
