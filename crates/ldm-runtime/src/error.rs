@@ -125,7 +125,7 @@ pub enum RequestError {
         width: usize,
         height: usize,
     },
-    #[error("{what} need(s) an estimated {}, above the memory budget of {}; lower the batch or the size", crate::plan::memory_size(*needed), crate::plan::memory_size(*budget))]
+    #[error("{what} need(s) an estimated {}, above the memory budget of {}; lower the batch, the size or, on tract, the threads", crate::plan::memory_size(*needed), crate::plan::memory_size(*budget))]
     OverBudget {
         what: String,
         needed: u64,
