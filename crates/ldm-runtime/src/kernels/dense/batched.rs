@@ -167,30 +167,13 @@ pub(super) fn batched_form(
     einsum: &EinSum,
     isas: &[Isa],
 ) -> TractResult<Option<BatchedProduct>> {
-    if einsum.q_params.is_some()
-        || einsum.operating_dt != f32::datum_type()
-        || node.inputs.len() != 2
-    {
-        return Ok(None);
-    }
-    let facts = [
-        model.outlet_fact(node.inputs[0])?,
-        model.outlet_fact(node.inputs[1])?,
-    ];
-    if facts
-        .iter()
-        .any(|f| f.konst.is_some() || f.datum_type != f32::datum_type())
-    {
-        return Ok(None);
-    }
-    let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(|s| s.to_vec());
-    let (Some(first), Some(second), Some(output_shape)) = (
-        concrete(facts[0]),
-        concrete(facts[1]),
-        concrete(model.outlet_fact(OutletId::new(node.id, 0))?),
-    ) else {
+    let Some((facts, [first, second, output_shape])) = super::f32_product(model, node, einsum)?
+    else {
         return Ok(None);
     };
+    if facts.iter().any(|f| f.konst.is_some()) {
+        return Ok(None);
+    }
     let shapes = [&first, &second];
     for broadcast_slot in 0..2 {
         let layout = Layout::of(

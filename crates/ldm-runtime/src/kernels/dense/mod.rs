@@ -264,14 +264,13 @@ pub(super) fn replace_products(mut model: TypedModel, isas: &[Isa]) -> TractResu
     Ok(model)
 }
 
-/// The [`DenseProduct`] computing `node`'s einsum (and the constant bias its one successor
-/// adds, if it does), with the activation's outlet and the bias node, if the kernel can.
-fn dense_form(
-    model: &TypedModel,
+/// The input facts of a plain f32 `EinSum` of two inputs (not quantised), and the concrete
+/// shapes of its two inputs and its output; `None` for any other.
+fn f32_product<'m>(
+    model: &'m TypedModel,
     node: &TypedNode,
     einsum: &EinSum,
-    isas: &[Isa],
-) -> TractResult<Option<(DenseProduct, OutletId, Option<usize>)>> {
+) -> TractResult<Option<([&'m TypedFact; 2], [Vec<usize>; 3])>> {
     if einsum.q_params.is_some()
         || einsum.operating_dt != f32::datum_type()
         || node.inputs.len() != 2
@@ -282,23 +281,43 @@ fn dense_form(
         model.outlet_fact(node.inputs[0])?,
         model.outlet_fact(node.inputs[1])?,
     ];
+    if facts.iter().any(|f| f.datum_type != f32::datum_type()) {
+        return Ok(None);
+    }
+    let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(|s| s.to_vec());
+    Ok(
+        match (
+            concrete(facts[0]),
+            concrete(facts[1]),
+            concrete(model.outlet_fact(OutletId::new(node.id, 0))?),
+        ) {
+            (Some(first), Some(second), Some(output)) => Some((facts, [first, second, output])),
+            _ => None,
+        },
+    )
+}
+
+/// The [`DenseProduct`] computing `node`'s einsum (and the constant bias its one successor
+/// adds, if it does), with the activation's outlet and the bias node, if the kernel can.
+fn dense_form(
+    model: &TypedModel,
+    node: &TypedNode,
+    einsum: &EinSum,
+    isas: &[Isa],
+) -> TractResult<Option<(DenseProduct, OutletId, Option<usize>)>> {
+    let Some((facts, [first, second, output_shape])) = f32_product(model, node, einsum)? else {
+        return Ok(None);
+    };
     let activation_slot = match (&facts[0].konst, &facts[1].konst) {
         (None, Some(_)) => 0,
         (Some(_), None) => 1,
         _ => return Ok(None),
     };
-    let output_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
-    let concrete = |fact: &TypedFact| fact.shape.as_concrete().map(|s| s.to_vec());
-    let (Some(input_shape), Some(weight_shape), Some(output_shape)) = (
-        concrete(facts[activation_slot]),
-        concrete(facts[1 - activation_slot]),
-        concrete(output_fact),
-    ) else {
-        return Ok(None);
+    let (input_shape, weight_shape) = if activation_slot == 0 {
+        (first, second)
+    } else {
+        (second, first)
     };
-    if facts.iter().any(|f| f.datum_type != f32::datum_type()) {
-        return Ok(None);
-    }
     let Some(layout) = Layout::of(
         einsum,
         activation_slot,
