@@ -16,8 +16,10 @@
 //! everywhere, for comparison.
 
 /// Invokes `$kernel!` once per instruction set, with its name, target feature, vector type
-/// and lanes, and the intrinsics of a multiply-add kernel: splat, load, store, fused
-/// multiply-add.
+/// and lanes, and its intrinsics: splat, load, store, fused multiply-add (all a multiply-add
+/// kernel takes; it ends its pattern with `$(, $_:ident)*`), then max, add, mul, sub and the
+/// integer ones an exponential needs (float to int, int to float, int add, shift left, int
+/// splat, bits as float).
 #[cfg(target_arch = "x86_64")]
 macro_rules! for_each_isa {
     ($kernel:ident) => {
@@ -29,7 +31,17 @@ macro_rules! for_each_isa {
             _mm512_set1_ps,
             _mm512_loadu_ps,
             _mm512_storeu_ps,
-            _mm512_fmadd_ps
+            _mm512_fmadd_ps,
+            _mm512_max_ps,
+            _mm512_add_ps,
+            _mm512_mul_ps,
+            _mm512_sub_ps,
+            _mm512_cvtps_epi32,
+            _mm512_cvtepi32_ps,
+            _mm512_add_epi32,
+            _mm512_slli_epi32,
+            _mm512_set1_epi32,
+            _mm512_castsi512_ps
         );
         $kernel!(
             avx2,
@@ -39,7 +51,17 @@ macro_rules! for_each_isa {
             _mm256_set1_ps,
             _mm256_loadu_ps,
             _mm256_storeu_ps,
-            _mm256_fmadd_ps
+            _mm256_fmadd_ps,
+            _mm256_max_ps,
+            _mm256_add_ps,
+            _mm256_mul_ps,
+            _mm256_sub_ps,
+            _mm256_cvtps_epi32,
+            _mm256_cvtepi32_ps,
+            _mm256_add_epi32,
+            _mm256_slli_epi32,
+            _mm256_set1_epi32,
+            _mm256_castsi256_ps
         );
     };
 }

@@ -170,8 +170,8 @@ mod simd {
     /// One row's softmax in place, from one macro per instruction set.
     macro_rules! row_softmax {
         ($name:ident, $feature:literal, $vector:ty, $lanes:literal, $splat:ident,
-         $load:ident, $store:ident, $max:ident, $add:ident, $mul:ident, $sub:ident,
-         $fma:ident, $to_int:ident, $to_float:ident, $add_int:ident, $shift:ident,
+         $load:ident, $store:ident, $fma:ident, $max:ident, $add:ident, $mul:ident,
+         $sub:ident, $to_int:ident, $to_float:ident, $add_int:ident, $shift:ident,
          $int_splat:ident, $as_float:ident) => {
             /// # Safety
             /// The CPU supports the feature.
@@ -230,46 +230,7 @@ mod simd {
         };
     }
 
-    row_softmax!(
-        avx512,
-        "avx512f",
-        __m512,
-        16,
-        _mm512_set1_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_max_ps,
-        _mm512_add_ps,
-        _mm512_mul_ps,
-        _mm512_sub_ps,
-        _mm512_fmadd_ps,
-        _mm512_cvtps_epi32,
-        _mm512_cvtepi32_ps,
-        _mm512_add_epi32,
-        _mm512_slli_epi32,
-        _mm512_set1_epi32,
-        _mm512_castsi512_ps
-    );
-    row_softmax!(
-        avx2,
-        "avx2,fma",
-        __m256,
-        8,
-        _mm256_set1_ps,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_max_ps,
-        _mm256_add_ps,
-        _mm256_mul_ps,
-        _mm256_sub_ps,
-        _mm256_fmadd_ps,
-        _mm256_cvtps_epi32,
-        _mm256_cvtepi32_ps,
-        _mm256_add_epi32,
-        _mm256_slli_epi32,
-        _mm256_set1_epi32,
-        _mm256_castsi256_ps
-    );
+    crate::kernels::for_each_isa!(row_softmax);
 }
 
 #[cfg(test)]

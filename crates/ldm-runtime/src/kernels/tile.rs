@@ -131,7 +131,7 @@ mod simd {
     /// each step loads the vectors and adds them times each row's broadcast value.
     macro_rules! kernel {
         ($name:ident, $feature:literal, $vector:ty, $lanes:literal,
-         $splat:ident, $load:ident, $store:ident, $fma:ident) => {
+         $splat:ident, $load:ident, $store:ident, $fma:ident $(, $_:ident)*) => {
             /// # Safety
             /// See [`super::run`].
             #[target_feature(enable = $feature)]

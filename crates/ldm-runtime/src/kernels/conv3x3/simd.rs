@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 /// accumulated in registers over every input channel and tap.
 macro_rules! kernel {
     ($name:ident, $feature:literal, $vector:ty, $lanes:literal,
-     $splat:ident, $load:ident, $store:ident, $fma:ident) => {
+     $splat:ident, $load:ident, $store:ident, $fma:ident $(, $_:ident)*) => {
         /// # Safety
         /// The CPU supports the feature; `out` addresses `channels` output planes holding
         /// every run's pixels.

@@ -264,13 +264,16 @@ pub(super) fn replace_products(mut model: TypedModel, isas: &[Isa]) -> TractResu
     Ok(model)
 }
 
-/// The input facts of a plain f32 `EinSum` of two inputs (not quantised), and the concrete
-/// shapes of its two inputs and its output; `None` for any other.
+/// A product's two input facts, and the concrete shapes of its two inputs and its output.
+type ProductFacts<'m> = ([&'m TypedFact; 2], [Vec<usize>; 3]);
+
+/// The facts of a plain f32 `EinSum` of two inputs (not quantised) with concrete shapes;
+/// `None` for any other.
 fn f32_product<'m>(
     model: &'m TypedModel,
     node: &TypedNode,
     einsum: &EinSum,
-) -> TractResult<Option<([&'m TypedFact; 2], [Vec<usize>; 3])>> {
+) -> TractResult<Option<ProductFacts<'m>>> {
     if einsum.q_params.is_some()
         || einsum.operating_dt != f32::datum_type()
         || node.inputs.len() != 2
